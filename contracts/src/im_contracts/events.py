@@ -1,0 +1,259 @@
+"""Every Kafka event of Helpdesk IM, v1: one pydantic model per event, a shared envelope."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+from .models import ConversationSnapshot, Message, PresenceStatus, Related
+
+SCHEMA_VERSION = 1
+# Events that concern no single tenant (a gateway serves them all) carry this tenant id.
+SYSTEM_TENANT = "_system"
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """The envelope every event carries. Unknown fields are ignored by consumers."""
+
+    model_config = ConfigDict(extra="ignore")
+    # The discriminator: each subclass fixes it to its own class name.
+    type: str
+    event_id: str = Field(default_factory=new_event_id, description="Unique per event; dedupe key.")
+    tenant_id: str = Field(min_length=1, max_length=128, description="The help-desk tenant.")
+    occurred_at: datetime = Field(default_factory=utcnow, description="RFC 3339 UTC.")
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1, description="Integer major version.")
+
+    @field_serializer("occurred_at")
+    def _rfc3339(self, value: datetime) -> str:
+        return to_rfc3339(value)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+def to_rfc3339(value: datetime) -> str:
+    """UTC with millisecond precision and a `Z`, the one time format on the wire."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+# --- im.messages.v1 -------------------------------------------------------------------------
+
+
+class MessagePosted(Event):
+    type: Literal["MessagePosted"] = "MessagePosted"
+    message: Message
+    recipients: list[str] = Field(
+        description="Agent ids of the participants at send time, fixed in the send transaction."
+    )
+
+
+# --- im.conversations.v1 --------------------------------------------------------------------
+
+
+class ConversationStarted(Event):
+    type: Literal["ConversationStarted"] = "ConversationStarted"
+    conversation: ConversationSnapshot
+    recipients: list[str]
+
+
+class ParticipantsChanged(Event):
+    type: Literal["ParticipantsChanged"] = "ParticipantsChanged"
+    conversation: ConversationSnapshot
+    added: list[str] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
+    changed_by: str
+    recipients: list[str] = Field(description="Participants after the change plus those removed.")
+
+
+class ReadMarkerMoved(Event):
+    type: Literal["ReadMarkerMoved"] = "ReadMarkerMoved"
+    conversation_id: str
+    agent_id: str
+    seq: int = Field(ge=0)
+    recipients: list[str]
+
+
+# --- im.agents.v1 (compacted) ---------------------------------------------------------------
+
+
+class AgentChanged(Event):
+    """The directory entry of an agent after an upsert or deactivation (event-carried state)."""
+
+    type: Literal["AgentChanged"] = "AgentChanged"
+    agent_id: str
+    display_name: str
+    role: str = "agent"
+    active: bool
+
+
+# --- im.connections.v1 ----------------------------------------------------------------------
+
+
+class _ConnectionEvent(Event):
+    agent_id: str
+    connection_id: str
+    device_id: str
+    gateway_id: str
+    gateway_epoch: str
+
+
+class ConnectionOpened(_ConnectionEvent):
+    type: Literal["ConnectionOpened"] = "ConnectionOpened"
+
+
+class ConnectionClosed(_ConnectionEvent):
+    type: Literal["ConnectionClosed"] = "ConnectionClosed"
+
+
+class ConnectionIdle(_ConnectionEvent):
+    type: Literal["ConnectionIdle"] = "ConnectionIdle"
+
+
+class ConnectionActive(_ConnectionEvent):
+    type: Literal["ConnectionActive"] = "ConnectionActive"
+
+
+# --- im.gateways.v1 -------------------------------------------------------------------------
+
+
+class GatewayHeartbeat(Event):
+    type: Literal["GatewayHeartbeat"] = "GatewayHeartbeat"
+    tenant_id: str = SYSTEM_TENANT
+    gateway_id: str
+    epoch: str = Field(description="Changes on every boot; a new epoch expires the old connections.")
+    connection_count: int = Field(ge=0)
+    connection_ids: list[str] = Field(
+        default_factory=list, description="The gateway's live connections at this beat."
+    )
+
+
+# --- im.presence.v1 (compacted) -------------------------------------------------------------
+
+
+class AgentPresence(Event):
+    type: Literal["AgentPresence"] = "AgentPresence"
+    agent_id: str
+    status: PresenceStatus
+    last_seen_at: datetime | None = None
+    connections: int = Field(ge=0)
+
+    @field_serializer("last_seen_at")
+    def _seen(self, value: datetime | None) -> str | None:
+        return None if value is None else to_rfc3339(value)
+
+
+# --- im.typing.v1 ---------------------------------------------------------------------------
+
+
+class Typing(Event):
+    type: Literal["Typing"] = "Typing"
+    conversation_id: str
+    agent_id: str
+
+
+# --- helpdesk.assistance-requests.v1 --------------------------------------------------------
+
+
+class AssistanceRequested(Event):
+    """From ticketing / live-chat services: open (or reuse) the related thread and post."""
+
+    type: Literal["AssistanceRequested"] = "AssistanceRequested"
+    request_id: str = Field(min_length=1, max_length=200, description="Idempotency key per tenant.")
+    requested_by: str = Field(min_length=1, description="The agent asking for help (the sender).")
+    agent_ids: list[str] = Field(min_length=1, description="The agents asked to help.")
+    related: Related
+    message: str = Field(min_length=1, max_length=10_000, description="The message body to post.")
+
+
+# --- internal to delivery: im.inbox.v1 and im.delivery-signals.v1 ---------------------------
+
+
+class QueueAppend(Event):
+    """Fan-out worker → the single writer of one agent's delivery queue (keyed tenant:agent)."""
+
+    type: Literal["QueueAppend"] = "QueueAppend"
+    agent_id: str
+    dedupe_key: str = Field(description="e.g. msg:<conversation>:<seq>; appended at most once.")
+    frame: dict[str, Any] = Field(description="The client frame, without its cursor.")
+
+
+class QueueAdvanced(Event):
+    """Queue writer → the gateway holding a connection of the agent: new entries to send."""
+
+    type: Literal["QueueAdvanced"] = "QueueAdvanced"
+    gateway_id: str
+    agent_id: str
+    cursor: int = Field(ge=1)
+
+
+class LiveFrame(Event):
+    """A live-only frame (presence.changed, typing) for one agent's connections on a gateway."""
+
+    type: Literal["LiveFrame"] = "LiveFrame"
+    gateway_id: str
+    agent_id: str
+    frame: dict[str, Any]
+
+
+# --- im.dead-letters.v1 ---------------------------------------------------------------------
+
+
+class DeadLetter(Event):
+    type: Literal["DeadLetter"] = "DeadLetter"
+    reason: str = Field(description="snake_case: malformed_json, invalid_event, unauthorized, ...")
+    detail: str = Field(default="", description="A human sentence; never a message body or token.")
+    original_topic: str
+    original_partition: int
+    original_offset: int
+    original_key_b64: str | None = None
+    original_value_b64: str = Field(description="The original record bytes, base64.")
+    original_headers: list[tuple[str, str]] = Field(
+        default_factory=list, description="Original headers (base64 values), less authorization."
+    )
+    consumer: str = Field(description="The consumer group or service that rejected it.")
+
+    KNOWN_REASONS: ClassVar[tuple[str, ...]] = (
+        "malformed_json",
+        "invalid_event",
+        "unknown_event_type",
+        "unsupported_schema_version",
+        "unauthorized",
+        "unknown_tenant",
+        "unknown_agent",
+        "rejected",
+    )
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    MessagePosted,
+    AgentChanged,
+    ConversationStarted,
+    ParticipantsChanged,
+    ReadMarkerMoved,
+    ConnectionOpened,
+    ConnectionClosed,
+    ConnectionIdle,
+    ConnectionActive,
+    GatewayHeartbeat,
+    AgentPresence,
+    Typing,
+    AssistanceRequested,
+    QueueAppend,
+    QueueAdvanced,
+    LiveFrame,
+    DeadLetter,
+)
+

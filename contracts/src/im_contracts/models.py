@@ -1,0 +1,55 @@
+"""The resources that travel inside events: a message, a conversation, the Related tag."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RelatedType = Literal["ticket", "chat"]
+MessageKind = Literal["text", "system"]
+PresenceStatus = Literal["online", "away", "offline"]
+
+BODY_MAX_CHARS = 10_000
+
+
+class Resource(BaseModel):
+    """Consumers ignore fields they do not know (API.md: add fields freely)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Related(Resource):
+    type: RelatedType = Field(description="What the thread is about: a ticket or a live chat.")
+    id: str = Field(min_length=1, max_length=200, description="The ticket's or chat's id.")
+    title: str | None = Field(default=None, max_length=500, description="Shown in the Related tag.")
+
+
+class Participant(Resource):
+    id: str = Field(description="Agent id.")
+    display_name: str = Field(description="The agent's name at the time of the event.")
+
+
+class Message(Resource):
+    id: str
+    conversation_id: str
+    seq: int = Field(ge=1, description="Gap-free position inside the conversation.")
+    sender_id: str
+    body: str = Field(min_length=1, max_length=BODY_MAX_CHARS)
+    kind: MessageKind = "text"
+    client_msg_id: str | None = Field(default=None, description="The sender's idempotency key.")
+    created_at: datetime
+
+
+class ConversationSnapshot(Resource):
+    """The shared part of a conversation (no per-reader fields such as unread_count)."""
+
+    id: str
+    participants: list[Participant]
+    related: Related | None = None
+    created_by: str
+    created_at: datetime
+    last_seq: int = 0
+    last_message: Message | None = None
+    last_message_at: datetime | None = None

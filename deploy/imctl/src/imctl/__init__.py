@@ -1,0 +1,1 @@
+"""imctl: the operator's and developer's command line for Helpdesk IM."""

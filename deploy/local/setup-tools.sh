@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian tools the test suite drives, when absent. As root it installs them; on a
+# laptop (not root) it prints what to install and fails, so no test is ever skipped for a tool.
+set -euo pipefail
+need=()
+command -v kcat >/dev/null 2>&1 || need+=(kcat)
+command -v java >/dev/null 2>&1 || echo "note: no java: tests fall back to Tansu (make test on CI requires Apache Kafka)" >&2
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing: ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq "${need[@]}" >/dev/null
+else
+  echo "please install: ${need[*]} (e.g. sudo apt-get install ${need[*]})" >&2
+  exit 1
+fi

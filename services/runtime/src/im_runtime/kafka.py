@@ -1,0 +1,263 @@
+"""Kafka for every service: the producer, the dead-letter publisher, and the one consumer policy.
+
+The consumer policy (`Subscription`) is the shared place for what every consumer must do:
+decode with the contract, dead-letter what can never be processed (with the reason) and move on,
+and on a transient failure (MongoDB or Kafka down) rewind and *pause that partition* with
+exponential backoff while the consumer keeps polling — so it never falls out of its group.
+Offsets are committed after processing (at-least-once; handlers are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaMessage
+from im_contracts.codec import RejectedRecord, dead_letter_for, decode_record
+from im_contracts.events import Event
+from im_contracts.topics import DEAD_LETTERS, Topic
+from pymongo.errors import (
+    AutoReconnect,
+    ConnectionFailure,
+    ExecutionTimeout,
+    NetworkTimeout,
+    NotPrimaryError,
+    ServerSelectionTimeoutError,
+    WTimeoutError,
+)
+
+from .logs import log, trace_id
+from .settings import CommonSettings
+
+logger = logging.getLogger("im_runtime.kafka")
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    AutoReconnect,
+    ConnectionFailure,
+    ServerSelectionTimeoutError,
+    NetworkTimeout,
+    NotPrimaryError,
+    ExecutionTimeout,
+    WTimeoutError,
+    KafkaError,
+    asyncio.TimeoutError,
+    ConnectionError,
+    OSError,
+)
+
+
+class TransientError(Exception):
+    """Raise from a handler to say: not now, retry this record later (it is not bad input)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TransientError | TRANSIENT_ERRORS)
+
+
+def make_producer(settings: CommonSettings, **overrides: Any) -> AIOKafkaProducer:
+    """acks=all, idempotent on real Kafka (Tansu, the dev fallback, rejects idempotence)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "acks": "all",
+        "enable_idempotence": settings.kafka_idempotence,
+        "linger_ms": 1,
+        "request_timeout_ms": 30_000,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+async def start_with_retry(start: Callable[[], Awaitable[Any]], what: str, settings: CommonSettings) -> None:
+    """Keep trying to connect at start-up: in a container stack the broker may come up later."""
+    deadline = time.monotonic() + settings.connect_timeout_s
+    delay = settings.retry_initial_s
+    while True:
+        try:
+            await start()
+            return
+        except Exception as exc:  # noqa: BLE001 - anything here means "not reachable yet"
+            if time.monotonic() > deadline:
+                raise
+            log(logger, logging.WARNING, "waiting for dependency", what=what, error=type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, settings.retry_max_s)
+
+
+@dataclass
+class DeadLetters:
+    """Publishes rejected records to `im.dead-letters.v1` (original bytes, place and reason)."""
+
+    producer: AIOKafkaProducer
+    settings: CommonSettings
+    consumer_name: str
+    on_dead_letter: Callable[[str, str], None] | None = None  # (topic, reason) → metrics
+
+    async def publish(self, record: ConsumerRecord, rejected: RejectedRecord) -> None:
+        letter = dead_letter_for(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            headers=record.headers,
+            reason=rejected.reason,
+            detail=rejected.detail,
+            consumer=self.consumer_name,
+            tenant_id=rejected.tenant_id,
+        )
+        await self.producer.send_and_wait(
+            DEAD_LETTERS.name(self.settings.topic_prefix), letter.to_bytes(), key=record.key
+        )
+        log(
+            logger,
+            logging.WARNING,
+            "record dead-lettered",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=rejected.reason,
+            detail=rejected.detail,
+            consumer=self.consumer_name,
+        )
+        if self.on_dead_letter:
+            self.on_dead_letter(record.topic, rejected.reason)
+
+
+Handler = Callable[[Event, ConsumerRecord], Awaitable[None]]
+
+
+@dataclass
+class _Backoff:
+    initial: float
+    maximum: float
+    attempts: dict[TopicPartition, int] = field(default_factory=dict)
+
+    def next_delay(self, tp: TopicPartition) -> float:
+        n = self.attempts.get(tp, 0)
+        self.attempts[tp] = n + 1
+        return min(self.initial * (2**n), self.maximum)
+
+    def reset(self, tp: TopicPartition) -> None:
+        self.attempts.pop(tp, None)
+
+
+async def _raw(msg: Any) -> None:
+    # The subscription decodes records itself (to dead-letter what is malformed).
+    return None
+
+
+@dataclass
+class Subscription:
+    """One consumer group on some topics, with one handler per record."""
+
+    name: str
+    topics: Sequence[Topic]
+    group_id: str
+    handle: Handler
+    dead_letters: DeadLetters
+    settings: CommonSettings
+    max_records: int = 500
+    # Called before each record with its raw form: e.g. to check an authorization header.
+    precheck: Callable[[ConsumerRecord, Event], None] | None = None
+    on_processed: Callable[[str, float], None] | None = None  # (topic, seconds) → metrics
+    _backoff: _Backoff = field(init=False)
+    assigned: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self._backoff = _Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        self._by_name = {t.name(self.settings.topic_prefix): t for t in self.topics}
+
+    def register(self, broker: KafkaBroker) -> None:
+        sub = broker.subscriber(
+            *self._by_name,
+            group_id=self.group_id,
+            batch=True,
+            max_records=self.max_records,
+            batch_timeout_ms=100,
+            ack_policy=AckPolicy.MANUAL,
+            auto_offset_reset="earliest",
+            decoder=_raw,
+        )
+
+        @sub
+        async def on_batch(msg: KafkaMessage) -> None:
+            self.assigned = True
+            await self.process(msg.raw_message, msg.consumer)
+
+    async def process(self, raw: Any, consumer: Any) -> None:
+        records: tuple[ConsumerRecord, ...] = raw if isinstance(raw, tuple) else (raw,)
+        next_offsets: dict[TopicPartition, int] = {}
+        blocked: set[TopicPartition] = set()
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            if tp in blocked:
+                continue
+            started = time.perf_counter()
+            try:
+                await self._one(record)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if not is_transient(exc):
+                    raise
+                blocked.add(tp)
+                self._pause(consumer, tp, record.offset, exc)
+                continue
+            self._backoff.reset(tp)
+            next_offsets[tp] = record.offset + 1
+            if self.on_processed:
+                self.on_processed(record.topic, time.perf_counter() - started)
+        if next_offsets:
+            try:
+                await consumer.commit(next_offsets)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # Partitions moved to another member: it re-reads from the last commit (idempotent).
+                log(logger, logging.INFO, "commit skipped after rebalance", error=type(exc).__name__)
+
+    async def _one(self, record: ConsumerRecord) -> None:
+        topic = self._by_name[record.topic]
+        try:
+            event = decode_record(topic, record.value)
+            token = trace_id.set(event.event_id)
+            try:
+                if self.precheck:
+                    self.precheck(record, event)
+                await self.handle(event, record)
+            finally:
+                trace_id.reset(token)
+        except RejectedRecord as rejected:
+            await self.dead_letters.publish(record, rejected)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            # A bug or an unforeseen input: never block the partition; keep the record and reason.
+            logger.exception("handler failed; dead-lettering", extra={"fields": {"topic": record.topic}})
+            await self.dead_letters.publish(
+                record, RejectedRecord("processing_failed", f"{type(exc).__name__} in {self.name}")
+            )
+
+    def _pause(self, consumer: Any, tp: TopicPartition, offset: int, exc: BaseException) -> None:
+        delay = self._backoff.next_delay(tp)
+        log(
+            logger,
+            logging.WARNING,
+            "transient failure: partition paused",
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=offset,
+            retry_in_s=round(delay, 3),
+            error=type(exc).__name__,
+        )
+        consumer.seek(tp, offset)
+        consumer.pause(tp)
+
+        def resume() -> None:
+            if tp in consumer.assignment():
+                consumer.resume(tp)
+
+        asyncio.get_running_loop().call_later(delay, resume)

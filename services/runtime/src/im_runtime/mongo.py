@@ -1,0 +1,39 @@
+"""The MongoDB client every service uses: PyMongo's async API (Motor reached end of life)."""
+
+from __future__ import annotations
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from .kafka import start_with_retry
+from .settings import CommonSettings
+
+
+def make_client(settings: CommonSettings, **overrides) -> AsyncMongoClient:
+    options = {
+        "tz_aware": True,
+        "serverSelectionTimeoutMS": 5_000,
+        "connectTimeoutMS": 3_000,
+        "retryWrites": True,
+    }
+    options.update(overrides)
+    return AsyncMongoClient(settings.mongo_uri, **options)
+
+
+async def connect(settings: CommonSettings) -> tuple[AsyncMongoClient, AsyncDatabase]:
+    """A client whose server answered `ping` (retried at start-up, see start_with_retry)."""
+    client = make_client(settings)
+
+    async def ping() -> None:
+        await client.admin.command("ping")
+
+    await start_with_retry(ping, "mongodb", settings)
+    return client, client[settings.mongo_db]
+
+
+async def reachable(client: AsyncMongoClient) -> bool:
+    try:
+        await client.admin.command("ping")
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not reachable"
+        return False

@@ -1,0 +1,40 @@
+"""The settings every service shares, read from the same environment names everywhere.
+
+Each service subclasses `CommonSettings` with its own env prefix (IM_API_, IM_DELIVERY_, ...);
+the shared infrastructure keeps one name across services (IM_KAFKA_BOOTSTRAP, IM_JWT_SECRET, ...).
+There is no default JWT secret: only the dev launcher makes one, loudly.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def shared(name: str, **kwargs):
+    """A field read from one environment name shared by every service (no per-service prefix)."""
+    return Field(validation_alias=AliasChoices(name), **kwargs)
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IM_", extra="ignore", populate_by_name=True)
+
+    kafka_bootstrap: str = shared("IM_KAFKA_BOOTSTRAP", default="127.0.0.1:9092")
+    # Tansu (the no-Java dev fallback) rejects idempotent producers; everything else keeps it on.
+    kafka_idempotence: bool = shared("IM_KAFKA_IDEMPOTENCE", default=True)
+    topic_prefix: str = shared("IM_TOPIC_PREFIX", default="", description="Empty in production.")
+    mongo_uri: str = shared("IM_MONGO_URI", default="mongodb://127.0.0.1:27017/?directConnection=true")
+    mongo_db: str = shared("IM_MONGO_DB", default="helpdesk_im")
+    jwt_secret: SecretStr | None = shared("IM_JWT_SECRET", default=None, min_length=16)
+    jwks_url: str | None = shared("IM_JWKS_URL", default=None)
+    log_level: str = shared("IM_LOG_LEVEL", default="INFO")
+    # Retrying a transient failure (MongoDB or Kafka down): exponential from initial to max.
+    retry_initial_s: float = shared("IM_RETRY_INITIAL_S", default=0.2)
+    retry_max_s: float = shared("IM_RETRY_MAX_S", default=5.0)
+    # Connecting at start-up: containers may start before Kafka / MongoDB answer.
+    connect_timeout_s: float = shared("IM_CONNECT_TIMEOUT_S", default=120.0)
+
+    def require_auth(self) -> None:
+        """Refuse to start without a way to verify tokens (no default secret, ever)."""
+        if self.jwt_secret is None and not self.jwks_url:
+            raise SystemExit("IM_JWT_SECRET (or IM_JWKS_URL) must be set; `make run` makes a dev secret")

@@ -1,0 +1,148 @@
+"""Real Kafka and MongoDB for every test (see tests/servers.py), and per-test unique names."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from imctl.topics import create_topics
+from pymongo import AsyncMongoClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from servers import Endpoints, session_workdir, start_endpoints, unique_name  # noqa: E402
+from support.processes import ServiceProcess, ServiceRunner  # noqa: E402
+
+# Tests shorten every interval through settings; this secret exists only inside the test run.
+TEST_JWT_SECRET = "test-secret-" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Path:
+    return session_workdir()
+
+
+@pytest.fixture(scope="session")
+def endpoints(workdir: Path) -> Iterator[Endpoints]:
+    ep = start_endpoints(workdir)
+    print(
+        f"\n[servers] Kafka: {ep.kafka_kind} at {ep.kafka_bootstrap} "
+        f"(idempotent producer {'on' if ep.kafka_idempotence else 'off'}); "
+        f"MongoDB: {ep.mongo_kind} at {ep.mongo_uri}",
+        file=sys.stderr,
+    )
+    if os.environ.get("IM_TEST_REQUIRE_KAFKA") and ep.kafka_kind != os.environ["IM_TEST_REQUIRE_KAFKA"]:
+        ep.stop()
+        pytest.exit(f"CI requires Kafka kind {os.environ['IM_TEST_REQUIRE_KAFKA']}, got {ep.kafka_kind}", 3)
+    try:
+        yield ep
+    finally:
+        ep.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(endpoints: Endpoints) -> str:
+    return endpoints.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(endpoints: Endpoints) -> str:
+    return endpoints.mongo_uri
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """Every test its own topics: `t<random>.im.messages.v1` ..."""
+    return unique_name("t") + "."
+
+
+@pytest.fixture
+def mongo_db_name() -> str:
+    return unique_name("imtest_")
+
+
+@pytest.fixture
+async def kafka_topics(kafka_bootstrap: str, topic_prefix: str) -> str:
+    """Creates every contract topic under this test's prefix (3 partitions each); the prefix."""
+    await create_topics(kafka_bootstrap, topic_prefix, partitions=3)
+    return topic_prefix
+
+
+@pytest.fixture
+async def mongo(mongo_uri: str, mongo_db_name: str) -> AsyncIterator[AsyncMongoClient]:
+    client: AsyncMongoClient = AsyncMongoClient(mongo_uri, tz_aware=True)
+    try:
+        yield client
+    finally:
+        try:
+            await client.drop_database(mongo_db_name)
+        finally:
+            await client.close()
+
+
+@pytest.fixture
+def jwt_secret() -> str:
+    return TEST_JWT_SECRET
+
+
+@pytest.fixture
+def service_env(endpoints: Endpoints, topic_prefix: str, mongo_db_name: str) -> dict[str, str]:
+    """The environment every service process of this test gets (the same names as production)."""
+    return {
+        "IM_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
+        "IM_KAFKA_IDEMPOTENCE": "true" if endpoints.kafka_idempotence else "false",
+        "IM_MONGO_URI": endpoints.mongo_uri,
+        "IM_MONGO_DB": mongo_db_name,
+        "IM_TOPIC_PREFIX": topic_prefix,
+        "IM_JWT_SECRET": TEST_JWT_SECRET,
+        "IM_LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+async def services(workdir: Path) -> AsyncIterator[ServiceRunner]:
+    """Starts service processes the way `make run` does; stops every one at the end."""
+    runner = ServiceRunner(workdir / "services")
+    try:
+        yield runner
+    finally:
+        await asyncio.to_thread(runner.stop_all)
+
+
+__all__ = ["ServiceProcess"]
+
+
+@pytest.fixture
+def private_kafka(endpoints: Endpoints, workdir: Path) -> Iterator:
+    """A Kafka broker of this test's own, which the test may stop and start again (data kept).
+
+    Same kind as the session's local broker (Apache when Java is present). `.stop()`, `.start()`,
+    `.kill()`, `.bootstrap`, `.idempotence`.
+    """
+    from imctl import servers as local
+
+    kind = "tansu" if endpoints.kafka_kind == "tansu" or not local.have_java() else "apache"
+    broker = local.start_kafka(kind, workdir / unique_name("kafka-"))
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def private_mongo(workdir: Path) -> Iterator:
+    """A SecantusDB of this test's own, which the test may stop and start again (data kept)."""
+    from imctl import servers as local
+
+    path = workdir / unique_name("mongo-")
+    server = local.SecantusMongo(name="secantusdb-private", log_path=path / "mongo.log",
+                                 data_dir=path / "data", port=local.free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
