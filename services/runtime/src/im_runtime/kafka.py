@@ -58,7 +58,7 @@ class TransientError(Exception):
 
 
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TransientError | TRANSIENT_ERRORS)
+    return isinstance(exc, (TransientError, *TRANSIENT_ERRORS))
 
 
 def make_producer(settings: CommonSettings, **overrides: Any) -> AIOKafkaProducer:

@@ -1,0 +1,90 @@
+"""docker-compose.yml cannot run where there is no container engine, so it is checked here as
+data: every service, image, port, healthcheck and the env the services need — it cannot rot."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+APP_SERVICES = {
+    # compose service -> (console script, port env, container port)
+    "im-api": ("im-api", "IM_API_PORT", 8000),
+    "delivery-gateway": ("im-delivery-gateway", "IM_STREAM_PORT", 8001),
+    "delivery-worker": ("im-delivery-worker", "IM_DELIVERY_WORKER_PORT", 8002),
+    "presence": ("im-presence", "IM_PRESENCE_PORT", 8003),
+}
+NEEDED_ENV = ("IM_KAFKA_BOOTSTRAP", "IM_MONGO_URI", "IM_MONGO_DB", "IM_JWT_SECRET")
+
+
+def console_scripts() -> set[str]:
+    scripts = set()
+    for pyproject in [*ROOT.glob("services/*/pyproject.toml"), ROOT / "deploy/imctl/pyproject.toml"]:
+        scripts |= set(tomllib.loads(pyproject.read_text())["project"].get("scripts", {}))
+    return scripts
+
+
+def test_kafka_runs_the_official_image_in_kraft_mode_with_a_healthcheck():
+    kafka = SERVICES["kafka"]
+    assert kafka["image"].endswith("apache/kafka:4.1.1}") or kafka["image"] == "apache/kafka:4.1.1"
+    env = kafka["environment"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka:9093"
+    assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    assert "kafka-broker-api-versions" in " ".join(kafka["healthcheck"]["test"])
+    assert kafka["restart"] == "unless-stopped"
+
+
+def test_mongo_runs_as_a_one_node_replica_set_so_transactions_work():
+    mongo = SERVICES["mongo"]
+    assert "mongo:7" in mongo["image"]
+    assert mongo["command"][:2] == ["--replSet", "rs0"]
+    check = " ".join(mongo["healthcheck"]["test"])
+    assert "rs.initiate" in check and "mongo:27017" in check
+
+
+def test_topics_are_created_at_start_before_the_services():
+    topics = SERVICES["topics"]
+    assert topics["command"][:3] == ["imctl", "topics", "create"]
+    for name in APP_SERVICES:
+        assert SERVICES[name]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+
+
+@pytest.mark.parametrize("name", sorted(APP_SERVICES))
+def test_each_service_is_built_from_the_one_dockerfile_with_health_restart_and_env(name):
+    script, port_env, port = APP_SERVICES[name]
+    svc = SERVICES[name]
+    assert svc["build"]["dockerfile"] == "Dockerfile" and svc["build"]["context"] == "."
+    assert svc["command"] == [script] and script in console_scripts()
+    assert svc["restart"] == "unless-stopped"
+    env = svc["environment"]
+    for var in NEEDED_ENV:
+        assert var in env, (name, var)
+    assert env["IM_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert env["IM_MONGO_URI"].startswith("mongodb://mongo:27017/") and "replicaSet=rs0" in env["IM_MONGO_URI"]
+    assert re.fullmatch(r"\$\{IM_JWT_SECRET:\?.+\}", env["IM_JWT_SECRET"]), "no default secret"
+    assert env[port_env] == str(port)
+    assert f"127.0.0.1:{port}/readyz" in " ".join(svc["healthcheck"]["test"])
+    for dep in ("kafka", "mongo"):
+        assert svc["depends_on"][dep]["condition"] == "service_healthy"
+
+
+def test_published_ports_are_the_documented_ones():
+    assert SERVICES["im-api"]["ports"] == ["${IM_API_PORT:-8000}:8000"]
+    assert SERVICES["delivery-gateway"]["ports"] == ["${IM_STREAM_PORT:-8001}:8001"]
+
+
+def test_the_dockerfile_is_multi_stage_non_root_with_a_base_image_argument():
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.count("FROM ${BASE_IMAGE}") == 2
+    assert "ARG BASE_IMAGE=python:3.11-slim" in text
+    assert re.search(r"^USER im$", text, re.M)
+    for pkg in ("contracts", "services/runtime", "services/im-api", "services/delivery", "services/presence"):
+        assert pkg in text

@@ -1,0 +1,98 @@
+"""The one consumer policy every service uses, against the real broker and MongoDB.
+
+Bad records go to im.dead-letters.v1 with their reason and the consumer moves on; a transient
+failure pauses only its partition, retries with backoff, and loses nothing.
+"""
+
+import asyncio
+import base64
+import json
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from faststream.kafka import KafkaBroker
+from im_contracts.codec import decode_record
+from im_contracts.events import Typing
+from im_contracts.topics import DEAD_LETTERS, TYPING, conversation_key
+from im_runtime.kafka import DeadLetters, Subscription, TransientError, make_producer
+from im_runtime.settings import CommonSettings
+from support.wait import eventually
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def settings(service_env):
+    env = {k: v for k, v in service_env.items()}
+    return CommonSettings(
+        kafka_bootstrap=env["IM_KAFKA_BOOTSTRAP"],
+        kafka_idempotence=env["IM_KAFKA_IDEMPOTENCE"] == "true",
+        topic_prefix=env["IM_TOPIC_PREFIX"],
+        mongo_uri=env["IM_MONGO_URI"],
+        mongo_db=env["IM_MONGO_DB"],
+        retry_initial_s=0.05,
+        retry_max_s=0.2,
+    )
+
+
+async def _dead_letters(settings, count):
+    consumer = AIOKafkaConsumer(
+        DEAD_LETTERS.name(settings.topic_prefix), bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest", group_id=None,
+    )
+    await consumer.start()
+    out = []
+    try:
+        while len(out) < count:
+            batch = await asyncio.wait_for(consumer.getmany(timeout_ms=200), 20)
+            for records in batch.values():
+                out += [decode_record(DEAD_LETTERS, r.value) for r in records]
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def test_bad_records_are_dead_lettered_and_transient_failures_retry_without_loss(
+    settings, kafka_topics
+):
+    producer = make_producer(settings)
+    await producer.start()
+    seen: list[str] = []
+    failures = {"left": 3}
+
+    async def handle(event: Typing, record) -> None:
+        if event.agent_id == "flaky" and failures["left"] > 0:
+            failures["left"] -= 1
+            raise TransientError("mongo is down")
+        if event.agent_id == "bug":
+            raise ValueError("a bug")
+        seen.append(event.agent_id)
+
+    broker = KafkaBroker(settings.kafka_bootstrap)
+    sub = Subscription(
+        name="test", topics=[TYPING], group_id=f"{settings.topic_prefix}g", handle=handle,
+        dead_letters=DeadLetters(producer, settings, "test-consumer"), settings=settings,
+    )
+    sub.register(broker)
+    await broker.start()
+    topic = TYPING.name(settings.topic_prefix)
+    try:
+        key = conversation_key("c1")  # one partition: order is observable
+        for agent in ("a1", "flaky", "a2"):
+            await producer.send_and_wait(topic, Typing(tenant_id="t", conversation_id="c1", agent_id=agent).to_bytes(), key=key)
+        await producer.send_and_wait(topic, b"{not json", key=key)
+        await producer.send_and_wait(topic, json.dumps({"type": "Typing", "tenant_id": "t", "schema_version": 9}).encode(), key=key)
+        await producer.send_and_wait(topic, Typing(tenant_id="t", conversation_id="c1", agent_id="bug").to_bytes(), key=key)
+        await producer.send_and_wait(topic, Typing(tenant_id="t", conversation_id="c1", agent_id="a3").to_bytes(), key=key)
+
+        await eventually(lambda: len(seen) >= 4, timeout=30, message=lambda: f"seen {seen}")
+        assert seen == ["a1", "flaky", "a2", "a3"], "in order, the flaky one retried, nothing lost"
+        assert failures["left"] == 0
+        letters = await _dead_letters(settings, 3)
+        assert [d.reason for d in letters] == ["malformed_json", "unsupported_schema_version", "processing_failed"]
+        assert base64.b64decode(letters[0].original_value_b64) == b"{not json"
+        assert letters[0].original_topic == topic and letters[0].consumer == "test-consumer"
+        assert letters[1].tenant_id == "t"
+    finally:
+        await broker.stop()
+        await producer.stop()
