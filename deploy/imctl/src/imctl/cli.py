@@ -1,5 +1,4 @@
-"""imctl: `up` (the dev launcher), `token`, `topics create|describe`, `migrate`, `assist`,
-`dead-letters`, `tail`. Every subcommand has --help; long steps print progress."""
+"""imctl: the Helpdesk IM operator's and developer's command line. `imctl COMMAND --help` for each."""
 
 from __future__ import annotations
 
@@ -46,6 +45,45 @@ def cmd_topics(args) -> int:
     return 0 if all(r["exists"] for r in rows) else 1
 
 
+def cmd_assist(args) -> int:
+    from im_contracts.models import Related
+
+    from .kafka_tools import assistance_request, publish_assistance
+
+    secret = os.environ.get("IM_JWT_SECRET")
+    if not secret:
+        print("IM_JWT_SECRET is not set: the request must carry a service token", file=sys.stderr)
+        return 2
+    if bool(args.ticket) == bool(args.chat):
+        print("give exactly one of --ticket or --chat", file=sys.stderr)
+        return 2
+    related = Related(type="ticket" if args.ticket else "chat", id=args.ticket or args.chat, title=args.title)
+    agents = [a.strip() for a in args.to.split(",") if a.strip()]
+    request = assistance_request(args.tenant, args.sender, agents, related, args.text, args.request_id)
+    partition, offset = asyncio.run(publish_assistance(
+        args.bootstrap, args.prefix, secret, request,
+        idempotence=os.environ.get("IM_KAFKA_IDEMPOTENCE", "true") == "true"))
+    print(json.dumps({"request_id": request.request_id, "partition": partition, "offset": offset}))
+    return 0
+
+
+def cmd_dead_letters(args) -> int:
+    from .kafka_tools import describe_letter, read_dead_letters
+
+    def show(letter, raw: bytes) -> None:
+        if letter is None:
+            print(f"(unreadable dead letter, {len(raw)} bytes)")
+        elif args.tenant is None or letter.tenant_id == args.tenant:
+            print(letter.model_dump_json() if args.json else describe_letter(letter), flush=True)
+
+    try:
+        count = asyncio.run(read_dead_letters(args.bootstrap, args.prefix, args.follow, show))
+    except KeyboardInterrupt:
+        return 0
+    print(f"{count} dead letters", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=None,
                    help="override every topic's partition count (default: from contracts)")
     p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("assist", help="publish an assistance request, as a ticketing service would")
+    _bootstrap_arg(p)
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--from", dest="sender", required=True, help="the requesting agent (the sender)")
+    p.add_argument("--to", required=True, help="comma-separated agent ids asked to help")
+    p.add_argument("--ticket", help="the related ticket id")
+    p.add_argument("--chat", help="the related live-chat id")
+    p.add_argument("--title", help="the Related tag's title")
+    p.add_argument("--request-id", help="idempotency key (default: a new uuid)")
+    p.add_argument("text", help="the message to post")
+    p.set_defaults(func=cmd_assist)
+
+    p = sub.add_parser("dead-letters", help="list the dead-lettered records with their reasons")
+    _bootstrap_arg(p)
+    p.add_argument("--tenant", help="only this tenant's")
+    p.add_argument("--follow", action="store_true", help="keep listening for new ones")
+    p.add_argument("--json", action="store_true", help="one JSON document per line")
+    p.set_defaults(func=cmd_dead_letters)
     return parser
 
 
