@@ -1,0 +1,69 @@
+"""deploy/k8s: a kustomize base + an example overlay for the three services — checked as data
+(no cluster here): probes, resources, HPAs, PodDisruptionBudgets, secrets from a Secret."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.unit
+
+BASE = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "base"
+OVERLAY = BASE.parent / "overlays" / "example"
+KUSTOMIZATION = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+DOCS = {name: yaml.safe_load((BASE / name).read_text()) for name in KUSTOMIZATION["resources"]}
+DEPLOYMENTS = {d["metadata"]["name"]: d for d in DOCS.values() if d["kind"] == "Deployment"}
+PORTS = {"im-api": 8000, "delivery-gateway": 8001, "delivery-worker": 8002, "presence": 8003}
+
+
+def of_kind(kind: str) -> dict:
+    return {d["metadata"]["name"]: d for d in DOCS.values() if d["kind"] == kind}
+
+
+def test_the_base_lists_every_manifest_in_the_folder():
+    on_disk = {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(KUSTOMIZATION["resources"]) == on_disk
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_each_service_has_probes_resources_and_its_secret_from_a_secret(name):
+    pod = DEPLOYMENTS[name]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["ports"][0]["containerPort"] == PORTS[name]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    env = {e["name"]: e for e in container["env"]}
+    assert env["IM_JWT_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "helpdesk-im-secrets"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["terminationGracePeriodSeconds"] >= 20
+    template_labels = DEPLOYMENTS[name]["spec"]["template"]["metadata"]["labels"]
+    assert DEPLOYMENTS[name]["spec"]["selector"]["matchLabels"].items() <= template_labels.items()
+
+
+def test_im_api_and_delivery_scale_horizontally_and_every_service_has_a_disruption_budget():
+    hpas = of_kind("HorizontalPodAutoscaler")
+    assert {"im-api", "delivery-gateway", "delivery-worker"} <= set(hpas)
+    for name, hpa in hpas.items():
+        assert hpa["spec"]["scaleTargetRef"]["name"] in DEPLOYMENTS, name
+        assert hpa["spec"]["minReplicas"] >= 2
+    pdbs = of_kind("PodDisruptionBudget")
+    assert set(pdbs) == set(DEPLOYMENTS)
+    for name, pdb in pdbs.items():
+        assert pdb["spec"]["selector"]["matchLabels"] == DEPLOYMENTS[name]["spec"]["selector"]["matchLabels"]
+
+
+def test_gateways_get_a_stable_id_and_topics_are_created_by_a_job():
+    container = DEPLOYMENTS["delivery-gateway"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["IM_DELIVERY_GATEWAY_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    job = of_kind("Job")["helpdesk-im-topics"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["imctl", "topics", "create"]
+
+
+def test_the_example_overlay_builds_on_the_base_and_keeps_the_secret_out_of_git():
+    overlay = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())
+    assert overlay["resources"] == ["../../base"]
+    assert overlay["secretGenerator"][0]["name"] == "helpdesk-im-secrets"
+    assert "jwt-secret.txt" in (OVERLAY / ".gitignore").read_text()
+    assert not (OVERLAY / "jwt-secret.txt").exists()
