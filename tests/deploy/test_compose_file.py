@@ -88,3 +88,26 @@ def test_the_dockerfile_is_multi_stage_non_root_with_a_base_image_argument():
     assert re.search(r"^USER im$", text, re.M)
     for pkg in ("contracts", "services/runtime", "services/im-api", "services/delivery", "services/presence"):
         assert pkg in text
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Understands compose's merge tags (!override, !reset) used by the offline override."""
+
+
+_ComposeLoader.add_constructor("!override", lambda loader, node: loader.construct_sequence(node)
+                               if isinstance(node, yaml.SequenceNode) else loader.construct_mapping(node))
+
+
+def test_the_offline_override_only_swaps_images_for_ones_built_here():
+    override = yaml.load((ROOT / "deploy/offline/docker-compose.offline.yml").read_text(), Loader=_ComposeLoader)
+    services = override["services"]
+    assert set(services) <= set(SERVICES), "the override adds no service"
+    assert services["kafka"] == {"image": "helpdesk-im-test/kafka:4.1.1"}
+    assert services["mongo"]["image"].startswith("helpdesk-im-test/secantusdb")
+    for name in APP_SERVICES:
+        svc = services[name]
+        assert svc["image"].endswith("helpdesk-im-test/app:latest}")
+        assert svc["build"]["args"]["BASE_IMAGE"] == "helpdesk-im-test/python-base:bookworm"
+        assert set(svc["environment"]) == {"IM_MONGO_URI"}, "only what SecantusDB needs differs"
+    for image in ("python-base", "kafka", "secantusdb"):
+        assert (ROOT / f"deploy/offline/{image}.Dockerfile").exists()
