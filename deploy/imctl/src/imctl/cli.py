@@ -84,6 +84,14 @@ def cmd_dead_letters(args) -> int:
     return 0
 
 
+def cmd_compose(args) -> int:
+    from .compose import compose_down, compose_up
+
+    if args.action == "up":
+        return compose_up(args.project)
+    return compose_down(args.project, volumes=args.volumes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", action="store_true", help="keep listening for new ones")
     p.add_argument("--json", action="store_true", help="one JSON document per line")
     p.set_defaults(func=cmd_dead_letters)
+
+    p = sub.add_parser("compose", help="the compose stack in containers (docker, or podman offline)")
+    p.add_argument("action", choices=["up", "down"])
+    p.add_argument("--project", default="helpdesk-im", help="compose project name")
+    p.add_argument("--volumes", action="store_true", help="with down: also remove the data volumes")
+    p.set_defaults(func=cmd_compose)
     return parser
 
 
