@@ -28,14 +28,19 @@ def workdir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def endpoints(workdir: Path) -> Iterator[Endpoints]:
+def endpoints(workdir: Path, pytestconfig: pytest.Config) -> Iterator[Endpoints]:
     ep = start_endpoints(workdir)
-    print(
-        f"\n[servers] Kafka: {ep.kafka_kind} at {ep.kafka_bootstrap} "
+    line = (
+        f"[servers] Kafka: {ep.kafka_kind} at {ep.kafka_bootstrap} "
         f"(idempotent producer {'on' if ep.kafka_idempotence else 'off'}); "
-        f"MongoDB: {ep.mongo_kind} at {ep.mongo_uri}",
-        file=sys.stderr,
+        f"MongoDB: {ep.mongo_kind} at {ep.mongo_uri}"
     )
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:  # shown whatever the capture mode
+        reporter.write_line("")
+        reporter.write_line(line)
+    else:
+        print(line, file=sys.stderr)
     if os.environ.get("IM_TEST_REQUIRE_KAFKA") and ep.kafka_kind != os.environ["IM_TEST_REQUIRE_KAFKA"]:
         ep.stop()
         pytest.exit(f"CI requires Kafka kind {os.environ['IM_TEST_REQUIRE_KAFKA']}, got {ep.kafka_kind}", 3)
