@@ -35,12 +35,9 @@ def endpoints(workdir: Path, pytestconfig: pytest.Config) -> Iterator[Endpoints]
         f"(idempotent producer {'on' if ep.kafka_idempotence else 'off'}); "
         f"MongoDB: {ep.mongo_kind} at {ep.mongo_uri}"
     )
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:  # shown whatever the capture mode
-        reporter.write_line("")
-        reporter.write_line(line)
-    else:
-        print(line, file=sys.stderr)
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # shown whatever the capture mode
+        print(f"\n{line}", file=sys.stderr, flush=True)
     if os.environ.get("IM_TEST_REQUIRE_KAFKA") and ep.kafka_kind != os.environ["IM_TEST_REQUIRE_KAFKA"]:
         ep.stop()
         pytest.exit(f"CI requires Kafka kind {os.environ['IM_TEST_REQUIRE_KAFKA']}, got {ep.kafka_kind}", 3)
