@@ -1,0 +1,1 @@
+"""The entry points of presence: connection events, gateway heartbeats and the deadline sweeper."""
