@@ -64,11 +64,8 @@ class PresenceProcess:
             log_level=logging.DEBUG,  # "Received"/"Processed" per record: too much at INFO
             graceful_timeout=settings.shutdown_timeout_s,
         )
-        # The sweeper needs the group consumer (its assignment = the agents this process owns);
-        # Subscription.register does not hand its subscriber back, so pick it out of the broker.
-        before = set(map(id, self.broker.subscribers))
-        connection_subscription(service, dead_letters, settings).register(self.broker)
-        (subscriber,) = [s for s in self.broker.subscribers if id(s) not in before]
+        # The sweeper needs the group consumer: its assignment is the agents this process owns.
+        subscriber = connection_subscription(service, dead_letters, settings).register(self.broker)
         register_heartbeats(self.broker, service, dead_letters, settings)
         await start_with_retry(self.broker.start, "kafka consumers", settings)
         service.listening_since = utcnow()

@@ -168,13 +168,13 @@ class Subscription:
     precheck: Callable[[ConsumerRecord, Event], None] | None = None
     on_processed: Callable[[str, float], None] | None = None  # (topic, seconds) → metrics
     _backoff: _Backoff = field(init=False)
-    assigned: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self._backoff = _Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
         self._by_name = {t.name(self.settings.topic_prefix): t for t in self.topics}
 
-    def register(self, broker: KafkaBroker) -> None:
+    def register(self, broker: KafkaBroker):
+        """Adds the subscriber to `broker` and returns it (its consumer's assignment is readiness)."""
         sub = broker.subscriber(
             *self._by_name,
             group_id=self.group_id,
@@ -188,8 +188,9 @@ class Subscription:
 
         @sub
         async def on_batch(msg: KafkaMessage) -> None:
-            self.assigned = True
             await self.process(msg.raw_message, msg.consumer)
+
+        return sub
 
     async def process(self, raw: Any, consumer: Any) -> None:
         records: tuple[ConsumerRecord, ...] = raw if isinstance(raw, tuple) else (raw,)
