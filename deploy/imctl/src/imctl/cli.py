@@ -92,6 +92,19 @@ def cmd_compose(args) -> int:
     return compose_down(args.project, volumes=args.volumes)
 
 
+def cmd_env_example(args) -> int:
+    from .envdoc import ENV_EXAMPLE, render, write
+
+    if args.check:
+        current = ENV_EXAMPLE.read_text() if ENV_EXAMPLE.exists() else ""
+        if current != render():
+            print(f"{ENV_EXAMPLE} is out of date: run `imctl env-example`", file=sys.stderr)
+            return 1
+        return 0
+    print(write(), file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", default="helpdesk-im", help="compose project name")
     p.add_argument("--volumes", action="store_true", help="with down: also remove the data volumes")
     p.set_defaults(func=cmd_compose)
+
+    p = sub.add_parser("env-example", help="write deploy/.env.example from the settings classes")
+    p.add_argument("--check", action="store_true", help="only check that it is up to date")
+    p.set_defaults(func=cmd_env_example)
     return parser
 
 

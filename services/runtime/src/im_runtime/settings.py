@@ -19,15 +19,21 @@ def shared(name: str, **kwargs):
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IM_", extra="ignore", populate_by_name=True)
 
-    kafka_bootstrap: str = shared("IM_KAFKA_BOOTSTRAP", default="127.0.0.1:9092")
+    kafka_bootstrap: str = shared("IM_KAFKA_BOOTSTRAP", default="127.0.0.1:9092",
+                                  description="Kafka bootstrap servers, comma-separated.")
     # Tansu (the no-Java dev fallback) rejects idempotent producers; everything else keeps it on.
     kafka_idempotence: bool = shared("IM_KAFKA_IDEMPOTENCE", default=True)
-    topic_prefix: str = shared("IM_TOPIC_PREFIX", default="", description="Empty in production.")
-    mongo_uri: str = shared("IM_MONGO_URI", default="mongodb://127.0.0.1:27017/?directConnection=true")
-    mongo_db: str = shared("IM_MONGO_DB", default="helpdesk_im")
-    jwt_secret: SecretStr | None = shared("IM_JWT_SECRET", default=None, min_length=16)
-    jwks_url: str | None = shared("IM_JWKS_URL", default=None)
-    log_level: str = shared("IM_LOG_LEVEL", default="INFO")
+    topic_prefix: str = shared("IM_TOPIC_PREFIX", default="",
+                               description="Prefix of every topic name: empty in production; tests use it.")
+    mongo_uri: str = shared("IM_MONGO_URI", default="mongodb://127.0.0.1:27017/?directConnection=true",
+                            description="MongoDB URI: a replica set (transactions and change streams).")
+    mongo_db: str = shared("IM_MONGO_DB", default="helpdesk_im", description="The database every service uses.")
+    jwt_secret: SecretStr | None = shared(
+        "IM_JWT_SECRET", default=None, min_length=16,
+        description="HS256 secret of bearer tokens and stream tickets. No default: REQUIRED unless IM_JWKS_URL.")
+    jwks_url: str | None = shared("IM_JWKS_URL", default=None,
+                                  description="Verify bearer tokens with this JWKS instead of the secret.")
+    log_level: str = shared("IM_LOG_LEVEL", default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     # Retrying a transient failure (MongoDB or Kafka down): exponential from initial to max.
     retry_initial_s: float = shared("IM_RETRY_INITIAL_S", default=0.2)
     retry_max_s: float = shared("IM_RETRY_MAX_S", default=5.0)
