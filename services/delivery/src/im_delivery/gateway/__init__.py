@@ -1,1 +1,1 @@
-"""TODO"""
+"""The WebSocket gateway: authenticates, registers connections and sends from the agent queue."""

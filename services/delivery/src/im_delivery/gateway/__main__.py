@@ -1,0 +1,28 @@
+"""`im-delivery-gateway` / `python -m im_delivery.gateway`: the WebSocket stream on IM_STREAM_PORT."""
+
+from __future__ import annotations
+
+import uvicorn
+from im_runtime.logs import configure_logging
+
+from ..settings import DeliverySettings
+from .app import create_app
+
+
+def main() -> None:
+    settings = DeliverySettings()
+    configure_logging("im-delivery-gateway", settings.log_level)
+    uvicorn.run(
+        create_app(settings), host=settings.gateway_host, port=settings.stream_port, log_config=None,
+        access_log=False, ws="websockets",
+        # Compression keeps a zlib context per socket (~300 KiB); an idle socket must stay small.
+        ws_per_message_deflate=False,
+        # Clients that vanish without a close are found by ping within this long.
+        ws_ping_interval=20.0, ws_ping_timeout=20.0,
+        # SIGTERM: sockets get 1012 at once; this bounds the wait for handlers to finish.
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The gateway's composition root: MongoDB, the producer, the signal reader, heartbeats, the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from im_runtime.auth import TokenVerifier
+from im_runtime.health import Readiness, health_router
+from im_runtime.kafka import make_producer, start_with_retry
+from im_runtime.logs import log
+from im_runtime.mongo import connect, reachable
+
+from ..settings import DeliverySettings
+from ..store import QueueStore
+from .hub import Hub
+from .signals import SignalReader
+from .stream import stream_router
+
+
+def create_app(settings: DeliverySettings) -> FastAPI:
+    settings.require_auth()
+    logger = logging.getLogger("im_delivery.gateway")
+    readiness = Readiness()
+    verifier = TokenVerifier(settings)
+    app = FastAPI(title="Helpdesk IM delivery gateway")
+    app.include_router(health_router(readiness))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        mongo, db = await connect(settings)
+        store = QueueStore(db)
+        await store.ensure_indexes()
+        await store.forget_gateway(settings.gateway_id)
+        producer = make_producer(settings)
+        await start_with_retry(producer.start, "kafka producer", settings)
+        hub = Hub(settings, producer)
+        signals = SignalReader(settings, hub.on_signal)
+        await start_with_retry(signals.start, "delivery signals", settings)
+        background = [asyncio.create_task(signals.run(), name="signals"),
+                      asyncio.create_task(hub.heartbeat_forever(), name="heartbeat"),
+                      asyncio.create_task(hub.safety_poll_forever(), name="safety-poll")]
+        app.include_router(stream_router(hub, store, db, verifier, settings))
+
+        async def signals_ok() -> bool:
+            return signals.ready and not background[0].done()
+
+        readiness.add("mongodb", lambda: reachable(mongo))
+        readiness.add("signals", signals_ok)
+        log(logger, logging.INFO, "gateway started", gateway_id=settings.gateway_id, epoch=hub.epoch)
+        try:
+            yield
+        finally:
+            readiness.draining = True
+            await hub.close_all()
+            for task in background:
+                task.cancel()
+            await signals.stop()
+            await producer.flush()
+            await producer.stop()
+            await mongo.close()
+            log(logger, logging.INFO, "gateway stopped", gateway_id=settings.gateway_id)
+
+    app.router.lifespan_context = lifespan
+    return app

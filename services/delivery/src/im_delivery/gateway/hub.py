@@ -1,0 +1,110 @@
+"""The gateway's live connections: who is held here, signal dispatch, presence events, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+
+from aiokafka import AIOKafkaProducer
+from im_contracts import topics
+from im_contracts.codec import event_headers
+from im_contracts.events import (
+    ConnectionActive,
+    ConnectionClosed,
+    ConnectionIdle,
+    ConnectionOpened,
+    Event,
+    GatewayHeartbeat,
+    LiveFrame,
+    QueueAdvanced,
+    Typing,
+)
+from im_runtime.logs import log
+from prometheus_client import Gauge
+
+from ..settings import DeliverySettings
+from .connection import CLOSE_AUTH, CLOSE_RESTART, StreamConnection
+
+logger = logging.getLogger("im_delivery.hub")
+
+OPEN = Gauge("im_delivery_connections_open", "WebSocket connections open on this gateway")
+
+CONNECTION_EVENTS = {
+    "opened": ConnectionOpened, "closed": ConnectionClosed, "idle": ConnectionIdle, "active": ConnectionActive,
+}
+
+
+class Hub:
+    def __init__(self, settings: DeliverySettings, producer: AIOKafkaProducer) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.gateway_id = settings.gateway_id
+        self.epoch = uuid.uuid4().hex  # a new boot: presence expires the previous epoch's connections
+        self.by_agent: dict[tuple[str, str], set[StreamConnection]] = defaultdict(set)
+
+    def add(self, conn: StreamConnection) -> None:
+        self.by_agent[(conn.tenant_id, conn.agent_id)].add(conn)
+        OPEN.inc()
+
+    def remove(self, conn: StreamConnection) -> None:
+        held = self.by_agent.get((conn.tenant_id, conn.agent_id))
+        if held is not None and conn in held:
+            held.discard(conn)
+            OPEN.dec()
+            if not held:
+                del self.by_agent[(conn.tenant_id, conn.agent_id)]
+
+    def connections(self) -> list[StreamConnection]:
+        return [c for held in self.by_agent.values() for c in held]
+
+    def on_signal(self, event: Event) -> None:
+        """Never blocks: a signal only wakes pumps or fills bounded live buffers."""
+        for conn in list(self.by_agent.get((event.tenant_id, getattr(event, "agent_id", "")), ())):
+            if isinstance(event, QueueAdvanced):
+                if event.cursor > conn.last_sent:
+                    conn.signal()
+            elif isinstance(event, LiveFrame):
+                if event.frame.get("type") == "auth.revoked":
+                    conn.close_soon(CLOSE_AUTH, "agent deactivated")
+                else:
+                    conn.push_live(event.frame)
+
+    async def publish(self, topic: topics.Topic, key: bytes, event: Event) -> None:
+        await self.producer.send_and_wait(topic.name(self.settings.topic_prefix), event.to_bytes(), key=key,
+                                          headers=event_headers(event))
+
+    async def connection_event(self, kind: str, conn: StreamConnection) -> None:
+        event = CONNECTION_EVENTS[kind](
+            tenant_id=conn.tenant_id, agent_id=conn.agent_id, connection_id=conn.connection_id,
+            device_id=conn.device_id, gateway_id=self.gateway_id, gateway_epoch=self.epoch,
+        )
+        await self.publish(topics.CONNECTIONS, topics.agent_key(conn.tenant_id, conn.agent_id), event)
+
+    async def typing(self, conn: StreamConnection, conversation_id: str) -> None:
+        event = Typing(tenant_id=conn.tenant_id, conversation_id=conversation_id, agent_id=conn.agent_id)
+        await self.publish(topics.TYPING, topics.conversation_key(conversation_id), event)
+
+    async def safety_poll_forever(self) -> None:
+        """Every safety_poll_s every connection re-reads its queue: a missed signal costs latency only."""
+        while True:
+            await asyncio.sleep(self.settings.safety_poll_s)
+            for conn in self.connections():
+                conn.safety_poll()
+
+    async def heartbeat_forever(self) -> None:
+        while True:
+            conns = self.connections()
+            beat = GatewayHeartbeat(gateway_id=self.gateway_id, epoch=self.epoch, connection_count=len(conns),
+                                    connection_ids=[c.connection_id for c in conns])
+            try:
+                await self.publish(topics.GATEWAYS, topics.gateway_key(self.gateway_id), beat)
+            except Exception as exc:  # noqa: BLE001 - Kafka away: the next beat tries again
+                log(logger, logging.WARNING, "heartbeat not sent", error=type(exc).__name__)
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def close_all(self) -> None:
+        """Graceful shutdown: every client is told 1012 (reconnect) before the process exits."""
+        await asyncio.gather(*(c.close(CLOSE_RESTART, "server restarting") for c in self.connections()),
+                             return_exceptions=True)

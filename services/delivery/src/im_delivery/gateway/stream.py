@@ -1,0 +1,173 @@
+"""`GET /v1/stream`: authenticate (single-use ticket or `bearer.<JWT>` subprotocol), register the
+connection, resume from the right cursor, then pump the queue and read the client's frames."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from fastapi import APIRouter, WebSocket
+from im_runtime.auth import AuthError, TokenVerifier
+from im_runtime.logs import log
+from pymongo.asynchronous.database import AsyncDatabase
+
+from ..settings import DeliverySettings
+from ..store import QueueStore
+from ..worker.projections import agent_is_inactive
+from .connection import CLOSE_AUTH, CloseConnection, StreamConnection
+from .hub import Hub
+
+logger = logging.getLogger("im_delivery.stream")
+
+SUBPROTOCOL = "im.v1"
+CLOSE_BAD_REQUEST = 4400
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant_id: str
+    agent_id: str
+    device_id: str
+    token_expires_at: float
+
+
+async def authenticate(websocket: WebSocket, verifier: TokenVerifier, store: QueueStore,
+                       settings: DeliverySettings) -> Caller:
+    ticket = websocket.query_params.get("ticket")
+    if ticket:
+        t = verifier.verify_ticket(ticket)
+        if not await store.use_ticket(t.tenant_id, t.ticket_id, t.expires_at, settings.ticket_keep_s):
+            raise AuthError("ticket already used")
+        return Caller(t.tenant_id, t.agent_id, t.device_id, t.token_expires_at)
+    offered = websocket.scope.get("subprotocols") or []
+    bearer = next((p.removeprefix("bearer.") for p in offered if p.startswith("bearer.")), None)
+    if not bearer:
+        raise AuthError("a ticket or a bearer subprotocol is required")
+    principal = verifier.verify(bearer)
+    device = websocket.query_params.get("device_id") or settings.default_device_id
+    return Caller(principal.tenant_id, principal.agent_id, device, principal.expires_at)
+
+
+def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: TokenVerifier,
+                  settings: DeliverySettings) -> APIRouter:
+    router = APIRouter()
+
+    @router.websocket("/v1/stream")
+    async def stream(websocket: WebSocket) -> None:
+        offered = websocket.scope.get("subprotocols") or []
+        await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        try:
+            caller = await authenticate(websocket, verifier, store, settings)
+            if await agent_is_inactive(db, caller.tenant_id, caller.agent_id):
+                raise AuthError("agent deactivated")
+        except AuthError as exc:
+            log(logger, logging.INFO, "stream refused", reason=exc.message)
+            await websocket.close(CLOSE_AUTH, "unauthorized")
+            return
+        raw_cursor = websocket.query_params.get("cursor")
+        try:
+            asked = None if raw_cursor in (None, "") else int(raw_cursor)
+            if asked is not None and asked < 0:
+                raise ValueError
+        except ValueError:
+            await websocket.close(CLOSE_BAD_REQUEST, "cursor must be a non-negative integer")
+            return
+
+        conn = StreamConnection(uuid.uuid4().hex, caller.tenant_id, caller.agent_id, caller.device_id,
+                                websocket, store, settings)
+        # Registered before the replay is read: a signal for an entry appended meanwhile finds us.
+        hub.add(conn)
+        expiry: asyncio.TimerHandle | None = None
+        tasks: list[asyncio.Task] = []
+        try:
+            await store.register(conn.connection_id, conn.tenant_id, conn.agent_id, conn.device_id,
+                                 hub.gateway_id, hub.epoch)
+            conn.last_sent = await resume_cursor(store, caller, asked)
+            try:
+                await conn.ensure_retained()
+            except CloseConnection as close:
+                await conn.close(close.code, close.reason)
+                return
+            # The device is known from now on (pruning waits for its acks).
+            await store.acknowledge(conn.tenant_id, conn.agent_id, conn.device_id, conn.last_sent)
+            await hub.connection_event("opened", conn)
+            log(logger, logging.INFO, "stream opened", connection_id=conn.connection_id,
+                tenant_id=conn.tenant_id, agent_id=conn.agent_id, device_id=conn.device_id, cursor=conn.last_sent)
+            expiry = asyncio.get_running_loop().call_later(
+                max(0.0, caller.token_expires_at - time.time()), conn.close_soon, CLOSE_AUTH, "token expired"
+            )
+            # This task reads the client; the pump sends. Whichever ends first ends the connection
+            # (two tasks per socket, no more: idle sockets must stay small).
+            reader = asyncio.current_task()
+            assert reader is not None
+            pump = asyncio.create_task(conn.pump())
+            tasks = [pump]
+
+            def pump_ended(_task: asyncio.Task) -> None:
+                reader.cancel()  # stop reading the client: the connection is over
+
+            pump.add_done_callback(pump_ended)
+            try:
+                await read_client(conn, hub, store)
+            except asyncio.CancelledError:
+                if not pump.done():
+                    raise  # a real cancellation (shutdown), not the pump finishing
+                reader.uncancel()
+            finally:
+                pump.remove_done_callback(pump_ended)
+        finally:
+            for task in tasks:
+                task.cancel()
+            if expiry is not None:
+                expiry.cancel()
+            hub.remove(conn)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(store.unregister(conn.connection_id, conn.tenant_id))
+            with contextlib.suppress(Exception):
+                await asyncio.shield(hub.connection_event("closed", conn))
+            log(logger, logging.INFO, "stream closed", connection_id=conn.connection_id,
+                code=conn.closing, cursor=conn.last_sent)
+
+    return router
+
+
+async def resume_cursor(store: QueueStore, caller: Caller, asked: int | None) -> int:
+    """API.md: the asked cursor; else this device's last ack; else the agent's latest ack on any
+    device; else the start of the retained queue. The pump answers 4409 when an asked or own
+    cursor was pruned; a new device holds nothing yet, so it starts at the retained start."""
+    if asked is not None:
+        return asked
+    own = await store.device_cursor(caller.tenant_id, caller.agent_id, caller.device_id)
+    if own is not None:
+        return own
+    latest = await store.latest_ack(caller.tenant_id, caller.agent_id)
+    retained = int((await store.head(caller.tenant_id, caller.agent_id)).get("pruned_through", 0))
+    return max(latest or 0, retained)
+
+
+async def read_client(conn: StreamConnection, hub: Hub, store: QueueStore) -> None:
+    """Client frames: ack (moves the device cursor forward only), typing, idle, active."""
+    while True:
+        try:
+            message = await conn.websocket.receive()
+        except (RuntimeError, OSError):
+            return  # the gateway closed the socket meanwhile
+        if message["type"] == "websocket.disconnect":
+            return
+        try:
+            frame = json.loads(message.get("text") or message.get("bytes") or b"")
+            kind = frame["type"]
+        except (ValueError, TypeError, KeyError):
+            continue  # not ours to crash on: ignore what we cannot read
+        if kind == "ack" and isinstance(frame.get("cursor"), int) and frame["cursor"] >= 0:
+            conn.acknowledged(frame["cursor"])
+            await store.acknowledge(conn.tenant_id, conn.agent_id, conn.device_id, frame["cursor"])
+        elif kind == "typing" and isinstance(frame.get("conversation_id"), str) and frame["conversation_id"]:
+            await hub.typing(conn, frame["conversation_id"])
+        elif kind in ("idle", "active"):
+            await hub.connection_event(kind, conn)

@@ -1,0 +1,74 @@
+"""The delivery service's settings (worker and gateway), read from IM_DELIVERY_* and shared IM_* names."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from im_runtime.settings import CommonSettings, shared
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+
+def _default_gateway_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class DeliverySettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="IM_DELIVERY_", extra="ignore", populate_by_name=True)
+
+    # --- ports (the launcher and e2e tests rely on these names) ---
+    gateway_host: str = "127.0.0.1"
+    stream_port: int = shared("IM_STREAM_PORT", default=8001)
+    worker_host: str = "127.0.0.1"
+    worker_port: int = Field(default=8002, validation_alias=AliasChoices("IM_DELIVERY_WORKER_PORT"))
+    gateway_id: str = Field(default_factory=_default_gateway_id)
+
+    # --- consumer groups (fixed names: renaming one re-reads its topics from the start) ---
+    fanout_group: str = "delivery-fanout"
+    queue_group: str = "delivery-queue"
+    gateways_group: str = "delivery-gateways"
+    # Records per poll: big enough that a queue writer allocates cursors for many entries at once.
+    max_records: int = 500
+    # A crashed worker's partitions move after this long; 6 s is the broker's minimum by default.
+    session_timeout_ms: int = 6_000
+    # Heartbeats must be well inside the session timeout (a third is Kafka's advice).
+    heartbeat_interval_ms: int = 2_000
+
+    # --- fan-out worker ---
+    # How long a message waits for its conversation's ConversationStarted (another topic) or for a
+    # missing predecessor before it is delivered anyway: outbox relays publish within seconds.
+    hold_back_s: float = 10.0
+
+    # A gateway silent this long (no GatewayHeartbeat) is gone: its connection registrations are
+    # dropped so signals stop going to it. Five default heartbeats: a slow beat is not a death.
+    gateway_expiry_s: float = 15.0
+
+    # --- queue retention (pruning job) ---
+    # Pruning is a sweep over every queue: once a minute keeps it cheap and the queues short.
+    prune_interval_s: float = 60.0
+    # Acknowledged entries are kept a week, so another device of the agent can still catch up.
+    retention_s: float = 7 * 24 * 3600.0
+    # An agent's queue never holds more than this; older entries go and their devices get 4409.
+    queue_cap: int = 100_000
+
+    # --- gateway ---
+    # GatewayHeartbeat period (brief-interfaces #7): presence expires a silent gateway after a few.
+    heartbeat_s: float = 3.0
+    # A missed signal costs at most this much latency: every connection re-reads its queue then.
+    safety_poll_s: float = 2.0
+    # Entries per replay read / batch frame: bounds memory per connection while catching up.
+    replay_batch: int = 200
+    # A client that cannot take one frame (or batch) within this long is too slow: closed 4429.
+    send_timeout_s: float = 5.0
+    # Queued frames sent on one connection but not yet acknowledged on it; at the limit the gateway
+    # waits (send timeout) for an ack, then closes 4429. A full replay of a busy day fits in it.
+    max_unacked: int = 5_000
+    # Live-only frames (presence, typing) waiting for one connection; more means it is too slow.
+    live_buffer: int = 256
+    # Closing handshake with a client that does not answer: give up after this long.
+    close_timeout_s: float = 2.0
+    # Ticket ids are kept this long after the ticket expires (TTL), so a replay stays refused.
+    ticket_keep_s: float = 120.0
+    # Device id for bearer-subprotocol clients that name none (`?device_id=` overrides it).
+    default_device_id: str = "default"

@@ -1,0 +1,193 @@
+"""Delivery's MongoDB collections: per-agent queues, heads, devices, live connections, tickets.
+
+Collections (owned by delivery; every document and index starts with tenant_id):
+- `delivery_queue`       {tenant_id, agent_id, cursor, dedupe_key, frame, created_at} — the queue;
+                         unique (tenant_id, agent_id, cursor) and (tenant_id, agent_id, dedupe_key).
+- `delivery_heads`       {_id "<tenant>:<agent>", tenant_id, agent_id, cursor, pruned_through} —
+                         the last cursor appended (PUBLIC: im-api reads it read-only as
+                         `stream_cursor`, brief-interfaces #1) and the highest cursor pruned.
+- `delivery_devices`     {_id "<tenant>:<agent>:<device>", tenant_id, agent_id, device_id, cursor}
+                         — each device's acknowledged cursor (only moves forward).
+- `delivery_connections` {_id connection id, tenant_id, agent_id, device_id, gateway_id, epoch}
+                         — which gateways hold which agent (routes the signals).
+- `delivery_gateways`    {_id gateway id, tenant_id "_system", epoch, seen_at} — the last heartbeat
+                         the worker saw; a silent or rebooted gateway's registrations are dropped.
+- `delivery_tickets`     {_id ticket id, tenant_id, expires_at} — used stream tickets (single use;
+                         TTL index on expires_at: MongoDB TTL indexes must be single-field).
+Projections of the fan-out worker live in `worker/projections.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from im_contracts.events import SYSTEM_TENANT
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def agent_doc_id(tenant_id: str, agent_id: str) -> str:
+    return f"{tenant_id}:{agent_id}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    cursor: int
+    frame: dict[str, Any]
+
+    def wire(self) -> dict[str, Any]:
+        return {**self.frame, "cursor": self.cursor}
+
+
+class DuplicateAppend(Exception):
+    """Another writer appended one of these dedupe keys meanwhile: recompute and retry."""
+
+
+class QueueStore:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self.queue = db["delivery_queue"]
+        self.heads = db["delivery_heads"]
+        self.devices = db["delivery_devices"]
+        self.connections = db["delivery_connections"]
+        self.tickets = db["delivery_tickets"]
+        self.gateways = db["delivery_gateways"]
+
+    async def ensure_indexes(self) -> None:
+        await self.queue.create_index(
+            [("tenant_id", ASCENDING), ("agent_id", ASCENDING), ("cursor", ASCENDING)], unique=True
+        )
+        await self.queue.create_index(
+            [("tenant_id", ASCENDING), ("agent_id", ASCENDING), ("dedupe_key", ASCENDING)], unique=True
+        )
+        await self.heads.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING)])
+        await self.devices.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING), ("cursor", DESCENDING)])
+        await self.connections.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING)])
+        await self.tickets.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
+
+    # --- the queue writer (single writer per agent) ---------------------------------------------
+
+    async def existing_keys(self, tenant_id: str, agent_id: str, keys: list[str]) -> set[str]:
+        cursor = self.queue.find(
+            {"tenant_id": tenant_id, "agent_id": agent_id, "dedupe_key": {"$in": keys}},
+            {"dedupe_key": 1, "_id": 0},
+        )
+        return {doc["dedupe_key"] async for doc in cursor}
+
+    async def append(self, tenant_id: str, agent_id: str, items: list[tuple[str, dict[str, Any]]]) -> int:
+        """Allocates len(items) cursors and inserts the entries in order; returns the last cursor."""
+        head = await self.heads.find_one_and_update(
+            {"_id": agent_doc_id(tenant_id, agent_id)},
+            {"$inc": {"cursor": len(items)}, "$setOnInsert": {"tenant_id": tenant_id, "agent_id": agent_id}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        last = int(head["cursor"])
+        first = last - len(items) + 1
+        now = utcnow()
+        docs = [
+            {"tenant_id": tenant_id, "agent_id": agent_id, "cursor": first + i, "dedupe_key": key,
+             "frame": frame, "created_at": now}
+            for i, (key, frame) in enumerate(items)
+        ]
+        try:
+            await self.queue.insert_many(docs, ordered=True)
+        except BulkWriteError as exc:
+            # Cursors allocated but not used are gaps, which readers allow (brief-interfaces #1).
+            raise DuplicateAppend() from exc
+        return last
+
+    async def head(self, tenant_id: str, agent_id: str) -> dict[str, Any]:
+        doc = await self.heads.find_one({"_id": agent_doc_id(tenant_id, agent_id)})
+        return doc or {"cursor": 0, "pruned_through": 0}
+
+    # --- readers (gateways) ---------------------------------------------------------------------
+
+    async def entries_after(self, tenant_id: str, agent_id: str, cursor: int, limit: int) -> list[Entry]:
+        found = self.queue.find(
+            {"tenant_id": tenant_id, "agent_id": agent_id, "cursor": {"$gt": cursor}},
+            {"cursor": 1, "frame": 1, "_id": 0},
+        ).sort("cursor", ASCENDING).limit(limit)
+        return [Entry(int(doc["cursor"]), doc["frame"]) async for doc in found]
+
+    async def device_cursor(self, tenant_id: str, agent_id: str, device_id: str) -> int | None:
+        doc = await self.devices.find_one({"_id": f"{tenant_id}:{agent_id}:{device_id}"})
+        return None if doc is None else int(doc["cursor"])
+
+    async def latest_ack(self, tenant_id: str, agent_id: str) -> int | None:
+        doc = await self.devices.find_one(
+            {"tenant_id": tenant_id, "agent_id": agent_id}, sort=[("cursor", DESCENDING)]
+        )
+        return None if doc is None else int(doc["cursor"])
+
+    async def acknowledge(self, tenant_id: str, agent_id: str, device_id: str, cursor: int) -> None:
+        """Moves the device's cursor forward only ($max); creates the device on first sight."""
+        await self.devices.update_one(
+            {"_id": f"{tenant_id}:{agent_id}:{device_id}"},
+            {"$max": {"cursor": cursor}, "$set": {"updated_at": utcnow()},
+             "$setOnInsert": {"tenant_id": tenant_id, "agent_id": agent_id, "device_id": device_id}},
+            upsert=True,
+        )
+
+    async def use_ticket(self, tenant_id: str, ticket_id: str, expires_at: float, keep_s: float) -> bool:
+        """True the first time a ticket id is seen, False on every replay."""
+        until = datetime.fromtimestamp(expires_at, UTC) + timedelta(seconds=keep_s)
+        try:
+            await self.tickets.insert_one({"_id": ticket_id, "tenant_id": tenant_id, "expires_at": until})
+        except DuplicateKeyError:
+            return False
+        return True
+
+    # --- the connection registry ----------------------------------------------------------------
+
+    async def register(self, connection_id: str, tenant_id: str, agent_id: str, device_id: str,
+                       gateway_id: str, epoch: str) -> None:
+        await self.connections.insert_one({
+            "_id": connection_id, "tenant_id": tenant_id, "agent_id": agent_id, "device_id": device_id,
+            "gateway_id": gateway_id, "epoch": epoch, "opened_at": utcnow(),
+        })
+
+    async def unregister(self, connection_id: str, tenant_id: str) -> None:
+        await self.connections.delete_one({"_id": connection_id, "tenant_id": tenant_id})
+
+    async def forget_gateway(self, gateway_id: str) -> None:
+        """At boot: registrations a previous process with this gateway id left behind (a crash)."""
+        await self.connections.delete_many({"gateway_id": gateway_id})
+
+    async def gateway_seen(self, gateway_id: str, epoch: str, seen_at: datetime) -> None:
+        """A heartbeat: registrations an earlier boot (another epoch) opened before it are gone."""
+        await self.gateways.update_one(
+            {"_id": gateway_id},
+            {"$set": {"tenant_id": SYSTEM_TENANT}, "$max": {"seen_at": seen_at}},
+            upsert=True,
+        )
+        await self.connections.delete_many(
+            {"gateway_id": gateway_id, "epoch": {"$ne": epoch}, "opened_at": {"$lt": seen_at}}
+        )
+
+    async def expire_gateways(self, silent_for_s: float) -> list[str]:
+        """Gateways silent for `silent_for_s` by the heartbeat clock (the newest beat seen from any
+        gateway, so a lagging worker expires nobody): drop their registrations."""
+        newest = await self.gateways.find_one({}, {"seen_at": 1}, sort=[("seen_at", DESCENDING)])
+        if newest is None:
+            return []
+        # Silent by both clocks: the heartbeat stream's own and the wall clock.
+        cutoff = min(newest["seen_at"], utcnow()) - timedelta(seconds=silent_for_s)
+        gone = [doc["_id"] async for doc in self.gateways.find({"seen_at": {"$lt": cutoff}}, {"_id": 1})]
+        for gateway_id in gone:
+            await self.connections.delete_many({"gateway_id": gateway_id})
+            await self.gateways.delete_one({"_id": gateway_id, "seen_at": {"$lt": cutoff}})
+        return gone
+
+    async def gateways_holding(self, tenant_id: str, agent_ids: list[str]) -> set[tuple[str, str]]:
+        """(agent_id, gateway_id) pairs for the agents' live connections."""
+        found = self.connections.find(
+            {"tenant_id": tenant_id, "agent_id": {"$in": agent_ids}}, {"agent_id": 1, "gateway_id": 1}
+        )
+        return {(doc["agent_id"], doc["gateway_id"]) async for doc in found}

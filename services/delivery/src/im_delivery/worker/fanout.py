@@ -1,0 +1,177 @@
+"""The fan-out: from domain events to one queue append per recipient (and live-only frames).
+
+Idempotent on (conversation_id, seq): a message is re-fanned-out when re-consumed (the queue
+writer drops it by dedupe key), and a message whose predecessor is missing is held back in
+MongoDB until that predecessor is delivered (or `hold_back_s` passes).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from im_contracts.events import (
+    AgentChanged,
+    AgentPresence,
+    ConversationStarted,
+    Event,
+    GatewayHeartbeat,
+    MessagePosted,
+    ParticipantsChanged,
+    ReadMarkerMoved,
+    Typing,
+    to_rfc3339,
+)
+from im_runtime.kafka import TransientError
+from im_runtime.logs import log
+
+from ..bus import DeliveryBus, Item
+from ..store import QueueStore
+from .projections import Projections
+
+logger = logging.getLogger("im_delivery.fanout")
+
+AUTH_REVOKED = {"type": "auth.revoked"}
+
+
+def conversation_frame(conv: dict[str, Any], snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`conversation.updated`: the event's snapshot (if any) with the projection's last message."""
+    base = dict(snapshot) if snapshot else {
+        "id": conv["conversation_id"], "participants": conv["participants"], "related": conv["related"],
+        "created_by": conv["created_by"], "created_at": conv["created_at"],
+        "last_seq": 0, "last_message": None, "last_message_at": None,
+    }
+    if conv.get("last_seq", 0) >= base.get("last_seq", 0) and conv.get("last_message") is not None:
+        base.update(last_seq=conv["last_seq"], last_message=conv["last_message"],
+                    last_message_at=conv["last_message_at"])
+    return {"type": "conversation.updated", "conversation": base}
+
+
+class FanOut:
+    def __init__(self, projections: Projections, queue: QueueStore, bus: DeliveryBus, hold_back_s: float) -> None:
+        self.projections = projections
+        self.queue = queue
+        self.bus = bus
+        self.hold_back_s = hold_back_s
+        self._waiting_since: dict[tuple[str, str], float] = {}
+        # Threads for which this process parked messages: only they need a look for successors
+        # (rare, so kept for the process's life; what an earlier process parked is released by
+        # the overdue sweep).
+        self._holding: set[tuple[str, str]] = set()
+
+    async def handle_batch(self, items: list[Item]) -> None:
+        # Topics are not ordered among each other: within a poll, take the directory and thread
+        # events first so a thread's first messages find its ConversationStarted (stable sort:
+        # each partition keeps its own order).
+        for event, _record in sorted(items, key=lambda item: isinstance(item[0], MessagePosted)):
+            await self.on_event(event)
+        await self.bus.flush()
+
+    async def on_event(self, event: Event) -> None:
+        match event:
+            case MessagePosted():
+                await self.on_message(event)
+            case ConversationStarted() | ParticipantsChanged():
+                conv = await self.projections.save_snapshot(event.tenant_id, event.conversation)
+                frame = conversation_frame(conv, event.conversation.model_dump(mode="json"))
+                key = f"conv:{event.conversation.id}:{event.event_id}"
+                for agent in dict.fromkeys(event.recipients):
+                    await self.bus.append(event.tenant_id, agent, key, frame)
+            case ReadMarkerMoved():
+                frame = {"type": "read.updated", "conversation_id": event.conversation_id,
+                         "agent_id": event.agent_id, "seq": event.seq}
+                key = f"read:{event.conversation_id}:{event.agent_id}:{event.seq}"
+                for agent in dict.fromkeys(event.recipients):
+                    await self.bus.append(event.tenant_id, agent, key, frame)
+            case AgentChanged():
+                await self.projections.save_agent(event)
+                if not event.active:
+                    await self.live(event.tenant_id, [event.agent_id], AUTH_REVOKED)
+            case AgentPresence():
+                frame = {"type": "presence.changed", "agent_id": event.agent_id, "status": event.status,
+                         "last_seen_at": None if event.last_seen_at is None else to_rfc3339(event.last_seen_at)}
+                others = await self.projections.co_participants(event.tenant_id, event.agent_id)
+                await self.live(event.tenant_id, sorted(others), frame)
+            case GatewayHeartbeat():
+                await self.queue.gateway_seen(event.gateway_id, event.epoch, event.occurred_at)
+            case Typing():
+                conv = await self.projections.conversation(event.tenant_id, event.conversation_id)
+                if conv is None or event.agent_id not in conv.get("participant_ids", []):
+                    return  # typing in a thread one is not part of goes nowhere
+                others = [a for a in conv["participant_ids"] if a != event.agent_id]
+                frame = {"type": "typing", "conversation_id": event.conversation_id, "agent_id": event.agent_id}
+                await self.live(event.tenant_id, others, frame)
+
+    async def live(self, tenant_id: str, agent_ids: list[str], frame: dict[str, Any]) -> None:
+        """Live-only frames go straight to the gateways that hold the agent (never queued)."""
+        if not agent_ids:
+            return
+        for agent, gateway in sorted(await self.queue.gateways_holding(tenant_id, agent_ids)):
+            await self.bus.live(tenant_id, gateway, agent, frame)
+
+    # --- messages -------------------------------------------------------------------------------
+
+    async def on_message(self, event: MessagePosted) -> None:
+        m = event.message
+        conv = await self.projections.conversation(event.tenant_id, m.conversation_id)
+        if conv is None:
+            conv = await self._conversation_not_started(event)
+        if m.seq > conv["last_seq"] + 1:
+            log(logger, logging.INFO, "message held back: predecessor missing",
+                conversation_id=m.conversation_id, seq=m.seq, last_seq=conv["last_seq"])
+            await self.projections.hold(event)
+            self._holding.add((event.tenant_id, m.conversation_id))
+            return
+        await self.deliver(event, conv)
+        await self.release_successors(event.tenant_id, m.conversation_id)
+
+    async def _conversation_not_started(self, event: MessagePosted) -> dict[str, Any]:
+        # ConversationStarted travels on another topic and may come later: wait (pausing this
+        # partition with backoff) up to hold_back_s, then go with what the message says.
+        key = (event.tenant_id, event.message.conversation_id)
+        since = self._waiting_since.setdefault(key, time.monotonic())
+        if time.monotonic() - since < self.hold_back_s:
+            raise TransientError("conversation not projected yet")
+        self._waiting_since.pop(key, None)
+        log(logger, logging.WARNING, "conversation never started; delivering with the message's facts",
+            conversation_id=event.message.conversation_id)
+        return await self.projections.assume_conversation(event)
+
+    async def deliver(self, event: MessagePosted, conv: dict[str, Any]) -> None:
+        m = event.message
+        message = m.model_dump(mode="json")
+        if m.seq >= conv.get("last_seq", 0):
+            conv = {**conv, "last_seq": m.seq, "last_message": message, "last_message_at": message["created_at"]}
+        created = {"type": "message.created", "message": message}
+        updated = conversation_frame(conv)
+        for agent in dict.fromkeys(event.recipients):
+            await self.bus.append(event.tenant_id, agent, f"msg:{m.conversation_id}:{m.seq}", created)
+            await self.bus.append(event.tenant_id, agent, f"msg:{m.conversation_id}:{m.seq}:conversation", updated)
+        await self.projections.message_delivered(event)
+
+    async def release_successors(self, tenant_id: str, conversation_id: str, sweep: bool = False) -> None:
+        if not sweep and (tenant_id, conversation_id) not in self._holding:
+            return
+        while True:
+            conv = await self.projections.conversation(tenant_id, conversation_id)
+            if conv is None:
+                return
+            nxt = await self.projections.held_next(tenant_id, conversation_id, conv["last_seq"] + 1)
+            if nxt is None:
+                return
+            await self.deliver(nxt, conv)
+            await self.projections.release(tenant_id, conversation_id, nxt.message.seq)
+
+    async def release_overdue(self) -> int:
+        """Held messages whose predecessor never came within hold_back_s: deliver, accept the gap."""
+        overdue = await self.projections.held_too_long(self.hold_back_s)
+        for event in overdue:
+            m = event.message
+            log(logger, logging.WARNING, "predecessor never came; delivering with a gap",
+                conversation_id=m.conversation_id, seq=m.seq)
+            await self.projections.accept_gap(event.tenant_id, m.conversation_id, m.seq)
+            await self.release_successors(event.tenant_id, m.conversation_id, sweep=True)
+            await self.projections.release(event.tenant_id, m.conversation_id, m.seq)  # if already passed
+        await self.bus.flush()
+        return len(overdue)

@@ -1,0 +1,158 @@
+"""The fan-out worker's own read models: conversations (participants, related, last message),
+the agent directory (active or not) and messages held back until their predecessor arrives.
+
+Collections (owned by delivery; tenant_id first in every document and index):
+- `delivery_conversations` {_id "<tenant>:<conversation>", tenant_id, conversation_id, participants,
+  participant_ids, related, created_by, created_at, last_seq, last_message, last_message_at, seen_at}
+- `delivery_agents`        {_id "<tenant>:<agent>", tenant_id, agent_id, display_name, role, active}
+  (also read by gateways: refuse an inactive agent at connect)
+- `delivery_held`          {_id "<tenant>:<conversation>:<seq>", tenant_id, conversation_id, seq,
+  event, held_at} — a message whose predecessor has not been delivered yet.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from im_contracts.events import AgentChanged, MessagePosted
+from im_contracts.models import ConversationSnapshot
+from pymongo import ASCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+
+from ..store import utcnow
+
+
+def conversation_id_of(tenant_id: str, conversation_id: str) -> str:
+    return f"{tenant_id}:{conversation_id}"
+
+
+class Projections:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self.conversations = db["delivery_conversations"]
+        self.agents = db["delivery_agents"]
+        self.held = db["delivery_held"]
+
+    async def ensure_indexes(self) -> None:
+        await self.conversations.create_index([("tenant_id", ASCENDING), ("participant_ids", ASCENDING)])
+        await self.agents.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING)])
+        await self.held.create_index(
+            [("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("seq", ASCENDING)]
+        )
+        await self.held.create_index([("tenant_id", ASCENDING), ("held_at", ASCENDING)])
+
+    # --- conversations --------------------------------------------------------------------------
+
+    async def conversation(self, tenant_id: str, conversation_id: str) -> dict[str, Any] | None:
+        return await self.conversations.find_one({"_id": conversation_id_of(tenant_id, conversation_id)})
+
+    async def save_snapshot(self, tenant_id: str, snapshot: ConversationSnapshot) -> dict[str, Any]:
+        """Participants and related from a conversation event; last_* only ever from messages."""
+        doc = snapshot.model_dump(mode="json")
+        await self.conversations.update_one(
+            {"_id": conversation_id_of(tenant_id, snapshot.id)},
+            {
+                "$set": {
+                    "tenant_id": tenant_id,
+                    "conversation_id": snapshot.id,
+                    "participants": doc["participants"],
+                    "participant_ids": [p["id"] for p in doc["participants"]],
+                    "related": doc["related"],
+                    "created_by": doc["created_by"],
+                    "created_at": doc["created_at"],
+                    "known": True,
+                },
+                "$setOnInsert": {"last_seq": 0, "last_message": None, "last_message_at": None},
+            },
+            upsert=True,
+        )
+        return await self.conversation(tenant_id, snapshot.id)  # type: ignore[return-value]
+
+    async def assume_conversation(self, event: MessagePosted) -> dict[str, Any]:
+        """A message whose ConversationStarted never came: what the message itself tells."""
+        m = event.message
+        await self.conversations.update_one(
+            {"_id": conversation_id_of(event.tenant_id, m.conversation_id)},
+            {
+                "$setOnInsert": {
+                    "tenant_id": event.tenant_id,
+                    "conversation_id": m.conversation_id,
+                    "participants": [{"id": a, "display_name": a} for a in event.recipients],
+                    "participant_ids": list(event.recipients),
+                    "related": None,
+                    "created_by": m.sender_id,
+                    "created_at": m.created_at.isoformat(),
+                    "last_seq": m.seq - 1,
+                    "last_message": None,
+                    "last_message_at": None,
+                    "known": False,
+                }
+            },
+            upsert=True,
+        )
+        return await self.conversation(event.tenant_id, m.conversation_id)  # type: ignore[return-value]
+
+    async def message_delivered(self, event: MessagePosted) -> None:
+        m = event.message
+        message = m.model_dump(mode="json")
+        await self.conversations.update_one(
+            {"_id": conversation_id_of(event.tenant_id, m.conversation_id), "last_seq": {"$lt": m.seq}},
+            {"$set": {"last_seq": m.seq, "last_message": message, "last_message_at": message["created_at"]}},
+        )
+
+    async def accept_gap(self, tenant_id: str, conversation_id: str, seq: int) -> None:
+        """Gives up waiting for the messages before `seq` (they never came within hold_back_s)."""
+        await self.conversations.update_one(
+            {"_id": conversation_id_of(tenant_id, conversation_id), "last_seq": {"$lt": seq - 1}},
+            {"$set": {"last_seq": seq - 1}},
+        )
+
+    async def co_participants(self, tenant_id: str, agent_id: str) -> set[str]:
+        """Agents who share at least one thread with `agent_id` (presence goes to them)."""
+        found = self.conversations.find(
+            {"tenant_id": tenant_id, "participant_ids": agent_id}, {"participant_ids": 1}
+        )
+        out: set[str] = set()
+        async for doc in found:
+            out.update(doc.get("participant_ids", []))
+        out.discard(agent_id)
+        return out
+
+    # --- held-back messages ---------------------------------------------------------------------
+
+    async def hold(self, event: MessagePosted) -> None:
+        m = event.message
+        await self.held.update_one(
+            {"_id": f"{event.tenant_id}:{m.conversation_id}:{m.seq}"},
+            {"$setOnInsert": {"tenant_id": event.tenant_id, "conversation_id": m.conversation_id,
+                              "seq": m.seq, "event": event.model_dump(mode="json"), "held_at": utcnow()}},
+            upsert=True,
+        )
+
+    async def held_next(self, tenant_id: str, conversation_id: str, seq: int) -> MessagePosted | None:
+        doc = await self.held.find_one({"tenant_id": tenant_id, "conversation_id": conversation_id, "seq": seq})
+        return None if doc is None else MessagePosted.model_validate(doc["event"])
+
+    async def release(self, tenant_id: str, conversation_id: str, seq: int) -> None:
+        await self.held.delete_one({"_id": f"{tenant_id}:{conversation_id}:{seq}"})
+
+    async def held_too_long(self, older_than_s: float, limit: int = 100) -> list[MessagePosted]:
+        cutoff: datetime = utcnow() - timedelta(seconds=older_than_s)
+        found = self.held.find({"held_at": {"$lt": cutoff}}).sort([("held_at", ASCENDING)]).limit(limit)
+        return [MessagePosted.model_validate(doc["event"]) async for doc in found]
+
+    # --- agents ---------------------------------------------------------------------------------
+
+    async def save_agent(self, event: AgentChanged) -> None:
+        await self.agents.update_one(
+            {"_id": f"{event.tenant_id}:{event.agent_id}"},
+            {"$set": {"tenant_id": event.tenant_id, "agent_id": event.agent_id,
+                      "display_name": event.display_name, "role": event.role, "active": event.active}},
+            upsert=True,
+        )
+
+
+async def agent_is_inactive(db: AsyncDatabase, tenant_id: str, agent_id: str) -> bool:
+    """Gateways refuse an agent the directory says is deactivated (unknown agents are let in)."""
+    doc = await db["delivery_agents"].find_one({"_id": f"{tenant_id}:{agent_id}"}, {"active": 1})
+    return doc is not None and doc.get("active") is False

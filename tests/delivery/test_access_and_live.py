@@ -1,0 +1,139 @@
+"""Who may listen and for how long (4401, 4409), leaving a thread, live-only frames, dead letters."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+import pytest
+from im_contracts import topics
+from im_contracts.events import AgentPresence
+
+from conftest import TENANT, StreamClient, read_topic
+from support.wait import eventually
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_the_socket_closes_4401_when_its_token_expires_or_the_agent_is_deactivated(stack, outbox, tokens):
+    await stack.start_worker()
+    gw = await stack.start_gateway()
+    short = await StreamClient.connect(gw.url, tokens.ticket("ana", token_ttl_s=2), name="short-token")
+    ben = await StreamClient.connect(gw.url, tokens.ticket("ben"), name="ben")
+    assert await short.closed_with(timeout=10) == 4401
+
+    await outbox.agent_changed("ben", active=True)
+    await outbox.agent_changed("ben", active=False)
+    assert await ben.closed_with(timeout=15) == 4401
+    refused = await StreamClient.connect(gw.url, tokens.ticket("ben"), name="ben-again")
+    assert await refused.closed_with() == 4401
+    still = await StreamClient.connect(gw.url, tokens.ticket("ana"), name="ana-still-active")
+    assert still.close_code is None
+    await still.close()
+
+
+async def test_a_pruned_cursor_closes_4409_and_acknowledged_entries_are_pruned(
+    stack, outbox, tokens, mongo, mongo_db_name
+):
+    await stack.start_worker(IM_DELIVERY_QUEUE_CAP="6", IM_DELIVERY_RETENTION_S="0")
+    gw = await stack.start_gateway()
+    heads = mongo[mongo_db_name]["delivery_heads"]
+    cid = await outbox.start_conversation(["ana", "ben"])
+    await outbox.post(cid, "ben", 10)  # 21 entries per agent: over the cap of 6
+    await eventually(lambda: _pruned_through(heads, "ana", 15))
+
+    old = await StreamClient.connect(gw.url, tokens.ticket("ana"), cursor=3, name="old-cursor")
+    assert await old.closed_with() == 4409
+    fresh = await StreamClient.connect(gw.url, tokens.ticket("ana", "new-device"), name="new-device")
+    await eventually(lambda: len(fresh.queued) == 6)
+    assert fresh.queued[0]["cursor"] == 16 and fresh.queued[-1]["cursor"] == 21
+
+    # Everything every device of ana acknowledged (retention 0 here) is pruned.
+    await fresh.ack()
+    await eventually(lambda: _pruned_through(heads, "ana", 21))
+    queue = mongo[mongo_db_name]["delivery_queue"]
+    await eventually(lambda: _count_is(queue.count_documents({"tenant_id": TENANT, "agent_id": "ana"}), 0))
+    await fresh.close()
+
+
+async def _count_is(counting, n: int) -> bool:
+    return await counting == n
+
+
+async def _pruned_through(heads, agent: str, at_least: int) -> bool:
+    doc = await heads.find_one({"_id": f"{TENANT}:{agent}"})
+    return doc is not None and doc.get("pruned_through", 0) >= at_least
+
+
+async def test_leaving_a_thread_stops_delivery_of_later_messages(stack, outbox, tokens):
+    await stack.start_worker()
+    gw = await stack.start_gateway()
+    ana = await StreamClient.connect(gw.url, tokens.ticket("ana"), name="ana")
+    ben = await StreamClient.connect(gw.url, tokens.ticket("ben"), name="ben")
+    cid = await outbox.start_conversation(["ana", "ben"])
+    await outbox.post(cid, "ana", 3)
+    await eventually(lambda: len(ben.messages()) == 3)
+    await outbox.change_participants(cid, removed=["ben"])
+    await outbox.post(cid, "ana", 3)
+    await eventually(lambda: len(ana.messages()) == 6)
+    # ben learnt that he left (the update lists the remaining participants) and got nothing later.
+    await eventually(lambda: any(f["type"] == "conversation.updated" and
+                                 [p["id"] for p in f["conversation"]["participants"]] == ["ana"] for f in ben.queued))
+    await outbox.post(cid, "ana")
+    await eventually(lambda: len(ana.messages()) == 7)
+    assert ben.messages() == [(cid, 1), (cid, 2), (cid, 3)]
+    await ana.close()
+    await ben.close()
+
+
+async def test_typing_and_presence_are_pushed_live_to_thread_partners_only(stack, outbox, tokens):
+    await stack.start_worker()
+    gw1, gw2 = await stack.start_gateway(), await stack.start_gateway()
+    cid = await outbox.start_conversation(["ana", "ben"])
+    await outbox.start_conversation(["cy", "dee"])
+    ana = await StreamClient.connect(gw1.url, tokens.ticket("ana"), name="ana")
+    ben = await StreamClient.connect(gw2.url, tokens.ticket("ben"), name="ben")
+    dee = await StreamClient.connect(gw2.url, tokens.ticket("dee"), name="dee")
+    await eventually(lambda: ana.queued and ben.queued and dee.queued)  # the thread starts arrived
+
+    await ana.send({"type": "typing", "conversation_id": cid})
+    await eventually(lambda: {"type": "typing", "conversation_id": cid, "agent_id": "ana"} in ben.live)
+    presence = AgentPresence(tenant_id=TENANT, agent_id="ben", status="away",
+                             last_seen_at=datetime(2026, 1, 2, tzinfo=UTC), connections=1)
+    await outbox.send(topics.PRESENCE, topics.agent_key(TENANT, "ben"), presence)
+    await eventually(lambda: any(f["type"] == "presence.changed" for f in ana.live))
+    assert [f for f in ana.live if f["type"] == "presence.changed"] == [
+        {"type": "presence.changed", "agent_id": "ben", "status": "away", "last_seen_at": "2026-01-02T00:00:00.000Z"}]
+    # Live frames reach partners only, carry no cursor, and the typist does not hear itself.
+    await dee.send({"type": "typing", "conversation_id": cid})  # not dee's thread: goes nowhere
+    await ben.send({"type": "typing", "conversation_id": cid})
+    await eventually(lambda: {"type": "typing", "conversation_id": cid, "agent_id": "ben"} in ana.live)
+    assert not dee.live and all(f["agent_id"] != "ana" for f in ana.live if f["type"] == "typing")
+    assert {"type": "typing", "conversation_id": cid, "agent_id": "dee"} not in ana.live
+    for client in (ana, ben, dee):
+        await client.close()
+
+
+async def test_malformed_records_on_delivery_topics_go_to_dead_letters_and_the_rest_flows(
+    stack, outbox, tokens, kafka_bootstrap, kafka_topics
+):
+    await stack.start_worker()
+    gw = await stack.start_gateway()
+    ana = await StreamClient.connect(gw.url, tokens.ticket("ana"), name="ana")
+    await outbox.raw(topics.MESSAGES, b"c-bad", b"{not json")
+    await outbox.raw(topics.CONVERSATIONS, b"c-bad", b'{"type": "ConversationStarted", "tenant_id": "acme"}')
+    await outbox.raw(topics.INBOX, b"acme:ana", b'{"type": "Surprise", "tenant_id": "acme"}')
+    await outbox.raw(topics.MESSAGES, b"c-bad", b'{"type": "MessagePosted", "schema_version": 9}')
+    cid = await outbox.start_conversation(["ben", "ana"])
+    await outbox.post(cid, "ben", 2)
+    await eventually(lambda: ana.messages() == [(cid, 1), (cid, 2)])
+    letters = await read_topic(kafka_bootstrap, topics.DEAD_LETTERS, kafka_topics, lambda evs: len(evs) >= 4)
+    got = {(d.original_topic.removeprefix(kafka_topics), d.reason, d.consumer) for d in letters}
+    assert got == {
+        ("im.messages.v1", "malformed_json", "delivery-fanout"),
+        ("im.conversations.v1", "invalid_event", "delivery-fanout"),
+        ("im.inbox.v1", "unknown_event_type", "delivery-queue"),
+        ("im.messages.v1", "unsupported_schema_version", "delivery-fanout"),
+    }
+    assert base64.b64decode(next(d for d in letters if d.reason == "malformed_json").original_value_b64) == b"{not json"
+    await ana.close()

@@ -1,0 +1,30 @@
+"""Pure rules of delivery: signal partitioning and the conversation frame."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from im_contracts import topics
+from im_delivery.bus import signal_partition
+from im_delivery.worker.fanout import conversation_frame
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 12])
+def test_a_gateway_reads_the_partition_the_producer_writes_its_signals_to(partitions):
+    every = list(range(partitions))
+    for gateway_id in ("gw-1", "gw-2", "host-a-4242", "ünïcode-gateway"):
+        chosen = DefaultPartitioner()(topics.gateway_key(gateway_id), every, every)
+        assert signal_partition(gateway_id, partitions) == chosen
+
+
+def test_the_conversation_frame_carries_the_newest_last_message_known():
+    projection = {"conversation_id": "c1", "participants": [{"id": "ana", "display_name": "Ana"}],
+                  "related": None, "created_by": "ana", "created_at": "2026-01-01T00:00:00.000Z",
+                  "last_seq": 7, "last_message": {"seq": 7}, "last_message_at": "2026-01-02T00:00:00.000Z"}
+    older_snapshot = {**projection, "id": "c1", "last_seq": 5, "last_message": {"seq": 5}}
+    frame = conversation_frame(projection, older_snapshot)
+    assert frame["type"] == "conversation.updated"
+    assert frame["conversation"]["last_seq"] == 7 and frame["conversation"]["last_message"] == {"seq": 7}
+    assert conversation_frame({**projection, "last_seq": 0, "last_message": None})["conversation"]["last_seq"] == 0

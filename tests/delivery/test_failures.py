@@ -1,0 +1,167 @@
+"""Crashes and slow clients: a gateway or the worker SIGKILLed, a client that stops reading."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import time
+
+import pytest
+import websockets
+from im_contracts import topics
+
+from conftest import TENANT, StreamClient, assert_exactly_once_in_order
+from support.wait import eventually
+
+pytestmark = pytest.mark.e2e
+
+AGENTS = ["ana", "ben", "cy"]
+
+
+async def test_a_gateway_killed_mid_stream_loses_nothing_when_clients_resume_on_the_other(
+    stack, outbox, tokens, mongo, mongo_db_name
+):
+    await stack.start_worker()
+    gw1, gw2 = await asyncio.gather(stack.start_gateway(), stack.start_gateway())
+    threads = {await outbox.start_conversation(list(p)): list(p) for p in itertools.combinations(AGENTS, 2)}
+    clients = {a: [await StreamClient.connect(gw1.url, tokens.ticket(a, "desk"), name=f"{a}@gw1")]
+               for a in ("ana", "ben")}
+    clients["cy"] = [await StreamClient.connect(gw2.url, tokens.ticket("cy", "desk"), name="cy@gw2")]
+    per_thread = 100
+
+    async def sender() -> None:
+        for _ in range(per_thread):
+            for cid, members in threads.items():
+                await outbox.post(cid, members[0])
+
+    sending = asyncio.create_task(sender())
+    await eventually(lambda: len(clients["ana"][0].messages()) >= 20, timeout=20)
+    await asyncio.to_thread(gw1.proc.kill)  # SIGKILL mid-stream
+    for agent in ("ana", "ben"):
+        old = clients[agent][0]
+        await old.closed_with()
+        # Reconnect elsewhere with the last cursor it processed.
+        clients[agent].append(await StreamClient.connect(gw2.url, tokens.ticket(agent, "desk"), cursor=old.cursor,
+                                                         name=f"{agent}@gw2"))
+    await sending
+    for agent, conns in clients.items():
+        expected = {c: per_thread for c, m in threads.items() if agent in m}
+        await eventually(lambda cs=conns, n=sum(expected.values()): sum(len(c.messages()) for c in cs) >= n,
+                         timeout=30)
+        merged = StreamClient.__new__(StreamClient)
+        merged.name, merged.queued = agent, [f for c in conns for f in c.queued]
+        assert_exactly_once_in_order(merged, expected)
+    # The dead gateway stops heartbeating: its registrations expire, signals stop going to it.
+    registry = mongo[mongo_db_name]["delivery_connections"]
+    await eventually(lambda: _none_left(registry, gw1.gateway_id), timeout=15)
+    assert await registry.count_documents({"gateway_id": gw2.gateway_id}) == 3
+    for conns in clients.values():
+        await conns[-1].close()
+
+
+async def _none_left(registry, gateway_id: str) -> bool:
+    return await registry.count_documents({"gateway_id": gateway_id}) == 0
+
+
+async def test_the_worker_killed_mid_batch_and_restarted_neither_loses_nor_duplicates_an_entry(
+    stack, outbox, tokens, mongo, mongo_db_name
+):
+    await stack.start_worker()
+    gw = await stack.start_gateway()
+    ana = await StreamClient.connect(gw.url, tokens.ticket("ana", "desk"), name="ana")
+    threads = {await outbox.start_conversation(list(p)): list(p) for p in itertools.combinations(AGENTS, 2)}
+    per_thread = 300
+    for _ in range(per_thread):
+        for cid, members in threads.items():
+            event = outbox.message(cid, members[0])
+            await outbox.producer.send(topics.MESSAGES.name(outbox.prefix), event.to_bytes(),
+                                       key=topics.conversation_key(cid))
+    await outbox.producer.flush()
+    queue = mongo[mongo_db_name]["delivery_queue"]
+    await eventually(lambda: _count_at_least(queue, 50), timeout=30)
+    await asyncio.to_thread(stack.worker.kill)  # SIGKILL while it works through the backlog
+    killed_at = await queue.count_documents({})
+    await stack.start_worker()
+
+    for agent in AGENTS:
+        expected = {c: per_thread for c, m in threads.items() if agent in m}
+        keys = {f"msg:{c}:{s}{suffix}" for c in expected for s in range(1, per_thread + 1)
+                for suffix in ("", ":conversation")}
+        await eventually(lambda a=agent, n=len(keys) + 2: _count_at_least(queue, n, a), timeout=60)
+        entries = [d async for d in queue.find({"tenant_id": TENANT, "agent_id": agent}).sort("cursor", 1)]
+        msg_keys = [d["dedupe_key"] for d in entries if d["dedupe_key"].startswith("msg:")]
+        assert len(msg_keys) == len(keys) and set(msg_keys) == keys, f"{agent}: entries lost or duplicated"
+        for cid in expected:  # per thread, queue order is seq order
+            seqs = [d["frame"]["message"]["seq"] for d in entries
+                    if d["frame"]["type"] == "message.created" and d["frame"]["message"]["conversation_id"] == cid]
+            assert seqs == list(range(1, per_thread + 1))
+    await eventually(lambda: len(ana.messages()) >= 2 * per_thread, timeout=30)
+    assert_exactly_once_in_order(ana, {c: per_thread for c, m in threads.items() if "ana" in m})
+    print(f"worker killed after {killed_at} entries")
+    await ana.close()
+
+
+async def _count_at_least(queue, n: int, agent: str | None = None) -> bool:
+    query = {"tenant_id": TENANT, **({"agent_id": agent} if agent else {})}
+    return await queue.count_documents(query) >= n
+
+
+async def stalled_connect(url: str) -> websockets.ClientConnection:
+    """A client that stops reading: a tiny receive buffer and a one-message client queue."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    sock.connect((host, int(port)))
+    sock.setblocking(False)
+    return await websockets.connect(url, sock=sock, max_queue=1, open_timeout=10)
+
+
+async def test_a_stalled_client_is_closed_4429_and_does_not_delay_the_others(
+    stack, outbox, tokens, mongo, mongo_db_name
+):
+    # Bound: every entry reaches the healthy client within 1.5 s of being appended to its queue
+    # (signal path: milliseconds; a missed signal: the 1 s safety poll) while the stalled client
+    # sits on a full window (100 unacknowledged frames here); after the send timeout (1 s) the
+    # stalled one is closed 4429.
+    await stack.start_worker()
+    gw = await stack.start_gateway(IM_DELIVERY_MAX_UNACKED="100", IM_DELIVERY_CLOSE_TIMEOUT_S="10")
+    cid = await outbox.start_conversation(["ana", "ben"])
+    stalled = await stalled_connect(gw.url + "?ticket=" + tokens.ticket("ana", "stuck"))
+    ben = await StreamClient.connect(gw.url, tokens.ticket("ben", "desk"), name="ben", auto_ack=True)
+    arrival: dict[int, float] = {}
+
+    async def watch() -> None:
+        while True:
+            for frame in ben.queued:
+                arrival.setdefault(frame["cursor"], time.time())
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    await outbox.post(cid, "ben", 150)  # 300 frames each: ana's window (100) fills, ben's never
+    await eventually(lambda: len(ben.messages()) >= 150, timeout=30)
+    await eventually(lambda: _closed_4429(gw.port), timeout=20)
+    await outbox.post(cid, "ben", 20)  # and after the close, ben goes on as before
+    await eventually(lambda: len(ben.messages()) >= 170, timeout=30)
+    appended = {d["cursor"]: d["created_at"].timestamp()
+                async for d in mongo[mongo_db_name]["delivery_queue"].find({"tenant_id": TENANT, "agent_id": "ben"})}
+    await eventually(lambda: set(appended) <= set(arrival), timeout=10)
+    watcher.cancel()
+    assert set(appended) == set(arrival)
+    worst = max(arrival[c] - appended[c] for c in appended)
+    assert worst < 1.5, f"the healthy client waited {worst:.2f}s"
+    # Once it reads again, the stalled client finds the close code telling it to resume.
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        async for _ in stalled:
+            pass
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4429
+    print(f"worst latency for the healthy client: {worst:.3f}s")
+    await ben.close()
+
+
+async def _closed_4429(port: int) -> bool:
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    return 'im_delivery_connections_closed_total{code="4429"} 1.0' in text
