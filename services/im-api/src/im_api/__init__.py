@@ -1,1 +1,1 @@
-"""TODO"""
+"""Helpdesk IM HTTP API: agents, conversations, messages, read markers, and the outbox relay."""

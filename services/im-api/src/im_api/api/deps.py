@@ -1,0 +1,88 @@
+"""What routes receive: the authenticated caller and the services (`Annotated` aliases)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from im_runtime.auth import AuthError, Principal, TokenVerifier
+
+from ..directory import Directory
+from ..errors import Forbidden, Unauthorized
+from ..service import Conversations
+from ..settings import ApiSettings
+from ..store import Store
+
+_ACTING = re.compile(r"^[A-Za-z0-9._@:-]{1,128}$")
+
+
+@dataclass
+class Services:
+    """Built once in app.py and kept on app.state."""
+
+    settings: ApiSettings
+    store: Store
+    verifier: TokenVerifier
+    directory: Directory
+    conversations: Conversations
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+
+
+async def current_principal(request: Request, svc: ServicesDep) -> Principal:
+    """The verified caller. An `agent` token (or a service acting for an agent) counts only while
+    that agent exists and is active: one indexed lookup per call, no cache, so deactivation
+    takes effect on the next request."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("a bearer token is required")
+    try:
+        principal = svc.verifier.verify(token.strip())
+    except AuthError as exc:
+        raise Unauthorized(exc.message) from None
+    acting = request.headers.get("x-acting-agent-id")
+    if principal.role == "service" and acting:
+        if not _ACTING.match(acting):
+            raise Unauthorized("X-Acting-Agent-Id is not an agent id")
+        principal = Principal(principal.tenant_id, principal.subject, principal.role, principal.expires_at, acting)
+    if principal.role == "agent" or principal.acting_agent_id:
+        if not await svc.store.is_active_agent(principal.tenant_id, principal.agent_id):
+            raise Unauthorized("the agent is unknown or deactivated", code="inactive_agent")
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+async def directory_admin(principal: CurrentPrincipal) -> Principal:
+    if principal.role not in ("admin", "service"):
+        raise Forbidden("only admin and service tokens manage the agents directory")
+    return principal
+
+
+DirectoryAdmin = Annotated[Principal, Depends(directory_admin)]
+
+
+def store(svc: ServicesDep) -> Store:
+    return svc.store
+
+
+def conversations(svc: ServicesDep) -> Conversations:
+    return svc.conversations
+
+
+def directory(svc: ServicesDep) -> Directory:
+    return svc.directory
+
+
+StoreDep = Annotated[Store, Depends(store)]
+ConversationsDep = Annotated[Conversations, Depends(conversations)]
+DirectoryDep = Annotated[Directory, Depends(directory)]

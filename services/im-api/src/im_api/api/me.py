@@ -1,0 +1,37 @@
+"""HTTP: the caller's own things — the unread badge, related lookup and stream tickets."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, Path
+
+from .deps import ConversationsDep, CurrentPrincipal, ServicesDep
+from .schemas import RelatedConversations, Ticket, TicketRequest, Unread, errors_doc
+
+router = APIRouter(tags=["me"])
+
+
+@router.get("/v1/me/unread", response_model=Unread, summary="The unread badge", responses=errors_doc(401))
+async def unread(principal: CurrentPrincipal, conversations: ConversationsDep) -> dict:
+    return await conversations.unread(principal.tenant_id, principal.agent_id)
+
+
+@router.get("/v1/related/{related_type}/{related_id}/conversations", response_model=RelatedConversations,
+            summary="Threads about a ticket or chat (admins: all of the tenant's)", responses=errors_doc(401, 422))
+async def related(related_type: Literal["ticket", "chat"],
+                  related_id: Annotated[str, Path(min_length=1, max_length=200)],
+                  principal: CurrentPrincipal, conversations: ConversationsDep, svc: ServicesDep) -> dict:
+    items = await conversations.related(principal.tenant_id, principal.agent_id, principal.role == "admin",
+                                        related_type, related_id, svc.settings.max_page_size)
+    return {"items": items}
+
+
+@router.post("/v1/stream/tickets", response_model=Ticket, status_code=201,
+             summary="A single-use ticket for one WebSocket connect", responses=errors_doc(400, 401, 413, 422))
+async def stream_ticket(body: TicketRequest, principal: CurrentPrincipal, svc: ServicesDep) -> dict:
+    token, ticket = svc.verifier.mint_ticket(principal, body.device_id, svc.settings.ticket_ttl_s)
+    return {"ticket": token, "url": f"{svc.settings.stream_public_url}?ticket={quote(token)}",
+            "expires_at": datetime.fromtimestamp(ticket.expires_at, UTC)}

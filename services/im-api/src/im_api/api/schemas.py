@@ -1,0 +1,196 @@
+"""Request and response models of the HTTP contract (API.md), with the examples /docs shows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from im_contracts.events import to_rfc3339
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+AgentId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@:-]+$",
+                               examples=["alice"])]
+ClientMsgId = Annotated[str, Field(min_length=1, max_length=128, description="The sender's idempotency key.",
+                                   examples=["c1f3e1d2-5b8a-4a53-9d0e-1f2a3b4c5d6e"])]
+Body = Annotated[str, Field(min_length=1, max_length=40_000,
+                            description="1 to 10,000 characters after trimming.", examples=["Can you look at this?"])]
+
+
+class Request(BaseModel):
+    """Unknown fields are refused (422): a misspelt field must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Response(BaseModel):
+    @field_serializer("*", when_used="json")
+    def _times(self, value):  # every time on the wire is RFC 3339 UTC with a Z
+        return to_rfc3339(value) if isinstance(value, datetime) else value
+
+
+# --- agents ---------------------------------------------------------------------------------
+
+class AgentUpsert(Request):
+    display_name: str = Field(min_length=1, max_length=200, examples=["Alice Martin"])
+    email: str | None = Field(default=None, max_length=320, examples=["alice@example.com"])
+    role: Literal["agent", "admin"] = "agent"
+
+
+class Presence(Response):
+    status: Literal["online", "away", "offline"]
+    last_seen_at: datetime | None = None
+
+
+class Agent(Response):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "alice", "display_name": "Alice Martin", "email": "alice@example.com", "role": "agent",
+        "active": True, "presence": {"status": "online", "last_seen_at": "2026-11-25T22:00:00.000Z"}}]})
+    id: str
+    display_name: str
+    email: str | None = None
+    role: str
+    active: bool
+    presence: Presence
+
+
+class AgentPage(Response):
+    items: list[Agent]
+    next_cursor: str | None = None
+
+
+# --- messages and conversations -------------------------------------------------------------
+
+class Message(Response):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "5f0c6a8e0d4b4f8e9a1b2c3d4e5f6a7b", "conversation_id": "9a1b2c3d4e5f6a7b5f0c6a8e0d4b4f8e",
+        "seq": 7, "sender_id": "alice", "body": "Can you look at ticket 123?", "kind": "text",
+        "client_msg_id": "c1f3e1d2", "created_at": "2026-11-25T22:00:00.000Z"}]})
+    id: str
+    conversation_id: str
+    seq: int
+    sender_id: str
+    body: str
+    kind: Literal["text", "system"]
+    client_msg_id: str | None = None
+    created_at: datetime
+
+
+class RelatedItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["ticket", "chat"]
+    id: str = Field(min_length=1, max_length=200, examples=["T-123"])
+    title: str | None = Field(default=None, max_length=500, examples=["Printer on fire"])
+
+
+class Participant(Response):
+    id: str
+    display_name: str
+
+
+class Conversation(Response):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "9a1b2c3d4e5f6a7b5f0c6a8e0d4b4f8e",
+        "participants": [{"id": "alice", "display_name": "Alice Martin"},
+                         {"id": "bob", "display_name": "Bob Stone"}],
+        "related": {"type": "ticket", "id": "T-123", "title": "Printer on fire"},
+        "created_by": "alice", "created_at": "2026-11-25T21:00:00.000Z", "last_seq": 7,
+        "last_message": None, "last_message_at": "2026-11-25T22:00:00.000Z", "last_read_seq": 5,
+        "unread_count": 2}]})
+    id: str
+    participants: list[Participant]
+    related: RelatedItem | None = None
+    created_by: str
+    created_at: datetime
+    last_seq: int
+    last_message: Message | None = None
+    last_message_at: datetime
+    last_read_seq: int
+    unread_count: int
+
+
+class FirstMessage(Request):
+    body: Body
+    client_msg_id: ClientMsgId
+
+
+class ConversationStart(Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "participant_ids": ["bob"], "related": {"type": "ticket", "id": "T-123", "title": "Printer on fire"},
+        "first_message": {"body": "Can you help with this one?", "client_msg_id": "c1f3e1d2"}}]})
+    participant_ids: list[AgentId] = Field(min_length=1, max_length=100)
+    related: RelatedItem | None = None
+    first_message: FirstMessage | None = None
+
+
+class ConversationPage(Response):
+    items: list[Conversation]
+    next_cursor: str | None = None
+    stream_cursor: int = Field(description="Resume the stream after this delivery cursor.")
+
+
+class RelatedConversations(Response):
+    items: list[Conversation]
+
+
+class MessagePost(Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"body": "On it.", "client_msg_id": "3b1d9c"}]})
+    body: Body
+    client_msg_id: ClientMsgId
+
+
+class MessagePage(Response):
+    items: list[Message]
+
+
+class ParticipantsAdd(Request):
+    agent_ids: list[AgentId] = Field(min_length=1, max_length=100, examples=[["carol"]])
+
+
+class ReadMarkerMove(Request):
+    seq: int = Field(ge=0, le=2**53, examples=[7])
+
+
+class ReadMarker(Response):
+    last_read_seq: int
+    unread_count: int
+
+
+class Unread(Response):
+    total: int = Field(description="Unread messages over every thread.")
+    conversations: int = Field(description="Threads with any unread message.")
+
+
+# --- stream tickets -------------------------------------------------------------------------
+
+class TicketRequest(Request):
+    device_id: str = Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$", examples=["laptop-7f3a"])
+
+
+class Ticket(Response):
+    ticket: str
+    url: str
+    expires_at: datetime
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = None
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+    errors: list[ErrorDetail] = []
+    request_id: str | None = None
+
+
+class Error(BaseModel):
+    error: ErrorBody
+
+
+def errors_doc(*statuses: int) -> dict[int | str, dict]:
+    """`responses=` for a route: the error shape under each status it may answer."""
+    return {s: {"model": Error} for s in statuses}

@@ -1,0 +1,203 @@
+"""Group commit of sends: every message posted by this process goes through one task that commits
+all sends queued meanwhile in ONE transaction (one seq allocation per conversation), so a busy
+thread never turns into a storm of conflicting, retried transactions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from im_contracts.events import MessagePosted
+from im_contracts.models import Message
+from im_contracts.topics import MESSAGES, conversation_key
+from im_runtime.logs import log, trace_id
+from pymongo.errors import DuplicateKeyError
+
+from .errors import ApiError, Conflict, NotFound
+from .outbox import Transaction, UnitOfWork
+from .store import Store, list_key, now, read_key
+
+logger = logging.getLogger("im_api.committer")
+
+MAX_ATTEMPTS = 8  # a batch re-runs after a lost race (another process's seq or client_msg_id)
+
+
+class StaleConversation(Exception):
+    """The conversation changed between our read and write inside the transaction: re-run."""
+
+
+@dataclass
+class Send:
+    tenant_id: str
+    conversation_id: str
+    sender_id: str
+    body: str
+    client_msg_id: str | None
+    kind: str = "text"
+    trace: str | None = None
+    future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    @property
+    def idempotency_key(self) -> tuple[str, str, str, str] | None:
+        if self.client_msg_id is None:
+            return None
+        return (self.tenant_id, self.conversation_id, self.sender_id, self.client_msg_id)
+
+
+def message_model(doc: dict) -> Message:
+    return Message(id=doc["_id"], conversation_id=doc["conversation_id"], seq=doc["seq"],
+                   sender_id=doc["sender_id"], body=doc["body"], kind=doc["kind"],
+                   client_msg_id=doc.get("client_msg_id"), created_at=doc["created_at"])
+
+
+def _replay(send: Send, original: dict) -> tuple[dict, bool] | ApiError:
+    """A retry of an earlier send: the original when the body matches, else 409."""
+    if original["body"] == send.body:
+        return original, False
+    return Conflict("this client_msg_id was already used with another body",
+                    code="idempotency_key_mismatch", field="client_msg_id")
+
+
+class Committer:
+    def __init__(self, uow: UnitOfWork, store: Store, batch_max: int) -> None:
+        self.uow = uow
+        self.store = store
+        self.batch_max = batch_max
+        self.queue: asyncio.Queue[Send] = asyncio.Queue()
+        self.batches = 0  # observability: transactions committed (tests/benchmarks read it)
+
+    async def send(self, tenant_id: str, conversation_id: str, sender_id: str, body: str,
+                   client_msg_id: str | None) -> tuple[dict, bool]:
+        """Post one message; (stored message, created?) once its transaction committed."""
+        item = Send(tenant_id, conversation_id, sender_id, body, client_msg_id, trace=trace_id.get())
+        self.queue.put_nowait(item)
+        return await asyncio.shield(item.future)
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.batch_max and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                await self._commit(batch)
+            except Exception as exc:  # noqa: BLE001 - each caller gets the failure; the loop goes on
+                log(logger, logging.WARNING, "send batch failed", size=len(batch), error=type(exc).__name__)
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+
+    async def drain(self) -> None:
+        """Commit what is queued (graceful shutdown)."""
+        while not self.queue.empty():
+            batch = []
+            while len(batch) < self.batch_max and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[Send]) -> None:
+        leaders: dict[tuple, Send] = {}
+        pending: list[Send] = []
+        for item in batch:
+            key = item.idempotency_key
+            if key is not None and key in leaders:
+                # The same send twice in one batch: the second replays the first's outcome.
+                leaders[key].future.add_done_callback(lambda f, item=item: _follow(item, f))
+                continue
+            if key is not None:
+                leaders[key] = item
+            pending.append(item)
+        token = trace_id.set(batch[0].trace)
+        try:
+            for attempt in range(MAX_ATTEMPTS):
+                existing = await self.store.messages_by_client_ids(
+                    [k for k in (i.idempotency_key for i in pending) if k is not None])
+                still = []
+                for item in pending:
+                    original = existing.get(item.idempotency_key) if item.idempotency_key else None
+                    if original is not None:
+                        _settle(item, _replay(item, original))
+                    else:
+                        still.append(item)
+                pending = still
+                if not pending:
+                    return
+                try:
+                    outcomes = await self.uow.run(lambda tx: self._write(tx, pending))
+                except (DuplicateKeyError, StaleConversation) as exc:
+                    log(logger, logging.INFO, "send batch raced; re-running", attempt=attempt,
+                        error=type(exc).__name__)
+                    continue
+                self.batches += 1
+                for item, outcome in outcomes:
+                    _settle(item, outcome)
+                return
+            raise RuntimeError("send batch kept racing")
+        finally:
+            trace_id.reset(token)
+
+    async def _write(self, tx: Transaction, items: list[Send]) -> list[tuple[Send, Any]]:
+        by_conversation: dict[tuple[str, str], list[Send]] = defaultdict(list)
+        for item in items:
+            by_conversation[(item.tenant_id, item.conversation_id)].append(item)
+        outcomes: list[tuple[Send, Any]] = []
+        messages: list[dict] = []
+        for (tenant_id, conversation_id), sends in by_conversation.items():
+            conv = await self.store.conversation(tenant_id, conversation_id, session=tx.session)
+            accepted = []
+            for item in sends:
+                if conv is None or item.sender_id not in conv["participants"]:
+                    outcomes.append((item, NotFound("no such conversation", field="conversation_id")))
+                else:
+                    accepted.append(item)
+            if not accepted:
+                continue
+            seq, order, at = conv["last_seq"], conv.get("outbox_seq", 0), now()
+            read_moves: dict[str, int] = {}
+            for item in accepted:
+                seq += 1
+                order += 1
+                doc = {"_id": uuid.uuid4().hex, "tenant_id": tenant_id, "conversation_id": conversation_id,
+                       "seq": seq, "sender_id": item.sender_id, "body": item.body, "kind": item.kind,
+                       "client_msg_id": item.client_msg_id, "created_at": at}
+                messages.append(doc)
+                read_moves[read_key(item.sender_id)] = seq
+                outcomes.append((item, (doc, True)))
+                event = MessagePosted(tenant_id=tenant_id, message=message_model(doc),
+                                      recipients=list(conv["participants"]))
+                tx.publish(MESSAGES, event, key=conversation_key(conversation_id),
+                           order_key=conversation_id, order=order)
+            last = doc  # the newest message of this conversation
+            result = await self.store.conversations.update_one(
+                {"_id": conversation_id, "tenant_id": tenant_id, "last_seq": conv["last_seq"],
+                 "outbox_seq": conv.get("outbox_seq", 0)},
+                {"$set": {"last_seq": seq, "outbox_seq": order, "last_message": last, "last_message_at": at,
+                          "list_key": list_key(at, conversation_id)},
+                 "$max": {f"read.{k}": v for k, v in read_moves.items()}},
+                session=tx.session,
+            )
+            if not result.matched_count:
+                raise StaleConversation(conversation_id)
+        if messages:
+            await self.store.messages.insert_many(messages, session=tx.session)
+        return outcomes
+
+
+def _settle(item: Send, outcome: Any) -> None:
+    if item.future.done():
+        return
+    if isinstance(outcome, BaseException):
+        item.future.set_exception(outcome)
+    else:
+        item.future.set_result(outcome)
+
+
+def _follow(item: Send, leader: asyncio.Future) -> None:
+    if leader.cancelled() or leader.exception() is not None:
+        _settle(item, leader.exception() or RuntimeError("cancelled"))
+        return
+    original, _ = leader.result()
+    _settle(item, _replay(item, original))

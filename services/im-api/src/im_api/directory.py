@@ -1,0 +1,135 @@
+"""The agents directory rules: upsert, deactivate, and the picker list (online, away, offline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from im_contracts.events import AgentChanged
+from im_contracts.topics import AGENTS, agent_key
+from pymongo import ReturnDocument
+
+from . import cursors
+from .errors import NotFound
+from .outbox import Transaction, UnitOfWork
+from .store import Store, agent_doc_id, now
+
+STATUS_ORDER = ("online", "away", "offline")
+# The highest code point: every string with the prefix sorts below prefix + this.
+_PREFIX_END = "\U0010ffff"
+
+
+class PresenceView(Protocol):
+    def get(self, tenant_id: str, agent_id: str) -> tuple[str, datetime | None]: ...
+    def agents_in(self, tenant_id: str, status: str) -> set[str]: ...
+
+
+def agent_view(doc: dict, presence: PresenceView) -> dict[str, Any]:
+    status, seen = presence.get(doc["tenant_id"], doc["agent_id"])
+    return {"id": doc["agent_id"], "display_name": doc["display_name"], "email": doc.get("email"),
+            "role": doc.get("role", "agent"), "active": doc.get("active", True),
+            "presence": {"status": status, "last_seen_at": seen}}
+
+
+@dataclass
+class Directory:
+    store: Store
+    uow: UnitOfWork
+    presence: PresenceView
+
+    async def upsert(self, tenant_id: str, agent_id: str, display_name: str, email: str | None,
+                     role: str) -> dict:
+        """Create or update (and reactivate) an agent; AgentChanged goes out in the same transaction."""
+
+        async def work(tx: Transaction) -> dict:
+            t = now()
+            doc = await self.store.agents.find_one_and_update(
+                {"_id": agent_doc_id(tenant_id, agent_id)},
+                {"$set": {"tenant_id": tenant_id, "agent_id": agent_id, "display_name": display_name,
+                          "name_lc": display_name.casefold(), "email": email, "role": role, "active": True,
+                          "updated_at": t},
+                 "$setOnInsert": {"created_at": t}, "$inc": {"outbox_seq": 1}},
+                upsert=True, return_document=ReturnDocument.AFTER, session=tx.session)
+            self._publish(tx, doc)
+            return doc
+
+        return await self.uow.run(work)
+
+    async def deactivate(self, tenant_id: str, agent_id: str) -> None:
+        async def work(tx: Transaction) -> None:
+            doc = await self.store.agents.find_one_and_update(
+                {"_id": agent_doc_id(tenant_id, agent_id), "tenant_id": tenant_id},
+                {"$set": {"active": False, "updated_at": now()}, "$inc": {"outbox_seq": 1}},
+                return_document=ReturnDocument.AFTER, session=tx.session)
+            if doc is None:
+                raise NotFound("no such agent", field="agent_id")
+            self._publish(tx, doc)
+
+        await self.uow.run(work)
+
+    def _publish(self, tx: Transaction, doc: dict) -> None:
+        event = AgentChanged(tenant_id=doc["tenant_id"], agent_id=doc["agent_id"],
+                             display_name=doc["display_name"], role=doc.get("role", "agent"),
+                             active=doc["active"])
+        tx.publish(AGENTS, event, key=agent_key(doc["tenant_id"], doc["agent_id"]),
+                   order_key=f"agent:{doc['tenant_id']}:{doc['agent_id']}", order=doc["outbox_seq"])
+
+    async def get(self, tenant_id: str, agent_id: str) -> dict:
+        doc = await self.store.agent(tenant_id, agent_id)
+        if doc is None:
+            raise NotFound("no such agent", field="agent_id")
+        return agent_view(doc, self.presence)
+
+    async def list(self, tenant_id: str, q: str | None, status: str | None, limit: int,
+                   cursor: str | None) -> tuple[list[dict], str | None]:
+        """Active agents, online first, then away, then offline, each group by name.
+
+        Online/away come from the presence cache (few per tenant); the offline group is a keyset
+        walk of the name index. Presence may change between pages: an agent can then move group.
+        """
+        pos = cursors.decode(cursor, {"g": int, "n": str, "i": str}) if cursor else None
+        prefix = (q or "").casefold()
+        present = {s: self.presence.agents_in(tenant_id, s) for s in ("online", "away")}
+        found: list[tuple[int, dict]] = []
+        for group, name in enumerate(STATUS_ORDER):
+            if (status and name != status) or (pos and group < pos["g"]):
+                continue
+            after = (pos["n"], pos["i"]) if pos and group == pos["g"] else None
+            need = limit + 1 - len(found)
+            if name == "offline":
+                docs = await self._offline(tenant_id, prefix, present["online"] | present["away"], after, need)
+            else:
+                docs = await self._present(tenant_id, prefix, present[name], after, need)
+            found += [(group, d) for d in docs]
+            if len(found) > limit:
+                break
+        next_cursor = None
+        if len(found) > limit:
+            group, last = found[limit - 1]
+            next_cursor = cursors.encode(g=group, n=last["name_lc"], i=last["agent_id"])
+        return [agent_view(d, self.presence) for _, d in found[:limit]], next_cursor
+
+    async def _present(self, tenant_id: str, prefix: str, ids: set[str], after: tuple[str, str] | None,
+                       need: int) -> list[dict]:
+        if not ids:
+            return []
+        docs = await self.store.agents_by_id(tenant_id, sorted(ids), active_only=True)
+        rows = sorted((d for d in docs.values() if d["name_lc"].startswith(prefix)),
+                      key=lambda d: (d["name_lc"], d["agent_id"]))
+        if after is not None:
+            rows = [d for d in rows if (d["name_lc"], d["agent_id"]) > after]
+        return rows[:need]
+
+    async def _offline(self, tenant_id: str, prefix: str, exclude: set[str], after: tuple[str, str] | None,
+                       need: int) -> list[dict]:
+        query: dict[str, Any] = {"tenant_id": tenant_id, "active": True}
+        if prefix:
+            query["name_lc"] = {"$gte": prefix, "$lt": prefix + _PREFIX_END}
+        if exclude:
+            query["agent_id"] = {"$nin": sorted(exclude)}
+        if after is not None:
+            name, agent = after
+            query["$or"] = [{"name_lc": {"$gt": name}}, {"name_lc": name, "agent_id": {"$gt": agent}}]
+        cursor = self.store.agents.find(query).sort([("name_lc", 1), ("agent_id", 1)]).limit(need)
+        return await cursor.to_list()

@@ -1,0 +1,311 @@
+"""The outbox: a unit of work (state change + outbox records in one MongoDB transaction) and the
+relay that publishes pending records to Kafka, sharded by ordering key under fenced leases."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaProducer
+from bson import ObjectId
+from im_contracts.codec import event_headers
+from im_contracts.events import Event
+from im_contracts.topics import ALL_TOPICS, Topic
+from im_runtime.logs import log, trace_id
+from pymongo import AsyncMongoClient, ReturnDocument
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from .settings import ApiSettings
+from .store import Store, now
+
+logger = logging.getLogger("im_api.outbox")
+T = TypeVar("T")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+TOPICS_BY_BASE = {t.base_name: t for t in ALL_TOPICS}
+
+
+def shard_of(key: bytes, shards: int) -> int:
+    return zlib.crc32(key) % shards
+
+
+class Transaction:
+    """One MongoDB transaction in progress: the session for state writes, and the events to publish."""
+
+    def __init__(self, session: Any, shards: int) -> None:
+        self.session = session
+        self._shards = shards
+        self.records: list[dict[str, Any]] = []
+
+    def publish(self, topic: Topic, event: Event, *, key: bytes, order_key: str, order: int) -> None:
+        """Queue `event` for `topic`; `order` increases per `order_key` (a conversation or agent)."""
+        tid = trace_id.get() or event.event_id
+        self.records.append({
+            "_id": ObjectId(),
+            "tenant_id": event.tenant_id,
+            "shard": shard_of(order_key.encode(), self._shards),
+            "conversation_id": order_key,
+            "order": order,
+            "topic": topic.base_name,
+            "key": key,
+            "value": event.to_bytes(),
+            "headers": [[k, v] for k, v in event_headers(event, **{"trace-id": tid})],
+            "created_at": now(),
+            "sent_at": None,
+        })
+
+
+class UnitOfWork:
+    """Runs `work(tx)` in one transaction (retried on transient conflicts) with its outbox records;
+    the same object serves HTTP and the Kafka consumers (assistance requests)."""
+
+    def __init__(self, client: AsyncMongoClient, store: Store, settings: ApiSettings,
+                 on_commit: Callable[[], None]) -> None:
+        self.client = client
+        self.store = store
+        self.settings = settings
+        self.on_commit = on_commit
+
+    async def run(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
+        published = False
+
+        async def callback(session: Any) -> T:
+            nonlocal published
+            tx = Transaction(session, self.settings.outbox_shards)
+            result = await work(tx)
+            if tx.records:
+                await self.store.outbox.insert_many(tx.records, session=session)
+            published = bool(tx.records)
+            return result
+
+        async with self.client.start_session() as session:
+            result = await session.with_transaction(callback)
+        if published:
+            self.on_commit()
+        return result
+
+
+class LeaseLost(Exception):
+    pass
+
+
+@dataclass
+class Burst:
+    """One publish round of one shard: tests check no two owners overlap on a shard."""
+
+    shard: int
+    owner: str
+    token: int
+    started: float
+    ended: float = 0.0
+    count: int = 0
+
+
+@dataclass
+class Relay:
+    """Holds a fair share of the outbox shards through leases and publishes their pending records
+    in (conversation, order) order; woken by local commits, polls for other processes' records."""
+
+    store: Store
+    client: AsyncMongoClient
+    settings: ApiSettings
+    make_producer: Callable[[], AIOKafkaProducer]
+    owner: str
+    held: dict[int, int] = field(default_factory=dict)  # shard -> fencing token
+    valid_until: dict[int, float] = field(default_factory=dict)  # shard -> monotonic deadline
+    bursts: collections.deque = field(default_factory=lambda: collections.deque(maxlen=10_000))
+    kafka_ok: bool = False
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: bool = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        producer: AIOKafkaProducer | None = None
+        next_lease_round = 0.0
+        delay = self.settings.retry_initial_s
+        try:
+            while not self._stopping:
+                if time.monotonic() >= next_lease_round:
+                    await self._lease_round()
+                    next_lease_round = time.monotonic() + self.settings.outbox_lease_renew_s
+                self._wake.clear()
+                try:
+                    if producer is None:
+                        producer = self.make_producer()
+                        async with asyncio.timeout(self.settings.outbox_publish_timeout_s):
+                            await producer.start()
+                    busy = await self._publish_held(producer)
+                    self.kafka_ok = True
+                    delay = self.settings.retry_initial_s
+                except (LeaseLost, PyMongoError) as exc:
+                    log(logger, logging.WARNING, "outbox round failed", error=type(exc).__name__)
+                    busy = False
+                except Exception as exc:  # noqa: BLE001 - Kafka down/timeouts: rebuild the producer, back off
+                    self.kafka_ok = False
+                    log(logger, logging.WARNING, "publishing failed; retrying", error=type(exc).__name__,
+                        retry_in_s=round(delay, 3))
+                    await self._discard(producer)
+                    producer = None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.settings.retry_max_s)
+                    continue
+                if busy:
+                    continue
+                wait = min(self.settings.outbox_poll_s, max(0.0, next_lease_round - time.monotonic()))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+                try:
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            if producer is not None:
+                await self._discard(producer, flush=True)
+
+    async def stop(self) -> None:
+        """Called after the task ended: hand the shards over at once instead of waiting for expiry."""
+        self._stopping = True
+        try:
+            for shard, token in list(self.held.items()):
+                await self.store.outbox_leases.update_one(
+                    {"_id": shard, "owner": self.owner, "token": token}, {"$set": {"expires_at": EPOCH}})
+            await self.store.outbox_relays.delete_one({"_id": self.owner})
+        except PyMongoError as exc:
+            log(logger, logging.WARNING, "could not release outbox leases", error=type(exc).__name__)
+        self.held.clear()
+
+    async def _discard(self, producer: AIOKafkaProducer | None, flush: bool = False) -> None:
+        if producer is None:
+            return
+        try:
+            async with asyncio.timeout(self.settings.outbox_publish_timeout_s if flush else 2.0):
+                await producer.stop()
+        except Exception as exc:  # noqa: BLE001 - a dead broker cannot be flushed; the records stay pending
+            log(logger, logging.INFO, "producer stopped uncleanly", error=type(exc).__name__)
+
+    # --- leases ---------------------------------------------------------------------------
+
+    async def _lease_round(self) -> None:
+        s = self.settings
+        try:
+            started = time.monotonic()
+            t = now()
+            ttl = timedelta(seconds=s.outbox_lease_ttl_s)
+            await self.store.outbox_relays.update_one(
+                {"_id": self.owner}, {"$set": {"expires_at": t + ttl}}, upsert=True)
+            live = await self.store.outbox_relays.count_documents({"expires_at": {"$gt": t}})
+            fair = math.ceil(s.outbox_shards / max(live, 1))
+            for shard, token in list(self.held.items()):
+                r = await self.store.outbox_leases.update_one(
+                    {"_id": shard, "owner": self.owner, "token": token}, {"$set": {"expires_at": t + ttl}})
+                if r.matched_count:
+                    self.valid_until[shard] = started + s.outbox_lease_ttl_s - s.outbox_lease_renew_s
+                else:
+                    self._drop(shard)
+            for shard in sorted(self.held, reverse=True)[: max(0, len(self.held) - fair)]:
+                await self.store.outbox_leases.update_one(
+                    {"_id": shard, "owner": self.owner, "token": self.held[shard]},
+                    {"$set": {"expires_at": EPOCH}})
+                self._drop(shard)
+            start = zlib.crc32(self.owner.encode()) % s.outbox_shards
+            for i in range(s.outbox_shards):
+                if len(self.held) >= fair:
+                    break
+                shard = (start + i) % s.outbox_shards
+                if shard not in self.held:
+                    await self._claim(shard, t, ttl, started)
+        except PyMongoError as exc:
+            log(logger, logging.WARNING, "lease round failed", error=type(exc).__name__)
+        for shard in [sh for sh, until in self.valid_until.items() if until < time.monotonic()]:
+            self._drop(shard)
+
+    async def _claim(self, shard: int, t: datetime, ttl: timedelta, started: float) -> None:
+        doc = await self.store.outbox_leases.find_one_and_update(
+            {"_id": shard, "expires_at": {"$lt": t}},
+            {"$set": {"owner": self.owner, "expires_at": t + ttl}, "$inc": {"token": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            try:
+                await self.store.outbox_leases.insert_one(
+                    {"_id": shard, "owner": self.owner, "token": 1, "expires_at": t + ttl})
+                doc = {"token": 1}
+            except DuplicateKeyError:
+                return  # held by another relay
+        self.held[shard] = doc["token"]
+        self.valid_until[shard] = started + self.settings.outbox_lease_ttl_s - self.settings.outbox_lease_renew_s
+        log(logger, logging.INFO, "outbox shard acquired", shard=shard, token=doc["token"])
+
+    def _drop(self, shard: int) -> None:
+        self.held.pop(shard, None)
+        self.valid_until.pop(shard, None)
+
+    # --- publishing -----------------------------------------------------------------------
+
+    async def _publish_held(self, producer: AIOKafkaProducer) -> bool:
+        busy = False
+        for shard, token in list(self.held.items()):
+            if self.valid_until.get(shard, 0) <= time.monotonic():
+                continue
+            pending = await (self.store.outbox.find({"shard": shard, "sent_at": None})
+                             .sort([("conversation_id", 1), ("order", 1)])
+                             .limit(self.settings.outbox_batch).to_list())
+            if not pending:
+                continue
+            burst = Burst(shard, self.owner, token, time.monotonic(), count=len(pending))
+            self.bursts.append(burst)
+            try:
+                await self._send(producer, pending)
+            finally:
+                burst.ended = time.monotonic()
+            await self._mark_sent(shard, token, [r["_id"] for r in pending])
+            busy = busy or len(pending) >= self.settings.outbox_batch
+        return busy
+
+    async def _send(self, producer: AIOKafkaProducer, records: list[dict]) -> None:
+        prefix = self.settings.topic_prefix
+
+        async def send_all() -> None:
+            futures = []
+            for r in records:
+                topic = TOPICS_BY_BASE[r["topic"]].name(prefix)
+                headers = [(k, bytes(v)) for k, v in r["headers"]]
+                futures.append(await producer.send(topic, bytes(r["value"]), key=bytes(r["key"]), headers=headers))
+            # Wait for every one (never resend while an earlier attempt may still land).
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            failed = [x for x in results if isinstance(x, BaseException)]
+            if failed:
+                raise failed[0]
+
+        async with asyncio.timeout(self.settings.outbox_publish_timeout_s):
+            await send_all()
+
+    async def _mark_sent(self, shard: int, token: int, ids: list[ObjectId]) -> None:
+        """Fenced: writes the lease row in the same transaction, so a takeover conflicts with it."""
+
+        async def callback(session: Any) -> None:
+            r = await self.store.outbox_leases.update_one(
+                {"_id": shard, "owner": self.owner, "token": token},
+                {"$set": {"last_sent_at": now()}}, session=session)
+            if not r.matched_count:
+                raise LeaseLost(f"shard {shard}")
+            await self.store.outbox.update_many(
+                {"_id": {"$in": ids}, "shard": shard}, {"$set": {"sent_at": now()}}, session=session)
+
+        try:
+            async with self.client.start_session() as session:
+                await session.with_transaction(callback)
+        except LeaseLost:
+            self._drop(shard)
+            raise

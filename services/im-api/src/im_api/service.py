@@ -1,0 +1,284 @@
+"""The conversation rules: start (once per start identity), post, participants, read markers,
+thread list and related lookup. Plain methods any entry point calls (HTTP today, the
+assistance-request consumer later), all writing through the unit of work and its outbox."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from im_contracts.events import ConversationStarted, MessagePosted, ParticipantsChanged, ReadMarkerMoved
+from im_contracts.models import BODY_MAX_CHARS, ConversationSnapshot, Participant, Related
+from im_contracts.topics import CONVERSATIONS, MESSAGES, conversation_key
+from pymongo.errors import DuplicateKeyError
+
+from . import cursors
+from .committer import Committer, StaleConversation, message_model
+from .errors import NotFound, Unprocessable
+from .outbox import Transaction, UnitOfWork
+from .store import Store, list_key, now, read_key, related_key
+
+T = TypeVar("T")
+RACE_ATTEMPTS = 8  # re-runs of a membership/read change that lost a race with a send
+
+
+def message_view(doc: dict) -> dict[str, Any]:
+    return message_model(doc).model_dump()
+
+
+def clean_body(body: str, field: str = "body") -> str:
+    text = body.strip()
+    if not 1 <= len(text) <= BODY_MAX_CHARS:
+        raise Unprocessable(f"{field} must be 1 to {BODY_MAX_CHARS} characters after trimming",
+                            code="invalid_body", field=field)
+    return text
+
+
+@dataclass
+class Conversations:
+    store: Store
+    uow: UnitOfWork
+    committer: Committer
+
+    # --- views ----------------------------------------------------------------------------
+
+    async def views(self, tenant_id: str, me: str, docs: list[dict]) -> list[dict[str, Any]]:
+        """The API shape of each thread, participants' names joined in one query."""
+        names = await self.store.display_names(tenant_id, {p for d in docs for p in d["participants"]})
+        out = []
+        for d in docs:
+            read = d.get("read", {}).get(read_key(me), 0)
+            out.append({
+                "id": d["_id"],
+                "participants": [{"id": p, "display_name": names.get(p, p)} for p in d["participants"]],
+                "related": d.get("related"),
+                "created_by": d["created_by"],
+                "created_at": d["created_at"],
+                "last_seq": d["last_seq"],
+                "last_message": message_view(d["last_message"]) if d.get("last_message") else None,
+                "last_message_at": d["last_message_at"],
+                "last_read_seq": read,
+                "unread_count": max(0, d["last_seq"] - read),
+            })
+        return out
+
+    async def view(self, tenant_id: str, me: str, conversation_id: str, admin: bool = False) -> dict[str, Any]:
+        doc = await self._visible(tenant_id, me, conversation_id, admin)
+        return (await self.views(tenant_id, me, [doc]))[0]
+
+    async def _visible(self, tenant_id: str, me: str, conversation_id: str, admin: bool = False) -> dict:
+        doc = await self.store.conversation(tenant_id, conversation_id)
+        if doc is None or (me not in doc["participants"] and not admin):
+            raise NotFound("no such conversation", field="conversation_id")
+        return doc
+
+    async def _snapshot(self, tenant_id: str, doc: dict, session: Any) -> ConversationSnapshot:
+        names = await self.store.agents_by_id(tenant_id, doc["participants"], session=session)
+        last = doc.get("last_message")
+        return ConversationSnapshot(
+            id=doc["_id"],
+            participants=[Participant(id=p, display_name=names[p]["display_name"] if p in names else p)
+                          for p in doc["participants"]],
+            related=Related(**doc["related"]) if doc.get("related") else None,
+            created_by=doc["created_by"], created_at=doc["created_at"], last_seq=doc["last_seq"],
+            last_message=message_model(last) if last else None, last_message_at=doc["last_message_at"])
+
+    # --- start ----------------------------------------------------------------------------
+
+    async def start(self, tenant_id: str, me: str, participant_ids: list[str], related: dict | None,
+                    first_message: dict | None) -> tuple[dict[str, Any], bool]:
+        """(conversation, created?): the thread of this start identity, made once."""
+        ids = sorted(set(participant_ids) | {me})
+        if ids == [me]:
+            raise Unprocessable("a conversation needs at least one agent besides you",
+                                code="self_only_conversation", field="participant_ids")
+        first_body = clean_body(first_message["body"], "first_message.body") if first_message else None
+        active = await self.store.agents_by_id(tenant_id, ids, active_only=True)
+        missing = [a for a in ids if a not in active]
+        if missing:
+            errors = [{"field": f"participant_ids[{participant_ids.index(a)}]" if a in participant_ids
+                       else "participant_ids", "code": "unknown_agent",
+                       "message": f"{a} is not an active agent"} for a in missing]
+            raise Unprocessable(f"unknown or deactivated agents: {', '.join(missing)}", code="unknown_agents",
+                                field=errors[0]["field"], errors=errors)
+        key = json.dumps([ids, related["type"] if related else None, related["id"] if related else None])
+        doc = await self.store.conversations.find_one({"tenant_id": tenant_id, "start_key": key})
+        created = False
+        if doc is None:
+            try:
+                doc = await self.uow.run(lambda tx: self._create(tx, tenant_id, me, ids, related, key))
+                created = True
+            except DuplicateKeyError:  # a concurrent start won: its thread is ours
+                doc = await self.store.conversations.find_one({"tenant_id": tenant_id, "start_key": key})
+        if me not in doc["participants"]:  # a starter who left comes back by starting it again
+            await self._change(tenant_id, me, doc["_id"], add=[me], remove=[], require_member=False)
+        if first_message:
+            await self.post(tenant_id, me, doc["_id"], first_body, first_message["client_msg_id"])
+        return await self.view(tenant_id, me, doc["_id"]), created
+
+    async def _create(self, tx: Transaction, tenant_id: str, me: str, ids: list[str], related: dict | None,
+                      key: str) -> dict:
+        t = now()
+        doc = {"_id": uuid.uuid4().hex, "tenant_id": tenant_id, "participants": ids, "start_key": key,
+               "related": related, "created_by": me, "created_at": t, "last_seq": 0, "last_message": None,
+               "last_message_at": t, "read": {}, "outbox_seq": 1}
+        doc["list_key"] = list_key(t, doc["_id"])
+        doc["related_key"] = related_key(related["type"], related["id"]) if related else None
+        await self.store.conversations.insert_one(doc, session=tx.session)
+        event = ConversationStarted(tenant_id=tenant_id, conversation=await self._snapshot(tenant_id, doc, tx.session),
+                                    recipients=ids)
+        tx.publish(CONVERSATIONS, event, key=conversation_key(doc["_id"]), order_key=doc["_id"], order=1)
+        return doc
+
+    # --- messages -------------------------------------------------------------------------
+
+    async def post(self, tenant_id: str, me: str, conversation_id: str, body: str,
+                   client_msg_id: str | None) -> tuple[dict[str, Any], bool]:
+        """(message, created?); a retry with the same client_msg_id returns the original."""
+        doc, created = await self.committer.send(tenant_id, conversation_id, me, clean_body(body), client_msg_id)
+        return message_view(doc), created
+
+    async def history(self, tenant_id: str, me: str, conversation_id: str, before_seq: int | None,
+                      after_seq: int | None, limit: int) -> list[dict[str, Any]]:
+        await self._visible(tenant_id, me, conversation_id)
+        docs = await self.store.history(tenant_id, conversation_id, before_seq, after_seq, limit)
+        return [message_view(d) for d in docs]
+
+    # --- participants ---------------------------------------------------------------------
+
+    async def add_participants(self, tenant_id: str, me: str, conversation_id: str,
+                               agent_ids: list[str]) -> dict[str, Any]:
+        await self._visible(tenant_id, me, conversation_id)
+        wanted = list(dict.fromkeys(agent_ids))
+        active = await self.store.agents_by_id(tenant_id, wanted, active_only=True)
+        missing = [a for a in wanted if a not in active]
+        if missing:
+            errors = [{"field": f"agent_ids[{agent_ids.index(a)}]", "code": "unknown_agent",
+                       "message": f"{a} is not an active agent"} for a in missing]
+            raise Unprocessable(f"unknown or deactivated agents: {', '.join(missing)}", code="unknown_agents",
+                                field=errors[0]["field"], errors=errors)
+        await self._change(tenant_id, me, conversation_id, add=wanted, remove=[])
+        return await self.view(tenant_id, me, conversation_id)
+
+    async def leave(self, tenant_id: str, me: str, conversation_id: str) -> None:
+        await self._visible(tenant_id, me, conversation_id)
+        await self._change(tenant_id, me, conversation_id, add=[], remove=[me])
+
+    async def _change(self, tenant_id: str, actor: str, conversation_id: str, add: list[str], remove: list[str],
+                      require_member: bool = True) -> None:
+        async def work(tx: Transaction) -> None:
+            conv = await self.store.conversation(tenant_id, conversation_id, session=tx.session)
+            if conv is None or (require_member and actor not in conv["participants"]):
+                raise NotFound("no such conversation", field="conversation_id")
+            current = conv["participants"]
+            added = [a for a in add if a not in current]
+            removed = [r for r in remove if r in current]
+            if not added and not removed:
+                return
+            after = [p for p in current if p not in removed] + added
+            names = await self.store.display_names(tenant_id, {actor, *added})
+            if removed:
+                text = f"{names.get(actor, actor)} left the conversation"
+            elif added == [actor]:
+                text = f"{names.get(actor, actor)} rejoined the conversation"
+            else:
+                text = f"{names.get(actor, actor)} added {_join([names.get(a, a) for a in added])}"
+            seq, at, order = conv["last_seq"] + 1, now(), conv.get("outbox_seq", 0)
+            msg = {"_id": uuid.uuid4().hex, "tenant_id": tenant_id, "conversation_id": conversation_id,
+                   "seq": seq, "sender_id": actor, "body": text, "kind": "system", "client_msg_id": None,
+                   "created_at": at}
+            # New participants read the history over HTTP; only the "added you" message is unread.
+            marks = {f"read.{read_key(a)}": seq - 1 for a in added if a != actor}
+            if actor in after:
+                marks[f"read.{read_key(actor)}"] = seq
+            updated = {**conv, "participants": after, "last_seq": seq, "last_message": msg, "last_message_at": at}
+            result = await self.store.conversations.update_one(
+                {"_id": conversation_id, "tenant_id": tenant_id, "last_seq": conv["last_seq"],
+                 "outbox_seq": order},
+                {"$set": {"participants": after, "last_seq": seq, "last_message": msg, "last_message_at": at,
+                          "list_key": list_key(at, conversation_id), "outbox_seq": order + 2}, **({"$max": marks} if marks else {})},
+                session=tx.session)
+            if not result.matched_count:
+                raise StaleConversation(conversation_id)
+            await self.store.messages.insert_one(msg, session=tx.session)
+            snapshot = await self._snapshot(tenant_id, updated, tx.session)
+            key = conversation_key(conversation_id)
+            tx.publish(CONVERSATIONS, ParticipantsChanged(
+                tenant_id=tenant_id, conversation=snapshot, added=added, removed=removed, changed_by=actor,
+                recipients=after + removed), key=key, order_key=conversation_id, order=order + 1)
+            tx.publish(MESSAGES, MessagePosted(tenant_id=tenant_id, message=message_model(msg), recipients=after),
+                       key=key, order_key=conversation_id, order=order + 2)
+
+        await self._retrying(work)
+
+    async def _retrying(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
+        for _ in range(RACE_ATTEMPTS - 1):
+            try:
+                return await self.uow.run(work)
+            except StaleConversation:
+                continue
+        return await self.uow.run(work)
+
+    # --- read markers ---------------------------------------------------------------------
+
+    async def mark_read(self, tenant_id: str, me: str, conversation_id: str, seq: int) -> dict[str, int]:
+        async def work(tx: Transaction) -> dict[str, int]:
+            conv = await self.store.conversation(tenant_id, conversation_id, session=tx.session)
+            if conv is None or me not in conv["participants"]:
+                raise NotFound("no such conversation", field="conversation_id")
+            old = conv.get("read", {}).get(read_key(me), 0)
+            target = min(seq, conv["last_seq"])  # nobody has read what was not posted yet
+            if target > old:
+                order = conv.get("outbox_seq", 0) + 1
+                result = await self.store.conversations.update_one(
+                    {"_id": conversation_id, "tenant_id": tenant_id, "outbox_seq": order - 1},
+                    {"$max": {f"read.{read_key(me)}": target}, "$set": {"outbox_seq": order}},
+                    session=tx.session)
+                if not result.matched_count:
+                    raise StaleConversation(conversation_id)
+                tx.publish(CONVERSATIONS, ReadMarkerMoved(
+                    tenant_id=tenant_id, conversation_id=conversation_id, agent_id=me, seq=target,
+                    recipients=list(conv["participants"])),
+                    key=conversation_key(conversation_id), order_key=conversation_id, order=order)
+            last_read = max(old, target)
+            return {"last_read_seq": last_read, "unread_count": max(0, conv["last_seq"] - last_read)}
+
+        return await self._retrying(work)
+
+    async def unread(self, tenant_id: str, me: str) -> dict[str, int]:
+        rows = await self.store.unread_rows(tenant_id, me)
+        counts = [max(0, r["last_seq"] - r.get("read", {}).get(read_key(me), 0)) for r in rows]
+        return {"total": sum(counts), "conversations": sum(1 for c in counts if c)}
+
+    # --- lists ----------------------------------------------------------------------------
+
+    async def threads(self, tenant_id: str, me: str, limit: int, cursor: str | None) -> dict[str, Any]:
+        """A keyset walk of a snapshot: the first page fixes the time; later changes come by stream."""
+        if cursor:
+            c = cursors.decode(cursor, {"t": datetime, "k": str, "sc": int})
+            snapshot, after, stream_cursor = c["t"], c["k"], c["sc"]
+        else:
+            # Read before the query: anything changing after it is on the stream after this cursor.
+            stream_cursor = await self.store.stream_cursor(tenant_id, me)
+            snapshot, after = now(), None
+        docs = await self.store.thread_page(tenant_id, me, snapshot, after, limit + 1)
+        next_cursor = None
+        if len(docs) > limit:
+            docs = docs[:limit]
+            last = docs[-1]
+            next_cursor = cursors.encode(t=snapshot, k=last["list_key"], sc=stream_cursor)
+        return {"items": await self.views(tenant_id, me, docs), "next_cursor": next_cursor,
+                "stream_cursor": stream_cursor}
+
+    async def related(self, tenant_id: str, me: str, admin: bool, related_type: str, related_id: str,
+                      limit: int) -> list[dict[str, Any]]:
+        docs = await self.store.related(tenant_id, related_type, related_id, None if admin else me, limit)
+        return await self.views(tenant_id, me, docs)
+
+
+def _join(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]

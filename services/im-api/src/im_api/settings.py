@@ -1,0 +1,42 @@
+"""im-api settings: everything read from IM_API_* (plus the shared IM_* names of CommonSettings)."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+from im_runtime.settings import CommonSettings
+
+
+class ApiSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="IM_API_", extra="ignore", populate_by_name=True)
+
+    host: str = "127.0.0.1"  # loopback by default: a deployment opts in to wider binding
+    port: int = 8000  # the port contract of the launcher and e2e tests
+    # 64 KiB: a 10,000-char body in 4-byte UTF-8 plus JSON escaping still fits with room to spare.
+    max_request_bytes: int = 64 * 1024
+    # Where clients open the WebSocket (the delivery gateway); the ticket is appended.
+    stream_public_url: str = "ws://127.0.0.1:8001/v1/stream"
+    # API.md: a ticket is valid 30 s — long enough for a reconnect round-trip, short if leaked.
+    ticket_ttl_s: float = 30.0
+    # Page sizes: 50 is a screenful of history/threads; 200 bounds one query's work.
+    default_page_size: int = 50
+    max_page_size: int = 200
+    # Group commit: at most this many sends in one MongoDB transaction (bounds txn size).
+    commit_batch_max: int = 256
+    # Outbox relay: 16 shards lets up to 16 im-api processes share publishing.
+    outbox_shards: int = 16
+    # A lease outlives a few missed renewals; a dead holder's shards move after this long.
+    outbox_lease_ttl_s: float = 10.0
+    outbox_lease_renew_s: float = 3.0  # a third of the TTL: two renewals may fail before expiry
+    # Records written by other processes are found at least this often (local commits wake at once).
+    outbox_poll_s: float = 1.0
+    outbox_batch: int = 500  # records published per shard per round (one produce burst)
+    # Sent records are kept a week for forensics/replay, then expire by TTL index.
+    outbox_retention_s: int = 7 * 24 * 3600
+    # How long one produce burst may take before the producer is rebuilt (Kafka down).
+    outbox_publish_timeout_s: float = 30.0
+    # How often the presence consumer looks for the topic (or new partitions) in the metadata.
+    presence_metadata_refresh_s: float = 5.0
+    # Readiness probe: a dependency that answers slower than this counts as down.
+    readiness_timeout_s: float = 2.0
+    # SIGTERM: in-flight requests get this long to finish before uvicorn closes them.
+    shutdown_grace_s: float = 10.0

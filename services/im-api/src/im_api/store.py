@@ -1,0 +1,216 @@
+"""MongoDB for im-api: its collections, their indexes (tenant_id first) and the queries on them.
+
+Collections owned by im-api:
+- `agents`: `{_id: "<tenant>:<agent>", tenant_id, agent_id, display_name, name_lc, email, role,
+  active, outbox_seq, created_at, updated_at}` — the directory; `name_lc` serves the prefix search.
+- `conversations`: `{_id, tenant_id, participants: [agent ids], start_key, related, created_by,
+  created_at, last_seq, last_message, last_message_at, read: {<agent>: last_read_seq},
+  outbox_seq, list_key, related_key}` — `start_key` (sorted starting agents + related) is unique per tenant, so two
+  concurrent starts yield one thread; `read` keys escape "." as "%2E".
+- `messages`: `{_id, tenant_id, conversation_id, seq, sender_id, body, kind, client_msg_id,
+  created_at}` — unique per (conversation, seq) and per (conversation, sender, client_msg_id).
+- `outbox`: `{tenant_id, shard, conversation_id (the ordering key: a conversation id, or
+  "agent:<tenant>:<agent>"), order, topic (base name), key, value, headers, trace_id,
+  created_at, sent_at}` and `outbox_leases` `{_id: shard, owner, token, expires_at}` plus
+  `outbox_relays` `{_id: owner, expires_at}`. EXCEPTION to "tenant_id first": these indexes are
+  keyed by shard, because the relay publishes across tenants; the records still carry tenant_id.
+Read-only, owned by delivery: `delivery_heads` `{_id: "<tenant>:<agent>", cursor}` (the
+`stream_cursor` of the thread list, brief-interfaces #1).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+
+
+def now() -> datetime:
+    """UTC now at MongoDB's millisecond precision, so cursors and stored times compare equal."""
+    t = datetime.now(UTC)
+    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+def read_key(agent_id: str) -> str:
+    """The field name of an agent's read marker ("." would split the path; "%" is not allowed in ids)."""
+    return agent_id.replace(".", "%2E")
+
+
+def list_key(last_message_at: datetime, conversation_id: str) -> str:
+    """The thread list's one sort key, (last_message_at, _id) as sortable text: a keyset walk on a
+    single field is a plain index range (an $or of two bounds made SecantusDB scan the collection)."""
+    return last_message_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z|" + conversation_id
+
+
+def related_key(related_type: str, related_id: str) -> str:
+    return f"{related_type}:{related_id}"
+
+
+def agent_doc_id(tenant_id: str, agent_id: str) -> str:
+    return f"{tenant_id}:{agent_id}"
+
+
+class Store:
+    def __init__(self, db: AsyncDatabase, *, outbox_retention_s: int) -> None:
+        self.db = db
+        self.agents = db["agents"]
+        self.conversations = db["conversations"]
+        self.messages = db["messages"]
+        self.outbox = db["outbox"]
+        self.outbox_leases = db["outbox_leases"]
+        self.outbox_relays = db["outbox_relays"]
+        self.delivery_heads = db["delivery_heads"]
+        self._retention = outbox_retention_s
+
+    async def create_indexes(self) -> None:
+        """Idempotent: creating an existing index with the same spec is a no-op."""
+        await self.agents.create_indexes([
+            IndexModel([("tenant_id", ASCENDING), ("agent_id", ASCENDING)], unique=True, name="agent"),
+            IndexModel([("tenant_id", ASCENDING), ("active", ASCENDING), ("name_lc", ASCENDING),
+                        ("agent_id", ASCENDING)], name="directory_by_name"),
+        ])
+        await self.conversations.create_indexes([
+            IndexModel([("tenant_id", ASCENDING), ("start_key", ASCENDING)], unique=True, name="start_identity"),
+            IndexModel([("tenant_id", ASCENDING), ("participants", ASCENDING), ("list_key", DESCENDING)],
+                       name="thread_list"),
+            # A flat "type:id" field: SecantusDB's planner does not pick indexes on dotted paths.
+            IndexModel([("tenant_id", ASCENDING), ("related_key", ASCENDING), ("list_key", DESCENDING)],
+                       name="related"),
+        ])
+        await self.messages.create_indexes([
+            IndexModel([("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("seq", ASCENDING)],
+                       unique=True, name="history"),
+            IndexModel([("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("sender_id", ASCENDING),
+                        ("client_msg_id", ASCENDING)], unique=True, name="idempotency",
+                       partialFilterExpression={"client_msg_id": {"$type": "string"}}),
+        ])
+        await self.outbox.create_indexes([
+            IndexModel([("shard", ASCENDING), ("sent_at", ASCENDING), ("conversation_id", ASCENDING),
+                        ("order", ASCENDING)], name="pending_by_shard"),
+            # Only sent records expire (sent_at is null until then, and TTL ignores nulls).
+            IndexModel([("sent_at", ASCENDING)], expireAfterSeconds=self._retention, name="sent_ttl"),
+        ])
+        # A relay that died without saying goodbye drops out of the fair-share count by expires_at;
+        # the TTL only tidies the rows up later.
+        await self.outbox_relays.create_index([("expires_at", ASCENDING)], expireAfterSeconds=3600,
+                                              name="relay_ttl")
+
+    # --- agents ---------------------------------------------------------------------------
+
+    async def agent(self, tenant_id: str, agent_id: str, session: Any = None) -> dict | None:
+        return await self.agents.find_one({"tenant_id": tenant_id, "agent_id": agent_id}, session=session)
+
+    async def is_active_agent(self, tenant_id: str, agent_id: str) -> bool:
+        doc = await self.agents.find_one(
+            {"tenant_id": tenant_id, "agent_id": agent_id}, projection={"active": 1, "_id": 0}
+        )
+        return bool(doc and doc.get("active"))
+
+    async def agents_by_id(self, tenant_id: str, agent_ids: list[str], active_only: bool = False,
+                           session: Any = None) -> dict[str, dict]:
+        query: dict[str, Any] = {"tenant_id": tenant_id, "agent_id": {"$in": list(agent_ids)}}
+        if active_only:
+            query["active"] = True
+        return {d["agent_id"]: d async for d in self.agents.find(query, session=session)}
+
+    async def display_names(self, tenant_id: str, agent_ids: set[str]) -> dict[str, str]:
+        if not agent_ids:
+            return {}
+        cursor = self.agents.find(
+            {"tenant_id": tenant_id, "agent_id": {"$in": sorted(agent_ids)}},
+            projection={"agent_id": 1, "display_name": 1, "_id": 0},
+        )
+        return {d["agent_id"]: d["display_name"] async for d in cursor}
+
+    # --- conversations --------------------------------------------------------------------
+
+    async def conversation(self, tenant_id: str, conversation_id: str, session: Any = None) -> dict | None:
+        return await self.conversations.find_one({"_id": conversation_id, "tenant_id": tenant_id}, session=session)
+
+    def thread_list_query(self, tenant_id: str, agent_id: str, snapshot: datetime,
+                          after: str | None) -> dict[str, Any]:
+        """Threads not changed after `snapshot`, below the list key `after` (the previous page's last)."""
+        bound = list_key(snapshot, "\uffff")
+        if after is not None and after < bound:
+            return {"tenant_id": tenant_id, "participants": agent_id, "list_key": {"$lt": after}}
+        return {"tenant_id": tenant_id, "participants": agent_id, "list_key": {"$lte": bound}}
+
+    THREAD_ORDER = [("list_key", DESCENDING)]
+
+    # Queries name their index: with two candidate indexes SecantusDB's planner falls back to a
+    # collection scan (seen in explain()); the hint keeps every hot query on its index.
+    def thread_cursor(self, tenant_id: str, agent_id: str, snapshot: datetime, after: str | None, limit: int):
+        return (self.conversations.find(self.thread_list_query(tenant_id, agent_id, snapshot, after))
+                .sort(self.THREAD_ORDER).limit(limit).hint("thread_list"))
+
+    async def thread_page(self, tenant_id: str, agent_id: str, snapshot: datetime,
+                          after: str | None, limit: int) -> list[dict]:
+        return await self.thread_cursor(tenant_id, agent_id, snapshot, after, limit).to_list()
+
+    def related_query(self, tenant_id: str, related_type: str, related_id: str,
+                      agent_id: str | None) -> dict[str, Any]:
+        query: dict[str, Any] = {"tenant_id": tenant_id, "related_key": related_key(related_type, related_id)}
+        if agent_id is not None:
+            query["participants"] = agent_id
+        return query
+
+    def related_cursor(self, tenant_id: str, related_type: str, related_id: str, agent_id: str | None,
+                       limit: int):
+        return (self.conversations.find(self.related_query(tenant_id, related_type, related_id, agent_id))
+                .sort(self.THREAD_ORDER).limit(limit).hint("related"))
+
+    async def related(self, tenant_id: str, related_type: str, related_id: str, agent_id: str | None,
+                      limit: int) -> list[dict]:
+        return await self.related_cursor(tenant_id, related_type, related_id, agent_id, limit).to_list()
+
+    async def unread_rows(self, tenant_id: str, agent_id: str) -> list[dict]:
+        cursor = self.conversations.find(
+            {"tenant_id": tenant_id, "participants": agent_id},
+            projection={"last_seq": 1, f"read.{read_key(agent_id)}": 1},
+        )
+        return await cursor.to_list()
+
+    async def stream_cursor(self, tenant_id: str, agent_id: str) -> int:
+        """Delivery's last appended cursor for the agent (absent = 0); read-only, owned by delivery."""
+        doc = await self.delivery_heads.find_one({"_id": f"{tenant_id}:{agent_id}"}, projection={"cursor": 1})
+        value = doc.get("cursor") if doc else 0
+        return value if isinstance(value, int) else 0
+
+    # --- messages -------------------------------------------------------------------------
+
+    def history_query(self, tenant_id: str, conversation_id: str, before_seq: int | None,
+                      after_seq: int | None) -> dict[str, Any]:
+        query: dict[str, Any] = {"tenant_id": tenant_id, "conversation_id": conversation_id}
+        bounds: dict[str, int] = {}
+        if before_seq is not None:
+            bounds["$lt"] = before_seq
+        if after_seq is not None:
+            bounds["$gt"] = after_seq
+        if bounds:
+            query["seq"] = bounds
+        return query
+
+    def history_cursor(self, tenant_id: str, conversation_id: str, before_seq: int | None,
+                       after_seq: int | None, limit: int):
+        query = self.history_query(tenant_id, conversation_id, before_seq, after_seq)
+        # after_seq alone walks forward from it; otherwise the newest `limit` below before_seq.
+        forward = after_seq is not None and before_seq is None
+        return self.messages.find(query).sort("seq", ASCENDING if forward else DESCENDING).limit(limit).hint("history")
+
+    async def history(self, tenant_id: str, conversation_id: str, before_seq: int | None,
+                      after_seq: int | None, limit: int) -> list[dict]:
+        rows = await self.history_cursor(tenant_id, conversation_id, before_seq, after_seq, limit).to_list()
+        forward = after_seq is not None and before_seq is None
+        return rows if forward else rows[::-1]
+
+    async def messages_by_client_ids(self, keys: list[tuple[str, str, str, str]]) -> dict[tuple, dict]:
+        """(tenant, conversation, sender, client_msg_id) -> the stored message, for those that exist."""
+        if not keys:
+            return {}
+        ors = [{"tenant_id": t, "conversation_id": c, "sender_id": s, "client_msg_id": m} for t, c, s, m in keys]
+        out = {}
+        async for d in self.messages.find({"$or": ors}):
+            out[(d["tenant_id"], d["conversation_id"], d["sender_id"], d["client_msg_id"])] = d
+        return out

@@ -1,0 +1,83 @@
+"""The agents directory: upsert, deactivation (next call 401), roles, and the presence-ordered picker."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from im_contracts.events import AgentChanged, AgentPresence
+from im_contracts.topics import AGENTS, PRESENCE, agent_key
+
+from im_api_helpers import read_events
+from support.wait import eventually
+
+pytestmark = pytest.mark.integration
+T = "acme"
+
+
+async def test_admins_upsert_and_deactivate_agents_and_the_next_call_of_a_deactivated_agent_is_401(api, endpoints):
+    r = await api.http.put("/v1/agents/alice", json={"display_name": "Alice", "email": "a@x.io"},
+                           headers=api.admin(T))
+    assert r.status_code == 200 and r.json()["display_name"] == "Alice" and r.json()["active"] is True
+    r = await api.http.put("/v1/agents/alice", json={"display_name": "Alice Martin"},
+                           headers=api.auth(T, "ticketing", "service"))
+    assert r.status_code == 200 and r.json()["display_name"] == "Alice Martin"
+    await api.add_agents(T, "bob")
+    assert (await api.http.get("/v1/agents", headers=api.auth(T, "alice"))).status_code == 200
+    # Agents may not manage the directory.
+    assert (await api.http.put("/v1/agents/bob", json={"display_name": "B"},
+                               headers=api.auth(T, "alice"))).status_code == 403
+    assert (await api.http.delete("/v1/agents/bob", headers=api.auth(T, "alice"))).status_code == 403
+    assert (await api.http.delete("/v1/agents/alice", headers=api.admin(T))).status_code == 204
+    r = await api.http.get("/v1/agents", headers=api.auth(T, "alice"))
+    assert r.status_code == 401 and r.json()["error"]["code"] == "inactive_agent"
+    listed = (await api.http.get("/v1/agents", headers=api.auth(T, "bob"))).json()["items"]
+    assert [a["id"] for a in listed] == ["bob"]
+    assert (await api.http.delete("/v1/agents/nobody", headers=api.admin(T))).status_code == 404
+    events = await read_events(endpoints.kafka_bootstrap, AGENTS, api.settings.topic_prefix, 4)
+    alice = [e for k, e, _ in events if k == agent_key(T, "alice")]
+    assert [(e.display_name, e.active) for e in alice] == [("Alice", True), ("Alice Martin", True),
+                                                            ("Alice Martin", False)]
+    assert all(isinstance(e, AgentChanged) for _, e, _ in events)
+
+
+async def test_the_picker_lists_online_then_away_then_offline_by_name_with_filters_and_pages(api, endpoints):
+    for agent, name in [("a1", "zoe"), ("a2", "Yann"), ("a3", "xavier"), ("a4", "Walt"), ("a5", "vic"),
+                        ("a6", "Victor")]:
+        r = await api.http.put(f"/v1/agents/{agent}", json={"display_name": name}, headers=api.admin(T))
+        assert r.status_code == 200
+    producer = AIOKafkaProducer(bootstrap_servers=endpoints.kafka_bootstrap)
+    await producer.start()
+    try:
+        for agent, status in [("a1", "online"), ("a3", "away"), ("a2", "online"), ("a5", "online"),
+                              ("a5", "offline")]:
+            event = AgentPresence(tenant_id=T, agent_id=agent, status=status, connections=1)
+            await producer.send_and_wait(PRESENCE.name(api.settings.topic_prefix), event.to_bytes(),
+                                         key=agent_key(T, agent))
+    finally:
+        await producer.stop()
+
+    async def order() -> list[str]:
+        r = await api.http.get("/v1/agents", headers=api.auth(T, "a1"))
+        return [a["id"] for a in r.json()["items"]]
+
+    expected = ["a2", "a1", "a3", "a5", "a6", "a4"]  # Yann, zoe | xavier | vic, Victor, Walt
+    await eventually(lambda: _equals(order(), expected), timeout=10)
+    r = (await api.http.get("/v1/agents?q=VI", headers=api.auth(T, "a1"))).json()
+    assert [a["id"] for a in r["items"]] == ["a5", "a6"]
+    r = (await api.http.get("/v1/agents?status=online", headers=api.auth(T, "a1"))).json()
+    assert [(a["id"], a["presence"]["status"]) for a in r["items"]] == [("a2", "online"), ("a1", "online")]
+    walked, cursor = [], None
+    while True:
+        url = "/v1/agents?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = (await api.http.get(url, headers=api.auth(T, "a1"))).json()
+        walked += [a["id"] for a in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert walked == expected
+    ready = await api.http.get("/readyz")
+    assert ready.json()["checks"]["presence_cache"] is True
+
+
+async def _equals(value, expected) -> bool:
+    return (await value) == expected

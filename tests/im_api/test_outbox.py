@@ -1,0 +1,86 @@
+"""The outbox: nothing acknowledged is lost while Kafka is down, and shard leases keep one
+publisher per shard, with an in-order takeover when the holder dies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+import pytest
+from imctl.topics import create_topics
+from im_contracts.events import MessagePosted
+from im_contracts.topics import MESSAGES
+
+from im_api_helpers import read_events, running
+from support.wait import eventually
+
+pytestmark = pytest.mark.integration
+T = "acme"
+
+
+async def test_messages_sent_while_kafka_is_down_all_arrive_once_in_seq_order(private_kafka, api_settings):
+    await create_topics(private_kafka.bootstrap, api_settings.topic_prefix, partitions=3)
+    settings = api_settings.model_copy(update={"kafka_bootstrap": private_kafka.bootstrap,
+                                               "kafka_idempotence": private_kafka.idempotence})
+    async with running(settings) as api:
+        await api.add_agents(T, "alice", "bob")
+        c = await api.start(T, "alice", "bob")
+        await asyncio.to_thread(private_kafka.stop)
+        for i in range(1, 101):
+            r = await api.send(T, "alice" if i % 2 else "bob", c["id"], f"m{i}", f"m{i}")
+            assert r.status_code == 201 and r.json()["seq"] == i
+        # Acknowledged and durable: all 100 wait in the outbox while the broker is away.
+        outbox = api.app.state.services.store.outbox
+        assert await outbox.count_documents({"topic": MESSAGES.base_name, "sent_at": None}) == 100
+        await asyncio.to_thread(private_kafka.start)
+        events = await read_events(private_kafka.bootstrap, MESSAGES, settings.topic_prefix, 100, timeout=60,
+                                   settle_s=1.0)
+
+        async def all_marked_sent() -> bool:
+            return await outbox.count_documents({"sent_at": None}) == 0
+
+        await eventually(all_marked_sent, timeout=15, message="the relay marks what it published")
+    assert all(isinstance(e, MessagePosted) for _, e, _ in events)
+    assert [e.message.seq for _, e, _ in events] == list(range(1, 101))  # once each, in order
+    assert {e.message.conversation_id for _, e, _ in events} == {c["id"]}
+
+
+async def test_two_relays_never_publish_one_shard_at_once_and_a_takeover_continues_in_order(api_settings, endpoints):
+    async with running(api_settings) as one, running(api_settings) as two:
+        await one.add_agents(T, "alice", "bob", *[f"a{i}" for i in range(12)])
+        threads = [(await one.start(T, "alice", f"a{i}"))["id"] for i in range(12)]
+        for n in range(1, 4):
+            for i, cid in enumerate(threads):
+                via = one if i % 2 else two
+                assert (await via.send(T, "alice", cid, f"{n}", f"{cid}-{n}")).status_code == 201
+        relay_one, relay_two = one.app.state.relay, two.app.state.relay
+        await eventually(lambda: relay_one.held and relay_two.held and not set(relay_one.held) & set(relay_two.held),
+                         timeout=15, message="both relays hold a share of the shards")
+
+        # "Kill" relay one: its task stops without releasing its leases (as a crashed process would).
+        held_by_one = dict(relay_one.held)
+        one.app.state.tasks[1].cancel()
+        await asyncio.gather(one.app.state.tasks[1], return_exceptions=True)
+        relay_one.held.clear()
+        for n in range(4, 7):
+            for cid in threads:
+                assert (await two.send(T, "alice", cid, f"{n}", f"{cid}-{n}")).status_code == 201
+        await eventually(lambda: set(held_by_one) <= set(relay_two.held), timeout=15,
+                         message="the survivor took over the dead relay's shards")
+        events = await read_events(endpoints.kafka_bootstrap, MESSAGES, api_settings.topic_prefix, 12 * 6,
+                                   timeout=30, settle_s=0.5)
+        bursts = sorted([*relay_one.bursts, *relay_two.bursts], key=lambda b: b.started)
+    seqs: dict[str, list[int]] = defaultdict(list)
+    for _, e, _ in events:
+        if e.message.seq not in seqs[e.message.conversation_id]:
+            seqs[e.message.conversation_id].append(e.message.seq)
+    assert seqs == {cid: [1, 2, 3, 4, 5, 6] for cid in threads}
+    by_shard = defaultdict(list)
+    for b in bursts:
+        by_shard[b.shard].append(b)
+    for shard, items in by_shard.items():
+        for earlier, later in zip(items, items[1:]):
+            if earlier.owner != later.owner:
+                assert earlier.ended <= later.started, f"shard {shard} published by two relays at once"
+                assert later.token > earlier.token, "a takeover always carries a newer fencing token"
+    assert any(b.owner == relay_two.owner and b.shard in held_by_one for b in bursts)
