@@ -126,7 +126,9 @@ def test_a_dead_letter_keeps_the_original_bytes_and_place_but_never_the_authoriz
 
 def test_times_are_rfc3339_utc_and_headers_name_the_event():
     event = decode_record(MESSAGES, _message_posted())
-    assert json.loads(event.to_bytes())["occurred_at"].endswith("Z")
+    wire = json.loads(event.to_bytes())
+    assert wire["occurred_at"].endswith("Z")
+    assert wire["message"]["created_at"] == "2026-01-01T00:00:00.000Z", "times inside events too"
     assert to_rfc3339(event.message.created_at) == "2026-01-01T00:00:00.000Z"
     assert dict(event_headers(event))["event-type"] == b"MessagePosted"
 

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
-from .models import ConversationSnapshot, Message, PresenceStatus, Related
+from .models import ConversationSnapshot, Message, PresenceStatus, Related, to_rfc3339
 
 SCHEMA_VERSION = 1
 # Events that concern no single tenant (a gateway serves them all) carry this tenant id.
@@ -40,13 +40,6 @@ class Event(BaseModel):
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
-
-
-def to_rfc3339(value: datetime) -> str:
-    """UTC with millisecond precision and a `Z`, the one time format on the wire."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
 # --- im.messages.v1 -------------------------------------------------------------------------

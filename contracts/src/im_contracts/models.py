@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 RelatedType = Literal["ticket", "chat"]
 MessageKind = Literal["text", "system"]
 PresenceStatus = Literal["online", "away", "offline"]
 
 BODY_MAX_CHARS = 10_000
+
+
+def to_rfc3339(value: datetime) -> str:
+    """UTC with millisecond precision and a `Z`, the one time format on the wire."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+# A time as every JSON document of the product spells it (HTTP, frames, events alike).
+UtcTime = Annotated[
+    datetime,
+    PlainSerializer(to_rfc3339, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}, mode="serialization"),
+]
 
 
 class Resource(BaseModel):
@@ -39,7 +54,7 @@ class Message(Resource):
     body: str = Field(min_length=1, max_length=BODY_MAX_CHARS)
     kind: MessageKind = "text"
     client_msg_id: str | None = Field(default=None, description="The sender's idempotency key.")
-    created_at: datetime
+    created_at: UtcTime
 
 
 class ConversationSnapshot(Resource):
@@ -49,7 +64,7 @@ class ConversationSnapshot(Resource):
     participants: list[Participant]
     related: Related | None = None
     created_by: str
-    created_at: datetime
+    created_at: UtcTime
     last_seq: int = 0
     last_message: Message | None = None
-    last_message_at: datetime | None = None
+    last_message_at: UtcTime | None = None
