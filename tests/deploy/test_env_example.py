@@ -20,7 +20,4 @@ def test_every_setting_of_every_service_is_listed_with_no_default_secret():
         for name, field in cls.model_fields.items():
             if field.validation_alias is None:
                 assert f"{prefix}{name}".upper() in names, (path, name)
-    assert "IM_JWT_SECRET=\n" in text
-    for line in text.splitlines():
-        if line.startswith(("IM_API_", "IM_DELIVERY_", "IM_PRESENCE_")):
-            assert "=" in line
+    assert "IM_JWT_SECRET=\n" in text, "no default secret"
