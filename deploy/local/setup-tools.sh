@@ -4,6 +4,13 @@
 set -euo pipefail
 need=()
 command -v kcat >/dev/null 2>&1 || need+=(kcat)
+# The compose tests run the stack in containers: podman (with runc; crun fails in this sandbox)
+# and debootstrap to build the base image from Debian's packages when no registry serves images.
+if ! docker info >/dev/null 2>&1; then
+  command -v podman >/dev/null 2>&1 || need+=(podman)
+  command -v runc >/dev/null 2>&1 || need+=(runc)
+  command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+fi
 command -v java >/dev/null 2>&1 || echo "note: no java: tests fall back to Tansu (make test on CI requires Apache Kafka)" >&2
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then

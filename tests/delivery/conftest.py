@@ -66,15 +66,23 @@ class DeliveryStack:
 
     services: Any
     env: dict[str, str]
+    directory: Any = None  # async callable: announce the test agents (AgentChanged) and wait for it
     worker: Any = None
     gateways: list[Gateway] = field(default_factory=list)
 
     async def start_worker(self, **extra: str) -> Any:
         port = free_port()
-        env = {**self.env, **FAST, "IM_DELIVERY_WORKER_PORT": str(port), **extra}
+        # Consumer groups of this test's own (stable across a worker restart): on one broker,
+        # tests never share a group and so never wait on each other's rebalances.
+        prefix = self.env["IM_TOPIC_PREFIX"]
+        groups = {"IM_DELIVERY_FANOUT_GROUP": f"{prefix}fanout", "IM_DELIVERY_QUEUE_GROUP": f"{prefix}queue",
+                  "IM_DELIVERY_GATEWAYS_GROUP": f"{prefix}gateways"}
+        env = {**self.env, **FAST, **groups, "IM_DELIVERY_WORKER_PORT": str(port), **extra}
         self.worker = self.services.start("delivery-worker", ["-m", "im_delivery.worker"], env,
                                           f"http://127.0.0.1:{port}/readyz")
         await self.worker.wait_ready()
+        if self.directory is not None:
+            await self.directory()
         return self.worker
 
     async def start_gateway(self, gateway_id: str | None = None, **extra: str) -> Gateway:
@@ -96,10 +104,26 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+KNOWN_AGENTS = ("ana", "ben", "cy", "dee")
+
+
 @pytest.fixture
-async def stack(request, mongo, services, service_env, kafka_topics) -> AsyncIterator[DeliveryStack]:
+async def stack(request, mongo, services, service_env, kafka_topics, outbox) -> AsyncIterator[DeliveryStack]:
     # `mongo` (set up first, torn down last) drops this test's database after the services stop.
-    stack = DeliveryStack(services, service_env)
+    agents = mongo[service_env["IM_MONGO_DB"]]["delivery_agents"]
+
+    async def directory() -> None:
+        """im-api's directory announces the test agents; gateways refuse agents they never heard of."""
+        for agent in KNOWN_AGENTS:
+            await outbox.agent_changed(agent, active=True)
+        ids = [f"{TENANT}:{a}" for a in KNOWN_AGENTS]
+
+        async def projected() -> bool:
+            return await agents.count_documents({"_id": {"$in": ids}}) == len(ids)
+
+        await eventually(projected, timeout=30, message="the directory projection never caught up")
+
+    stack = DeliveryStack(services, service_env, directory=directory)
     yield stack
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:  # the services' last log lines explain a failure

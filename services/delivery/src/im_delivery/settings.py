@@ -70,5 +70,10 @@ class DeliverySettings(CommonSettings):
     close_timeout_s: float = 2.0
     # Ticket ids are kept this long after the ticket expires (TTL), so a replay stays refused.
     ticket_keep_s: float = 120.0
+    # An agent unknown to the directory projection is refused, but one created a moment ago may
+    # not be projected yet: AgentChanged goes outbox -> Kafka -> worker, about a second at worst.
+    unknown_agent_wait_s: float = 2.0
+    # How often the projection is re-read while waiting for a new agent (a point read by _id).
+    unknown_agent_poll_s: float = 0.1
     # Device id for bearer-subprotocol clients that name none (`?device_id=` overrides it).
     default_device_id: str = "default"

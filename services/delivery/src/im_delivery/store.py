@@ -69,6 +69,7 @@ class QueueStore:
         await self.heads.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING)])
         await self.devices.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING), ("cursor", DESCENDING)])
         await self.connections.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING)])
+        await self.connections.create_index([("tenant_id", ASCENDING), ("gateway_id", ASCENDING)])
         await self.tickets.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
 
     # --- the queue writer (single writer per agent) ---------------------------------------------
@@ -148,10 +149,22 @@ class QueueStore:
 
     async def register(self, connection_id: str, tenant_id: str, agent_id: str, device_id: str,
                        gateway_id: str, epoch: str) -> None:
-        await self.connections.insert_one({
-            "_id": connection_id, "tenant_id": tenant_id, "agent_id": agent_id, "device_id": device_id,
-            "gateway_id": gateway_id, "epoch": epoch, "opened_at": utcnow(),
-        })
+        # An upsert: the heartbeat's re-assertion may have written this connection already.
+        await self.connections.update_one(
+            {"_id": connection_id},
+            {"$set": {"tenant_id": tenant_id, "agent_id": agent_id, "device_id": device_id,
+                      "gateway_id": gateway_id, "epoch": epoch},
+             "$setOnInsert": {"opened_at": utcnow()}},
+            upsert=True,
+        )
+
+    async def registered_here(self, gateway_id: str, tenant_ids: list[str]) -> set[str]:
+        """Connection ids the registry holds for this gateway (index (tenant_id, gateway_id))."""
+        found = self.connections.find({"tenant_id": {"$in": tenant_ids}, "gateway_id": gateway_id}, {"_id": 1})
+        return {doc["_id"] async for doc in found}
+
+    async def count_registered_here(self, gateway_id: str, tenant_ids: list[str]) -> int:
+        return await self.connections.count_documents({"tenant_id": {"$in": tenant_ids}, "gateway_id": gateway_id})
 
     async def unregister(self, connection_id: str, tenant_id: str) -> None:
         await self.connections.delete_one({"_id": connection_id, "tenant_id": tenant_id})

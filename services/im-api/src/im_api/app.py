@@ -9,20 +9,25 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
 from im_runtime.auth import TokenVerifier
 from im_runtime.health import Readiness, health_router
-from im_runtime.kafka import make_producer
+from im_runtime.kafka import DeadLetters, make_producer, start_with_retry
 from im_runtime.logs import log
 from im_runtime.mongo import connect, reachable
+from prometheus_client import Counter
 
 from .api import agents, conversations, me
 from .api.deps import Services
 from .api.middleware import RequestContext
+from .assistance import Assistance
 from .committer import Committer
 from .directory import Directory
 from .errors import install_error_handlers
+from .handlers.assistance import assistance_subscription
 from .outbox import Relay, UnitOfWork
 from .presence_cache import PresenceCache
 from .service import Conversations
@@ -30,11 +35,35 @@ from .settings import ApiSettings
 from .store import Store
 
 logger = logging.getLogger("im_api")
+DEAD_LETTERED = Counter("im_api_dead_letters_total", "Records dead-lettered", ["topic", "reason"])
 
 DESCRIPTION = """Helpdesk IM: agents, persistent threads tied to tickets and chats, messages and unread state.
 
 Every call needs `Authorization: Bearer <JWT>` (claims `tid`, `sub`, `role`, `exp`). Errors are
 `{"error": {"code", "message", "field", "errors", "request_id"}}`; every response carries `X-Request-Id`."""
+
+
+class _GroupJoined:
+    """Readiness of the assistance consumer: it has joined its group and received an assignment.
+
+    Latched after the first one: an im-api beyond the partition count (empty assignment) is still
+    ready, and a later rebalance (another instance starting) must not take every HTTP server out
+    of service; the consumer itself must still exist."""
+
+    def __init__(self, subscriber: Any) -> None:
+        self.subscriber = subscriber
+        self.joined = False
+
+    async def check(self) -> bool:
+        consumer = self.subscriber.consumer
+        if consumer is None:
+            return False
+        if not self.joined:
+            # aiokafka keeps no public "joined" flag: the subscription's assignment is set at the
+            # first completed join (possibly empty), and assignment() is the public fallback.
+            subscription = getattr(getattr(consumer, "_subscription", None), "subscription", None)
+            self.joined = bool(consumer.assignment()) or getattr(subscription, "assignment", None) is not None
+        return self.joined
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -53,13 +82,26 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             settings, request_timeout_ms=int(settings.outbox_publish_timeout_s * 1000)), owner)
         uow = UnitOfWork(client, store, settings, on_commit=relay.wake)
         committer = Committer(uow, store, settings.commit_batch_max)
-        app.state.services = Services(settings, store, verifier, Directory(store, uow, presence),
-                                      Conversations(store, uow, committer))
+        conversations = Conversations(store, uow, committer)
+        app.state.services = Services(settings, store, verifier, Directory(store, uow, presence), conversations)
         app.state.relay, app.state.committer, app.state.presence = relay, committer, presence
         tasks = [asyncio.create_task(committer.run(), name="committer"),
                  asyncio.create_task(relay.run(), name="outbox-relay"),
                  asyncio.create_task(presence.run(), name="presence-cache")]
         app.state.tasks = tasks
+
+        # Assistance requests: a consumer group through the one consumer policy (dead letters, backoff).
+        dead_letter_producer = make_producer(settings)
+        await start_with_retry(dead_letter_producer.start, "kafka producer (dead letters)", settings)
+        dead_letters = DeadLetters(dead_letter_producer, settings, "im-api-assistance",
+                                   on_dead_letter=lambda topic, reason: DEAD_LETTERED.labels(topic, reason).inc())
+        broker = KafkaBroker(settings.kafka_bootstrap, logger=logging.getLogger("im_api.faststream"),
+                             log_level=logging.DEBUG,  # "Received"/"Processed" per record: too much at INFO
+                             graceful_timeout=settings.shutdown_grace_s)
+        subscriber = assistance_subscription(Assistance(store, conversations), verifier, dead_letters,
+                                             settings).register(broker)
+        await start_with_retry(broker.start, "kafka consumer (assistance requests)", settings)
+        app.state.assistance_subscriber = subscriber
 
         async def mongo_ok() -> bool:
             return await reachable(client)
@@ -70,11 +112,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         readiness.add("mongodb", mongo_ok)
         readiness.add("kafka", kafka_ok)
         readiness.add("presence_cache", presence.ready)
+        joined = _GroupJoined(subscriber)
+        readiness.add("assistance_consumer", joined.check)
         log(logger, logging.INFO, "im-api started", relay_owner=owner)
         try:
             yield
         finally:
             readiness.draining = True
+            # The consumer first: it finishes the batch in hand (which sends through the committer).
+            with contextlib.suppress(Exception):
+                await broker.stop()
             # uvicorn has drained the requests: commit what is queued, then stop the relay.
             tasks[0].cancel()
             await asyncio.gather(tasks[0], return_exceptions=True)
@@ -84,6 +131,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*tasks[1:], return_exceptions=True)
             await relay.stop()
+            with contextlib.suppress(Exception):
+                await dead_letter_producer.stop()
             await client.close()
             log(logger, logging.INFO, "im-api stopped")
 

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,8 @@ class Send:
     client_msg_id: str | None
     kind: str = "text"
     trace: str | None = None
+    # More writes for the send's own transaction, given the new message (an assistance request's record).
+    also: Callable[[Transaction, dict], Awaitable[None]] | None = None
     future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     @property
@@ -71,9 +74,10 @@ class Committer:
         self.batches = 0  # observability: transactions committed (tests/benchmarks read it)
 
     async def send(self, tenant_id: str, conversation_id: str, sender_id: str, body: str,
-                   client_msg_id: str | None) -> tuple[dict, bool]:
+                   client_msg_id: str | None,
+                   also: Callable[[Transaction, dict], Awaitable[None]] | None = None) -> tuple[dict, bool]:
         """Post one message; (stored message, created?) once its transaction committed."""
-        item = Send(tenant_id, conversation_id, sender_id, body, client_msg_id, trace=trace_id.get())
+        item = Send(tenant_id, conversation_id, sender_id, body, client_msg_id, trace=trace_id.get(), also=also)
         self.queue.put_nowait(item)
         return await asyncio.shield(item.future)
 
@@ -164,6 +168,8 @@ class Committer:
                        "seq": seq, "sender_id": item.sender_id, "body": item.body, "kind": item.kind,
                        "client_msg_id": item.client_msg_id, "created_at": at}
                 messages.append(doc)
+                if item.also is not None:
+                    await item.also(tx, doc)
                 read_moves[read_key(item.sender_id)] = seq
                 outcomes.append((item, (doc, True)))
                 event = MessagePosted(tenant_id=tenant_id, message=message_model(doc),

@@ -23,6 +23,8 @@ from .outbox import Transaction, UnitOfWork
 from .store import Store, list_key, now, read_key, related_key
 
 T = TypeVar("T")
+# Extra writes in a new message's own transaction: (transaction, stored message).
+PostHook = Callable[[Transaction, dict], Awaitable[None]]
 RACE_ATTEMPTS = 8  # re-runs of a membership/read change that lost a race with a send
 
 
@@ -90,8 +92,9 @@ class Conversations:
     # --- start ----------------------------------------------------------------------------
 
     async def start(self, tenant_id: str, me: str, participant_ids: list[str], related: dict | None,
-                    first_message: dict | None) -> tuple[dict[str, Any], bool]:
-        """(conversation, created?): the thread of this start identity, made once."""
+                    first_message: dict | None, also: PostHook | None = None) -> tuple[dict[str, Any], bool]:
+        """(conversation, created?): the thread of this start identity, made once; `also` joins the
+        first message's transaction (see Committer.send)."""
         ids = sorted(set(participant_ids) | {me})
         if ids == [me]:
             raise Unprocessable("a conversation needs at least one agent besides you",
@@ -117,7 +120,7 @@ class Conversations:
         if me not in doc["participants"]:  # a starter who left comes back by starting it again
             await self._change(tenant_id, me, doc["_id"], add=[me], remove=[], require_member=False)
         if first_message:
-            await self.post(tenant_id, me, doc["_id"], first_body, first_message["client_msg_id"])
+            await self.post(tenant_id, me, doc["_id"], first_body, first_message["client_msg_id"], also=also)
         return await self.view(tenant_id, me, doc["_id"]), created
 
     async def _create(self, tx: Transaction, tenant_id: str, me: str, ids: list[str], related: dict | None,
@@ -137,9 +140,10 @@ class Conversations:
     # --- messages -------------------------------------------------------------------------
 
     async def post(self, tenant_id: str, me: str, conversation_id: str, body: str,
-                   client_msg_id: str | None) -> tuple[dict[str, Any], bool]:
+                   client_msg_id: str | None, also: PostHook | None = None) -> tuple[dict[str, Any], bool]:
         """(message, created?); a retry with the same client_msg_id returns the original."""
-        doc, created = await self.committer.send(tenant_id, conversation_id, me, clean_body(body), client_msg_id)
+        doc, created = await self.committer.send(tenant_id, conversation_id, me, clean_body(body), client_msg_id,
+                                                 also=also)
         return message_view(doc), created
 
     async def history(self, tenant_id: str, me: str, conversation_id: str, before_seq: int | None,

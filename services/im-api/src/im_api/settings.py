@@ -40,3 +40,10 @@ class ApiSettings(CommonSettings):
     readiness_timeout_s: float = 2.0
     # SIGTERM: in-flight requests get this long to finish before uvicorn closes them.
     shutdown_grace_s: float = 10.0
+    # Assistance requests (helpdesk.assistance-requests.v1): one consumer group for every im-api.
+    assistance_group: str = "im-api-assistance"
+    # Records per poll: each opens/reuses a thread and posts, so a small batch keeps commits frequent.
+    assistance_max_batch: int = 50
+    # TEST ONLY (0 in production): hold the offset commit back this long after each write, so a
+    # test can kill the process between the write and the commit and prove the redelivery is a no-op.
+    assistance_commit_delay_s: float = 0.0

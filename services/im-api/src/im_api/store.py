@@ -14,6 +14,11 @@ Collections owned by im-api:
   created_at, sent_at}` and `outbox_leases` `{_id: shard, owner, token, expires_at}` plus
   `outbox_relays` `{_id: owner, expires_at}`. EXCEPTION to "tenant_id first": these indexes are
   keyed by shard, because the relay publishes across tenants; the records still carry tenant_id.
+- `assistance_requests`: `{_id: "<tenant>:<request_id>", tenant_id, request_id, fingerprint,
+  requested_by, conversation_id, message_id, source: {topic, partition, offset}, created_at}` —
+  one per processed AssistanceRequested, written in the transaction of the message it posted;
+  unique per (tenant, request_id); kept (a few hundred bytes each, and the audit of what was asked;
+  no TTL, since a TTL index cannot lead with tenant_id).
 Read-only, owned by delivery: `delivery_heads` `{_id: "<tenant>:<agent>", cursor}` (the
 `stream_cursor` of the thread list, brief-interfaces #1).
 """
@@ -62,6 +67,7 @@ class Store:
         self.outbox_leases = db["outbox_leases"]
         self.outbox_relays = db["outbox_relays"]
         self.delivery_heads = db["delivery_heads"]
+        self.assistance_requests = db["assistance_requests"]
         self._retention = outbox_retention_s
 
     async def create_indexes(self) -> None:
@@ -91,6 +97,9 @@ class Store:
                         ("order", ASCENDING)], name="pending_by_shard"),
             # Only sent records expire (sent_at is null until then, and TTL ignores nulls).
             IndexModel([("sent_at", ASCENDING)], expireAfterSeconds=self._retention, name="sent_ttl"),
+        ])
+        await self.assistance_requests.create_indexes([
+            IndexModel([("tenant_id", ASCENDING), ("request_id", ASCENDING)], unique=True, name="request"),
         ])
         # A relay that died without saying goodbye drops out of the fair-share count by expires_at;
         # the TTL only tidies the rows up later.

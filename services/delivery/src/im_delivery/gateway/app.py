@@ -37,7 +37,7 @@ def create_app(settings: DeliverySettings) -> FastAPI:
         await store.forget_gateway(settings.gateway_id)
         producer = make_producer(settings)
         await start_with_retry(producer.start, "kafka producer", settings)
-        hub = Hub(settings, producer)
+        hub = Hub(settings, producer, store)
         signals = SignalReader(settings, hub.on_signal)
         await start_with_retry(signals.start, "delivery signals", settings)
         background = [asyncio.create_task(signals.run(), name="signals"),

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from im_runtime.logs import log
@@ -43,6 +43,10 @@ class CloseConnection(Exception):
 
 @dataclass(eq=False, slots=True)
 class StreamConnection:
+    """An idle connection holds no task, event, lock or buffer of its own: a pump task exists only
+    while there is something to send (a signal, a live frame, the hub's safety poll), and the
+    live buffer, unacked window and room event are created on first use (issue 8: memory/socket)."""
+
     connection_id: str
     tenant_id: str
     agent_id: str
@@ -51,58 +55,78 @@ class StreamConnection:
     store: QueueStore
     settings: DeliverySettings
     last_sent: int = 0
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    live: deque = field(default_factory=deque)
-    unacked: deque = field(default_factory=deque)  # cursors sent here and not yet acknowledged
+    live: deque | None = None
+    unacked: deque | None = None  # cursors sent here and not yet acknowledged
     closing: int | None = None
     poll_due: bool = True  # set by the hub's safety poll: re-read even without a signal
-    _close_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    reader: asyncio.Task | None = None  # the handler task reading the client; cancelled on close
+    _pump: asyncio.Task | None = None
+    _again: bool = False  # woken while the pump ran: it makes one more pass
+    _room: asyncio.Event | None = None  # exists only while the pump waits for acks
 
     def signal(self) -> None:
-        self.wake.set()
+        self._wake()
 
     def safety_poll(self) -> None:
         self.poll_due = True
-        self.wake.set()
+        self._wake()
 
     def acknowledged(self, cursor: int) -> None:
-        while self.unacked and self.unacked[0] <= cursor:
-            self.unacked.popleft()
-        self.wake.set()
+        unacked = self.unacked
+        while unacked and unacked[0] <= cursor:
+            unacked.popleft()
+        if self._room is not None:
+            self._room.set()
+
+    def start(self) -> None:
+        """First pass: the replay after the resume cursor."""
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.closing is not None:
+            return
+        if self._pump is not None:
+            self._again = True
+            return
+        self._pump = asyncio.get_running_loop().create_task(self.pump())
 
     async def window(self) -> int:
         """How many more queued frames may be sent; waits for an ack when the window is full."""
-        room = self.settings.max_unacked - len(self.unacked)
+        room = self.settings.max_unacked - len(self.unacked or ())
         if room > 0:
             return room
         try:
-            await asyncio.wait_for(self._room(), self.settings.send_timeout_s)
+            await asyncio.wait_for(self._wait_room(), self.settings.send_timeout_s)
         except TimeoutError:
             raise CloseConnection(CLOSE_TOO_SLOW, "too many unacknowledged frames") from None
-        return self.settings.max_unacked - len(self.unacked)
+        finally:
+            self._room = None
+        return self.settings.max_unacked - len(self.unacked or ())
 
-    async def _room(self) -> None:
-        while len(self.unacked) >= self.settings.max_unacked:
-            self.wake.clear()
-            await self.wake.wait()
+    async def _wait_room(self) -> None:
+        while len(self.unacked or ()) >= self.settings.max_unacked and self.closing is None:
+            self._room = asyncio.Event()
+            await self._room.wait()
 
     def push_live(self, frame: dict[str, Any]) -> None:
+        if self.live is None:
+            self.live = deque()
         if len(self.live) >= self.settings.live_buffer:
             self.close_soon(CLOSE_TOO_SLOW, "too slow")
             return
         self.live.append(frame)
-        self.wake.set()
+        self._wake()
 
     def close_soon(self, code: int, reason: str) -> None:
         if self.closing is None:
             asyncio.get_running_loop().create_task(self.close(code, reason))
 
     async def close(self, code: int, reason: str) -> None:
-        async with self._close_lock:
-            if self.closing is not None:
-                return
-            self.closing = code
-        self.wake.set()  # the pump stops
+        if self.closing is not None:
+            return
+        self.closing = code  # set before any await: one close only, and pumps stop
+        if self._room is not None:
+            self._room.set()
         CLOSED.labels(str(code)).inc()
         log(logger, logging.INFO, "closing connection", connection_id=self.connection_id,
             agent_id=self.agent_id, code=code, reason=reason)
@@ -110,12 +134,21 @@ class StreamConnection:
             await asyncio.wait_for(self.websocket.close(code, reason), self.settings.close_timeout_s)
         except Exception:  # noqa: BLE001 - the peer is gone or stuck: the transport is dropped
             pass
+        reader = self.reader
+        if reader is not None and reader is not asyncio.current_task() and not reader.done():
+            reader.cancel()  # stop reading the client: the connection is over
+
+    def stop(self) -> None:
+        """The handler ends: a pump still running goes with it."""
+        if self._pump is not None:
+            self._pump.cancel()
 
     async def pump(self) -> None:
-        """Sends every entry after `last_sent`, then live frames, until the connection closes."""
+        """Sends every entry after `last_sent`, then live frames, while there is anything to send;
+        then the task ends (the next signal, live frame or safety poll starts another)."""
         try:
             while self.closing is None:
-                self.wake.clear()
+                self._again = False
                 if self.poll_due:  # the safety poll also notices a truncated queue
                     self.poll_due = False
                     await self.ensure_retained()
@@ -125,15 +158,16 @@ class StreamConnection:
                     wire = [e.wire() for e in entries]
                     await self.send(wire[0] if len(wire) == 1 else {"type": "batch", "frames": wire})
                     self.last_sent = entries[-1].cursor
+                    if self.unacked is None:
+                        self.unacked = deque()
                     self.unacked.extend(e.cursor for e in entries)
                     FRAMES_SENT.inc(len(entries))
                     if len(entries) == limit:
                         continue  # more to replay: no waiting
                 while self.live and self.closing is None:
                     await self.send(self.live.popleft())
-                # Woken by a signal, a live frame, an ack, or the hub's safety poll (one timer for
-                # all connections: an idle socket holds no timer or task of its own beyond this).
-                await self.wake.wait()
+                if not self._again:
+                    break
         except CloseConnection as close:
             await self.close(close.code, close.reason)
         except PyMongoError as exc:
@@ -141,6 +175,12 @@ class StreamConnection:
             log(logger, logging.WARNING, "queue read failed", connection_id=self.connection_id,
                 error=type(exc).__name__)
             await self.close(CLOSE_RESTART, "try again")
+        finally:
+            self._pump = None
+            if self.live is not None and not self.live:
+                self.live = None  # an idle socket keeps no buffer
+            if self.unacked is not None and not self.unacked:
+                self.unacked = None
 
     async def ensure_retained(self) -> None:
         head = await self.store.head(self.tenant_id, self.agent_id)

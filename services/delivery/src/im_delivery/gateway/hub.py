@@ -25,6 +25,7 @@ from im_runtime.logs import log
 from prometheus_client import Gauge
 
 from ..settings import DeliverySettings
+from ..store import QueueStore
 from .connection import CLOSE_AUTH, CLOSE_RESTART, StreamConnection
 
 logger = logging.getLogger("im_delivery.hub")
@@ -37,8 +38,9 @@ CONNECTION_EVENTS = {
 
 
 class Hub:
-    def __init__(self, settings: DeliverySettings, producer: AIOKafkaProducer) -> None:
+    def __init__(self, settings: DeliverySettings, producer: AIOKafkaProducer, store: QueueStore) -> None:
         self.settings = settings
+        self.store = store
         self.producer = producer
         self.gateway_id = settings.gateway_id
         self.epoch = uuid.uuid4().hex  # a new boot: presence expires the previous epoch's connections
@@ -102,7 +104,33 @@ class Hub:
                 await self.publish(topics.GATEWAYS, topics.gateway_key(self.gateway_id), beat)
             except Exception as exc:  # noqa: BLE001 - Kafka away: the next beat tries again
                 log(logger, logging.WARNING, "heartbeat not sent", error=type(exc).__name__)
+            try:
+                await self.reassert(conns)
+            except Exception as exc:  # noqa: BLE001 - MongoDB away: the next beat tries again
+                log(logger, logging.WARNING, "registrations not checked", error=type(exc).__name__)
             await asyncio.sleep(self.settings.heartbeat_s)
+
+    async def reassert(self, conns: list[StreamConnection]) -> None:
+        """Puts back registrations the worker dropped while this gateway was alive (it expires a
+        gateway whose beats it did not see, e.g. across a partition): signals route here again.
+        One indexed count per beat; the full comparison only when something is missing."""
+        if not conns:
+            return
+        tenants = sorted({c.tenant_id for c in conns})
+        if await self.store.count_registered_here(self.gateway_id, tenants) >= len(conns):
+            return
+        present = await self.store.registered_here(self.gateway_id, tenants)
+        missing = [c for c in conns if c.connection_id not in present]
+        for conn in missing:
+            await self.store.register(conn.connection_id, conn.tenant_id, conn.agent_id, conn.device_id,
+                                      self.gateway_id, self.epoch)
+        # A socket that closed meanwhile must not stay registered (it unregistered before we wrote).
+        for conn in missing:
+            if conn not in self.by_agent.get((conn.tenant_id, conn.agent_id), ()):
+                await self.store.unregister(conn.connection_id, conn.tenant_id)
+            else:
+                conn.signal()  # entries appended while unrouted are read now, not at the safety poll
+        log(logger, logging.WARNING, "registrations re-asserted", gateway_id=self.gateway_id, connections=len(missing))
 
     async def close_all(self) -> None:
         """Graceful shutdown: every client is told 1012 (reconnect) before the process exits."""

@@ -15,11 +15,12 @@ from fastapi import APIRouter, WebSocket
 from im_runtime.auth import AuthError, TokenVerifier
 from im_runtime.logs import log
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
 
 from ..settings import DeliverySettings
 from ..store import QueueStore
-from ..worker.projections import agent_is_inactive
-from .connection import CLOSE_AUTH, CloseConnection, StreamConnection
+from ..worker.projections import agent_is_active
+from .connection import CLOSE_AUTH, CLOSE_RESTART, CloseConnection, StreamConnection
 from .hub import Hub
 
 logger = logging.getLogger("im_delivery.stream")
@@ -63,8 +64,7 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
         await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         try:
             caller = await authenticate(websocket, verifier, store, settings)
-            if await agent_is_inactive(db, caller.tenant_id, caller.agent_id):
-                raise AuthError("agent deactivated")
+            await require_active_agent(db, caller, settings)
         except AuthError as exc:
             log(logger, logging.INFO, "stream refused", reason=exc.message)
             await websocket.close(CLOSE_AUTH, "unauthorized")
@@ -83,7 +83,6 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
         # Registered before the replay is read: a signal for an entry appended meanwhile finds us.
         hub.add(conn)
         expiry: asyncio.TimerHandle | None = None
-        tasks: list[asyncio.Task] = []
         try:
             await store.register(conn.connection_id, conn.tenant_id, conn.agent_id, conn.device_id,
                                  hub.gateway_id, hub.epoch)
@@ -101,28 +100,23 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
             expiry = asyncio.get_running_loop().call_later(
                 max(0.0, caller.token_expires_at - time.time()), conn.close_soon, CLOSE_AUTH, "token expired"
             )
-            # This task reads the client; the pump sends. Whichever ends first ends the connection
-            # (two tasks per socket, no more: idle sockets must stay small).
-            reader = asyncio.current_task()
-            assert reader is not None
-            pump = asyncio.create_task(conn.pump())
-            tasks = [pump]
-
-            def pump_ended(_task: asyncio.Task) -> None:
-                reader.cancel()  # stop reading the client: the connection is over
-
-            pump.add_done_callback(pump_ended)
+            # This task reads the client; a pump task sends, and exists only while there is
+            # something to send (idle sockets must stay small: no task of their own).
+            conn.reader = asyncio.current_task()
+            conn.start()
             try:
                 await read_client(conn, hub, store)
+            except PyMongoError as exc:
+                # MongoDB away while recording an ack: the client reconnects with its cursor.
+                log(logger, logging.WARNING, "ack not recorded", connection_id=conn.connection_id,
+                    error=type(exc).__name__)
+                await conn.close(CLOSE_RESTART, "try again")
             except asyncio.CancelledError:
-                if not pump.done():
-                    raise  # a real cancellation (shutdown), not the pump finishing
-                reader.uncancel()
-            finally:
-                pump.remove_done_callback(pump_ended)
+                if conn.closing is None:
+                    raise  # a real cancellation (shutdown), not the gateway closing the socket
+                conn.reader.uncancel()
         finally:
-            for task in tasks:
-                task.cancel()
+            conn.stop()
             if expiry is not None:
                 expiry.cancel()
             hub.remove(conn)
@@ -134,6 +128,22 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
                 code=conn.closing, cursor=conn.last_sent)
 
     return router
+
+
+async def require_active_agent(db: AsyncDatabase, caller: Caller, settings: DeliverySettings) -> None:
+    """API.md: a token is accepted only while its agent exists and is active. An agent created a
+    moment ago may not be projected yet (AgentChanged travels through Kafka): wait for it up to
+    `unknown_agent_wait_s`, polling the projection, before refusing."""
+    deadline = time.monotonic() + settings.unknown_agent_wait_s
+    while True:
+        active = await agent_is_active(db, caller.tenant_id, caller.agent_id)
+        if active is False:
+            raise AuthError("agent deactivated")
+        if active:
+            return
+        if time.monotonic() >= deadline:
+            raise AuthError("unknown agent")
+        await asyncio.sleep(settings.unknown_agent_poll_s)
 
 
 async def resume_cursor(store: QueueStore, caller: Caller, asked: int | None) -> int:

@@ -28,7 +28,7 @@ from im_runtime.logs import log
 
 from ..bus import DeliveryBus, Item
 from ..store import QueueStore
-from .projections import Projections
+from .projections import Projections, marker_key
 
 logger = logging.getLogger("im_delivery.fanout")
 
@@ -46,6 +46,15 @@ def conversation_frame(conv: dict[str, Any], snapshot: dict[str, Any] | None = N
         base.update(last_seq=conv["last_seq"], last_message=conv["last_message"],
                     last_message_at=conv["last_message_at"])
     return {"type": "conversation.updated", "conversation": base}
+
+
+def for_reader(frame: dict[str, Any], markers: dict[str, int], agent_id: str) -> dict[str, Any]:
+    """The `conversation.updated` one recipient gets: its own `last_read_seq` and `unread_count`
+    (API.md: unread_count = last_seq - last_read_seq; a sender has read its own message)."""
+    conversation = frame["conversation"]
+    last_read = min(int(markers.get(marker_key(agent_id), 0)), int(conversation.get("last_seq") or 0))
+    unread = max(0, int(conversation.get("last_seq") or 0) - last_read)
+    return {**frame, "conversation": {**conversation, "last_read_seq": last_read, "unread_count": unread}}
 
 
 class FanOut:
@@ -76,9 +85,12 @@ class FanOut:
                 conv = await self.projections.save_snapshot(event.tenant_id, event.conversation)
                 frame = conversation_frame(conv, event.conversation.model_dump(mode="json"))
                 key = f"conv:{event.conversation.id}:{event.event_id}"
+                markers = conv.get("read_markers") or {}
                 for agent in dict.fromkeys(event.recipients):
-                    await self.bus.append(event.tenant_id, agent, key, frame)
+                    await self.bus.append(event.tenant_id, agent, key, for_reader(frame, markers, agent))
             case ReadMarkerMoved():
+                await self.projections.read_marker_moved(event.tenant_id, event.conversation_id,
+                                                         event.agent_id, event.seq)
                 frame = {"type": "read.updated", "conversation_id": event.conversation_id,
                          "agent_id": event.agent_id, "seq": event.seq}
                 key = f"read:{event.conversation_id}:{event.agent_id}:{event.seq}"
@@ -145,9 +157,14 @@ class FanOut:
             conv = {**conv, "last_seq": m.seq, "last_message": message, "last_message_at": message["created_at"]}
         created = {"type": "message.created", "message": message}
         updated = conversation_frame(conv)
+        # Sending a message moves the sender's read marker to it (API.md).
+        markers = dict(conv.get("read_markers") or {})
+        sender = marker_key(m.sender_id)
+        markers[sender] = max(int(markers.get(sender, 0)), m.seq)
         for agent in dict.fromkeys(event.recipients):
             await self.bus.append(event.tenant_id, agent, f"msg:{m.conversation_id}:{m.seq}", created)
-            await self.bus.append(event.tenant_id, agent, f"msg:{m.conversation_id}:{m.seq}:conversation", updated)
+            await self.bus.append(event.tenant_id, agent, f"msg:{m.conversation_id}:{m.seq}:conversation",
+                                  for_reader(updated, markers, agent))
         await self.projections.message_delivered(event)
 
     async def release_successors(self, tenant_id: str, conversation_id: str, sweep: bool = False) -> None:

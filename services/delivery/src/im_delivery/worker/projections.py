@@ -3,7 +3,8 @@ the agent directory (active or not) and messages held back until their predecess
 
 Collections (owned by delivery; tenant_id first in every document and index):
 - `delivery_conversations` {_id "<tenant>:<conversation>", tenant_id, conversation_id, participants,
-  participant_ids, related, created_by, created_at, last_seq, last_message, last_message_at, seen_at}
+  participant_ids, related, created_by, created_at, last_seq, last_message, last_message_at,
+  read_markers {<agent id, escaped>: seq}}
 - `delivery_agents`        {_id "<tenant>:<agent>", tenant_id, agent_id, display_name, role, active}
   (also read by gateways: refuse an inactive agent at connect)
 - `delivery_held`          {_id "<tenant>:<conversation>:<seq>", tenant_id, conversation_id, seq,
@@ -21,6 +22,11 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from ..store import utcnow
+
+
+def marker_key(agent_id: str) -> str:
+    """An agent id as a MongoDB field name ('.' and '$' are not allowed there; '%' escapes)."""
+    return agent_id.replace("%", "%25").replace(".", "%2E").replace("$", "%24")
 
 
 def conversation_id_of(tenant_id: str, conversation_id: str) -> str:
@@ -97,8 +103,17 @@ class Projections:
         message = m.model_dump(mode="json")
         await self.conversations.update_one(
             {"_id": conversation_id_of(event.tenant_id, m.conversation_id), "last_seq": {"$lt": m.seq}},
-            {"$set": {"last_seq": m.seq, "last_message": message, "last_message_at": message["created_at"]}},
+            # One write: the sender's read marker moves to its own message (API.md).
+            {"$set": {"last_seq": m.seq, "last_message": message, "last_message_at": message["created_at"]},
+             "$max": {f"read_markers.{marker_key(m.sender_id)}": m.seq}},
         )
+
+    async def read_marker_moved(self, tenant_id: str, conversation_id: str, agent_id: str, seq: int) -> None:
+        """Per-agent read markers (only forward): each recipient's conversation.updated carries its own."""
+        await self.conversations.update_one(
+            {"_id": conversation_id_of(tenant_id, conversation_id)},
+            {"$max": {f"read_markers.{marker_key(agent_id)}": seq}},
+        )  # no upsert: ReadMarkerMoved follows its ConversationStarted on the same partition
 
     async def accept_gap(self, tenant_id: str, conversation_id: str, seq: int) -> None:
         """Gives up waiting for the messages before `seq` (they never came within hold_back_s)."""
@@ -152,7 +167,7 @@ class Projections:
         )
 
 
-async def agent_is_inactive(db: AsyncDatabase, tenant_id: str, agent_id: str) -> bool:
-    """Gateways refuse an agent the directory says is deactivated (unknown agents are let in)."""
+async def agent_is_active(db: AsyncDatabase, tenant_id: str, agent_id: str) -> bool | None:
+    """What the directory projection says of an agent: True/False, or None if it never heard of it."""
     doc = await db["delivery_agents"].find_one({"_id": f"{tenant_id}:{agent_id}"}, {"active": 1})
-    return doc is not None and doc.get("active") is False
+    return None if doc is None else doc.get("active") is not False

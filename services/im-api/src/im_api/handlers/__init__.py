@@ -1,0 +1,1 @@
+"""Entry points of im-api that are not HTTP: Kafka consumers."""
