@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import TENANT, StreamClient
+from conftest import KNOWN_AGENTS, TENANT, DeliveryStack, StreamClient, assert_exactly_once_in_order
 from support.wait import eventually
 
 pytestmark = pytest.mark.e2e
@@ -98,7 +98,6 @@ async def test_a_mongodb_outage_while_messages_flow_pauses_the_worker_and_client
 ):
     from pymongo import AsyncMongoClient
 
-    from conftest import KNOWN_AGENTS, DeliveryStack, assert_exactly_once_in_order
 
     env = {**service_env, "IM_MONGO_URI": private_mongo.uri}
     client = AsyncMongoClient(private_mongo.uri, tz_aware=True)
