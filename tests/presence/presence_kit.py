@@ -191,4 +191,5 @@ async def grace_has_passed(gw: GatewayDouble, out: PresenceReader) -> None:
 
 
 async def presence_docs(mongo, db_name: str) -> dict[str, dict]:
-    return {d["_id"]: d async for d in mongo[db_name]["presence_agents"].find({})}
+    """Stored presence documents by "tenant:agent" (read from their fields, not the _id encoding)."""
+    return {f'{d["tenant_id"]}:{d["agent_id"]}': d async for d in mongo[db_name]["presence_agents"].find({})}

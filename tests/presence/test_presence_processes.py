@@ -46,7 +46,7 @@ async def test_presence_killed_mid_flight_and_restarted_keeps_every_status_and_f
     await asyncio.to_thread(first.kill)  # SIGKILL: no clean shutdown, the deadline only exists in MongoDB
     assert presence_out.latest(t, leaves) == "online"
 
-    second = start_presence(IM_PRESENCE_OFFLINE_GRACE_S="3")
+    second = start_presence(IM_PRESENCE_OFFLINE_GRACE_S="3", IM_PRESENCE_COUNT_INTERVAL_S="0.2")
     await second.wait_ready(timeout=60)
     await presence_out.wait_for(t, leaves, "offline", timeout=30)
     # The restarted process goes on applying events where the first stopped.
@@ -62,7 +62,16 @@ async def test_presence_killed_mid_flight_and_restarted_keeps_every_status_and_f
         ready = (await client.get(f"{base}/readyz")).json()
         assert ready["checks"] == {"mongodb": True, "kafka": True, "consumer_assigned": True}
         metrics = (await client.get(f"{base}/metrics")).text
-    assert 'im_presence_published_total{status="offline"} 1.0' in metrics
+        assert 'im_presence_published_total{status="offline"} 1.0' in metrics
+
+        async def counted() -> str:
+            text = (await client.get(f"{base}/metrics")).text
+            return text if 'im_presence_agents{status="online"} 2.0' in text else ""
+
+        # stays and idles are online again, leaves is offline: the owned agents counted by status.
+        metrics = await eventually(counted, timeout=10)
+    assert 'im_presence_agents{status="offline"} 1.0' in metrics
+    assert 'im_presence_agents{status="away"} 0.0' in metrics
 
 
 async def test_two_presence_processes_in_one_group_lose_nothing_and_show_no_false_offline_across_rebalances(

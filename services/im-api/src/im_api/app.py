@@ -18,7 +18,6 @@ from im_runtime.health import Readiness, health_router
 from im_runtime.kafka import DeadLetters, make_producer, start_with_retry
 from im_runtime.logs import log
 from im_runtime.mongo import connect, reachable
-from prometheus_client import Counter
 
 from .api import agents, conversations, me
 from .api.deps import Services
@@ -28,6 +27,7 @@ from .committer import Committer
 from .directory import Directory
 from .errors import install_error_handlers
 from .handlers.assistance import assistance_subscription
+from .metrics import DEAD_LETTERED
 from .outbox import Relay, UnitOfWork
 from .presence_cache import PresenceCache
 from .service import Conversations
@@ -35,7 +35,6 @@ from .settings import ApiSettings
 from .store import Store
 
 logger = logging.getLogger("im_api")
-DEAD_LETTERED = Counter("im_api_dead_letters_total", "Records dead-lettered", ["topic", "reason"])
 
 DESCRIPTION = """Helpdesk IM: agents, persistent threads tied to tickets and chats, messages and unread state.
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from im_contracts.codec import RejectedRecord
 from im_contracts.events import AssistanceRequested
 from im_runtime.logs import log
+from im_runtime.mongo import compound_id
 from pymongo.errors import DuplicateKeyError
 
 from .errors import ApiError
@@ -63,7 +64,7 @@ class Assistance:
         if missing:
             raise RejectedRecord("unknown_agent", f"unknown or deactivated agents: {', '.join(missing)}", tenant_id)
 
-        record = {"_id": f"{tenant_id}:{request_id}", "tenant_id": tenant_id, "request_id": request_id,
+        record = {"_id": compound_id(tenant_id, request_id), "tenant_id": tenant_id, "request_id": request_id,
                   "fingerprint": fingerprint(request), "requested_by": request.requested_by,
                   "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset}}
 

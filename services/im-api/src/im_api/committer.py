@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from im_runtime.logs import log, trace_id
 from pymongo.errors import DuplicateKeyError
 
 from .errors import ApiError, Conflict, NotFound
+from .metrics import COMMIT_BATCH, COMMIT_SECONDS, MESSAGES_ACCEPTED
 from .outbox import Transaction, UnitOfWork
 from .store import Store, list_key, now, read_key
 
@@ -129,6 +131,7 @@ class Committer:
                 pending = still
                 if not pending:
                     return
+                began = time.perf_counter()
                 try:
                     outcomes = await self.uow.run(lambda tx: self._write(tx, pending))
                 except (DuplicateKeyError, StaleConversation) as exc:
@@ -136,7 +139,11 @@ class Committer:
                         error=type(exc).__name__)
                     continue
                 self.batches += 1
+                COMMIT_SECONDS.observe(time.perf_counter() - began)
+                COMMIT_BATCH.observe(len(pending))
                 for item, outcome in outcomes:
+                    if not isinstance(outcome, BaseException):
+                        MESSAGES_ACCEPTED.inc()
                     _settle(item, outcome)
                 return
             raise RuntimeError("send batch kept racing")

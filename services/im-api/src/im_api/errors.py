@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from im_runtime.kafka import TRANSIENT_ERRORS
 from im_runtime.logs import log, trace_id
 
 logger = logging.getLogger("im_api.errors")
@@ -127,6 +128,15 @@ def install_error_handlers(app: FastAPI) -> None:
         code = codes.get(exc.status_code, f"http_{exc.status_code}")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+
+    async def on_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # MongoDB (or Kafka) unreachable: the transaction did not commit, nothing was written.
+        log(logger, logging.WARNING, "dependency unavailable", path=request.url.path, error=type(exc).__name__)
+        return error_response(503, "service_unavailable", "a dependency is unavailable; retry shortly",
+                              headers={"Retry-After": "1"})
+
+    for transient in TRANSIENT_ERRORS:  # by class: handled as a response, not re-raised as a bug
+        app.add_exception_handler(transient, on_unavailable)
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import time
@@ -15,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 from bson import ObjectId
 from im_contracts.codec import event_headers
 from im_contracts.events import Event
@@ -23,6 +25,7 @@ from im_runtime.logs import log, trace_id
 from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from .metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, OUTBOX_SHARDS_HELD
 from .settings import ApiSettings
 from .store import Store, now
 
@@ -30,6 +33,27 @@ logger = logging.getLogger("im_api.outbox")
 T = TypeVar("T")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TOPICS_BY_BASE = {t.base_name: t for t in ALL_TOPICS}
+
+
+async def _abort(producer: AIOKafkaProducer) -> None:
+    """Kill a producer whose stop() could not flush: otherwise its sender keeps retrying the old
+    batches and lands them when the broker returns, beside the next producer's resend of the same
+    records. aiokafka has no public "close without flush", so this reaches into it (pinned version)."""
+    with contextlib.suppress(Exception):
+        producer._message_accumulator.fail_all(KafkaConnectionError("producer discarded"))
+        sender = producer._sender
+        if sender is not None:
+            if sender.sender_task is not None:
+                # Its done-callback trips over aiokafka's idempotence bookkeeping when cancelled.
+                sender.sender_task.remove_done_callback(sender._fail_all)
+            async with asyncio.timeout(2.0):
+                await sender.close()
+        async with asyncio.timeout(2.0):
+            await producer.client.close()
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def shard_of(key: bytes, shards: int) -> int:
@@ -131,14 +155,29 @@ class Relay:
     # --- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
+        # Leases are renewed by their own task, so a long produce burst (Kafka slow or down) never
+        # lets a live relay's leases lapse under it and a second relay publish the same shard.
+        leases = asyncio.create_task(self._lease_loop(), name="outbox-leases")
+        try:
+            await self._publish_loop()
+        finally:
+            leases.cancel()
+            await asyncio.gather(leases, return_exceptions=True)
+
+    async def _lease_loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self._lease_round()
+                await self._measure_backlog()
+            except Exception:  # noqa: BLE001 - a bug here must not stop renewals (publishing would stop)
+                logger.exception("lease round failed")
+            await asyncio.sleep(self.settings.outbox_lease_renew_s)  # the renewal period itself
+
+    async def _publish_loop(self) -> None:
         producer: AIOKafkaProducer | None = None
-        next_lease_round = 0.0
         delay = self.settings.retry_initial_s
         try:
             while not self._stopping:
-                if time.monotonic() >= next_lease_round:
-                    await self._lease_round()
-                    next_lease_round = time.monotonic() + self.settings.outbox_lease_renew_s
                 self._wake.clear()
                 try:
                     if producer is None:
@@ -162,16 +201,28 @@ class Relay:
                     continue
                 if busy:
                     continue
-                wait = min(self.settings.outbox_poll_s, max(0.0, next_lease_round - time.monotonic()))
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
                 try:
-                    async with asyncio.timeout(wait):
+                    async with asyncio.timeout(self.settings.outbox_poll_s):
                         await self._wake.wait()
                 except TimeoutError:
                     pass
         finally:
             if producer is not None:
                 await self._discard(producer, flush=True)
+
+    async def _measure_backlog(self) -> None:
+        """Backlog and age of the oldest unsent record, over the shards held (sums across relays)."""
+        OUTBOX_SHARDS_HELD.set(len(self.held))
+        try:
+            query = {"shard": {"$in": list(self.held)}, "sent_at": None}
+            backlog = await self.store.outbox.count_documents(query)
+            oldest = await self.store.outbox.find_one(query, projection={"created_at": 1}, sort=[("created_at", 1)])
+        except PyMongoError:
+            return  # the lease round has logged it; the gauges keep their last value
+        OUTBOX_BACKLOG.set(backlog)
+        age = (now() - _aware(oldest["created_at"])).total_seconds() if oldest else 0.0
+        OUTBOX_OLDEST_AGE.set(max(0.0, age))
 
     async def stop(self) -> None:
         """Called after the task ended: hand the shards over at once instead of waiting for expiry."""
@@ -193,6 +244,7 @@ class Relay:
                 await producer.stop()
         except Exception as exc:  # noqa: BLE001 - a dead broker cannot be flushed; the records stay pending
             log(logger, logging.INFO, "producer stopped uncleanly", error=type(exc).__name__)
+            await _abort(producer)
 
     # --- leases ---------------------------------------------------------------------------
 
@@ -206,13 +258,19 @@ class Relay:
                 {"_id": self.owner}, {"$set": {"expires_at": t + ttl}}, upsert=True)
             live = await self.store.outbox_relays.count_documents({"expires_at": {"$gt": t}})
             fair = math.ceil(s.outbox_shards / max(live, 1))
-            for shard, token in list(self.held.items()):
-                r = await self.store.outbox_leases.update_one(
-                    {"_id": shard, "owner": self.owner, "token": token}, {"$set": {"expires_at": t + ttl}})
-                if r.matched_count:
-                    self.valid_until[shard] = started + s.outbox_lease_ttl_s - s.outbox_lease_renew_s
-                else:
-                    self._drop(shard)
+            if self.held:
+                # One write renews every held lease (owner ids are unique per process start, so a
+                # lease taken over by anyone else no longer matches); then read back which are ours.
+                ids = list(self.held)
+                await self.store.outbox_leases.update_many(
+                    {"_id": {"$in": ids}, "owner": self.owner}, {"$set": {"expires_at": t + ttl}})
+                ours = {d["_id"]: d["token"] async for d in self.store.outbox_leases.find(
+                    {"_id": {"$in": ids}, "owner": self.owner}, {"token": 1})}
+                for shard, token in list(self.held.items()):
+                    if ours.get(shard) == token:
+                        self.valid_until[shard] = started + s.outbox_lease_ttl_s - s.outbox_lease_renew_s
+                    else:
+                        self._drop(shard)
             for shard in sorted(self.held, reverse=True)[: max(0, len(self.held) - fair)]:
                 await self.store.outbox_leases.update_one(
                     {"_id": shard, "owner": self.owner, "token": self.held[shard]},
@@ -246,6 +304,7 @@ class Relay:
         self.held[shard] = doc["token"]
         self.valid_until[shard] = started + self.settings.outbox_lease_ttl_s - self.settings.outbox_lease_renew_s
         log(logger, logging.INFO, "outbox shard acquired", shard=shard, token=doc["token"])
+        self._wake.set()  # its pending records are published at once, not at the next poll
 
     def _drop(self, shard: int) -> None:
         self.held.pop(shard, None)
@@ -270,6 +329,8 @@ class Relay:
             finally:
                 burst.ended = time.monotonic()
             await self._mark_sent(shard, token, [r["_id"] for r in pending])
+            for r in pending:
+                OUTBOX_PUBLISHED.labels(r["topic"]).inc()
             busy = busy or len(pending) >= self.settings.outbox_batch
         return busy
 

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
+from im_runtime.mongo import compound_id
 from pymongo.asynchronous.database import AsyncDatabase
 
 
@@ -54,7 +55,7 @@ def related_key(related_type: str, related_id: str) -> str:
 
 
 def agent_doc_id(tenant_id: str, agent_id: str) -> str:
-    return f"{tenant_id}:{agent_id}"
+    return compound_id(tenant_id, agent_id)
 
 
 class Store:
@@ -183,7 +184,8 @@ class Store:
 
     async def stream_cursor(self, tenant_id: str, agent_id: str) -> int:
         """Delivery's last appended cursor for the agent (absent = 0); read-only, owned by delivery."""
-        doc = await self.delivery_heads.find_one({"_id": f"{tenant_id}:{agent_id}"}, projection={"cursor": 1})
+        doc = await self.delivery_heads.find_one({"tenant_id": tenant_id, "agent_id": agent_id},
+                                                 projection={"cursor": 1})
         value = doc.get("cursor") if doc else 0
         return value if isinstance(value, int) else 0
 

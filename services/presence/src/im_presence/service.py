@@ -20,7 +20,7 @@ from typing import Protocol
 from im_contracts.events import ConnectionOpened, GatewayHeartbeat, new_event_id, utcnow
 from im_runtime.kafka import TransientError
 from im_runtime.logs import log
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from .bus import PresencePublisher
 from .domain import AgentState, ConnectionEvent, apply_event, expire_gateway, fire_deadline
@@ -33,6 +33,8 @@ GATEWAYS_EXPIRED = Counter(
     "im_presence_gateway_expiries_total", "Agents whose connections were expired with a gateway", ["why"]
 )
 DEADLINES_FIRED = Counter("im_presence_offline_deadlines_total", "Grace periods that ended in offline")
+AGENTS_BY_STATUS = Gauge("im_presence_agents", "Agents by status among those this process owns", ["status"])
+STATUSES = ("online", "away", "offline")
 
 # Compare-and-set attempts before giving up (as transient: the record is retried with backoff).
 MAX_WRITE_ATTEMPTS = 8
@@ -92,6 +94,8 @@ class PresenceService:
         self.listening_since: datetime | None = None
         self._epochs: dict[str, str] = {}
         self._swept_at: datetime | None = None
+        self.count_interval = timedelta(seconds=settings.count_interval_s)
+        self._counted_at: datetime | None = None
 
     # --- connection events (the consumer group: this process owns the record's partition) ---
 
@@ -149,6 +153,11 @@ class PresenceService:
             for tenant_id, agent_id in await self.store.unpublished(owned):
                 async with self.locks.hold(tenant_id, agent_id):
                     await self._flush(await self.store.load(tenant_id, agent_id))
+        if self._counted_at is None or now - self._counted_at >= self.count_interval:
+            counts = await self.store.count_by_status(owned) if owned else {}
+            for status in STATUSES:
+                AGENTS_BY_STATUS.labels(status).set(counts.get(status, 0))
+            self._counted_at = now
         self._swept_at = now
 
     async def _expire_gateways(self, ownership: Ownership, owned: set[int], now: datetime) -> None:

@@ -23,6 +23,8 @@ class PresenceSettings(CommonSettings):
     gateway_forget_after_s: float = Field(default=86_400.0, gt=0)
     # How often due grace deadlines and silent gateways are checked: adds at most this to "offline".
     sweep_interval_s: float = Field(default=1.0, gt=0)
+    # How often the agents-by-status gauge is recounted (an aggregation over the owned agents).
+    count_interval_s: float = Field(default=15.0, gt=0)
     # One group for every presence process: each owns the agents of its partitions.
     consumer_group: str = "im-presence"
     # Records per poll: a reconnect storm after a gateway restart is thousands of events at once.

@@ -22,6 +22,7 @@ from datetime import datetime
 
 from im_contracts.events import SYSTEM_TENANT, new_event_id
 from pymongo import ASCENDING
+from im_runtime.mongo import compound_id
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -59,7 +60,7 @@ class GatewayRecord:
 
 
 def agent_doc_id(tenant_id: str, agent_id: str) -> str:
-    return f"{tenant_id}:{agent_id}"
+    return compound_id(tenant_id, agent_id)
 
 
 class PresenceStore:
@@ -126,6 +127,14 @@ class PresenceStore:
             {"partition": {"$in": list(partitions)}, "dirty": True}, {"tenant_id": 1, "agent_id": 1}
         )
         return [(d["tenant_id"], d["agent_id"]) async for d in cursor]
+
+    async def count_by_status(self, partitions: Iterable[int]) -> dict[str, int]:
+        """Agents per status over `partitions` (the owned ones: summed across processes, no overlap)."""
+        cursor = await self.agents.aggregate([
+            {"$match": {"partition": {"$in": list(partitions)}}},
+            {"$group": {"_id": "$status", "n": {"$sum": 1}}},
+        ])
+        return {d["_id"]: d["n"] async for d in cursor}
 
     async def on_gateway(
         self, partitions: Iterable[int], gateway_id: str, epochs: frozenset[str] | None

@@ -12,7 +12,7 @@ from .settings import CommonSettings
 def make_client(settings: CommonSettings, **overrides) -> AsyncMongoClient:
     options = {
         "tz_aware": True,
-        "serverSelectionTimeoutMS": 5_000,
+        "serverSelectionTimeoutMS": int(settings.mongo_timeout_s * 1000),
         "connectTimeoutMS": 3_000,
         "retryWrites": True,
     }
@@ -29,6 +29,12 @@ async def connect(settings: CommonSettings) -> tuple[AsyncMongoClient, AsyncData
 
     await start_with_retry(ping, "mongodb", settings)
     return client, client[settings.mongo_db]
+
+
+def compound_id(*parts: str) -> str:
+    """A string `_id` made of several ids that no two different tuples share: each part is
+    length-prefixed, so ("a:b", "c") and ("a", "b:c") can never meet (ids may contain ':')."""
+    return "".join(f"{len(part)}:{part};" for part in parts)
 
 
 async def reachable(client: AsyncMongoClient) -> bool:

@@ -33,6 +33,8 @@ class CommonSettings(BaseSettings):
         description="HS256 secret of bearer tokens and stream tickets. No default: REQUIRED unless IM_JWKS_URL.")
     jwks_url: str | None = shared("IM_JWKS_URL", default=None,
                                   description="Verify bearer tokens with this JWKS instead of the secret.")
+    # How long a MongoDB call waits for a reachable primary before failing (HTTP answers 503 then).
+    mongo_timeout_s: float = shared("IM_MONGO_TIMEOUT_S", default=5.0)
     log_level: str = shared("IM_LOG_LEVEL", default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     # Retrying a transient failure (MongoDB or Kafka down): exponential from initial to max.
     retry_initial_s: float = shared("IM_RETRY_INITIAL_S", default=0.2)

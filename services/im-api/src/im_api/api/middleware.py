@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from typing import Any
 
@@ -11,6 +12,7 @@ from im_runtime.logs import trace_id
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import error_body
+from ..metrics import REQUEST_SECONDS
 
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -39,11 +41,14 @@ class RequestContext:
         request_id = given if _GOOD_ID.match(given) else uuid.uuid4().hex
         token = trace_id.set(request_id)
         started = False
+        status = 500
+        began = time.perf_counter()
 
         async def send_with_id(message: dict) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [h for h in message["headers"] if h[0].lower() != b"x-request-id"]
                 message["headers"].append((b"x-request-id", request_id.encode()))
@@ -72,6 +77,9 @@ class RequestContext:
                     await self._too_large(send_with_id)
         finally:
             trace_id.reset(token)
+            # The route template, never the raw path: ids in paths would explode the label set.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            REQUEST_SECONDS.labels(scope["method"], route, str(status)).observe(time.perf_counter() - began)
 
     async def _too_large(self, send: Any) -> None:
         body = json.dumps(
