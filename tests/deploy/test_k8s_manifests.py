@@ -53,12 +53,14 @@ def test_im_api_and_delivery_scale_horizontally_and_every_service_has_a_disrupti
         assert pdb["spec"]["selector"]["matchLabels"] == DEPLOYMENTS[name]["spec"]["selector"]["matchLabels"]
 
 
-def test_gateways_get_a_stable_id_and_topics_are_created_by_a_job():
+def test_gateways_get_a_stable_id_and_topics_and_indexes_are_created_by_jobs():
     container = DEPLOYMENTS["delivery-gateway"]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in container["env"]}
     assert env["IM_DELIVERY_GATEWAY_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     job = of_kind("Job")["helpdesk-im-topics"]
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["imctl", "topics", "create"]
+    migrate = of_kind("Job")["helpdesk-im-migrate"]
+    assert migrate["spec"]["template"]["spec"]["containers"][0]["command"] == ["imctl", "migrate"]
 
 
 def test_the_example_overlay_builds_on_the_base_and_keeps_the_secret_out_of_git():

@@ -105,3 +105,105 @@ async def test_dead_letters_lists_each_rejected_record_with_its_reason(kafka_boo
                                    kafka_topics, "--tenant", "globex", "--json")
     docs = [json.loads(line) for line in only.stdout.strip().splitlines()]
     assert [d["reason"] for d in docs] == ["malformed_json"]
+
+
+def admin_env(jwt_secret: str, mongo_uri: str, db: str, **extra: str) -> dict[str, str]:
+    return {"IM_JWT_SECRET": jwt_secret, "IM_MONGO_URI": mongo_uri, "IM_MONGO_DB": db, **extra}
+
+
+def mint(secret: str, tenant: str, sub: str, role: str) -> str:
+    from imctl.tokens import mint as mint_token
+
+    return mint_token(secret, tenant, sub, role, 600)
+
+
+async def test_migrate_creates_every_services_indexes_step_by_step_and_twice_is_harmless(mongo_uri, mongo_db_name,
+                                                                                          mongo):
+    for _ in range(2):
+        out = await asyncio.to_thread(imctl, "migrate", "--mongo-uri", mongo_uri, "--db", mongo_db_name)
+        assert out.returncode == 0, out.stderr
+        assert all(f"[{i}/5]" in out.stderr for i in range(1, 6)) and "indexes in place: 5 steps" in out.stderr
+    db = mongo[mongo_db_name]
+    assert "history" in await db["messages"].index_information()
+    assert "pending_by_shard" in await db["outbox"].index_information()
+    assert "tenant_agent" in await db["presence_agents"].index_information()
+    assert "by_tenant_time" in await db["operator_audit"].index_information()
+    names = set(await db.list_collection_names())
+    assert {"agents", "conversations", "messages", "outbox", "presence_agents", "operator_audit"} <= names
+    # Delivery's collections too (the worker's projections and the gateway's queue store).
+    assert len(names) >= 12, names
+
+
+async def test_tail_shows_one_tenants_messages_only_to_its_admin_and_leaves_an_audit_record(
+        kafka_bootstrap, kafka_topics, jwt_secret, mongo_uri, mongo_db_name, mongo):
+    from datetime import UTC, datetime
+
+    from im_contracts.events import MessagePosted
+    from im_contracts.models import Message
+    from im_contracts.topics import MESSAGES, conversation_key
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for seq, (tenant, body) in enumerate([("acme", "printer on fire"), ("globex", "globex secret"),
+                                              ("acme", "fixed it")], 1):
+            event = MessagePosted(tenant_id=tenant, recipients=["alice", "bob"], message=Message(
+                id=f"m{seq}", conversation_id=f"c-{tenant}", seq=seq, sender_id="alice", body=body, kind="text",
+                client_msg_id=None, created_at=datetime.now(UTC)))
+            await producer.send_and_wait(MESSAGES.name(kafka_topics), event.to_bytes(),
+                                         key=conversation_key(f"c-{tenant}"))
+    finally:
+        await producer.stop()
+    base = ["tail", "--bootstrap", kafka_bootstrap, "--prefix", kafka_topics, "--tenant", "acme",
+            "--from-beginning", "--no-follow"]
+    env = admin_env(jwt_secret, mongo_uri, mongo_db_name)
+    audit = mongo[mongo_db_name]["operator_audit"]
+
+    no_token = await asyncio.to_thread(imctl, *base, env={**env, "IM_ADMIN_TOKEN": ""})
+    assert no_token.returncode == 2 and "admin token" in no_token.stderr and not no_token.stdout
+    for wrong in (mint(jwt_secret, "acme", "alice", "agent"), mint(jwt_secret, "globex", "root", "admin"),
+                  mint("another-secret-of-32-characters!", "acme", "root", "admin")):
+        out = await asyncio.to_thread(imctl, *base, env={**env, "IM_ADMIN_TOKEN": wrong})
+        assert out.returncode == 3 and out.stderr.startswith("refused") and not out.stdout, out.stderr
+    assert await audit.count_documents({}) == 0  # refused: nothing shown, nothing recorded
+
+    out = await asyncio.to_thread(imctl, *base, env={**env, "IM_ADMIN_TOKEN": mint(jwt_secret, "acme", "root", "admin")})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2 and "c-acme #1 alice: printer on fire" in lines[0] and "#3 alice: fixed it" in lines[1]
+    assert "globex" not in out.stdout and "2 messages" in out.stderr
+    records = await audit.find({}).to_list()
+    assert len(records) == 1
+    assert records[0]["tenant_id"] == "acme" and records[0]["actor"] == "root" and records[0]["action"] == "tail"
+    assert f"record {records[0]['_id']}" in out.stderr
+
+
+async def test_dead_letter_bodies_are_shown_only_to_the_tenants_admin_audited(
+        kafka_bootstrap, kafka_topics, endpoints, jwt_secret, mongo_uri, mongo_db_name, mongo):
+    from aiokafka import ConsumerRecord
+
+    settings = CommonSettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=kafka_topics,
+                              kafka_idempotence=endpoints.kafka_idempotence)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        record = ConsumerRecord(ASSISTANCE_REQUESTS.name(kafka_topics), 0, 7, 0, 0, b"k", b'{"body": "private"',
+                                None, 2, 2, [])
+        await DeadLetters(producer, settings, "im-api.assistance").publish(
+            record, RejectedRecord("malformed_json", "why", "acme"))
+    finally:
+        await producer.stop()
+    base = ["dead-letters", "--bootstrap", kafka_bootstrap, "--prefix", kafka_topics]
+    env = admin_env(jwt_secret, mongo_uri, mongo_db_name)
+    plain = await asyncio.to_thread(imctl, *base, "--json", env=env)
+    assert plain.returncode == 0 and "private" not in plain.stdout
+    assert json.loads(plain.stdout)["original_value_b64"] == ""
+    refused = await asyncio.to_thread(imctl, *base, "--bodies", "--tenant", "acme",
+                                      env={**env, "IM_ADMIN_TOKEN": mint(jwt_secret, "acme", "bob", "agent")})
+    assert refused.returncode == 3 and "private" not in refused.stdout
+    shown = await asyncio.to_thread(imctl, *base, "--bodies", "--tenant", "acme",
+                                    env={**env, "IM_ADMIN_TOKEN": mint(jwt_secret, "acme", "root", "admin")})
+    assert shown.returncode == 0, shown.stderr
+    assert "private" in shown.stdout and "malformed_json" in shown.stdout
+    assert await mongo[mongo_db_name]["operator_audit"].count_documents(
+        {"tenant_id": "acme", "action": "dead-letters --bodies"}) == 1

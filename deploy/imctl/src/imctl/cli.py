@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -17,6 +18,65 @@ def _bootstrap_arg(p: argparse.ArgumentParser) -> None:
                    help="Kafka bootstrap servers (env IM_KAFKA_BOOTSTRAP)")
     p.add_argument("--prefix", default=os.environ.get("IM_TOPIC_PREFIX", ""),
                    help="topic name prefix (env IM_TOPIC_PREFIX; empty in production)")
+
+
+def _mongo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mongo-uri", default=os.environ.get("IM_MONGO_URI", "mongodb://127.0.0.1:27017/?directConnection=true"),
+                   help="MongoDB URI (env IM_MONGO_URI)")
+    p.add_argument("--db", default=os.environ.get("IM_MONGO_DB", "helpdesk_im"), help="database (env IM_MONGO_DB)")
+
+
+def _admin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token", default=os.environ.get("IM_ADMIN_TOKEN"),
+                   help="an admin JWT of the tenant (env IM_ADMIN_TOKEN: keeps it out of shell history); "
+                        "verified with IM_JWT_SECRET or IM_JWKS_URL")
+
+
+def _audited(args, action: str, details: dict) -> int | None:
+    """None when allowed (and recorded); else the exit status after saying why."""
+    from .ops import Refused, authorize_and_audit
+
+    if not args.token:
+        print(f"{action} shows message bodies: give an admin token of the tenant (--token or IM_ADMIN_TOKEN)",
+              file=sys.stderr)
+        return 2
+    try:
+        access = asyncio.run(authorize_and_audit(args.token, args.tenant, action, details, args.mongo_uri, args.db))
+    except Refused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 3
+    print(f"audited as {access.principal.subject} (record {access.audit_id})", file=sys.stderr)
+    return None
+
+
+def cmd_migrate(args) -> int:
+    from .ops import migrate
+
+    done = asyncio.run(migrate(args.mongo_uri, args.db, progress=lambda m: print(m, file=sys.stderr, flush=True)))
+    print(f"indexes in place: {len(done)} steps", file=sys.stderr)
+    return 0
+
+
+def cmd_tail(args) -> int:
+    from .ops import Refused, describe_message, tail
+
+    refused = _audited(args, "tail", {"conversation": args.conversation, "from_beginning": args.from_beginning})
+    if refused is not None:
+        return refused
+
+    def show(event) -> None:
+        print(event.model_dump_json() if args.json else describe_message(event), flush=True)
+
+    try:
+        count = asyncio.run(tail(args.bootstrap, args.prefix, args.tenant, show, conversation=args.conversation,
+                                 from_beginning=args.from_beginning, follow=not args.no_follow, limit=args.limit))
+    except KeyboardInterrupt:
+        return 0
+    except Refused as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{count} messages", file=sys.stderr)
+    return 0
 
 
 def cmd_up(args) -> int:
@@ -70,11 +130,23 @@ def cmd_assist(args) -> int:
 def cmd_dead_letters(args) -> int:
     from .kafka_tools import describe_letter, read_dead_letters
 
+    if args.bodies:
+        if not args.tenant:
+            print("--bodies needs --tenant: bodies are shown one tenant at a time, audited", file=sys.stderr)
+            return 2
+        refused = _audited(args, "dead-letters --bodies", {"follow": args.follow})
+        if refused is not None:
+            return refused
+
     def show(letter, raw: bytes) -> None:
         if letter is None:
             print(f"(unreadable dead letter, {len(raw)} bytes)")
         elif args.tenant is None or letter.tenant_id == args.tenant:
-            print(letter.model_dump_json() if args.json else describe_letter(letter), flush=True)
+            # The original record (a message body, perhaps) only with --bodies, i.e. audited.
+            shown = letter if args.bodies else letter.model_copy(update={"original_value_b64": ""})
+            print(shown.model_dump_json() if args.json else describe_letter(letter), flush=True)
+            if args.bodies and not args.json and letter.original_value_b64:
+                print(f"    original: {base64.b64decode(letter.original_value_b64)!r}", flush=True)
 
     try:
         count = asyncio.run(read_dead_letters(args.bootstrap, args.prefix, args.follow, show))
@@ -145,7 +217,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", help="only this tenant's")
     p.add_argument("--follow", action="store_true", help="keep listening for new ones")
     p.add_argument("--json", action="store_true", help="one JSON document per line")
+    p.add_argument("--bodies", action="store_true",
+                   help="also show each original record (needs --tenant and an admin token; audited)")
+    _admin_args(p)
+    _mongo_args(p)
     p.set_defaults(func=cmd_dead_letters)
+
+    p = sub.add_parser("migrate", help="create every service's MongoDB indexes (idempotent)")
+    _mongo_args(p)
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("tail", help="follow a tenant's messages as they are posted (admin token; audited)")
+    _bootstrap_arg(p)
+    _mongo_args(p)
+    _admin_args(p)
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--conversation", help="only this conversation's messages")
+    p.add_argument("--from-beginning", action="store_true", help="start at the oldest retained message")
+    p.add_argument("--no-follow", action="store_true", help="stop at the end of the log instead of waiting")
+    p.add_argument("--limit", type=int, help="stop after this many messages")
+    p.add_argument("--json", action="store_true", help="one MessagePosted JSON document per line")
+    p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("compose", help="the compose stack in containers (docker, or podman offline)")
     p.add_argument("action", choices=["up", "down"])

@@ -52,7 +52,7 @@ async def read_dead_letters(bootstrap: str, prefix: str, follow: bool = False,
                             idle_timeout_s: float = 1.0) -> int:
     """Reads the dead-letter topic from the beginning (to its end, or forever with `follow`)."""
     topic = DEAD_LETTERS.name(prefix)
-    partitions = await _partitions(bootstrap, topic)
+    partitions = await topic_partitions(bootstrap, topic)
     if not partitions:
         return 0
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -79,7 +79,7 @@ async def read_dead_letters(bootstrap: str, prefix: str, follow: bool = False,
         await consumer.stop()
 
 
-async def _partitions(bootstrap: str, topic: str) -> list[int]:
+async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:

@@ -1,0 +1,144 @@
+"""Operator commands that touch the product's data: `migrate` (every service's indexes), and the
+audited reading of message bodies (`tail`, `dead-letters --bodies`): an admin token of the tenant
+is verified and an audit record written BEFORE anything is shown."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from im_contracts.codec import RejectedRecord, decode_record
+from im_contracts.events import MessagePosted
+from im_contracts.topics import MESSAGES
+from im_runtime.auth import AuthError, Principal, TokenVerifier
+from im_runtime.settings import CommonSettings
+from pymongo import ASCENDING, AsyncMongoClient, IndexModel
+
+from .kafka_tools import topic_partitions
+
+# imctl's own collection: who read which tenant's bodies, when, and how.
+AUDIT = "operator_audit"
+
+
+class Refused(Exception):
+    """The operator may not do this (the message says why); nothing was shown."""
+
+
+def _client(uri: str) -> AsyncMongoClient:
+    return AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=5_000)
+
+
+async def migrate(uri: str, db_name: str, progress: Callable[[str], None]) -> list[str]:
+    """Creates every index of every service (idempotent; the same code each service runs at start)."""
+    from im_api.store import Store
+    from im_delivery.store import QueueStore
+    from im_delivery.worker.projections import Projections
+    from im_presence.store import PresenceStore
+
+    client = _client(uri)
+    try:
+        db = client[db_name]
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("im-api: agents, conversations, messages, outbox, assistance requests",
+             lambda: Store(db, outbox_retention_s=7 * 24 * 3600).create_indexes()),
+            ("delivery: queues, heads, devices, connections, tickets", lambda: QueueStore(db).ensure_indexes()),
+            ("delivery: worker projections", lambda: Projections(db).ensure_indexes()),
+            ("presence: agents, gateways", lambda: PresenceStore(db).ensure_indexes()),
+            ("imctl: operator audit", lambda: db[AUDIT].create_indexes([
+                IndexModel([("tenant_id", ASCENDING), ("at", ASCENDING)], name="by_tenant_time")])),
+        ]
+        done = []
+        for i, (what, step) in enumerate(steps, 1):
+            progress(f"[{i}/{len(steps)}] {what} ...")
+            await step()
+            done.append(what)
+        names = {name: sorted((await db[name].index_information()).keys())
+                 for name in sorted(await db.list_collection_names())}
+        for name, indexes in names.items():
+            progress(f"  {name}: {', '.join(indexes)}")
+        return done
+    finally:
+        await client.close()
+
+
+@dataclass(frozen=True)
+class Access:
+    principal: Principal
+    audit_id: Any
+
+
+async def authorize_and_audit(token: str, tenant: str, action: str, details: dict[str, Any],
+                              uri: str, db_name: str) -> Access:
+    """An admin token of `tenant` (verified with IM_JWT_SECRET or IM_JWKS_URL), then the audit
+    record; refused when either fails — bodies are never shown without a record that they were."""
+    settings = CommonSettings()
+    try:
+        principal = TokenVerifier(settings).verify(token)
+    except (AuthError, SystemExit) as exc:
+        raise Refused(f"the token was not accepted: {exc}") from None
+    if principal.role != "admin" or principal.tenant_id != tenant:
+        raise Refused(f"an admin token of tenant {tenant!r} is required (got role {principal.role!r} "
+                      f"of tenant {principal.tenant_id!r})")
+    client = _client(uri)
+    try:
+        record = {"tenant_id": tenant, "at": datetime.now(UTC), "actor": principal.subject, "role": principal.role,
+                  "action": action, "details": details, "host": socket.gethostname(), "pid": os.getpid()}
+        result = await client[db_name][AUDIT].insert_one(record)
+    except Exception as exc:  # noqa: BLE001 - no audit record, no access
+        raise Refused(f"could not write the audit record ({type(exc).__name__}): nothing shown") from None
+    finally:
+        await client.close()
+    return Access(principal, result.inserted_id)
+
+
+def describe_message(event: MessagePosted) -> str:
+    m = event.message
+    return (f"{m.created_at:%Y-%m-%dT%H:%M:%S.%f}"[:-3] + "Z" +
+            f" {m.conversation_id} #{m.seq} {m.sender_id}: {m.body}")
+
+
+async def tail(bootstrap: str, prefix: str, tenant: str, on_message: Callable[[MessagePosted], None], *,
+               conversation: str | None = None, from_beginning: bool = False, follow: bool = True,
+               limit: int | None = None, idle_timeout_s: float = 1.0) -> int:
+    """Follows `tenant`'s messages on im.messages.v1 (no consumer group: reads every partition,
+    commits nothing). From the end by default; `follow=False` stops at the end as it stood."""
+    topic = MESSAGES.name(prefix)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    shown = 0
+    try:
+        partitions = await topic_partitions(bootstrap, topic)
+        if not partitions:
+            raise Refused(f"topic {topic} does not exist (imctl topics create)")
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        if from_beginning:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            await consumer.seek_to_end(*tps)
+        end = await consumer.end_offsets(tps)
+        while True:
+            batch = await consumer.getmany(timeout_ms=int(idle_timeout_s * 1000))
+            for records in batch.values():
+                for record in records:
+                    try:
+                        event = decode_record(MESSAGES, record.value)
+                    except RejectedRecord:
+                        continue  # the consumers dead-letter it; a tail only shows messages
+                    if not isinstance(event, MessagePosted) or event.tenant_id != tenant:
+                        continue
+                    if conversation and event.message.conversation_id != conversation:
+                        continue
+                    on_message(event)
+                    shown += 1
+                    if limit is not None and shown >= limit:
+                        return shown
+            if not follow and all([await consumer.position(tp) >= offset for tp, offset in end.items()]):
+                return shown
+    finally:
+        await consumer.stop()
