@@ -28,9 +28,12 @@ async def test_concurrent_sends_get_gap_free_seqs_on_one_thread_and_across_threa
     assert api.app.state.committer.batches < 60  # sends were grouped into shared transactions
     events = await read_events(endpoints.kafka_bootstrap, MESSAGES, api.settings.topic_prefix, 60, settle_s=0.5)
     per_conversation: dict[str, list[int]] = {}
+    request_of = {r.json()["id"]: r.headers["x-request-id"] for r in results}
     for key, event, headers in events:
         assert isinstance(event, MessagePosted) and key == event.message.conversation_id.encode()
-        assert headers["event-type"] == b"MessagePosted" and "trace-id" in headers
+        # Each record carries the request that sent it, also when committed in a shared batch.
+        assert headers["event-type"] == b"MessagePosted"
+        assert headers["trace-id"].decode() == request_of[event.message.id]
         per_conversation.setdefault(event.message.conversation_id, []).append(event.message.seq)
     assert per_conversation == {busy["id"]: list(range(1, 51)), quiet["id"]: list(range(1, 11))}
 

@@ -182,7 +182,7 @@ class Committer:
                 event = MessagePosted(tenant_id=tenant_id, message=message_model(doc),
                                       recipients=list(conv["participants"]))
                 tx.publish(MESSAGES, event, key=conversation_key(conversation_id),
-                           order_key=conversation_id, order=order)
+                           order_key=conversation_id, order=order, trace=item.trace)
             last = doc  # the newest message of this conversation
             result = await self.store.conversations.update_one(
                 {"_id": conversation_id, "tenant_id": tenant_id, "last_seq": conv["last_seq"],

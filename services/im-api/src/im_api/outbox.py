@@ -68,9 +68,11 @@ class Transaction:
         self._shards = shards
         self.records: list[dict[str, Any]] = []
 
-    def publish(self, topic: Topic, event: Event, *, key: bytes, order_key: str, order: int) -> None:
-        """Queue `event` for `topic`; `order` increases per `order_key` (a conversation or agent)."""
-        tid = trace_id.get() or event.event_id
+    def publish(self, topic: Topic, event: Event, *, key: bytes, order_key: str, order: int,
+                trace: str | None = None) -> None:
+        """Queue `event` for `topic`; `order` increases per `order_key` (a conversation or agent).
+        `trace`: the request that caused it, when not the current one (a group commit's other sends)."""
+        tid = trace or trace_id.get() or event.event_id
         self.records.append({
             "_id": ObjectId(),
             "tenant_id": event.tenant_id,
