@@ -53,11 +53,13 @@ lock: install
 bench: install
 	$(PY) -m bench.run $(ARGS)
 
+# Docker when an engine answers, else podman-compose + deploy/offline (images built, cached).
 compose-up: install
-	$(PY) -m imctl compose up
+	$(PY) -m imctl compose up $(ARGS)
 
+# ARGS=--volumes also removes the data volumes.
 compose-down: install
-	$(PY) -m imctl compose down
+	$(PY) -m imctl compose down $(ARGS)
 
 clean:
 	rm -rf $(VENV) .run

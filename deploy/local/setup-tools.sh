@@ -6,10 +6,18 @@ need=()
 command -v kcat >/dev/null 2>&1 || need+=(kcat)
 # The compose tests run the stack in containers: podman (with runc; crun fails in this sandbox)
 # and debootstrap to build the base image from Debian's packages when no registry serves images.
+# Service-name DNS between containers needs netavark + aardvark-dns (only Recommends of podman),
+# and published ports need iptables: named, so an install without Recommends still works.
 if ! docker info >/dev/null 2>&1; then
   command -v podman >/dev/null 2>&1 || need+=(podman)
   command -v runc >/dev/null 2>&1 || need+=(runc)
   command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+  command -v iptables >/dev/null 2>&1 || need+=(iptables)
+  if command -v dpkg >/dev/null 2>&1; then
+    for pkg in netavark aardvark-dns; do
+      dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+    done
+  fi
 fi
 command -v java >/dev/null 2>&1 || echo "note: no java: tests fall back to Tansu (make test on CI requires Apache Kafka)" >&2
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi

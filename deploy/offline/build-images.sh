@@ -11,13 +11,32 @@ cache=${IM_CACHE_DIR:-$HOME/.cache/helpdesk-im}
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$here/containers.conf}
 py=${PYTHON:-$root/.venv/bin/python}
 say() { echo "[images] $*" >&2; }
+need() {  # fail loudly, naming the tool and how to get it
+  command -v "$1" >/dev/null 2>&1 && return 0
+  say "error: '$1' is not installed; $2"
+  exit 1
+}
+need podman "make setup installs it as root (apt-get install podman runc)"
+need runc "make setup installs it as root (apt-get install runc; crun fails in this sandbox)"
+trap 'say "error: failed at: $BASH_COMMAND"' ERR
+
+# One build at a time per cache (two test sessions at once would debootstrap into one directory).
+mkdir -p "$cache"
+exec 9>"$cache/build-images.lock"
+flock -n 9 || { say "another image build is running; waiting for it"; flock 9; }
 
 if ! podman image exists helpdesk-im-test/debian:bookworm; then
   rootfs=$cache/rootfs-bookworm
-  if [ ! -x "$rootfs/bin/sh" ]; then
+  if [ ! -f "$rootfs.complete" ]; then
+    need debootstrap "make setup installs it as root (apt-get install debootstrap)"
     say "debootstrap bookworm (minbase) into $rootfs ..."
-    rm -rf "$rootfs"
-    debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
+    rm -rf "$rootfs" "$rootfs.partial"
+    if ! debootstrap --variant=minbase bookworm "$rootfs.partial" http://deb.debian.org/debian \
+        >"$cache/debootstrap.log" 2>&1; then
+      tail -20 "$cache/debootstrap.log" >&2
+      exit 1
+    fi
+    mv "$rootfs.partial" "$rootfs" && touch "$rootfs.complete"
   fi
   say "importing the Debian base image"
   tar -C "$rootfs" -c . | podman import - helpdesk-im-test/debian:bookworm >/dev/null
@@ -41,6 +60,11 @@ say "SecantusDB image (tests only)"
 podman build -q -t helpdesk-im-test/secantusdb:0.7.0b3 -f "$here/secantusdb.Dockerfile" "$ctx" >/dev/null
 
 say "product image from ./Dockerfile"
-podman build -q -t "${IM_IMAGE:-helpdesk-im-test/app:latest}" \
-  --build-arg BASE_IMAGE=helpdesk-im-test/python-base:bookworm -f "$root/Dockerfile" "$root" >/dev/null
+app=(--build-arg BASE_IMAGE=helpdesk-im-test/python-base:bookworm -f "$root/Dockerfile" "$root")
+# The build stage gets a tag of its own, so its layers (the dependency layer above all) stay
+# cached when the stale layers of earlier builds are pruned below.
+podman build -q --target build -t helpdesk-im-test/app-build:latest "${app[@]}" >/dev/null
+podman build -q -t "${IM_IMAGE:-helpdesk-im-test/app:latest}" "${app[@]}" >/dev/null
+# A code change leaves the previous build's layers untagged: drop those (ours only, by label).
+podman image prune -f --filter label=io.helpdesk-im.build=app >/dev/null
 say "done"

@@ -1,0 +1,30 @@
+"""Without a Docker engine and without podman, `imctl compose up` stops at once and says what to
+install — never a half-started stack or a skipped test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+
+def test_compose_up_without_docker_or_podman_fails_naming_what_to_install(tmp_path):
+    env = {**os.environ, "PATH": str(tmp_path), "IM_JWT_SECRET": "x" * 32}  # no docker, podman, runc
+    result = subprocess.run([sys.executable, "-m", "imctl", "compose", "up", "--project", "imtestnone"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "no Docker engine answers" in result.stderr
+    assert "podman" in result.stderr and "runc" in result.stderr and "make setup" in result.stderr
+
+
+def test_the_image_build_without_podman_fails_naming_the_tool(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "offline", "build-images.sh")
+    bash = "/bin/bash"
+    result = subprocess.run([bash, script], env={**os.environ, "PATH": str(tmp_path)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "'podman' is not installed" in result.stderr and "make setup" in result.stderr
