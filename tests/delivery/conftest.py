@@ -116,10 +116,9 @@ async def stack(request, mongo, services, service_env, kafka_topics, outbox) -> 
         """im-api's directory announces the test agents; gateways refuse agents they never heard of."""
         for agent in KNOWN_AGENTS:
             await outbox.agent_changed(agent, active=True)
-        ids = [f"{TENANT}:{a}" for a in KNOWN_AGENTS]
-
         async def projected() -> bool:
-            return await agents.count_documents({"_id": {"$in": ids}}) == len(ids)
+            found = {"tenant_id": TENANT, "agent_id": {"$in": list(KNOWN_AGENTS)}}
+            return await agents.count_documents(found) == len(KNOWN_AGENTS)
 
         await eventually(projected, timeout=30, message="the directory projection never caught up")
 
@@ -148,6 +147,34 @@ async def read_topic(bootstrap: str, topic: topics.Topic, prefix: str, until, ti
     finally:
         await consumer.stop()
     return events
+
+
+async def read_all(bootstrap: str, topic: topics.Topic, prefix: str) -> list:
+    """Every event of `topic` up to its end as it stands now."""
+    from im_contracts.codec import decode_record
+
+    return [decode_record(topic, r.value) for r in await read_all_records(bootstrap, topic.name(prefix))]
+
+
+async def read_all_records(bootstrap: str, name: str) -> list:
+    """Every record of topic `name` up to its end as it stands now."""
+    from aiokafka import TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - topic metadata for assign()
+        parts = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        records: list = []
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
 
 
 class Outbox:

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 from im_contracts import topics
-from im_contracts.events import AgentPresence
+from im_contracts.events import AgentPresence, QueueAppend
 
-from conftest import TENANT, StreamClient, read_topic
+from conftest import TENANT, StreamClient, read_all
 from support.wait import eventually
 
 pytestmark = pytest.mark.e2e
@@ -56,12 +56,68 @@ async def test_a_pruned_cursor_closes_4409_and_acknowledged_entries_are_pruned(
     await fresh.close()
 
 
+async def test_a_queue_truncated_while_a_client_replays_closes_it_4409_instead_of_skipping_entries(
+    stack, outbox, tokens, mongo, mongo_db_name
+):
+    await stack.start_worker(IM_DELIVERY_QUEUE_CAP="6")
+    # Two frames in flight at most, and no safety poll within the test: the replay itself must notice.
+    gw = await stack.start_gateway(IM_DELIVERY_MAX_UNACKED="2", IM_DELIVERY_SAFETY_POLL_S="60",
+                                   IM_DELIVERY_SEND_TIMEOUT_S="30")
+    heads = mongo[mongo_db_name]["delivery_heads"]
+    cid = await outbox.start_conversation(["ana", "ben"])
+    await outbox.post(cid, "ben", 2)  # 5 entries: under the cap
+    await eventually(lambda: _head_at_least(heads, "ana", 5))
+    ana = await StreamClient.connect(gw.url, tokens.ticket("ana"), name="ana")
+    await eventually(lambda: [f["cursor"] for f in ana.queued] == [1, 2])  # the window is full: replay waits
+    await outbox.post(cid, "ben", 8)  # 21 entries: the queue is truncated through 15
+    queue = mongo[mongo_db_name]["delivery_queue"]
+    await eventually(lambda: _count_is(queue.count_documents({"tenant_id": TENANT, "agent_id": "ana",
+                                                              "cursor": {"$lte": 15}}), 0))
+    await ana.ack(2)  # the replay goes on from 2: entries 3..15 are gone
+    assert await ana.closed_with() == 4409
+    assert [f["cursor"] for f in ana.queued] == [1, 2], "entries were skipped silently"
+
+
+async def test_a_cursor_above_the_queue_head_is_refused_4409_and_an_ack_above_what_was_sent_is_bounded(
+    stack, outbox, tokens, mongo, mongo_db_name
+):
+    await stack.start_worker()
+    gw = await stack.start_gateway()
+    heads, devices = mongo[mongo_db_name]["delivery_heads"], mongo[mongo_db_name]["delivery_devices"]
+    cid = await outbox.start_conversation(["ana", "ben"])
+    await outbox.post(cid, "ben", 2)
+    await eventually(lambda: _head_at_least(heads, "ana", 5))
+    ahead = await StreamClient.connect(gw.url, tokens.ticket("ana", "laptop"), cursor=1_000, name="ahead")
+    assert await ahead.closed_with() == 4409
+
+    laptop = await StreamClient.connect(gw.url, tokens.ticket("ana", "laptop"), name="laptop")
+    await eventually(lambda: len(laptop.queued) == 5)
+    await laptop.ack(1_000_000)  # above anything sent: bounded to the last cursor sent (5)
+
+    async def device_at(cursor: int) -> bool:
+        doc = await devices.find_one({"tenant_id": TENANT, "agent_id": "ana", "device_id": "laptop"})
+        return doc is not None and doc["cursor"] == cursor
+
+    await eventually(lambda: device_at(5), message="the ack was not bounded to the last cursor sent")
+    await laptop.close()
+    again = await StreamClient.connect(gw.url, tokens.ticket("ana", "laptop"), name="laptop-again")
+    await outbox.post(cid, "ben")
+    await eventually(lambda: again.messages() == [(cid, 3)])
+    assert [f["cursor"] for f in again.queued] == [6, 7]
+    await again.close()
+
+
+async def _head_at_least(heads, agent: str, cursor: int) -> bool:
+    doc = await heads.find_one({"tenant_id": TENANT, "agent_id": agent})
+    return doc is not None and doc["cursor"] >= cursor
+
+
 async def _count_is(counting, n: int) -> bool:
     return await counting == n
 
 
 async def _pruned_through(heads, agent: str, at_least: int) -> bool:
-    doc = await heads.find_one({"_id": f"{TENANT}:{agent}"})
+    doc = await heads.find_one({"tenant_id": TENANT, "agent_id": agent})
     return doc is not None and doc.get("pruned_through", 0) >= at_least
 
 
@@ -114,9 +170,22 @@ async def test_typing_and_presence_are_pushed_live_to_thread_partners_only(stack
         await client.close()
 
 
-async def test_malformed_records_on_delivery_topics_go_to_dead_letters_and_the_rest_flows(
-    stack, outbox, tokens, kafka_bootstrap, kafka_topics
+async def test_bad_records_are_dead_lettered_once_even_when_re_read_and_never_stall_the_queue(
+    stack, outbox, tokens, kafka_bootstrap, kafka_topics, mongo, mongo_db_name
 ):
+    # Before the worker starts: a malformed record, then (same partition) a message of a thread
+    # whose start never comes. The worker pauses that partition and re-reads it from the malformed
+    # record every backoff for hold_back_s (2 s) before it delivers with the message's own facts:
+    # the malformed record must be dead-lettered once, not on every re-read.
+    orphan = "c-orphan"
+    outbox.snapshots[orphan] = _snapshot(orphan, ["ben", "ana"])
+    outbox.seqs[orphan] = 0
+    await outbox.raw(topics.MESSAGES, topics.conversation_key(orphan), b"{not json")
+    await outbox.send(topics.MESSAGES, topics.conversation_key(orphan), outbox.message(orphan, "ben"))
+    # A write error that is not a duplicate (here a validator an operator added; in life e.g. an
+    # entry too large) must be dead-lettered, not retried forever as if another writer raced us.
+    await mongo[mongo_db_name].create_collection("delivery_queue", validator={"frame.poison": {"$exists": False}})
+
     await stack.start_worker()
     gw = await stack.start_gateway()
     ana = await StreamClient.connect(gw.url, tokens.ticket("ana"), name="ana")
@@ -124,17 +193,32 @@ async def test_malformed_records_on_delivery_topics_go_to_dead_letters_and_the_r
     await outbox.raw(topics.CONVERSATIONS, b"c-bad", b'{"type": "ConversationStarted", "tenant_id": "acme"}')
     await outbox.raw(topics.INBOX, b"acme:ana", b'{"type": "Surprise", "tenant_id": "acme"}')
     await outbox.raw(topics.MESSAGES, b"c-bad", b'{"type": "MessagePosted", "schema_version": 9}')
+    poison = QueueAppend(tenant_id=TENANT, agent_id="ana", dedupe_key="poison", frame={"type": "x", "poison": 1})
+    await outbox.send(topics.INBOX, topics.agent_key(TENANT, "ana"), poison)
     cid = await outbox.start_conversation(["ben", "ana"])
     await outbox.post(cid, "ben", 2)
-    await eventually(lambda: ana.messages() == [(cid, 1), (cid, 2)])
-    letters = await read_topic(kafka_bootstrap, topics.DEAD_LETTERS, kafka_topics, lambda evs: len(evs) >= 4)
-    got = {(d.original_topic.removeprefix(kafka_topics), d.reason, d.consumer) for d in letters}
+    await eventually(lambda: (orphan, 1) in ana.messages() and (cid, 2) in ana.messages(), timeout=30)
+    assert sorted(ana.messages()) == sorted([(orphan, 1), (cid, 1), (cid, 2)])
+
+    # Every dead letter is written before the record after it is handled: the topic is complete now.
+    letters = await read_all(kafka_bootstrap, topics.DEAD_LETTERS, kafka_topics)
+    got = sorted((d.original_topic.removeprefix(kafka_topics), d.reason, d.consumer) for d in letters)
     fanout, queue = f"{kafka_topics}fanout", f"{kafka_topics}queue"  # the test's own groups (conftest)
-    assert got == {
-        ("im.messages.v1", "malformed_json", fanout),
+    assert got == sorted([
+        ("im.messages.v1", "malformed_json", fanout),  # before the orphan: re-read while it waited
+        ("im.messages.v1", "malformed_json", fanout),  # c-bad's
         ("im.conversations.v1", "invalid_event", fanout),
         ("im.inbox.v1", "unknown_event_type", queue),
         ("im.messages.v1", "unsupported_schema_version", fanout),
-    }
+        ("im.inbox.v1", "processing_failed", queue),
+    ])
+    assert len({(d.original_topic, d.original_partition, d.original_offset) for d in letters}) == len(letters)
     assert base64.b64decode(next(d for d in letters if d.reason == "malformed_json").original_value_b64) == b"{not json"
     await ana.close()
+
+
+def _snapshot(cid: str, participants: list[str]):
+    from im_contracts.models import ConversationSnapshot, Participant
+
+    return ConversationSnapshot(id=cid, participants=[Participant(id=a, display_name=a.upper()) for a in participants],
+                                created_by=participants[0], created_at=datetime.now(UTC))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.e2e
 
 
 async def head(mongo, db_name: str, agent: str) -> int:
-    doc = await mongo[db_name]["delivery_heads"].find_one({"_id": f"{TENANT}:{agent}"})
+    doc = await mongo[db_name]["delivery_heads"].find_one({"tenant_id": TENANT, "agent_id": agent})
     return 0 if doc is None else doc["cursor"]
 
 
@@ -74,7 +75,8 @@ async def _at_least(mongo, db_name: str, agent: str, n: int) -> bool:
 
 
 async def _device_cursor(mongo, db_name, agent, device, cursor) -> bool:
-    doc = await mongo[db_name]["delivery_devices"].find_one({"_id": f"{TENANT}:{agent}:{device}"})
+    doc = await mongo[db_name]["delivery_devices"].find_one(
+        {"tenant_id": TENANT, "agent_id": agent, "device_id": device})
     return doc is not None and doc["cursor"] == cursor
 
 
@@ -138,16 +140,22 @@ async def test_a_ticket_is_single_use_and_a_bearer_subprotocol_connects(stack, o
     await bearer.close()
 
 
-async def test_gateway_sigterm_closes_sockets_with_1012_and_reports_them_closed(
+async def test_sigterm_closes_sockets_1012_reports_them_closed_and_exits_0_in_time_without_logging_the_ticket(
     stack, tokens, kafka_bootstrap, kafka_topics
 ):
-    await stack.start_worker()
-    gw = await stack.start_gateway()
-    client = await StreamClient.connect(gw.url, tokens.ticket("ana", "laptop"), name="ana")
+    worker = await stack.start_worker()
+    # INFO: uvicorn logs each WebSocket's path at INFO, and the query string carries the ticket.
+    gw = await stack.start_gateway(IM_LOG_LEVEL="INFO", IM_DELIVERY_SHUTDOWN_GRACE_S="5")
+    ticket = tokens.ticket("ana", "laptop")
+    client = await StreamClient.connect(gw.url, ticket, name="ana")
     await client.send({"type": "idle"})
     await client.send({"type": "active"})
-    await asyncio.to_thread(gw.proc.stop)
+    await eventually(lambda: "stream opened" in gw.proc.log_path.read_text(errors="replace"))
+    started = time.monotonic()
+    code = await asyncio.to_thread(gw.proc.stop)
+    stopped_in = time.monotonic() - started
     assert await client.closed_with() == 1012
+    assert code == 0 and stopped_in < 5, f"gateway exit {code} after {stopped_in:.1f}s"
     kinds = lambda evs: [e.type for e in evs if getattr(e, "agent_id", None) == "ana"]  # noqa: E731
     events = await read_topic(kafka_bootstrap, topics.CONNECTIONS, kafka_topics,
                               lambda evs: "ConnectionClosed" in kinds(evs))
@@ -155,3 +163,11 @@ async def test_gateway_sigterm_closes_sockets_with_1012_and_reports_them_closed(
     assert {e.device_id for e in events} == {"laptop"} and {e.gateway_id for e in events} == {gw.gateway_id}
     beats = await read_topic(kafka_bootstrap, topics.GATEWAYS, kafka_topics, lambda evs: len(evs) >= 1)
     assert beats[0].gateway_id == gw.gateway_id and beats[0].tenant_id == "_system"
+    logged = gw.proc.log_path.read_text(errors="replace")
+    messages = [json.loads(line)["msg"] for line in logged.splitlines() if line.startswith("{")]
+    assert any(m.endswith('"WebSocket /v1/stream" [accepted]') for m in messages)  # there, without its query
+    assert ticket not in logged and "ticket=" not in logged
+
+    started = time.monotonic()
+    code = await asyncio.to_thread(worker.stop)
+    assert code == 0 and time.monotonic() - started < 10, f"worker exit {code}"

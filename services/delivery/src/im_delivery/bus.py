@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.partitioner import murmur2
-from faststream import AckPolicy
-from faststream.kafka import KafkaBroker, KafkaMessage
 from im_contracts import topics
-from im_contracts.codec import RejectedRecord, decode_record, event_headers
+from im_contracts.codec import RejectedRecord, decode_record, event_headers, header
 from im_contracts.events import Event, LiveFrame, QueueAdvanced, QueueAppend
 from im_runtime.kafka import Subscription, is_transient
 from im_runtime.logs import log, trace_id
+from prometheus_client import Counter
 
 from .settings import DeliverySettings
 
@@ -26,10 +27,61 @@ logger = logging.getLogger("im_delivery.bus")
 Item = tuple[Event, ConsumerRecord]
 BatchHandler = Callable[[list[Item]], Awaitable[None]]
 
+TRACE_HEADER = "trace-id"  # brief-interfaces #5: the HTTP request id that follows a message
+# When the domain event behind a queue append happened (epoch seconds): fan-out latency metric.
+ORIGIN_HEADER = "origin-occurred-at"
+
+DEAD_LETTERS = Counter("im_delivery_dead_letters_total", "Records this worker sent to the dead-letter topic",
+                       ["group", "topic", "reason"])
+
+# The records produced by the consuming task that runs now (each task its own list: see confirmed()).
+_outgoing: ContextVar[list[asyncio.Future] | None] = ContextVar("delivery_outgoing", default=None)
+_origin: ContextVar[float | None] = ContextVar("delivery_origin", default=None)
+
 
 def signal_partition(gateway_id: str, partitions: int) -> int:
     """The partition the default producer partitioner picks for key `gateway_key(gateway_id)`."""
     return (murmur2(topics.gateway_key(gateway_id)) & 0x7FFFFFFF) % partitions
+
+
+def record_trace(record: ConsumerRecord | None, event: Event) -> str:
+    """The trace id a record carries (im-api's request id), else the event's own id."""
+    value = header(record.headers, TRACE_HEADER) if record is not None and record.headers else None
+    return value or event.event_id
+
+
+def record_origin(record: ConsumerRecord) -> float | None:
+    value = header(record.headers, ORIGIN_HEADER) if record.headers else None
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
+
+
+@contextlib.contextmanager
+def event_scope(event: Event, record: ConsumerRecord | None = None) -> Iterator[None]:
+    """Logs and the records produced for `event` carry its trace id and its occurred_at."""
+    trace = trace_id.set(record_trace(record, event))
+    origin = _origin.set(event.occurred_at.timestamp())
+    try:
+        yield
+    finally:
+        _origin.reset(origin)
+        trace_id.reset(trace)
+
+
+class GroupMembership(ConsumerRebalanceListener):
+    """Readiness: the consumer has joined its group (a rebalance completed; possibly with no
+    partitions, when there are more workers than partitions — that worker is still healthy)."""
+
+    def __init__(self) -> None:
+        self.joined = False
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.joined = True
 
 
 @dataclass
@@ -43,36 +95,18 @@ class BatchSubscription(Subscription):
     """
 
     handle_batch: BatchHandler | None = None
-    session_timeout_ms: int = 10_000
-    heartbeat_interval_ms: int = 3_000
+    membership: GroupMembership = field(default_factory=GroupMembership)
+    # Per partition, the highest offset this process dead-lettered: a rewind (a transient failure
+    # later in the same batch pauses the partition at the batch's first record) re-reads a bad
+    # record, and it must not be dead-lettered twice. Only a crash between the dead letter and the
+    # commit can still repeat one (at-least-once, inherent); a dead letter names its topic,
+    # partition and offset, so a reader of im.dead-letters.v1 can drop such a repeat.
+    _dead_lettered: dict[TopicPartition, int] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         assert self.handle_batch is not None
-
-        async def one(event: Event, record: ConsumerRecord) -> None:
-            await self.handle_batch([(event, record)])  # type: ignore[misc]
-
-        self.handle = one
-
-    def register(self, broker: KafkaBroker) -> None:
-        sub = broker.subscriber(
-            *self._by_name,
-            group_id=self.group_id,
-            batch=True,
-            max_records=self.max_records,
-            batch_timeout_ms=100,
-            ack_policy=AckPolicy.MANUAL,
-            auto_offset_reset="earliest",
-            session_timeout_ms=self.session_timeout_ms,
-            heartbeat_interval_ms=self.heartbeat_interval_ms,
-            decoder=_raw,
-        )
-
-        @sub
-        async def on_batch(msg: KafkaMessage) -> None:
-            self.assigned = True
-            await self.process(msg.raw_message, msg.consumer)
+        self.consumer_options = {**self.consumer_options, "listener": self.membership}
 
     async def process(self, raw: Any, consumer: Any) -> None:
         records: tuple[ConsumerRecord, ...] = raw if isinstance(raw, tuple) else (raw,)
@@ -86,7 +120,7 @@ class BatchSubscription(Subscription):
             try:
                 items.append((decode_record(self._by_name[record.topic], record.value), record))
             except RejectedRecord as rejected:
-                await self.dead_letters.publish(record, rejected)
+                await self._dead_letter_once(record, rejected)
         try:
             if items:
                 await self._handle(items)
@@ -95,9 +129,11 @@ class BatchSubscription(Subscription):
                 raise
             for tp, offset in first.items():
                 self._pause(consumer, tp, offset, exc)
+            self._record_lag(consumer, records, {})
             return
         for tp in next_offsets:
             self._backoff.reset(tp)
+        self._record_lag(consumer, records, next_offsets)
         try:
             await consumer.commit(next_offsets)
         except (CommitFailedError, IllegalStateError) as exc:
@@ -111,28 +147,78 @@ class BatchSubscription(Subscription):
             if is_transient(exc):
                 raise
             logger.exception("batch failed; retrying record by record", extra={"fields": {"records": len(items)}})
-        for _event, record in items:
-            await self._one(record)  # dead-letters a record that fails for good; raises transient
+        for item in items:
+            try:
+                await self.handle_batch([item])  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001 - transient: raised; anything else: this record's fault
+                if is_transient(exc):
+                    raise
+                logger.exception("record failed; dead-lettering", extra={"fields": {"topic": item[1].topic}})
+                await self._dead_letter_once(
+                    item[1], RejectedRecord("processing_failed", f"{type(exc).__name__} in {self.name}"))
+
+    async def _dead_letter_once(self, record: ConsumerRecord, rejected: RejectedRecord) -> None:
+        tp = TopicPartition(record.topic, record.partition)
+        if record.offset <= self._dead_lettered.get(tp, -1):
+            return  # re-read after a rewind: dead-lettered already by this process
+        await self.dead_letters.publish(record, rejected)
+        self._dead_lettered[tp] = record.offset
 
 
-async def _raw(msg: Any) -> None:
-    return None
+def count_dead_letters(group: str, prefix: str) -> Callable[[str, str], None]:
+    """DeadLetters' metrics hook: topic names without the deployment's prefix."""
+
+    def on_dead_letter(topic: str, reason: str) -> None:
+        DEAD_LETTERS.labels(group, topic.removeprefix(prefix), reason).inc()
+
+    return on_dead_letter
 
 
 @dataclass
 class DeliveryBus:
-    """Produces the delivery-internal records: queue appends, queue signals and live frames."""
+    """Produces the delivery-internal records: queue appends, queue signals and live frames.
+
+    Records are sent without waiting for each acknowledgement; a consuming task wraps its batch in
+    `confirmed()`, which waits for exactly the records that task produced before it commits. (One
+    list shared by the fan-out consumer, the heartbeat consumer and the pruning job let one task's
+    flush take another's futures, so a consumer could commit before its own sends were confirmed.)
+    """
 
     producer: AIOKafkaProducer
     settings: DeliverySettings
-    pending: list[asyncio.Future] = field(default_factory=list)
+
+    @contextlib.asynccontextmanager
+    async def confirmed(self) -> AsyncIterator[None]:
+        """Every record produced inside the scope (in this task and the tasks it starts) is
+        acknowledged by Kafka when the scope exits normally."""
+        futures: list[asyncio.Future] = []
+        token = _outgoing.set(futures)
+        try:
+            yield
+        except BaseException:
+            for future in futures:  # the batch is retried: only keep their errors from being "never retrieved"
+                future.add_done_callback(_retrieve)
+            raise
+        finally:
+            _outgoing.reset(token)
+        if futures:
+            await asyncio.gather(*futures)
 
     async def _send(self, topic: topics.Topic, key: bytes, event: Event) -> None:
         # Awaiting send() only enqueues the record (in call order, so per-partition order holds);
-        # the broker's acknowledgement is awaited in flush(), once per batch.
-        headers = event_headers(event, **({"trace-id": trace_id.get()} if trace_id.get() else {}))
+        # the broker's acknowledgement is awaited by the task's confirmed() scope.
+        extra = {}
+        if trace_id.get():
+            extra[TRACE_HEADER] = trace_id.get()
+        if _origin.get() is not None:
+            extra[ORIGIN_HEADER] = repr(_origin.get())
         name = topic.name(self.settings.topic_prefix)
-        self.pending.append(await self.producer.send(name, event.to_bytes(), key=key, headers=headers))
+        future = await self.producer.send(name, event.to_bytes(), key=key, headers=event_headers(event, **extra))
+        pending = _outgoing.get()
+        if pending is None:
+            await future  # outside a scope: confirmed at once
+        else:
+            pending.append(future)
 
     async def append(self, tenant_id: str, agent_id: str, dedupe_key: str, frame: dict[str, Any]) -> None:
         event = QueueAppend(tenant_id=tenant_id, agent_id=agent_id, dedupe_key=dedupe_key, frame=frame)
@@ -146,9 +232,7 @@ class DeliveryBus:
         event = LiveFrame(tenant_id=tenant_id, gateway_id=gateway_id, agent_id=agent_id, frame=frame)
         await self._send(topics.DELIVERY_SIGNALS, topics.gateway_key(gateway_id), event)
 
-    async def flush(self) -> None:
-        """Waits until every record produced so far is acknowledged by Kafka (before a commit)."""
-        pending, self.pending = self.pending, []
-        if not pending:
-            return
-        await asyncio.gather(*pending)
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -34,6 +34,9 @@ class DeliverySettings(CommonSettings):
     session_timeout_ms: int = 6_000
     # Heartbeats must be well inside the session timeout (a third is Kafka's advice).
     heartbeat_interval_ms: int = 2_000
+    # SIGTERM: how long the batch in hand (worker) or the sockets' handlers (gateway) may take to
+    # finish before the process exits anyway; well inside Kubernetes' default 30 s grace period.
+    shutdown_grace_s: float = 10.0
 
     # --- fan-out worker ---
     # How long a message waits for its conversation's ConversationStarted (another topic) or for a

@@ -3,18 +3,21 @@
 Collections (owned by delivery; every document and index starts with tenant_id):
 - `delivery_queue`       {tenant_id, agent_id, cursor, dedupe_key, frame, created_at} — the queue;
                          unique (tenant_id, agent_id, cursor) and (tenant_id, agent_id, dedupe_key).
-- `delivery_heads`       {_id "<tenant>:<agent>", tenant_id, agent_id, cursor, pruned_through} —
-                         the last cursor appended (PUBLIC: im-api reads it read-only as
-                         `stream_cursor`, brief-interfaces #1) and the highest cursor pruned.
-- `delivery_devices`     {_id "<tenant>:<agent>:<device>", tenant_id, agent_id, device_id, cursor}
-                         — each device's acknowledged cursor (only moves forward).
+- `delivery_heads`       {_id compound_id(tenant, agent), tenant_id, agent_id, cursor, pruned_through}
+                         — the last cursor appended (PUBLIC: im-api reads it read-only as
+                         `stream_cursor`, by its tenant_id + agent_id fields, brief-interfaces #1)
+                         and the highest cursor pruned.
+- `delivery_devices`     {_id compound_id(tenant, agent, device), tenant_id, agent_id, device_id,
+                         cursor} — each device's acknowledged cursor (only moves forward).
 - `delivery_connections` {_id connection id, tenant_id, agent_id, device_id, gateway_id, epoch}
                          — which gateways hold which agent (routes the signals).
 - `delivery_gateways`    {_id gateway id, tenant_id "_system", epoch, seen_at} — the last heartbeat
                          the worker saw; a silent or rebooted gateway's registrations are dropped.
-- `delivery_tickets`     {_id ticket id, tenant_id, expires_at} — used stream tickets (single use;
-                         TTL index on expires_at: MongoDB TTL indexes must be single-field).
-Projections of the fan-out worker live in `worker/projections.py`.
+- `delivery_tickets`     {_id compound_id(tenant, ticket), tenant_id, expires_at} — used stream
+                         tickets (single use; TTL index on expires_at: TTL indexes are single-field).
+Projections of the fan-out worker live in `worker/projections.py`. Ids made of several ids use
+`compound_id` (length-prefixed): with "tenant:agent" strings, ("a:b", "c") and ("a", "b:c") met.
+
 """
 
 from __future__ import annotations
@@ -26,7 +29,11 @@ from typing import Any
 from im_contracts.events import SYSTEM_TENANT
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+from im_runtime.kafka import TransientError
+from im_runtime.mongo import compound_id
 from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
 
 
 def utcnow() -> datetime:
@@ -34,20 +41,45 @@ def utcnow() -> datetime:
 
 
 def agent_doc_id(tenant_id: str, agent_id: str) -> str:
-    return f"{tenant_id}:{agent_id}"
+    return compound_id(tenant_id, agent_id)
+
+
+def device_doc_id(tenant_id: str, agent_id: str, device_id: str) -> str:
+    return compound_id(tenant_id, agent_id, device_id)
 
 
 @dataclass(frozen=True)
 class Entry:
     cursor: int
     frame: dict[str, Any]
+    trace_id: str | None = None  # the request that caused it: the gateway's send log names it
 
     def wire(self) -> dict[str, Any]:
         return {**self.frame, "cursor": self.cursor}
 
 
+def _on_cursor_index(error: dict[str, Any]) -> bool:
+    """A duplicate on the unique (tenant, agent, cursor) index rather than on the dedupe key."""
+    pattern = error.get("keyPattern")
+    if pattern:
+        return "dedupe_key" not in pattern
+    return "dedupe_key" not in str(error.get("errmsg", ""))
+
+
 class DuplicateAppend(Exception):
-    """Another writer appended one of these dedupe keys meanwhile: recompute and retry."""
+    """Another writer appended one of these entries meanwhile (unique dedupe key), or the head lags
+    the queue (unique cursor): recompute and retry. Any other write error is raised as it is."""
+
+    def __init__(self, on_cursor: bool) -> None:
+        super().__init__("cursor taken" if on_cursor else "entry present")
+        self.on_cursor = on_cursor
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    dedupe_key: str
+    frame: dict[str, Any]
+    trace_id: str | None = None
 
 
 class QueueStore:
@@ -81,11 +113,11 @@ class QueueStore:
         )
         return {doc["dedupe_key"] async for doc in cursor}
 
-    async def append(self, tenant_id: str, agent_id: str, items: list[tuple[str, dict[str, Any]]]) -> int:
+    async def append(self, tenant_id: str, agent_id: str, items: list[NewEntry]) -> int:
         """Allocates len(items) cursors and inserts the entries in order; returns the last cursor."""
         head = await self.heads.find_one_and_update(
-            {"_id": agent_doc_id(tenant_id, agent_id)},
-            {"$inc": {"cursor": len(items)}, "$setOnInsert": {"tenant_id": tenant_id, "agent_id": agent_id}},
+            self.head_filter(tenant_id, agent_id),
+            {"$inc": {"cursor": len(items)}},
             upsert=True,
             return_document=ReturnDocument.AFTER,
         )
@@ -93,32 +125,57 @@ class QueueStore:
         first = last - len(items) + 1
         now = utcnow()
         docs = [
-            {"tenant_id": tenant_id, "agent_id": agent_id, "cursor": first + i, "dedupe_key": key,
-             "frame": frame, "created_at": now}
-            for i, (key, frame) in enumerate(items)
+            {"tenant_id": tenant_id, "agent_id": agent_id, "cursor": first + i, "dedupe_key": item.dedupe_key,
+             "frame": item.frame, "trace_id": item.trace_id, "created_at": now}
+            for i, item in enumerate(items)
         ]
         try:
             await self.queue.insert_many(docs, ordered=True)
         except BulkWriteError as exc:
             # Cursors allocated but not used are gaps, which readers allow (brief-interfaces #1).
-            raise DuplicateAppend() from exc
+            errors = exc.details.get("writeErrors") or []
+            if errors and all(e.get("code") == DUPLICATE_KEY for e in errors):
+                raise DuplicateAppend(on_cursor=any(_on_cursor_index(e) for e in errors)) from exc
+            if not errors:  # only a write concern failed: the entries may be there; try again later
+                raise TransientError("queue append: write concern not satisfied") from exc
+            raise  # e.g. an entry too large: never a duplicate, retrying cannot help
         return last
 
+    def head_filter(self, tenant_id: str, agent_id: str) -> dict[str, Any]:
+        return {"_id": agent_doc_id(tenant_id, agent_id), "tenant_id": tenant_id, "agent_id": agent_id}
+
     async def head(self, tenant_id: str, agent_id: str) -> dict[str, Any]:
-        doc = await self.heads.find_one({"_id": agent_doc_id(tenant_id, agent_id)})
+        doc = await self.heads.find_one(self.head_filter(tenant_id, agent_id))
         return doc or {"cursor": 0, "pruned_through": 0}
+
+    async def heads_of(self, tenant_id: str, agent_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The heads of many agents of one tenant in one query (index tenant_id, agent_id): the
+        gateway's safety poll, which must not cost one query per held connection."""
+        found = self.heads.find({"tenant_id": tenant_id, "agent_id": {"$in": agent_ids}},
+                                {"agent_id": 1, "cursor": 1, "pruned_through": 1})
+        return {doc["agent_id"]: doc async for doc in found}
+
+    async def repair_head(self, tenant_id: str, agent_id: str) -> None:
+        """The head is behind the queue (it was lost or restored from an older backup): move it to
+        the highest cursor present, so new cursors never collide with existing ones."""
+        top = await self.queue.find_one({"tenant_id": tenant_id, "agent_id": agent_id}, {"cursor": 1},
+                                        sort=[("cursor", DESCENDING)])
+        if top is not None:
+            await self.heads.update_one(self.head_filter(tenant_id, agent_id),
+                                        {"$max": {"cursor": int(top["cursor"])}}, upsert=True)
 
     # --- readers (gateways) ---------------------------------------------------------------------
 
     async def entries_after(self, tenant_id: str, agent_id: str, cursor: int, limit: int) -> list[Entry]:
         found = self.queue.find(
             {"tenant_id": tenant_id, "agent_id": agent_id, "cursor": {"$gt": cursor}},
-            {"cursor": 1, "frame": 1, "_id": 0},
+            {"cursor": 1, "frame": 1, "trace_id": 1, "_id": 0},
         ).sort("cursor", ASCENDING).limit(limit)
-        return [Entry(int(doc["cursor"]), doc["frame"]) async for doc in found]
+        return [Entry(int(doc["cursor"]), doc["frame"], doc.get("trace_id")) async for doc in found]
 
     async def device_cursor(self, tenant_id: str, agent_id: str, device_id: str) -> int | None:
-        doc = await self.devices.find_one({"_id": f"{tenant_id}:{agent_id}:{device_id}"})
+        doc = await self.devices.find_one({"_id": device_doc_id(tenant_id, agent_id, device_id),
+                                           "tenant_id": tenant_id})
         return None if doc is None else int(doc["cursor"])
 
     async def latest_ack(self, tenant_id: str, agent_id: str) -> int | None:
@@ -130,9 +187,9 @@ class QueueStore:
     async def acknowledge(self, tenant_id: str, agent_id: str, device_id: str, cursor: int) -> None:
         """Moves the device's cursor forward only ($max); creates the device on first sight."""
         await self.devices.update_one(
-            {"_id": f"{tenant_id}:{agent_id}:{device_id}"},
-            {"$max": {"cursor": cursor}, "$set": {"updated_at": utcnow()},
-             "$setOnInsert": {"tenant_id": tenant_id, "agent_id": agent_id, "device_id": device_id}},
+            {"_id": device_doc_id(tenant_id, agent_id, device_id), "tenant_id": tenant_id, "agent_id": agent_id,
+             "device_id": device_id},
+            {"$max": {"cursor": cursor}, "$set": {"updated_at": utcnow()}},
             upsert=True,
         )
 
@@ -140,7 +197,8 @@ class QueueStore:
         """True the first time a ticket id is seen, False on every replay."""
         until = datetime.fromtimestamp(expires_at, UTC) + timedelta(seconds=keep_s)
         try:
-            await self.tickets.insert_one({"_id": ticket_id, "tenant_id": tenant_id, "expires_at": until})
+            await self.tickets.insert_one({"_id": compound_id(tenant_id, ticket_id), "tenant_id": tenant_id,
+                                           "expires_at": until})
         except DuplicateKeyError:
             return False
         return True

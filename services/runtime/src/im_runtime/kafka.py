@@ -23,6 +23,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from im_contracts.codec import RejectedRecord, dead_letter_for, decode_record
 from im_contracts.events import Event
 from im_contracts.topics import DEAD_LETTERS, Topic
+from prometheus_client import Gauge
 from pymongo.errors import (
     AutoReconnect,
     ConnectionFailure,
@@ -37,6 +38,10 @@ from .logs import log, trace_id
 from .settings import CommonSettings
 
 logger = logging.getLogger("im_runtime.kafka")
+
+# Every consumer group of every service: records behind the partition's end after each batch.
+CONSUMER_LAG = Gauge("im_consumer_lag_records", "Records between a consumer group's position and the log end",
+                     ["group", "topic", "partition"])
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     AutoReconnect,
@@ -164,9 +169,16 @@ class Subscription:
     dead_letters: DeadLetters
     settings: CommonSettings
     max_records: int = 500
+    # FastStream's batch poll SLEEPS this long after every empty poll, so a record arriving then
+    # waits up to this long per consumer hop (100 ms here put ~200 ms on every idle-time message:
+    # issue 8, bench/RESULTS.md). Busy polls return at once whatever it is; 5 ms costs ~100
+    # wake-ups/s per idle consumer.
+    batch_timeout_ms: int = 5
     # Called before each record with its raw form: e.g. to check an authorization header.
     precheck: Callable[[ConsumerRecord, Event], None] | None = None
     on_processed: Callable[[str, float], None] | None = None  # (topic, seconds) → metrics
+    # More options for `broker.subscriber` (session timeout, heartbeat, rebalance listener, ...).
+    consumer_options: dict[str, Any] = field(default_factory=dict)
     _backoff: _Backoff = field(init=False)
 
     def __post_init__(self) -> None:
@@ -180,10 +192,11 @@ class Subscription:
             group_id=self.group_id,
             batch=True,
             max_records=self.max_records,
-            batch_timeout_ms=100,
+            batch_timeout_ms=self.batch_timeout_ms,
             ack_policy=AckPolicy.MANUAL,
             auto_offset_reset="earliest",
             decoder=_raw,
+            **self.consumer_options,
         )
 
         @sub
@@ -213,12 +226,26 @@ class Subscription:
             next_offsets[tp] = record.offset + 1
             if self.on_processed:
                 self.on_processed(record.topic, time.perf_counter() - started)
+        self._record_lag(consumer, records, next_offsets)
         if next_offsets:
             try:
                 await consumer.commit(next_offsets)
             except (CommitFailedError, IllegalStateError) as exc:
                 # Partitions moved to another member: it re-reads from the last commit (idempotent).
                 log(logger, logging.INFO, "commit skipped after rebalance", error=type(exc).__name__)
+
+    def _record_lag(self, consumer: Any, records: Sequence[ConsumerRecord],
+                    next_offsets: dict[TopicPartition, int]) -> None:
+        """Lag = the partition's high watermark (from the last fetch) minus where this group is now."""
+        first: dict[TopicPartition, int] = {}
+        for record in records:
+            first.setdefault(TopicPartition(record.topic, record.partition), record.offset)
+        for tp, first_offset in first.items():
+            end = consumer.highwater(tp)
+            if end is not None:
+                # A partition paused on a transient failure stays at its first unprocessed record.
+                position = next_offsets.get(tp, first_offset)
+                CONSUMER_LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(max(0, end - position))
 
     async def _one(self, record: ConsumerRecord) -> None:
         topic = self._by_name[record.topic]

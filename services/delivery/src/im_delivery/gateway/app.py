@@ -40,7 +40,7 @@ def create_app(settings: DeliverySettings) -> FastAPI:
         hub = Hub(settings, producer, store)
         signals = SignalReader(settings, hub.on_signal)
         await start_with_retry(signals.start, "delivery signals", settings)
-        background = [asyncio.create_task(signals.run(), name="signals"),
+        background = [asyncio.create_task(signals.run_forever(hub.wake_all), name="signals"),
                       asyncio.create_task(hub.heartbeat_forever(), name="heartbeat"),
                       asyncio.create_task(hub.safety_poll_forever(), name="safety-poll")]
         app.include_router(stream_router(hub, store, db, verifier, settings))
@@ -48,16 +48,24 @@ def create_app(settings: DeliverySettings) -> FastAPI:
         async def signals_ok() -> bool:
             return signals.ready and not background[0].done()
 
+        async def kafka_ok() -> bool:
+            return bool(await producer.client.force_metadata_update())
+
         readiness.add("mongodb", lambda: reachable(mongo))
+        readiness.add("kafka", kafka_ok)
         readiness.add("signals", signals_ok)
         log(logger, logging.INFO, "gateway started", gateway_id=settings.gateway_id, epoch=hub.epoch)
         try:
             yield
         finally:
+            # SIGTERM: uvicorn has stopped accepting sockets and closed the open ones with 1012
+            # (their handlers published ConnectionClosed); any socket left is closed 1012 here.
+            # Then the background tasks stop, the producer flushes, and the clients close.
             readiness.draining = True
             await hub.close_all()
             for task in background:
                 task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await signals.stop()
             await producer.flush()
             await producer.stop()

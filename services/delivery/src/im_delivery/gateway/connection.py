@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from im_runtime.logs import log
+from im_runtime.logs import log, trace_id
 from prometheus_client import Counter
 from pymongo.errors import PyMongoError
 from starlette.websockets import WebSocket
@@ -25,7 +25,8 @@ from ..store import QueueStore
 
 logger = logging.getLogger("im_delivery.connection")
 
-FRAMES_SENT = Counter("im_delivery_frames_sent_total", "Queue frames sent to clients")
+FRAMES_SENT = Counter("im_delivery_frames_sent_total", "Queue frames sent to clients (messages delivered)",
+                      ["gateway"])
 CLOSED = Counter("im_delivery_connections_closed_total", "Connections closed by the gateway", ["code"])
 
 CLOSE_AUTH = 4401
@@ -154,14 +155,21 @@ class StreamConnection:
                     await self.ensure_retained()
                 limit = min(self.settings.replay_batch, await self.window())
                 entries = await self.store.entries_after(self.tenant_id, self.agent_id, self.last_sent, limit)
+                if entries and entries[0].cursor != self.last_sent + 1:
+                    # Not the next cursor: a gap (allowed) or entries pruned under us while this
+                    # connection was replaying; the head says which (pruning marks it first).
+                    await self.ensure_retained()
                 if entries:
                     wire = [e.wire() for e in entries]
-                    await self.send(wire[0] if len(wire) == 1 else {"type": "batch", "frames": wire})
+                    # Recorded before the send returns: the client may ack these frames before it does
+                    # (acks are bounded by last_sent). A failed send closes the connection anyway.
                     self.last_sent = entries[-1].cursor
                     if self.unacked is None:
                         self.unacked = deque()
                     self.unacked.extend(e.cursor for e in entries)
-                    FRAMES_SENT.inc(len(entries))
+                    await self.send(wire[0] if len(wire) == 1 else {"type": "batch", "frames": wire})
+                    FRAMES_SENT.labels(self.settings.gateway_id).inc(len(entries))
+                    self.log_sent(entries)
                     if len(entries) == limit:
                         continue  # more to replay: no waiting
                 while self.live and self.closing is None:
@@ -181,6 +189,17 @@ class StreamConnection:
                 self.live = None  # an idle socket keeps no buffer
             if self.unacked is not None and not self.unacked:
                 self.unacked = None
+
+    def log_sent(self, entries: list) -> None:
+        """One line per send, carrying the trace ids of the requests behind the frames (ids only)."""
+        traces = list(dict.fromkeys(e.trace_id for e in entries if e.trace_id))
+        token = trace_id.set(traces[0] if traces else None)
+        try:
+            log(logger, logging.INFO, "frames sent", connection_id=self.connection_id, tenant_id=self.tenant_id,
+                agent_id=self.agent_id, first_cursor=entries[0].cursor, last_cursor=entries[-1].cursor,
+                frames=len(entries), trace_ids=traces)  # every one: grep finds any request's frame
+        finally:
+            trace_id.reset(token)
 
     async def ensure_retained(self) -> None:
         head = await self.store.head(self.tenant_id, self.agent_id)

@@ -88,12 +88,44 @@ class Hub:
         event = Typing(tenant_id=conn.tenant_id, conversation_id=conversation_id, agent_id=conn.agent_id)
         await self.publish(topics.TYPING, topics.conversation_key(conversation_id), event)
 
+    def wake_all(self) -> None:
+        """Every connection re-reads its queue now (signals may have been missed meanwhile)."""
+        for conn in self.connections():
+            conn.safety_poll()
+
     async def safety_poll_forever(self) -> None:
-        """Every safety_poll_s every connection re-reads its queue: a missed signal costs latency only."""
+        """Every safety_poll_s every connection whose queue moved past what it was sent re-reads
+        it: a missed signal costs latency only."""
         while True:
             await asyncio.sleep(self.settings.safety_poll_s)
-            for conn in self.connections():
-                conn.safety_poll()
+            try:
+                await self.safety_poll()
+            except Exception as exc:  # noqa: BLE001 - MongoDB away: the next round tries again
+                log(logger, logging.WARNING, "safety poll failed", error=type(exc).__name__)
+                # Every pump reads its queue itself now: with MongoDB away the read fails and the
+                # socket is closed 1012 (reconnect), as before the poll read heads in bulk.
+                self.wake_all()
+
+    async def safety_poll(self) -> None:
+        """One read of the heads per tenant (in chunks) instead of one pump per connection: with
+        10,000 idle sockets the per-connection re-read was 10,000 queries every round, which
+        saturated MongoDB and starved live deliveries (issue 8). Only connections whose head is
+        past their last sent cursor (new entries) or whose queue was pruned past it (4409) wake."""
+        by_tenant: dict[str, list[str]] = defaultdict(list)
+        for tenant_id, agent_id in list(self.by_agent):
+            by_tenant[tenant_id].append(agent_id)
+        for tenant_id, agent_ids in by_tenant.items():
+            for i in range(0, len(agent_ids), 1000):
+                chunk = agent_ids[i:i + 1000]
+                heads = await self.store.heads_of(tenant_id, chunk)
+                for agent_id in chunk:
+                    head = heads.get(agent_id)
+                    if head is None:
+                        continue  # nothing was ever queued for this agent
+                    moved = max(int(head.get("cursor", 0)), int(head.get("pruned_through", 0)))
+                    for conn in list(self.by_agent.get((tenant_id, agent_id), ())):
+                        if moved > conn.last_sent:
+                            conn.safety_poll()
 
     async def heartbeat_forever(self) -> None:
         while True:

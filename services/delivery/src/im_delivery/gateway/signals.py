@@ -17,11 +17,14 @@ from im_contracts import topics
 from im_contracts.codec import RejectedRecord, decode_record
 from im_contracts.events import Event, LiveFrame, QueueAdvanced
 from im_runtime.logs import log
+from prometheus_client import Counter
 
 from ..bus import signal_partition
 from ..settings import DeliverySettings
 
 logger = logging.getLogger("im_delivery.signals")
+
+RESTARTS = Counter("im_delivery_signal_reader_restarts_total", "Signal reader restarts after a crash")
 
 
 class SignalReader:
@@ -54,6 +57,30 @@ class SignalReader:
         self.ready = True
         log(logger, logging.INFO, "reading delivery signals", partition=tp.partition)
 
+    async def run_forever(self, on_restart: Callable[[], None]) -> None:
+        """The reader, supervised: if it crashes (a bug, a Kafka error aiokafka does not retry) it
+        is restarted with backoff, and readiness is false until it reads again. It restarts at the
+        partition's end, so signals sent meanwhile are missed: `on_restart` wakes every connection
+        to re-read its queue (the safety poll would, later)."""
+        delay = self.settings.retry_initial_s
+        while True:
+            try:
+                if self.consumer is None:
+                    await self.start()
+                    on_restart()
+                    delay = self.settings.retry_initial_s
+                await self.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever it was, the reader must come back
+                self.ready = False
+                RESTARTS.inc()
+                log(logger, logging.ERROR, "signal reader crashed; restarting", error=type(exc).__name__,
+                    detail=str(exc)[:200], retry_in_s=round(delay, 3))
+                await self.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_s)
+
     async def run(self) -> None:
         assert self.consumer is not None
         while True:
@@ -71,5 +98,10 @@ class SignalReader:
                         self.on_signal(event)
 
     async def stop(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()
+        self.ready = False
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            try:
+                await consumer.stop()
+            except Exception as exc:  # noqa: BLE001 - a broken consumer is dropped either way
+                log(logger, logging.WARNING, "signal reader stop failed", error=type(exc).__name__)

@@ -20,7 +20,7 @@ from pymongo.errors import PyMongoError
 from ..settings import DeliverySettings
 from ..store import QueueStore
 from ..worker.projections import agent_is_active
-from .connection import CLOSE_AUTH, CLOSE_RESTART, CloseConnection, StreamConnection
+from .connection import CLOSE_AUTH, CLOSE_NOT_RETAINED, CLOSE_RESTART, CloseConnection, StreamConnection
 from .hub import Hub
 
 logger = logging.getLogger("im_delivery.stream")
@@ -89,6 +89,7 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
             conn.last_sent = await resume_cursor(store, caller, asked)
             try:
                 await conn.ensure_retained()
+                await ensure_not_beyond_head(store, caller, asked)
             except CloseConnection as close:
                 await conn.close(close.code, close.reason)
                 return
@@ -146,6 +147,18 @@ async def require_active_agent(db: AsyncDatabase, caller: Caller, settings: Deli
         await asyncio.sleep(settings.unknown_agent_poll_s)
 
 
+async def ensure_not_beyond_head(store: QueueStore, caller: Caller, asked: int | None) -> None:
+    """A `?cursor=` above the queue head names nothing this queue ever held (another agent's, a
+    forged or corrupted one). Replaying from it would send nothing until the head passed it, and a
+    clamped replay would send cursors the client drops as already seen: both lose frames silently.
+    API.md's remedy for a cursor the queue cannot serve is 4409: reload over HTTP and reconnect
+    with the `stream_cursor` it returns (which is never above the head)."""
+    if asked is None:
+        return
+    if asked > int((await store.head(caller.tenant_id, caller.agent_id)).get("cursor", 0)):
+        raise CloseConnection(CLOSE_NOT_RETAINED, "cursor beyond the queue head")
+
+
 async def resume_cursor(store: QueueStore, caller: Caller, asked: int | None) -> int:
     """API.md: the asked cursor; else this device's last ack; else the agent's latest ack on any
     device; else the start of the retained queue. The pump answers 4409 when an asked or own
@@ -175,8 +188,14 @@ async def read_client(conn: StreamConnection, hub: Hub, store: QueueStore) -> No
         except (ValueError, TypeError, KeyError):
             continue  # not ours to crash on: ignore what we cannot read
         if kind == "ack" and isinstance(frame.get("cursor"), int) and frame["cursor"] >= 0:
-            conn.acknowledged(frame["cursor"])
-            await store.acknowledge(conn.tenant_id, conn.agent_id, conn.device_id, frame["cursor"])
+            # Bounded by what this connection sent: an ack above it would mark entries the device
+            # never got as read (its next resume and the pruning job would skip them).
+            cursor = min(frame["cursor"], conn.last_sent)
+            if cursor < frame["cursor"]:
+                log(logger, logging.WARNING, "ack above the last cursor sent; bounded",
+                    connection_id=conn.connection_id, acked=frame["cursor"], last_sent=conn.last_sent)
+            conn.acknowledged(cursor)
+            await store.acknowledge(conn.tenant_id, conn.agent_id, conn.device_id, cursor)
         elif kind == "typing" and isinstance(frame.get("conversation_id"), str) and frame["conversation_id"]:
             await hub.typing(conn, frame["conversation_id"])
         elif kind in ("idle", "active"):

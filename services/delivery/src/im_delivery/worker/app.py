@@ -15,7 +15,7 @@ from im_runtime.kafka import DeadLetters, make_producer, start_with_retry
 from im_runtime.logs import log
 from im_runtime.mongo import connect, reachable
 
-from ..bus import BatchSubscription, DeliveryBus
+from ..bus import BatchSubscription, DeliveryBus, count_dead_letters
 from ..settings import DeliverySettings
 from ..store import QueueStore
 from .fanout import FanOut
@@ -39,24 +39,27 @@ def create_app(settings: DeliverySettings) -> FastAPI:
         await projections.ensure_indexes()
         producer = make_producer(settings)
         await start_with_retry(producer.start, "kafka producer", settings)
-        fanout = FanOut(projections, store, DeliveryBus(producer, settings), settings.hold_back_s)
-        writer = QueueWriter(store, DeliveryBus(producer, settings))
-        broker = KafkaBroker(settings.kafka_bootstrap, logger=None)
-        common = dict(settings=settings, max_records=settings.max_records,
-                      session_timeout_ms=settings.session_timeout_ms,
-                      heartbeat_interval_ms=settings.heartbeat_interval_ms)
+        bus = DeliveryBus(producer, settings)  # each consuming task confirms its own records
+        fanout = FanOut(projections, store, bus, settings.hold_back_s)
+        writer = QueueWriter(store, bus)
+        # graceful_timeout: on SIGTERM the batch in hand finishes (its records confirmed, its offsets
+        # committed) before the consumers leave their groups.
+        broker = KafkaBroker(settings.kafka_bootstrap, logger=None, graceful_timeout=settings.shutdown_grace_s)
+        consumer_options = dict(session_timeout_ms=settings.session_timeout_ms,
+                                heartbeat_interval_ms=settings.heartbeat_interval_ms)
+
+        def subscription(name: str, group: str, topics_: tuple, handle_batch) -> BatchSubscription:
+            letters = DeadLetters(producer, settings, group, on_dead_letter=count_dead_letters(group, settings.topic_prefix))
+            return BatchSubscription(name=name, topics=topics_, group_id=group, handle=None,  # type: ignore[arg-type]
+                                     handle_batch=handle_batch, dead_letters=letters, settings=settings,
+                                     max_records=settings.max_records, consumer_options=dict(consumer_options))
+
         subscriptions = [
-            BatchSubscription(name="delivery-fanout", topics=FANOUT_TOPICS, group_id=settings.fanout_group,
-                              handle=None, handle_batch=fanout.handle_batch,  # type: ignore[arg-type]
-                              dead_letters=DeadLetters(producer, settings, settings.fanout_group), **common),
-            BatchSubscription(name="delivery-queue", topics=(topics.INBOX,), group_id=settings.queue_group,
-                              handle=None, handle_batch=writer.handle_batch,  # type: ignore[arg-type]
-                              dead_letters=DeadLetters(producer, settings, settings.queue_group), **common),
+            subscription("delivery-fanout", settings.fanout_group, FANOUT_TOPICS, fanout.handle_batch),
+            subscription("delivery-queue", settings.queue_group, (topics.INBOX,), writer.handle_batch),
             # Heartbeats in a group of their own: never held up behind a paused message partition,
             # so a busy fan-out never makes a live gateway look silent.
-            BatchSubscription(name="delivery-gateways", topics=(topics.GATEWAYS,), group_id=settings.gateways_group,
-                              handle=None, handle_batch=fanout.handle_batch,  # type: ignore[arg-type]
-                              dead_letters=DeadLetters(producer, settings, settings.gateways_group), **common),
+            subscription("delivery-gateways", settings.gateways_group, (topics.GATEWAYS,), fanout.handle_batch),
         ]
         for sub in subscriptions:
             sub.register(broker)
@@ -66,15 +69,25 @@ def create_app(settings: DeliverySettings) -> FastAPI:
         async def kafka_ok() -> bool:
             return await broker.ping(timeout=2.0)
 
+        async def groups_joined() -> bool:
+            return all(s.membership.joined for s in subscriptions)
+
         readiness.add("mongodb", lambda: reachable(mongo))
         readiness.add("kafka", kafka_ok)
+        readiness.add("consumer_groups_joined", groups_joined)
         log(logger, logging.INFO, "delivery worker started", groups=[s.group_id for s in subscriptions])
         try:
             yield
         finally:
+            # SIGTERM: not ready; no new sweep; the consumers finish their batch in hand (records
+            # confirmed, offsets committed) and leave their groups; then the producer flushes;
+            # then the clients close.
             readiness.draining = True
             pruning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruning
             await broker.stop()
+            await producer.flush()
             await producer.stop()
             await mongo.close()
             log(logger, logging.INFO, "delivery worker stopped")

@@ -7,6 +7,7 @@ MongoDB until that predecessor is delivered (or `hold_back_s` passes).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -23,16 +24,22 @@ from im_contracts.events import (
     Typing,
     to_rfc3339,
 )
-from im_runtime.kafka import TransientError
+from im_runtime.kafka import TransientError, is_transient
 from im_runtime.logs import log
 
-from ..bus import DeliveryBus, Item
+from ..bus import DeliveryBus, Item, event_scope
 from ..store import QueueStore
 from .projections import Projections, marker_key
 
 logger = logging.getLogger("im_delivery.fanout")
 
 AUTH_REVOKED = {"type": "auth.revoked"}
+
+
+def dedupe_key(kind: str, *parts: object) -> str:
+    """`kind:part:part...` (brief-interfaces #4) with ':' and '%' escaped inside each part, so
+    ids that contain ':' never make two entries' keys meet (and plain ids keep the plain form)."""
+    return ":".join([kind, *(str(p).replace("%", "%25").replace(":", "%3A") for p in parts)])
 
 
 def conversation_frame(conv: dict[str, Any], snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -57,6 +64,22 @@ def for_reader(frame: dict[str, Any], markers: dict[str, int], agent_id: str) ->
     return {**frame, "conversation": {**conversation, "last_read_seq": last_read, "unread_count": unread}}
 
 
+def scope_of(event: Event) -> tuple[str, ...]:
+    """What an event must stay in order with: its thread, else its agent or gateway."""
+    match event:
+        case MessagePosted():
+            return ("conversation", event.tenant_id, event.message.conversation_id)
+        case ConversationStarted() | ParticipantsChanged():
+            return ("conversation", event.tenant_id, event.conversation.id)
+        case ReadMarkerMoved() | Typing():
+            return ("conversation", event.tenant_id, event.conversation_id)
+        case AgentChanged() | AgentPresence():
+            return ("agent", event.tenant_id, event.agent_id)
+        case GatewayHeartbeat():
+            return ("gateway", event.gateway_id)
+    return ("other", event.type)
+
+
 class FanOut:
     def __init__(self, projections: Projections, queue: QueueStore, bus: DeliveryBus, hold_back_s: float) -> None:
         self.projections = projections
@@ -73,9 +96,23 @@ class FanOut:
         # Topics are not ordered among each other: within a poll, take the directory and thread
         # events first so a thread's first messages find its ConversationStarted (stable sort:
         # each partition keeps its own order).
-        for event, _record in sorted(items, key=lambda item: isinstance(item[0], MessagePosted)):
-            await self.on_event(event)
-        await self.bus.flush()
+        ordered = sorted(items, key=lambda item: isinstance(item[0], MessagePosted))
+        # Threads (and agents, gateways) are independent: each one's events run in order, the
+        # threads concurrently, so a poll costs a few MongoDB round trips, not a few per event.
+        scopes: dict[tuple[str, ...], list[Item]] = {}
+        for item in ordered:
+            scopes.setdefault(scope_of(item[0]), []).append(item)
+        async with self.bus.confirmed():  # this consuming task's records, confirmed before its commit
+            outcomes = await asyncio.gather(*(self._in_order(scoped) for scoped in scopes.values()),
+                                            return_exceptions=True)
+            failures = [o for o in outcomes if isinstance(o, BaseException)]
+            if failures:  # every scope has finished: a retry never overlaps a straggler
+                raise next((f for f in failures if not is_transient(f)), failures[0])
+
+    async def _in_order(self, items: list[Item]) -> None:
+        for event, record in items:
+            with event_scope(event, record):
+                await self.on_event(event)
 
     async def on_event(self, event: Event) -> None:
         match event:
@@ -84,7 +121,7 @@ class FanOut:
             case ConversationStarted() | ParticipantsChanged():
                 conv = await self.projections.save_snapshot(event.tenant_id, event.conversation)
                 frame = conversation_frame(conv, event.conversation.model_dump(mode="json"))
-                key = f"conv:{event.conversation.id}:{event.event_id}"
+                key = dedupe_key("conv", event.conversation.id, event.event_id)
                 markers = conv.get("read_markers") or {}
                 for agent in dict.fromkeys(event.recipients):
                     await self.bus.append(event.tenant_id, agent, key, for_reader(frame, markers, agent))
@@ -93,7 +130,7 @@ class FanOut:
                                                          event.agent_id, event.seq)
                 frame = {"type": "read.updated", "conversation_id": event.conversation_id,
                          "agent_id": event.agent_id, "seq": event.seq}
-                key = f"read:{event.conversation_id}:{event.agent_id}:{event.seq}"
+                key = dedupe_key("read", event.conversation_id, event.agent_id, event.seq)
                 for agent in dict.fromkeys(event.recipients):
                     await self.bus.append(event.tenant_id, agent, key, frame)
             case AgentChanged():
@@ -161,9 +198,10 @@ class FanOut:
         markers = dict(conv.get("read_markers") or {})
         sender = marker_key(m.sender_id)
         markers[sender] = max(int(markers.get(sender, 0)), m.seq)
+        created_key = dedupe_key("msg", m.conversation_id, m.seq)
         for agent in dict.fromkeys(event.recipients):
-            await self.bus.append(event.tenant_id, agent, f"msg:{m.conversation_id}:{m.seq}", created)
-            await self.bus.append(event.tenant_id, agent, f"msg:{m.conversation_id}:{m.seq}:conversation",
+            await self.bus.append(event.tenant_id, agent, created_key, created)
+            await self.bus.append(event.tenant_id, agent, f"{created_key}:conversation",
                                   for_reader(updated, markers, agent))
         await self.projections.message_delivered(event)
 
@@ -177,18 +215,19 @@ class FanOut:
             nxt = await self.projections.held_next(tenant_id, conversation_id, conv["last_seq"] + 1)
             if nxt is None:
                 return
-            await self.deliver(nxt, conv)
+            with event_scope(nxt):  # the fan-out latency counts from the message, not its release
+                await self.deliver(nxt, conv)
             await self.projections.release(tenant_id, conversation_id, nxt.message.seq)
 
     async def release_overdue(self) -> int:
         """Held messages whose predecessor never came within hold_back_s: deliver, accept the gap."""
         overdue = await self.projections.held_too_long(self.hold_back_s)
-        for event in overdue:
-            m = event.message
-            log(logger, logging.WARNING, "predecessor never came; delivering with a gap",
-                conversation_id=m.conversation_id, seq=m.seq)
-            await self.projections.accept_gap(event.tenant_id, m.conversation_id, m.seq)
-            await self.release_successors(event.tenant_id, m.conversation_id, sweep=True)
-            await self.projections.release(event.tenant_id, m.conversation_id, m.seq)  # if already passed
-        await self.bus.flush()
+        async with self.bus.confirmed():
+            for event in overdue:
+                m = event.message
+                log(logger, logging.WARNING, "predecessor never came; delivering with a gap",
+                    conversation_id=m.conversation_id, seq=m.seq)
+                await self.projections.accept_gap(event.tenant_id, m.conversation_id, m.seq)
+                await self.release_successors(event.tenant_id, m.conversation_id, sweep=True)
+                await self.projections.release(event.tenant_id, m.conversation_id, m.seq)  # if already passed
         return len(overdue)

@@ -2,12 +2,12 @@
 the agent directory (active or not) and messages held back until their predecessor arrives.
 
 Collections (owned by delivery; tenant_id first in every document and index):
-- `delivery_conversations` {_id "<tenant>:<conversation>", tenant_id, conversation_id, participants,
+- `delivery_conversations` {_id compound_id(tenant, conversation), tenant_id, conversation_id, participants,
   participant_ids, related, created_by, created_at, last_seq, last_message, last_message_at,
   read_markers {<agent id, escaped>: seq}}
-- `delivery_agents`        {_id "<tenant>:<agent>", tenant_id, agent_id, display_name, role, active}
+- `delivery_agents`        {_id compound_id(tenant, agent), tenant_id, agent_id, display_name, role, active}
   (also read by gateways: refuse an inactive agent at connect)
-- `delivery_held`          {_id "<tenant>:<conversation>:<seq>", tenant_id, conversation_id, seq,
+- `delivery_held`          {_id compound_id(tenant, conversation, seq), tenant_id, conversation_id, seq,
   event, held_at} — a message whose predecessor has not been delivered yet.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 
 from im_contracts.events import AgentChanged, MessagePosted
 from im_contracts.models import ConversationSnapshot
+from im_runtime.mongo import compound_id
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -29,8 +30,17 @@ def marker_key(agent_id: str) -> str:
     return agent_id.replace("%", "%25").replace(".", "%2E").replace("$", "%24")
 
 
-def conversation_id_of(tenant_id: str, conversation_id: str) -> str:
-    return f"{tenant_id}:{conversation_id}"
+def conversation_id_of(tenant_id: str, conversation_id: str) -> dict[str, str]:
+    """The filter of one conversation's projection (tenant_id in every query, also beside the _id)."""
+    return {"_id": compound_id(tenant_id, conversation_id), "tenant_id": tenant_id}
+
+
+def held_id_of(tenant_id: str, conversation_id: str, seq: int) -> dict[str, str]:
+    return {"_id": compound_id(tenant_id, conversation_id, str(seq)), "tenant_id": tenant_id}
+
+
+def agent_id_of(tenant_id: str, agent_id: str) -> dict[str, str]:
+    return {"_id": compound_id(tenant_id, agent_id), "tenant_id": tenant_id}
 
 
 class Projections:
@@ -50,13 +60,13 @@ class Projections:
     # --- conversations --------------------------------------------------------------------------
 
     async def conversation(self, tenant_id: str, conversation_id: str) -> dict[str, Any] | None:
-        return await self.conversations.find_one({"_id": conversation_id_of(tenant_id, conversation_id)})
+        return await self.conversations.find_one(conversation_id_of(tenant_id, conversation_id))
 
     async def save_snapshot(self, tenant_id: str, snapshot: ConversationSnapshot) -> dict[str, Any]:
         """Participants and related from a conversation event; last_* only ever from messages."""
         doc = snapshot.model_dump(mode="json")
         await self.conversations.update_one(
-            {"_id": conversation_id_of(tenant_id, snapshot.id)},
+            conversation_id_of(tenant_id, snapshot.id),
             {
                 "$set": {
                     "tenant_id": tenant_id,
@@ -78,7 +88,7 @@ class Projections:
         """A message whose ConversationStarted never came: what the message itself tells."""
         m = event.message
         await self.conversations.update_one(
-            {"_id": conversation_id_of(event.tenant_id, m.conversation_id)},
+            conversation_id_of(event.tenant_id, m.conversation_id),
             {
                 "$setOnInsert": {
                     "tenant_id": event.tenant_id,
@@ -102,7 +112,7 @@ class Projections:
         m = event.message
         message = m.model_dump(mode="json")
         await self.conversations.update_one(
-            {"_id": conversation_id_of(event.tenant_id, m.conversation_id), "last_seq": {"$lt": m.seq}},
+            {**conversation_id_of(event.tenant_id, m.conversation_id), "last_seq": {"$lt": m.seq}},
             # One write: the sender's read marker moves to its own message (API.md).
             {"$set": {"last_seq": m.seq, "last_message": message, "last_message_at": message["created_at"]},
              "$max": {f"read_markers.{marker_key(m.sender_id)}": m.seq}},
@@ -111,14 +121,14 @@ class Projections:
     async def read_marker_moved(self, tenant_id: str, conversation_id: str, agent_id: str, seq: int) -> None:
         """Per-agent read markers (only forward): each recipient's conversation.updated carries its own."""
         await self.conversations.update_one(
-            {"_id": conversation_id_of(tenant_id, conversation_id)},
+            conversation_id_of(tenant_id, conversation_id),
             {"$max": {f"read_markers.{marker_key(agent_id)}": seq}},
         )  # no upsert: ReadMarkerMoved follows its ConversationStarted on the same partition
 
     async def accept_gap(self, tenant_id: str, conversation_id: str, seq: int) -> None:
         """Gives up waiting for the messages before `seq` (they never came within hold_back_s)."""
         await self.conversations.update_one(
-            {"_id": conversation_id_of(tenant_id, conversation_id), "last_seq": {"$lt": seq - 1}},
+            {**conversation_id_of(tenant_id, conversation_id), "last_seq": {"$lt": seq - 1}},
             {"$set": {"last_seq": seq - 1}},
         )
 
@@ -138,7 +148,7 @@ class Projections:
     async def hold(self, event: MessagePosted) -> None:
         m = event.message
         await self.held.update_one(
-            {"_id": f"{event.tenant_id}:{m.conversation_id}:{m.seq}"},
+            held_id_of(event.tenant_id, m.conversation_id, m.seq),
             {"$setOnInsert": {"tenant_id": event.tenant_id, "conversation_id": m.conversation_id,
                               "seq": m.seq, "event": event.model_dump(mode="json"), "held_at": utcnow()}},
             upsert=True,
@@ -149,7 +159,7 @@ class Projections:
         return None if doc is None else MessagePosted.model_validate(doc["event"])
 
     async def release(self, tenant_id: str, conversation_id: str, seq: int) -> None:
-        await self.held.delete_one({"_id": f"{tenant_id}:{conversation_id}:{seq}"})
+        await self.held.delete_one(held_id_of(tenant_id, conversation_id, seq))
 
     async def held_too_long(self, older_than_s: float, limit: int = 100) -> list[MessagePosted]:
         cutoff: datetime = utcnow() - timedelta(seconds=older_than_s)
@@ -160,7 +170,7 @@ class Projections:
 
     async def save_agent(self, event: AgentChanged) -> None:
         await self.agents.update_one(
-            {"_id": f"{event.tenant_id}:{event.agent_id}"},
+            agent_id_of(event.tenant_id, event.agent_id),
             {"$set": {"tenant_id": event.tenant_id, "agent_id": event.agent_id,
                       "display_name": event.display_name, "role": event.role, "active": event.active}},
             upsert=True,
@@ -169,5 +179,5 @@ class Projections:
 
 async def agent_is_active(db: AsyncDatabase, tenant_id: str, agent_id: str) -> bool | None:
     """What the directory projection says of an agent: True/False, or None if it never heard of it."""
-    doc = await db["delivery_agents"].find_one({"_id": f"{tenant_id}:{agent_id}"}, {"active": 1})
+    doc = await db["delivery_agents"].find_one(agent_id_of(tenant_id, agent_id), {"active": 1})
     return None if doc is None else doc.get("active") is not False

@@ -67,7 +67,7 @@ class Pruning:
         through = int(top["cursor"])
         # Mark first: a gateway reading in between answers 4409 rather than skipping silently.
         await self.store.heads.update_one(
-            {"_id": f"{scope['tenant_id']}:{scope['agent_id']}"}, {"$max": {"pruned_through": through}}
+            self.store.head_filter(scope["tenant_id"], scope["agent_id"]), {"$max": {"pruned_through": through}}
         )
         result = await self.store.queue.delete_many({**scope, "cursor": {"$lte": through}})
         PRUNED.labels(why).inc(result.deleted_count)

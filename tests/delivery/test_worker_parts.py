@@ -1,0 +1,137 @@
+"""Delivery's parts in one process against the real Kafka and MongoDB: per-task send confirmation,
+ids that contain ':' in two tenants, the supervised signal reader."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from im_contracts import topics
+from im_contracts.events import AgentChanged, QueueAdvanced
+from im_delivery.bus import DeliveryBus
+from im_delivery.gateway.signals import SignalReader
+from im_delivery.settings import DeliverySettings
+from im_delivery.store import NewEntry, QueueStore
+from im_delivery.worker.fanout import dedupe_key
+from im_delivery.worker.projections import Projections, agent_is_active
+
+from support.wait import eventually
+
+pytestmark = pytest.mark.integration
+
+
+def settings_for(kafka_bootstrap: str, prefix: str, **extra) -> DeliverySettings:
+    return DeliverySettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=prefix, jwt_secret="x" * 32, **extra)
+
+
+async def test_each_consuming_task_waits_only_for_its_own_records_before_it_commits(kafka_bootstrap, kafka_topics):
+    # The fan-out consumer, the heartbeat consumer and the pruning job share one bus. When one
+    # task's flush took every pending future, another task's flush found none and returned (and its
+    # consumer committed) while its own records were still in flight.
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=50)
+    await producer.start()
+    bus = DeliveryBus(producer, settings_for(kafka_bootstrap, kafka_topics))
+    produced: dict[asyncio.Task, list[asyncio.Future]] = {}
+    send = producer.send
+
+    async def recording_send(*args, **kwargs) -> asyncio.Future:
+        future = await send(*args, **kwargs)
+        produced.setdefault(asyncio.current_task(), []).append(future)
+        return future
+
+    producer.send = recording_send  # type: ignore[method-assign]
+    fanout_sent: list[asyncio.Future] = []
+    other_flushing = asyncio.Event()
+    fanout_may_finish = asyncio.Event()
+    try:
+        async def fanout_batch() -> bool:
+            async with bus.confirmed():
+                for i in range(20):
+                    await bus.append("acme", f"agent-{i}", f"msg:c:{i}", {"type": "message.created"})
+                # Every record is queued, none acknowledged yet (linger 50 ms).
+                fanout_sent.extend(produced[asyncio.current_task()])
+                fanout_may_finish.set()
+                await other_flushing.wait()  # the other task is leaving its scope (flushing) now
+            return all(f.done() for f in fanout_sent)  # the moment the consumer would commit
+
+        async def heartbeat_batch() -> None:
+            await fanout_may_finish.wait()
+            async with bus.confirmed():
+                await bus.advanced("acme", "gw-1", "ana", 1)
+                other_flushing.set()  # the other task runs once this one awaits its acknowledgements
+
+        confirmed, _ = await asyncio.gather(fanout_batch(), heartbeat_batch())
+        assert len(fanout_sent) == 20
+        assert confirmed, "a consuming task left its scope before its own records were acknowledged"
+        assert all(f.exception() is None for f in fanout_sent)
+    finally:
+        await producer.stop()
+
+
+async def test_ids_with_colons_in_two_tenants_never_share_a_queue_head_device_or_directory_entry(mongo, mongo_db_name):
+    db = mongo[mongo_db_name]
+    store, projections = QueueStore(db), Projections(db)
+    await store.ensure_indexes()
+    await projections.ensure_indexes()
+    # With "<tenant>:<agent>" ids, tenant "a:b" + agent "c" and tenant "a" + agent "b:c" met.
+    one, two = ("a:b", "c"), ("a", "b:c")
+    assert await store.append(*one, [NewEntry("k1", {"n": 1}), NewEntry("k2", {"n": 2})]) == 2
+    assert await store.append(*two, [NewEntry("k1", {"n": 3})]) == 1
+    assert (await store.head(*one))["cursor"] == 2 and (await store.head(*two))["cursor"] == 1
+    assert [e.frame["n"] for e in await store.entries_after(*two, 0, 10)] == [3]
+
+    await store.acknowledge("a:b", "c", "d", 2)
+    await store.acknowledge("a", "b:c", "d", 1)
+    await store.acknowledge("a", "b", "c:d", 0)  # device ids may hold ':' too
+    assert await store.device_cursor("a:b", "c", "d") == 2
+    assert await store.device_cursor("a", "b:c", "d") == 1
+    assert await store.device_cursor("a", "b", "c:d") == 0
+
+    await projections.save_agent(AgentChanged(tenant_id="a:b", agent_id="c", display_name="C", active=False))
+    await projections.save_agent(AgentChanged(tenant_id="a", agent_id="b:c", display_name="BC", active=True))
+    assert await agent_is_active(db, "a:b", "c") is False
+    assert await agent_is_active(db, "a", "b:c") is True
+    assert await db["delivery_agents"].count_documents({}) == 2
+    # im-api reads the public head by its fields (brief-interfaces #1).
+    assert (await db["delivery_heads"].find_one({"tenant_id": "a", "agent_id": "b:c"}))["cursor"] == 1
+    # Dedupe keys inside one queue: conversation "x:y" + agent "z" vs conversation "x" + agent "y:z".
+    assert dedupe_key("read", "x:y", "z", 1) != dedupe_key("read", "x", "y:z", 1)
+    assert dedupe_key("msg", "c-1", 7) == "msg:c-1:7"  # plain ids keep brief-interfaces #4's form
+
+
+async def test_a_crashed_signal_reader_is_restarted_and_reports_not_ready_while_down(kafka_bootstrap, kafka_topics):
+    # A restart waits 1 s here, so "not ready while down" can be observed.
+    settings = settings_for(kafka_bootstrap, kafka_topics, gateway_id="gw-sup", retry_initial_s=1.0, retry_max_s=1.0)
+    got: list[int] = []
+    restarts: list[bool] = []
+
+    def on_signal(event) -> None:
+        if event.cursor == 1:
+            raise RuntimeError("a bug in signal handling")  # crashes the reader once
+        got.append(event.cursor)
+
+    reader = SignalReader(settings, on_signal)
+    await reader.start()
+    task = asyncio.create_task(reader.run_forever(lambda: restarts.append(True)))
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    name = topics.DELIVERY_SIGNALS.name(kafka_topics)
+
+    async def signal(cursor: int) -> None:
+        event = QueueAdvanced(tenant_id="acme", gateway_id="gw-sup", agent_id="ana", cursor=cursor)
+        await producer.send_and_wait(name, event.to_bytes(), key=topics.gateway_key("gw-sup"))
+
+    try:
+        assert reader.ready
+        await signal(1)
+        await eventually(lambda: not reader.ready, timeout=10, message="the crash never showed in readiness")
+        await eventually(lambda: reader.ready and restarts, timeout=15, message="the reader never came back")
+        assert not task.done()
+        await signal(2)
+        await eventually(lambda: got == [2], timeout=10, message="signals after the restart never arrived")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await reader.stop()
+        await producer.stop()
