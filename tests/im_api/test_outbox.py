@@ -19,10 +19,15 @@ pytestmark = pytest.mark.integration
 T = "acme"
 
 
-async def test_messages_sent_while_kafka_is_down_all_arrive_once_in_seq_order(private_kafka, api_settings):
+async def on_private_kafka(private_kafka, api_settings):
+    """The test's settings pointed at a broker of its own (which it may stop), topics created."""
     await create_topics(private_kafka.bootstrap, api_settings.topic_prefix, partitions=3)
-    settings = api_settings.model_copy(update={"kafka_bootstrap": private_kafka.bootstrap,
-                                               "kafka_idempotence": private_kafka.idempotence})
+    return api_settings.model_copy(update={"kafka_bootstrap": private_kafka.bootstrap,
+                                           "kafka_idempotence": private_kafka.idempotence})
+
+
+async def test_messages_sent_while_kafka_is_down_all_arrive_once_in_seq_order(private_kafka, api_settings):
+    settings = await on_private_kafka(private_kafka, api_settings)
     async with running(settings) as api:
         await api.add_agents(T, "alice", "bob")
         c = await api.start(T, "alice", "bob")
@@ -90,9 +95,7 @@ async def test_two_relays_never_publish_one_shard_at_once_and_a_takeover_continu
 async def test_a_relay_keeps_its_leases_while_a_publish_burst_hangs_on_a_dead_broker(private_kafka, api_settings):
     # fast_settings: lease TTL 1.5 s, renewed every 0.3 s, but one burst may hang for 4 s: the
     # leases must be renewed beside the burst, or a second relay could take the shards mid-send.
-    await create_topics(private_kafka.bootstrap, api_settings.topic_prefix, partitions=3)
-    settings = api_settings.model_copy(update={"kafka_bootstrap": private_kafka.bootstrap,
-                                               "kafka_idempotence": private_kafka.idempotence})
+    settings = await on_private_kafka(private_kafka, api_settings)
     async with running(settings) as api:
         await api.add_agents(T, "alice", "bob")
         c = await api.start(T, "alice", "bob")
