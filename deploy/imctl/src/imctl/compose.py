@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -164,6 +165,19 @@ class ComposeStack:
         """Stops the stack; its data volumes stay (make compose-down)."""
         self.run("down", check=False, timeout=300)
 
+    def save_logs(self, folder: Path) -> None:
+        """Every container's output, kept after the containers are gone (to read a failure)."""
+        out = self.container_tool("ps", "-a", "--filter", f"label=com.docker.compose.project={self.project}",
+                                  "--format", "{{.Names}}", check=False)
+        names = [n for n in out.stdout.split() if n]
+        if not names:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            logs = self.container_tool("logs", name, check=False, timeout=60)
+            (folder / f"{name}.log").write_text(logs.stdout + logs.stderr)
+        self.say(f"container logs kept in {folder}")
+
     def remove_everything(self) -> list[str]:
         """Containers, pods, networks and volumes of this project, gone; returns what had to be
         removed by label after `down -v` (nothing, normally)."""
@@ -206,6 +220,7 @@ class ComposeStack:
             self.up(services)
             yield self
         finally:
+            self.save_logs(Path(tempfile.gettempdir()) / f"{self.project}-logs")
             self.remove_everything()
         if left := self.leftovers():
             raise ComposeError(f"still there after removing project {self.project}: {left}")
