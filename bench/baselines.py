@@ -79,9 +79,42 @@ async def mongo_writes(uri: str, n: int = 500) -> dict:
             "single_transaction_ceiling_per_s": round(ceiling, 1)}
 
 
-async def measure(bootstrap: str, mongo_uri: str, idempotence: bool = True, n: int = 500) -> dict:
+async def mongo_reads(uri: str, n: int = 10_000, batch: int = 200) -> dict:
+    """Replay's floor: one agent's queue read in cursor order, `batch` entries per find (as the
+    gateway reads it), entries shaped like a queued message.created frame."""
+    client: AsyncMongoClient = AsyncMongoClient(uri, tz_aware=True)
+    db = client[f"bench_{uuid.uuid4().hex[:8]}"]
+    try:
+        queue = db.queue
+        await queue.create_index([("tenant_id", 1), ("agent_id", 1), ("cursor", 1)], unique=True)
+        frame = {"type": "message.created", "message": {
+            "id": uuid.uuid4().hex, "conversation_id": uuid.uuid4().hex, "seq": 1, "sender_id": "s0",
+            "body": "bench message 1", "kind": "text", "client_msg_id": "m-1",
+            "created_at": "2026-01-01T00:00:00.000Z"}}
+        for start in range(0, n, 1000):
+            await queue.insert_many([{"tenant_id": "t", "agent_id": "a", "cursor": c, "dedupe_key": f"k{c}",
+                                      "frame": frame} for c in range(start + 1, min(n, start + 1000) + 1)])
+        t0 = time.perf_counter()
+        last, read = 0, 0
+        while True:
+            docs = await queue.find({"tenant_id": "t", "agent_id": "a", "cursor": {"$gt": last}},
+                                    {"cursor": 1, "frame": 1, "_id": 0}).sort("cursor", 1).limit(batch).to_list()
+            if not docs:
+                break
+            read += len(docs)
+            last = docs[-1]["cursor"]
+        elapsed = time.perf_counter() - t0
+    finally:
+        await client.drop_database(db.name)
+        await client.close()
+    return {"docs": read, "batch": batch, "docs_per_s": round(read / elapsed, 1)}
+
+
+async def measure(bootstrap: str, mongo_uri: str, idempotence: bool = True, n: int = 500,
+                  reads: int = 10_000) -> dict:
     kafka = await kafka_round_trip(bootstrap, n, idempotence)
     mongo = await mongo_writes(mongo_uri, n)
+    mongo["queue_read"] = await mongo_reads(mongo_uri, reads)
     floor_p50 = mongo["transaction"]["p50_ms"] + kafka["produce_consume"]["p50_ms"] + mongo["insert"]["p50_ms"]
     floor_p99 = mongo["transaction"]["p99_ms"] + kafka["produce_consume"]["p99_ms"] + mongo["insert"]["p99_ms"]
     return {

@@ -239,7 +239,7 @@ class ApacheKafka(ChildServer):
         if not (self.data_dir / "log" / "meta.properties").exists():
             cluster_id = self._cluster_id()
             fmt = subprocess.run(
-                java + ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
+                java + ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props),
                         "--ignore-formatted"],
                 capture_output=True,
                 text=True,

@@ -1,0 +1,182 @@
+"""`make bench` / `python -m bench.run [--quick] [--out FILE]`: start Kafka + SecantusDB (ours, on
+free loopback ports, unless --kafka/--mongo name servers) and the four services, run every
+scenario, print a table against the same-run baselines and targets, and write the JSON.
+
+Scenarios: baselines, throughput (closed loop, many tenants, several load processes), catch_up
+(an offline agent's queue on connect), fan_in (idle heartbeating sockets on one gateway process,
+then a probe), latency (200 msg/s open loop), latency_search (highest rate with p99 < 250 ms)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import asyncio
+import json
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import baselines
+from .report import table, targets
+from .scenarios import FULL, QUICK, Bench, cpu_seconds
+from .stack import BenchStack, given_endpoints, start_endpoints
+
+# The open-loop latency scenarios run last: a step past capacity leaves im-api a backlog of
+# requests (their clients gave up) that would otherwise slow every scenario after it.
+SCENARIOS = ("baselines", "throughput", "catch_up", "fan_in", "latency", "latency_search")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal:"))
+    return {"cores": os.cpu_count(), "memory_gib": round(mem_kib / 1024 / 1024, 1),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "load_average": os.getloadavg()}
+
+
+class CpuMeter:
+    """CPU seconds each process of the system under test spent during one scenario."""
+
+    def __init__(self, stack: BenchStack, endpoints) -> None:
+        self.pids = {name: proc.pid for name, proc, _ in stack.services}
+        self.pids.update({server.name: server.pid for server in endpoints.owned})
+        self.start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def since(self) -> dict[str, float]:
+        return {name: round(cpu_seconds(pid) - self.start[name], 2) for name, pid in self.pids.items()
+                if cpu_seconds(pid) >= 0}
+
+
+async def db_ops_since(bench: Bench, start: dict | None) -> dict:
+    """MongoDB opcounters (serverStatus) since `start`: every client of the server, ours included."""
+    try:
+        now = (await bench.mongo.admin.command("serverStatus"))["opcounters"]
+    except Exception:  # noqa: BLE001 - a server without opcounters: not reported
+        return {}
+    if start is None:
+        return dict(now)
+    return {k: now[k] - start.get(k, 0) for k in now}
+
+
+async def run(args: argparse.Namespace) -> dict:
+    say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - the table goes to stdout
+    scale = QUICK if args.quick else FULL
+    if args.sockets:
+        scale = dataclasses.replace(scale, fanin_sockets=args.sockets)
+    if args.catchup:
+        scale = dataclasses.replace(scale, catchup_messages=args.catchup)
+    only = [s for s in (args.only.split(",") if args.only else SCENARIOS)]
+    unknown = set(only) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"unknown scenarios {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="im-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    say(f"[bench] {'quick' if args.quick else 'full'} run; logs and load jobs in {workdir}")
+    started = time.monotonic()
+    out: dict = {"run": {"date": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick,
+                         "command": " ".join(["python -m bench.run", *sys.argv[1:]]), "machine": machine(),
+                         "workdir": str(workdir)},
+                 "scenarios": {}}
+    bootstrap, mongo_uri = given_endpoints(args.kafka, args.mongo)
+    endpoints = await asyncio.to_thread(start_endpoints, workdir, bootstrap, mongo_uri, say)
+    stack = None
+    try:
+        out["run"]["kafka"] = endpoints.kafka_kind
+        stack = BenchStack(workdir, endpoints, args.log_level, say)
+        say(f"[bench] starting the services (topic prefix {stack.prefix}, database {stack.db_name})")
+        await stack.start()
+        bench = Bench(stack, workdir, scale, say, rate=args.rate)
+        try:
+            for name in only:
+                say(f"[bench] {name} ...")
+                t0 = time.monotonic()
+                cpu = CpuMeter(stack, endpoints)
+                ops = await db_ops_since(bench, None)
+                profiler = None
+                if args.profile and name == args.profile_scenario:
+                    from .profile import Profiler
+
+                    pids = {n: stack.pid(n) for n in ("im-api", "delivery-worker", "delivery-gateway", "presence")}
+                    if args.profile_db:
+                        # SecantusDB is a Python process too (thread per client): sampling its
+                        # threads costs ~half a core, so only on request.
+                        pids.update({s.name: s.pid for s in endpoints.owned if s.kind == "secantus"})
+                    profiler = Profiler(Path(args.profile), pids)
+                    profiler.start()
+                try:
+                    if name == "baselines":
+                        result = await baselines.measure(endpoints.bootstrap, endpoints.mongo_uri,
+                                                         endpoints.idempotence, scale.baseline_n,
+                                                         reads=scale.catchup_messages)
+                    else:
+                        result = await getattr(bench, name)()
+                except Exception as exc:  # noqa: BLE001 - one scenario's failure is reported, the rest run
+                    traceback.print_exc()
+                    result = {"error": f"{type(exc).__name__}: {exc}"}
+                finally:
+                    if profiler is not None:
+                        out["profile"] = profiler.stop()
+                result["elapsed_s"] = round(time.monotonic() - t0, 1)
+                out["scenarios"][name] = result
+                # Written after every scenario: an interrupted run keeps what it measured.
+                args.out_path.parent.mkdir(parents=True, exist_ok=True)
+                args.out_path.write_text(json.dumps(out, indent=2, default=str))
+                result["cpu_s"] = cpu.since()
+                result["db_ops"] = await db_ops_since(bench, ops)
+                delivered = result.get("delivered")
+                if name == "throughput" and delivered:
+                    # What one delivered message costs each process: what bounds the rate on 2 cores.
+                    result["per_message"] = {
+                        "cpu_ms": {k: round(1000 * v / delivered, 2) for k, v in result["cpu_s"].items()},
+                        "cpu_ms_total": round(1000 * sum(result["cpu_s"].values()) / delivered, 2),
+                        "db_ops": round(sum(result["db_ops"].values()) / delivered, 1) if result["db_ops"] else None}
+                out["scenarios"][name] = result
+        finally:
+            await bench.close()
+    finally:
+        if stack is not None:
+            await asyncio.to_thread(stack.stop)
+        await asyncio.to_thread(endpoints.stop)
+    out["run"]["elapsed_s"] = round(time.monotonic() - started, 1)
+    out["run"]["load_average_end"] = os.getloadavg()
+    out["targets"] = targets(out["scenarios"], args.quick)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="every scenario at small scale (< 2 minutes)")
+    parser.add_argument("--out", help="JSON file (default bench/results/<date>[-quick].json)")
+    parser.add_argument("--kafka", help="use this Kafka bootstrap instead of starting one (IM_BENCH_KAFKA_BOOTSTRAP)")
+    parser.add_argument("--mongo", help="use this MongoDB URI instead of starting SecantusDB (IM_BENCH_MONGO_URI)")
+    parser.add_argument("--only", help=f"comma-separated subset of: {','.join(SCENARIOS)}")
+    parser.add_argument("--rate", type=float, help="offered msg/s of the latency scenario (200; quick 50)")
+    parser.add_argument("--sockets", type=int, help="idle sockets of the fan-in scenario (1..15000)")
+    parser.add_argument("--catchup", type=int, help="messages queued for the catch-up scenario (10,000)")
+    parser.add_argument("--log-level", default="WARNING", help="the services' IM_LOG_LEVEL (default WARNING)")
+    parser.add_argument("--workdir", help="where logs and load jobs go (default a new temp dir)")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy the services during --profile-scenario")
+    parser.add_argument("--profile-scenario", default="throughput", choices=SCENARIOS[1:])
+    parser.add_argument("--profile-db", action="store_true", help="also py-spy our SecantusDB (costly)")
+    args = parser.parse_args()
+    # SIGTERM (timeout, kill): stop like Ctrl-C, so every process we started is stopped by its pid.
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    path = Path(args.out) if args.out else RESULTS_DIR / (
+        datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "") + ".json")
+    args.out_path = path
+    result = asyncio.run(run(args))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
+    print(table(result["scenarios"], result["targets"]))
+    print(f"\n{'quick' if args.quick else 'full'} run in {result['run']['elapsed_s']} s; JSON: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""`make bench ARGS=--quick` against the session's servers: every scenario runs end to end through
+the real services and reports numbers (the benchmark cannot rot between full runs)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = ("baselines", "latency", "latency_search", "throughput", "catch_up", "fan_in")
+
+
+def number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.mark.timeout(170)
+def test_quick_benchmark_reports_every_scenario_with_numeric_figures(endpoints, kafka_bootstrap, mongo_uri,
+                                                                     tmp_path):
+    out = tmp_path / "quick.json"
+    env = {**os.environ, "IM_KAFKA_IDEMPOTENCE": "true" if endpoints.kafka_idempotence else "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.run", "--quick", "--kafka", kafka_bootstrap, "--mongo", mongo_uri,
+         "--out", str(out), "--workdir", str(tmp_path / "work")],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # the run stops every process it started, by pid
+        output, _ = proc.communicate(timeout=60)
+        pytest.fail(f"bench --quick did not finish in 150 s:\n{output[-4000:]}")
+    assert proc.returncode == 0, output[-4000:]
+
+    result = json.loads(out.read_text())
+    scenarios = result["scenarios"]
+    assert set(SCENARIOS) <= set(scenarios), output[-2000:]
+    for name in SCENARIOS:
+        assert "error" not in scenarios[name], f"{name}: {scenarios[name].get('error')}"
+
+    base = scenarios["baselines"]
+    assert all(number(x) and x > 0 for x in (base["floor"]["p50_ms"], base["floor"]["p99_ms"],
+                                             base["mongo"]["single_transaction_ceiling_per_s"],
+                                             base["mongo"]["queue_read"]["docs_per_s"]))
+    latency = scenarios["latency"]
+    assert latency["accepted"] == latency["sent"] > 0 and latency["missing"] == 0
+    assert number(latency["latency"]["p50_ms"]) and latency["latency"]["p99_ms"] >= latency["latency"]["p50_ms"] > 0
+    assert scenarios["latency_search"]["steps"] and number(scenarios["latency_search"]["max_rate_p99_under_250ms"])
+    throughput = scenarios["throughput"]
+    assert throughput["delivered"] == throughput["accepted"] > 0 and throughput["sustained_delivered_per_s"] > 0
+    catch_up = scenarios["catch_up"]
+    assert catch_up["received"] == catch_up["expected"] > 0 and catch_up["msgs_per_s"] > 0
+    fan_in = scenarios["fan_in"]
+    assert fan_in["sockets"] == fan_in["asked"] > 0 and number(fan_in["kib_per_socket"])
+    assert fan_in["probe"]["delivered"] == fan_in["probe"]["accepted"] > 0
+    # Every target row carries the product figure as a number and a verdict or "reported".
+    assert len(result["targets"]) >= 8
+    assert all(number(row["value"]) for row in result["targets"])
