@@ -128,7 +128,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 await committer.drain()
             for task in tasks[1:]:
                 task.cancel()
-            await asyncio.gather(*tasks[1:], return_exceptions=True)
+            # Bounded: a client library that swallows a cancellation must not hang the shutdown.
+            _, stuck = await asyncio.wait(tasks[1:], timeout=settings.shutdown_grace_s)
+            for task in stuck:
+                log(logger, logging.WARNING, "task did not stop in time", task=task.get_name())
             await relay.stop()
             with contextlib.suppress(Exception):
                 await dead_letter_producer.stop()
