@@ -61,6 +61,37 @@ async def test_offline_agent_receives_all_1000_messages_in_order_then_live_ones_
     await other.close()
 
 
+async def test_cursor_gaps_wider_than_a_replay_batch_are_read_through_in_replay_and_live(
+    stack, outbox, tokens, mongo, mongo_db_name
+):
+    """Reads are bounded cursor ranges (issue 8): a range holding only a gap (cursors allocated by
+    an append that was then refused) must neither stop the replay nor strand later entries. The
+    safety poll is off here, so only the replay and the signals can find them."""
+    await stack.start_worker()
+    gw = await stack.start_gateway(IM_DELIVERY_REPLAY_BATCH="10", IM_DELIVERY_SAFETY_POLL_S="600")
+    heads = mongo[mongo_db_name]["delivery_heads"]
+    ana_head = {"tenant_id": TENANT, "agent_id": "ana"}
+    cid = await outbox.start_conversation(["ana", "ben"])
+    await outbox.post(cid, "ben", 3)
+    await eventually(lambda: _at_least(mongo, mongo_db_name, "ana", 7))  # start + 3 × 2 entries
+    await heads.update_one(ana_head, {"$inc": {"cursor": 35}})  # 35 cursors never used: 3½ batches
+    await outbox.post(cid, "ben", 3)
+    await eventually(lambda: _at_least(mongo, mongo_db_name, "ana", 48))
+
+    ana = await StreamClient.connect(gw.url, tokens.ticket("ana", "laptop"), name="ana")
+    await eventually(lambda: len(ana.messages()) == 6, timeout=15)
+    assert_exactly_once_in_order(ana, {cid: 6})
+    assert max(f["cursor"] for f in ana.queued) == 48
+
+    # Live: a gap opens while she is connected; the next signals' ranges cover it.
+    await heads.update_one(ana_head, {"$inc": {"cursor": 35}})
+    await outbox.post(cid, "ben", 2)
+    await eventually(lambda: len(ana.messages()) == 8, timeout=15)
+    assert_exactly_once_in_order(ana, {cid: 8})
+    assert max(f["cursor"] for f in ana.queued) == 48 + 35 + 4
+    await ana.close()
+
+
 def _record(outbox, cid: str, sender: str):
     from im_contracts import topics
     from im_contracts.codec import event_headers

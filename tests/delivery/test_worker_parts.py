@@ -4,17 +4,21 @@ ids that contain ':' in two tenants, the supervised signal reader."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
+from pymongo import AsyncMongoClient, monitoring
 from aiokafka import AIOKafkaProducer
 from im_contracts import topics
-from im_contracts.events import AgentChanged, QueueAdvanced
+from im_contracts.events import AgentChanged, QueueAdvanced, QueueAppend
 from im_delivery.bus import DeliveryBus
+from im_delivery.gateway.connection import StreamConnection
 from im_delivery.gateway.signals import SignalReader
 from im_delivery.settings import DeliverySettings
 from im_delivery.store import NewEntry, QueueStore
 from im_delivery.worker.fanout import dedupe_key
 from im_delivery.worker.projections import Projections, agent_is_active
+from im_delivery.worker.queue_writer import QueueWriter
 
 from support.wait import eventually
 
@@ -135,3 +139,111 @@ async def test_a_crashed_signal_reader_is_restarted_and_reports_not_ready_while_
         await asyncio.gather(task, return_exceptions=True)
         await reader.stop()
         await producer.stop()
+
+
+class _RecordingBus:
+    """Stands in for DeliveryBus's Kafka side only: records the signals the writer sends."""
+
+    def __init__(self) -> None:
+        self.signals: list[tuple[str, str, str, int]] = []
+
+    def confirmed(self) -> _NullAsync:
+        return _NullAsync()
+
+    async def advanced(self, tenant_id: str, gateway_id: str, agent_id: str, cursor: int) -> None:
+        self.signals.append((tenant_id, gateway_id, agent_id, cursor))
+
+
+class _NullAsync:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc) -> None:
+        return None
+
+
+class _Commands(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event) -> None:
+        if event.command_name in ("find", "insert", "update", "findAndModify", "delete"):
+            self.names.append(event.command_name)
+
+    def succeeded(self, event) -> None:
+        return None
+
+    def failed(self, event) -> None:
+        return None
+
+
+async def test_the_queue_writer_appends_a_batch_in_two_commands_per_agent_and_a_reconsumed_one_changes_nothing(
+    mongo_uri, mongo_db_name
+):
+    """Issue 8: a first append is one head `$inc` + one insert per agent, and the routing lookup is
+    one read per tenant for the whole batch; the dedupe keys are read only after a collision."""
+    commands = _Commands()
+    client = AsyncMongoClient(mongo_uri, event_listeners=[commands], tz_aware=True)
+    try:
+        store = QueueStore(client[mongo_db_name])
+        await store.ensure_indexes()
+        await store.register("conn-1", "acme", "ana", "laptop", "gw-1", "e1")
+        await store.register("conn-2", "acme", "ben", "desk", "gw-2", "e1")
+        bus = _RecordingBus()
+        writer = QueueWriter(store, bus)
+
+        def batch(agent_keys: dict[tuple[str, str], list[str]]) -> list:
+            return [(QueueAppend(tenant_id=t, agent_id=a, dedupe_key=k, frame={"type": "x", "k": k}), None)
+                    for (t, a), keys in agent_keys.items() for k in keys]
+
+        commands.names.clear()
+        await writer.handle_batch(batch({("acme", "ana"): ["m1", "m2"], ("acme", "ben"): ["m1"],
+                                         ("globex", "ana"): ["m1", "m2", "m3"]}))
+        # 3 agents × ($inc + insert) + one routing read per tenant (2 tenants).
+        assert sorted(commands.names) == sorted(["findAndModify", "insert"] * 3 + ["find"] * 2), commands.names
+        assert sorted(bus.signals) == [("acme", "gw-1", "ana", 2), ("acme", "gw-2", "ben", 1)]
+
+        # The same records again (a re-consumed batch) plus one new one: nothing twice, in order.
+        bus.signals.clear()
+        await writer.handle_batch(batch({("acme", "ana"): ["m1", "m2", "m4"]}))
+        entries = await store.entries_after("acme", "ana", 0, 100)
+        assert [e.frame["k"] for e in entries] == ["m1", "m2", "m4"]
+        assert [e.cursor for e in entries][:2] == [1, 2] and entries[2].cursor > 2  # refused cursors: a gap
+        assert bus.signals == [("acme", "gw-1", "ana", entries[2].cursor)]
+        # Only duplicates: nothing appended, and the head is signalled again (a crash may have come
+        # between an append and its signal).
+        bus.signals.clear()
+        await writer.handle_batch(batch({("acme", "ana"): ["m1", "m4"]}))
+        assert [e.frame["k"] for e in await store.entries_after("acme", "ana", 0, 100)] == ["m1", "m2", "m4"]
+        assert bus.signals == [("acme", "gw-1", "ana", (await store.head("acme", "ana"))["cursor"])]
+    finally:
+        await client.drop_database(mongo_db_name)
+        await client.close()
+
+
+class _RecordingSocket:
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    async def send_text(self, text: str) -> None:
+        frame = json.loads(text)
+        self.sent.extend(frame["frames"] if frame["type"] == "batch" else [frame])
+
+
+async def test_a_signal_during_connection_setup_starts_no_pump_before_the_resume_cursor_is_known(
+    mongo, mongo_db_name, kafka_bootstrap
+):
+    """The connection is routed before its resume cursor is read: a signal in between used to start
+    a pump from cursor 0, whose sends the resume cursor then overwrote — and they went out twice."""
+    store = QueueStore(mongo[mongo_db_name])
+    await store.ensure_indexes()
+    await store.append("acme", "ana", [NewEntry(f"k{i}", {"type": "x", "n": i}) for i in (1, 2, 3)])
+    socket = _RecordingSocket()
+    conn = StreamConnection("conn-1", "acme", "ana", "laptop", socket, store,  # type: ignore[arg-type]
+                            settings_for(kafka_bootstrap, "unused"))
+    conn.signal(3)  # routed, not started: nothing may be read yet
+    assert conn._pump is None and socket.sent == []
+    conn.last_sent = 2  # the resume cursor (the device acknowledged 2)
+    conn.start()
+    await eventually(lambda: conn._pump is None and socket.sent, timeout=10)
+    assert [f["cursor"] for f in socket.sent] == [3]

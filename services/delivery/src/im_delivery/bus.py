@@ -50,8 +50,8 @@ def record_trace(record: ConsumerRecord | None, event: Event) -> str:
     return value or event.event_id
 
 
-def record_origin(record: ConsumerRecord) -> float | None:
-    value = header(record.headers, ORIGIN_HEADER) if record.headers else None
+def record_origin(record: ConsumerRecord | None) -> float | None:
+    value = header(record.headers, ORIGIN_HEADER) if record is not None and record.headers else None
     try:
         return None if value is None else float(value)
     except ValueError:

@@ -166,9 +166,15 @@ class QueueStore:
 
     # --- readers (gateways) ---------------------------------------------------------------------
 
-    async def entries_after(self, tenant_id: str, agent_id: str, cursor: int, limit: int) -> list[Entry]:
+    async def entries_after(self, tenant_id: str, agent_id: str, cursor: int, limit: int,
+                            through: int | None = None) -> list[Entry]:
+        """Entries after `cursor` in order, at most `limit`; only up to `through` when given (a
+        bounded range: what an open one costs grows with the rest of the queue on some servers)."""
+        bounds: dict[str, int] = {"$gt": cursor}
+        if through is not None:
+            bounds["$lte"] = through
         found = self.queue.find(
-            {"tenant_id": tenant_id, "agent_id": agent_id, "cursor": {"$gt": cursor}},
+            {"tenant_id": tenant_id, "agent_id": agent_id, "cursor": bounds},
             {"cursor": 1, "frame": 1, "trace_id": 1, "_id": 0},
         ).sort("cursor", ASCENDING).limit(limit)
         return [Entry(int(doc["cursor"]), doc["frame"], doc.get("trace_id")) async for doc in found]

@@ -56,16 +56,27 @@ class StreamConnection:
     store: QueueStore
     settings: DeliverySettings
     last_sent: int = 0
+    # The highest cursor a QueueAdvanced signal announced: the queue writer signals after its
+    # insert, so every entry up to it is written (cursors without one are gaps) and a read up to it
+    # is complete. Reads are bounded ranges of cursors, never "everything after": on a long queue an
+    # open range costs the database the whole rest of the queue per read (issue 8: replay).
+    durable: int = 0
     live: deque | None = None
     unacked: deque | None = None  # cursors sent here and not yet acknowledged
     closing: int | None = None
+    # Set by start(), once the resume cursor is known: a signal that arrives while the connection
+    # is being set up (it is routed from before its replay is read) must not start a pump from
+    # cursor 0 — that pump's sends were then overwritten by the resume cursor and sent again.
+    started: bool = False
     poll_due: bool = True  # set by the hub's safety poll: re-read even without a signal
     reader: asyncio.Task | None = None  # the handler task reading the client; cancelled on close
     _pump: asyncio.Task | None = None
     _again: bool = False  # woken while the pump ran: it makes one more pass
     _room: asyncio.Event | None = None  # exists only while the pump waits for acks
 
-    def signal(self) -> None:
+    def signal(self, cursor: int = 0) -> None:
+        if cursor > self.durable:
+            self.durable = cursor
         self._wake()
 
     def safety_poll(self) -> None:
@@ -81,11 +92,12 @@ class StreamConnection:
 
     def start(self) -> None:
         """First pass: the replay after the resume cursor."""
+        self.started = True
         self._wake()
 
     def _wake(self) -> None:
-        if self.closing is not None:
-            return
+        if self.closing is not None or not self.started:
+            return  # not started: start() reads everything after the resume cursor anyway
         if self._pump is not None:
             self._again = True
             return
@@ -154,7 +166,7 @@ class StreamConnection:
                     self.poll_due = False
                     await self.ensure_retained()
                 limit = min(self.settings.replay_batch, await self.window())
-                entries = await self.store.entries_after(self.tenant_id, self.agent_id, self.last_sent, limit)
+                entries, through = await self.read(limit)
                 if entries and entries[0].cursor != self.last_sent + 1:
                     # Not the next cursor: a gap (allowed) or entries pruned under us while this
                     # connection was replaying; the head says which (pruning marks it first).
@@ -170,8 +182,10 @@ class StreamConnection:
                     await self.send(wire[0] if len(wire) == 1 else {"type": "batch", "frames": wire})
                     FRAMES_SENT.labels(self.settings.gateway_id).inc(len(entries))
                     self.log_sent(entries)
-                    if len(entries) == limit:
-                        continue  # more to replay: no waiting
+                if through > self.last_sent:
+                    self.last_sent = through  # read through a gap: nothing is missing below `through`
+                if len(entries) == limit or self.durable > self.last_sent:
+                    continue  # more to replay: no waiting
                 while self.live and self.closing is None:
                     await self.send(self.live.popleft())
                 if not self._again:
@@ -189,6 +203,23 @@ class StreamConnection:
                 self.live = None  # an idle socket keeps no buffer
             if self.unacked is not None and not self.unacked:
                 self.unacked = None
+
+    async def read(self, limit: int) -> tuple[list, int]:
+        """The next entries after `last_sent` (at most `limit`), and the cursor the read is known
+        complete through (0: only as far as its last entry).
+
+        Up to a signalled cursor the range (last_sent, min(durable, last_sent + limit)] is read: one
+        bounded index range. Without one (the replay at connect, the safety poll) the next `limit`
+        cursors are read; if fewer come back — the tail of the queue, or a gap — one open read
+        finds what lies beyond (few entries at a tail; a gap costs one longer read)."""
+        start = self.last_sent
+        if self.durable > start:
+            through = min(self.durable, start + limit)
+            return await self.store.entries_after(self.tenant_id, self.agent_id, start, limit, through=through), through
+        entries = await self.store.entries_after(self.tenant_id, self.agent_id, start, limit, through=start + limit)
+        if len(entries) < limit:
+            entries = await self.store.entries_after(self.tenant_id, self.agent_id, start, limit)
+        return entries, 0
 
     def log_sent(self, entries: list) -> None:
         """One line per send, carrying the trace ids of the requests behind the frames (ids only)."""

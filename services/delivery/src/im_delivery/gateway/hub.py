@@ -66,7 +66,7 @@ class Hub:
         for conn in list(self.by_agent.get((event.tenant_id, getattr(event, "agent_id", "")), ())):
             if isinstance(event, QueueAdvanced):
                 if event.cursor > conn.last_sent:
-                    conn.signal()
+                    conn.signal(event.cursor)
             elif isinstance(event, LiveFrame):
                 if event.frame.get("type") == "auth.revoked":
                     conn.close_soon(CLOSE_AUTH, "agent deactivated")

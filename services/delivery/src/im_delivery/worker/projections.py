@@ -108,14 +108,20 @@ class Projections:
         )
         return await self.conversation(event.tenant_id, m.conversation_id)  # type: ignore[return-value]
 
-    async def message_delivered(self, event: MessagePosted) -> None:
-        m = event.message
+    async def messages_delivered(self, events: list[MessagePosted]) -> None:
+        """Messages of one thread fanned out: one write moves its last message to the highest seq
+        and each sender's read marker to its own last message (API.md)."""
+        last = max(events, key=lambda e: e.message.seq)
+        m = last.message
         message = m.model_dump(mode="json")
+        markers: dict[str, int] = {}
+        for event in events:
+            key = f"read_markers.{marker_key(event.message.sender_id)}"
+            markers[key] = max(markers.get(key, 0), event.message.seq)
         await self.conversations.update_one(
-            {**conversation_id_of(event.tenant_id, m.conversation_id), "last_seq": {"$lt": m.seq}},
-            # One write: the sender's read marker moves to its own message (API.md).
+            {**conversation_id_of(last.tenant_id, m.conversation_id), "last_seq": {"$lt": m.seq}},
             {"$set": {"last_seq": m.seq, "last_message": message, "last_message_at": message["created_at"]},
-             "$max": {f"read_markers.{marker_key(m.sender_id)}": m.seq}},
+             "$max": markers},
         )
 
     async def read_marker_moved(self, tenant_id: str, conversation_id: str, agent_id: str, seq: int) -> None:

@@ -3,7 +3,8 @@
 It consumes `im.inbox.v1` (keyed tenant:agent) in group `delivery-queue`: the partition owner is
 the only writer of those agents' queues, so cursors become visible in order. Per agent and batch
 it allocates n cursors with one `$inc` of the head and inserts the entries in order; the unique
-(tenant, agent, dedupe_key) index makes a re-consumed record a no-op.
+(tenant, agent, dedupe_key) index makes a re-consumed record a no-op. The gateways holding the
+batch's agents are looked up once per tenant, then each is signalled.
 """
 
 from __future__ import annotations
@@ -49,19 +50,41 @@ class QueueWriter:
         # Agents are independent queues: write them concurrently, each in its own order. The
         # signals each produces are confirmed before the subscription commits (this task's only).
         async with self.bus.confirmed():
-            await asyncio.gather(*(self.append(t, a, evs) for (t, a), evs in by_agent.items()))
+            heads = await asyncio.gather(*(self.append(t, a, evs) for (t, a), evs in by_agent.items()))
+            await self.signal(dict(zip(by_agent, heads, strict=True)))
 
-    async def append(self, tenant_id: str, agent_id: str, events: list[tuple[QueueAppend, str, float | None]]) -> None:
+    async def signal(self, heads: dict[tuple[str, str], int]) -> None:
+        """One routing read per tenant for the whole batch (not one per agent), then a signal per
+        (agent, gateway) holding it. Signalled even when nothing was new: a crash may have come
+        between an append and its signal."""
+        by_tenant: dict[str, dict[str, int]] = defaultdict(dict)
+        for (tenant_id, agent_id), head in heads.items():
+            if head:
+                by_tenant[tenant_id][agent_id] = head
+        holders = await asyncio.gather(*(self.store.gateways_holding(t, sorted(agents))
+                                         for t, agents in by_tenant.items()))
+        for (tenant_id, agents), pairs in zip(by_tenant.items(), holders, strict=True):
+            for agent, gateway in sorted(pairs):
+                await self.bus.advanced(tenant_id, gateway, agent, agents[agent])
+
+    async def append(self, tenant_id: str, agent_id: str, events: list[tuple[QueueAppend, str, float | None]]) -> int:
+        """Appends the entries not already queued, in order; returns the agent's head (0: none).
+
+        Optimistic: the batch is inserted straight away and the unique dedupe-key index refuses
+        what is already there (a re-consumed record). Only then are the present keys read and the
+        rest appended at fresh cursors (the refused ones' cursors stay gaps, which readers allow).
+        So a first delivery costs two commands per agent and batch: the head `$inc` and the insert."""
         wanted: dict[str, tuple[NewEntry, float | None]] = {}
         for event, trace, origin in events:
             wanted.setdefault(event.dedupe_key, (NewEntry(event.dedupe_key, event.frame, trace), origin))
+        fresh = list(wanted.values())
         for attempt in range(1, MAX_APPEND_ATTEMPTS + 1):
-            present = await self.store.existing_keys(tenant_id, agent_id, list(wanted))
-            fresh = [wanted[k] for k in wanted if k not in present]
-            if not fresh:
-                DUPLICATES.inc(len(wanted))
-                head = (await self.store.head(tenant_id, agent_id))["cursor"]
-                break
+            if attempt > 1:  # a collision: append only what is missing
+                present = await self.store.existing_keys(tenant_id, agent_id, list(wanted))
+                fresh = [wanted[k] for k in wanted if k not in present]
+                if not fresh:
+                    DUPLICATES.inc(len(wanted))
+                    return int((await self.store.head(tenant_id, agent_id))["cursor"])
             started = time.perf_counter()
             try:
                 head = await self.store.append(tenant_id, agent_id, [entry for entry, _ in fresh])
@@ -80,8 +103,5 @@ class QueueWriter:
                     FANOUT_SECONDS.observe(max(0.0, appended_at - origin))
             log(logger, logging.DEBUG, "queue appended", tenant_id=tenant_id, agent_id=agent_id, cursor=head,
                 entries=len(fresh), trace_ids=sorted({e.trace_id for e, _ in fresh if e.trace_id})[:20])
-            break
-        # Signal even when nothing was new: a crash may have come between append and signal.
-        if head:
-            for agent, gateway in sorted(await self.store.gateways_holding(tenant_id, [agent_id])):
-                await self.bus.advanced(tenant_id, gateway, agent, int(head))
+            return int(head)
+        raise AssertionError("unreachable")
