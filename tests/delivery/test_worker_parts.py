@@ -180,8 +180,9 @@ class _Commands(monitoring.CommandListener):
 async def test_the_queue_writer_appends_a_batch_in_two_commands_per_agent_and_a_reconsumed_one_changes_nothing(
     mongo_uri, mongo_db_name
 ):
-    """Issue 8: a first append is one head `$inc` + one insert per agent, and the routing lookup is
-    one read per tenant for the whole batch; the dedupe keys are read only after a collision."""
+    """Issue 8: an append is one head compare-and-set + one insert per agent (plus one head read the
+    first time the writer sees the agent), and the routing lookup is one read per tenant for the
+    whole batch; the dedupe keys are read only after a collision."""
     commands = _Commands()
     client = AsyncMongoClient(mongo_uri, event_listeners=[commands], tz_aware=True)
     try:
@@ -197,24 +198,35 @@ async def test_the_queue_writer_appends_a_batch_in_two_commands_per_agent_and_a_
                     for (t, a), keys in agent_keys.items() for k in keys]
 
         commands.names.clear()
+        await writer.handle_batch(batch({("acme", "ana"): ["m0"], ("acme", "ben"): ["m0"], ("globex", "ana"): ["m0"]}))
+        # First sight of 3 agents: head read + head compare-and-set + insert each; one routing read per tenant.
+        assert sorted(commands.names) == sorted(["find", "update", "insert"] * 3 + ["find"] * 2), commands.names
+        commands.names.clear()
+        bus.signals.clear()
         await writer.handle_batch(batch({("acme", "ana"): ["m1", "m2"], ("acme", "ben"): ["m1"],
                                          ("globex", "ana"): ["m1", "m2", "m3"]}))
-        # 3 agents × ($inc + insert) + one routing read per tenant (2 tenants).
-        assert sorted(commands.names) == sorted(["findAndModify", "insert"] * 3 + ["find"] * 2), commands.names
-        assert sorted(bus.signals) == [("acme", "gw-1", "ana", 2), ("acme", "gw-2", "ben", 1)]
+        # Then 3 agents × (head compare-and-set + insert) + one routing read per tenant (2 tenants).
+        assert sorted(commands.names) == sorted(["update", "insert"] * 3 + ["find"] * 2), commands.names
+        assert sorted(bus.signals) == [("acme", "gw-1", "ana", 3), ("acme", "gw-2", "ben", 2)]
+        assert (await store.head("globex", "ana"))["cursor"] == 4
+        # Another writer moved a head meanwhile (e.g. before a rebalance): read again, nothing collides.
+        await store.heads.update_one(store.head_filter("acme", "ben"), {"$inc": {"cursor": 5}})
+        await writer.handle_batch(batch({("acme", "ben"): ["m9"]}))
+        assert [(e.cursor, e.frame["k"]) for e in await store.entries_after("acme", "ben", 0, 100)] == \
+            [(1, "m0"), (2, "m1"), (8, "m9")]
 
         # The same records again (a re-consumed batch) plus one new one: nothing twice, in order.
         bus.signals.clear()
         await writer.handle_batch(batch({("acme", "ana"): ["m1", "m2", "m4"]}))
         entries = await store.entries_after("acme", "ana", 0, 100)
-        assert [e.frame["k"] for e in entries] == ["m1", "m2", "m4"]
-        assert [e.cursor for e in entries][:2] == [1, 2] and entries[2].cursor > 2  # refused cursors: a gap
-        assert bus.signals == [("acme", "gw-1", "ana", entries[2].cursor)]
+        assert [e.frame["k"] for e in entries] == ["m0", "m1", "m2", "m4"]
+        assert [e.cursor for e in entries][:3] == [1, 2, 3] and entries[3].cursor > 3  # refused cursors: a gap
+        assert bus.signals == [("acme", "gw-1", "ana", entries[3].cursor)]
         # Only duplicates: nothing appended, and the head is signalled again (a crash may have come
         # between an append and its signal).
         bus.signals.clear()
         await writer.handle_batch(batch({("acme", "ana"): ["m1", "m4"]}))
-        assert [e.frame["k"] for e in await store.entries_after("acme", "ana", 0, 100)] == ["m1", "m2", "m4"]
+        assert [e.frame["k"] for e in await store.entries_after("acme", "ana", 0, 100)] == ["m0", "m1", "m2", "m4"]
         assert bus.signals == [("acme", "gw-1", "ana", (await store.head("acme", "ana"))["cursor"])]
     finally:
         await client.drop_database(mongo_db_name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from im_api.store import Store, now
@@ -55,3 +56,41 @@ async def test_thread_list_history_and_related_lookup_use_indexes(api, mongo, mo
         found = stages(explained)
         assert "IXSCAN" in found, f"{name}: {json.dumps(explained.get('queryPlanner'), default=str)[:800]}"
         assert "COLLSCAN" not in found, name
+
+
+async def test_the_send_paths_idempotency_read_and_the_outbox_reads_use_indexes(api, mongo, mongo_db_name):
+    """Issue 8: on SecantusDB a `$or` of idempotency keys and a `$in` over outbox shards were
+    COLLSCANs of every message / every outbox record (sent ones included), on every group commit
+    and every lease round; the queries that replaced them must stay on their indexes."""
+    await api.add_agents(T, "alice", "bob")
+    c = await api.start(T, "alice", "bob")
+    for i in range(3):
+        await api.send(T, "alice", c["id"], f"m{i}", f"m{i}")
+    store = Store(mongo[mongo_db_name], outbox_retention_s=60)
+    keys = [(T, c["id"], "alice", "m0"), (T, c["id"], "alice", "m2"), (T, c["id"], "bob", "x")]
+    queries = store.client_id_queries(keys)
+    assert len(queries) == 2  # one per (thread, sender)
+    found = await store.messages_by_client_ids(keys)
+    assert sorted(k[3] for k in found) == ["m0", "m2"]
+    plans = {f"idempotency {q['sender_id']}": store.messages.find(q) for q in queries}
+    for shard in (0, 7):
+        pending = store.pending_query(shard)
+        plans[f"outbox pending {shard}"] = store.outbox.find(pending).sort([("conversation_id", 1), ("order", 1)])
+        plans[f"outbox oldest {shard}"] = store.outbox.find(pending).sort([("created_at", 1)]).limit(1)
+    for name, cursor in plans.items():
+        explained = await cursor.explain()
+        stages_found = stages(explained)
+        assert "IXSCAN" in stages_found, f"{name}: {json.dumps(explained.get('queryPlanner'), default=str)[:800]}"
+        assert "COLLSCAN" not in stages_found, name
+    # The backlog gauge's figures, on an outbox no relay is draining meanwhile.
+    quiet = Store(mongo[f"{mongo_db_name}_b"], outbox_retention_s=60)
+    try:
+        t0 = now()
+        await quiet.outbox.insert_many(
+            [{"shard": shard, "sent_at": None, "created_at": t0 + timedelta(seconds=age), "conversation_id": "c",
+              "order": i} for i, (shard, age) in enumerate([(1, 5), (1, 2), (3, 9), (9, 1)])]
+            + [{"shard": 1, "sent_at": t0, "created_at": t0 - timedelta(seconds=60), "conversation_id": "c", "order": 9}])
+        assert await quiet.outbox_backlog([1, 3]) == (3, t0 + timedelta(seconds=2))  # shard 9 is not held
+        assert await quiet.outbox_backlog([2]) == (0, None)
+    finally:
+        await mongo.drop_database(f"{mongo_db_name}_b")

@@ -217,13 +217,11 @@ class Relay:
         """Backlog and age of the oldest unsent record, over the shards held (sums across relays)."""
         OUTBOX_SHARDS_HELD.set(len(self.held))
         try:
-            query = {"shard": {"$in": list(self.held)}, "sent_at": None}
-            backlog = await self.store.outbox.count_documents(query)
-            oldest = await self.store.outbox.find_one(query, projection={"created_at": 1}, sort=[("created_at", 1)])
+            backlog, oldest = await self.store.outbox_backlog(sorted(self.held))
         except PyMongoError:
             return  # the lease round has logged it; the gauges keep their last value
         OUTBOX_BACKLOG.set(backlog)
-        age = (now() - _aware(oldest["created_at"])).total_seconds() if oldest else 0.0
+        age = (now() - _aware(oldest)).total_seconds() if oldest else 0.0
         OUTBOX_OLDEST_AGE.set(max(0.0, age))
 
     async def stop(self) -> None:
@@ -319,7 +317,7 @@ class Relay:
         for shard, token in list(self.held.items()):
             if self.valid_until.get(shard, 0) <= time.monotonic():
                 continue
-            pending = await (self.store.outbox.find({"shard": shard, "sent_at": None})
+            pending = await (self.store.outbox.find(self.store.pending_query(shard))
                              .sort([("conversation_id", 1), ("order", 1)])
                              .limit(self.settings.outbox_batch).to_list())
             if not pending:

@@ -37,9 +37,14 @@ MAX_APPEND_ATTEMPTS = 5
 
 
 class QueueWriter:
-    def __init__(self, store: QueueStore, bus: DeliveryBus) -> None:
+    def __init__(self, store: QueueStore, bus: DeliveryBus, remember: int = 100_000) -> None:
         self.store = store
         self.bus = bus
+        # The head each agent had after this writer's last append: the next allocation is a
+        # compare-and-set from it (QueueStore.allocate), no read. Only a hint: a stale one costs a
+        # read and a retry, never a wrong cursor. Bounded: forgotten wholesale past `remember`.
+        self.heads: dict[tuple[str, str], int] = {}
+        self.remember = remember
 
     async def handle_batch(self, items: list[Item]) -> None:
         by_agent: dict[tuple[str, str], list[tuple[QueueAppend, str, float | None]]] = defaultdict(list)
@@ -86,14 +91,20 @@ class QueueWriter:
                     DUPLICATES.inc(len(wanted))
                     return int((await self.store.head(tenant_id, agent_id))["cursor"])
             started = time.perf_counter()
+            agent = (tenant_id, agent_id)
             try:
-                head = await self.store.append(tenant_id, agent_id, [entry for entry, _ in fresh])
+                head = await self.store.append(tenant_id, agent_id, [entry for entry, _ in fresh],
+                                               known=self.heads.get(agent))
             except DuplicateAppend as dup:
+                self.heads.pop(agent, None)
                 if dup.on_cursor:
                     await self.store.repair_head(tenant_id, agent_id)
                 if attempt == MAX_APPEND_ATTEMPTS:
                     raise RuntimeError(f"queue append still colliding after {attempt} attempts") from dup
                 continue  # recompute what is missing
+            if len(self.heads) >= self.remember:
+                self.heads.clear()
+            self.heads[agent] = int(head)
             appended_at = time.time()
             APPEND_SECONDS.observe(time.perf_counter() - started)
             DUPLICATES.inc(len(wanted) - len(fresh))
