@@ -185,6 +185,7 @@ class Outbox:
         self.prefix = prefix
         self.seqs: dict[str, int] = {}
         self.snapshots: dict[str, ConversationSnapshot] = {}
+        self.body = ""  # appended to every message body (a test wanting big frames sets it)
 
     async def send(self, topic: topics.Topic, key: bytes, event: Event) -> None:
         await self.producer.send_and_wait(topic.name(self.prefix), event.to_bytes(), key=key,
@@ -211,7 +212,7 @@ class Outbox:
             seq = self.seqs[cid]
         recipients = [p.id for p in self.snapshots[cid].participants]
         msg = Message(id=f"{cid}-m{seq}", conversation_id=cid, seq=seq, sender_id=sender,
-                      body=f"hello {seq}", client_msg_id=f"k{seq}", created_at=datetime.now(UTC))
+                      body=f"hello {seq}{self.body}", client_msg_id=f"k{seq}", created_at=datetime.now(UTC))
         return MessagePosted(tenant_id=TENANT, message=msg, recipients=recipients)
 
     async def post(self, cid: str, sender: str, count: int = 1) -> list[MessagePosted]:

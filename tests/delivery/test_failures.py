@@ -117,16 +117,24 @@ async def stalled_connect(url: str) -> websockets.ClientConnection:
     return await websockets.connect(url, sock=sock, max_queue=1, open_timeout=10)
 
 
+@pytest.mark.parametrize("stall", ["window", "buffers"])
 async def test_a_stalled_client_is_closed_4429_and_does_not_delay_the_others(
-    stack, outbox, tokens, mongo, mongo_db_name
+    stack, outbox, tokens, mongo, mongo_db_name, stall
 ):
     # Bound: every entry reaches the healthy client within 1.5 s of being appended to its queue
     # (signal path: milliseconds; a missed signal: the 1 s safety poll) while the stalled client
-    # sits on a full window (100 unacknowledged frames here); after the send timeout (1 s) the
-    # stalled one is closed 4429.
+    # sits on a full window (100 unacknowledged frames) — or, with a window it never fills, on
+    # full socket buffers (the transport over its high-water mark: the send itself blocks) —
+    # and after the send timeout (1 s) the stalled one is closed 4429.
     await stack.start_worker()
-    gw = await stack.start_gateway(IM_DELIVERY_MAX_UNACKED="100", IM_DELIVERY_CLOSE_TIMEOUT_S="10")
+    # Buffers: the gateway also gives up on the close handshake after 1 s, and the stalled client
+    # reads only after that — the close frame must already be queued behind the data by then.
+    window, close_s = ("100", "10") if stall == "window" else ("100000", "1")
+    gw = await stack.start_gateway(IM_DELIVERY_MAX_UNACKED=window, IM_DELIVERY_CLOSE_TIMEOUT_S=close_s)
     cid = await outbox.start_conversation(["ana", "ben"])
+    burst = 150
+    if stall == "buffers":  # ~18 KiB per message (two frames): 400 of them are far past the socket buffers
+        outbox.body, burst = "x" * 9000, 400
     stalled = await stalled_connect(gw.url + "?ticket=" + tokens.ticket("ana", "stuck"))
     ben = await StreamClient.connect(gw.url, tokens.ticket("ben", "desk"), name="ben", auto_ack=True)
     arrival: dict[int, float] = {}
@@ -138,11 +146,11 @@ async def test_a_stalled_client_is_closed_4429_and_does_not_delay_the_others(
             await asyncio.sleep(0.005)
 
     watcher = asyncio.create_task(watch())
-    await outbox.post(cid, "ben", 150)  # 300 frames each: ana's window (100) fills, ben's never
-    await eventually(lambda: len(ben.messages()) >= 150, timeout=30)
+    await outbox.post(cid, "ben", burst)  # 2 frames each: ana's window (100) fills, ben's never
+    await eventually(lambda: len(ben.messages()) >= burst, timeout=30)
     await eventually(lambda: _closed_4429(gw.port), timeout=20)
     await outbox.post(cid, "ben", 20)  # and after the close, ben goes on as before
-    await eventually(lambda: len(ben.messages()) >= 170, timeout=30)
+    await eventually(lambda: len(ben.messages()) >= burst + 20, timeout=30)
     appended = {d["cursor"]: d["created_at"].timestamp()
                 async for d in mongo[mongo_db_name]["delivery_queue"].find({"tenant_id": TENANT, "agent_id": "ben"})}
     await eventually(lambda: set(appended) <= set(arrival), timeout=10)
@@ -150,13 +158,20 @@ async def test_a_stalled_client_is_closed_4429_and_does_not_delay_the_others(
     assert set(appended) == set(arrival)
     worst = max(arrival[c] - appended[c] for c in appended)
     assert worst < 1.5, f"the healthy client waited {worst:.2f}s"
-    # Once it reads again, the stalled client finds the close code telling it to resume.
+    # The gateway is done with the stalled connection (closed, handler ended, unregistered) ...
+    registry = mongo[mongo_db_name]["delivery_connections"]
+    await eventually(lambda: _none_for(registry, "ana"), timeout=20)
+    # ... and once it reads again, the stalled client finds the close code telling it to resume.
     with pytest.raises(websockets.ConnectionClosed) as closed:
         async for _ in stalled:
             pass
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4429
     print(f"worst latency for the healthy client: {worst:.3f}s")
     await ben.close()
+
+
+async def _none_for(registry, agent: str) -> bool:
+    return await registry.count_documents({"tenant_id": TENANT, "agent_id": agent}) == 0
 
 
 async def _closed_4429(port: int) -> bool:

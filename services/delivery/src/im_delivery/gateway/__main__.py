@@ -9,6 +9,7 @@ from ..serving import exit_0_after_sigterm, hide_query_strings
 from ..settings import DeliverySettings
 from .app import create_app
 from .direct import DirectStream
+from .protocol import StreamProtocol
 
 
 def main() -> None:
@@ -19,10 +20,10 @@ def main() -> None:
     uvicorn.run(
         # Sockets skip FastAPI's per-request machinery: ~12 KiB less per idle socket (direct.py).
         DirectStream(create_app(settings)), host=settings.gateway_host, port=settings.stream_port, log_config=None,
-        # The legacy implementation: with "websockets-sansio" (3 fewer tasks per socket) the slow-
-        # client and bulk-replay tests failed here (no 4429 close frame reached a stalled client).
+        # uvicorn's sans-I/O WebSocket protocol (no tasks per socket), with the close frame let
+        # through to a client that stopped reading (protocol.py).
         # No access log: our own log lines name the connection, never the URL (it carries the ticket).
-        access_log=False, ws="websockets",
+        access_log=False, ws=StreamProtocol,
         # No proxy in front is trusted (as in im-api), and its middleware is one less layer per socket.
         proxy_headers=False,
         # Frames from clients are tiny (ack, typing): a 64 KiB cap bounds what one can make us buffer.
