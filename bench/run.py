@@ -85,7 +85,7 @@ async def run(args: argparse.Namespace) -> dict:
                          "workdir": str(workdir)},
                  "scenarios": {}}
     bootstrap, mongo_uri = given_endpoints(args.kafka, args.mongo)
-    endpoints = await asyncio.to_thread(start_endpoints, workdir, bootstrap, mongo_uri, say)
+    endpoints = await asyncio.to_thread(start_endpoints, workdir, bootstrap, mongo_uri, say, args.mongo_options)
     stack = None
     try:
         out["run"]["kafka"] = endpoints.kafka_kind
@@ -156,6 +156,8 @@ def main() -> None:
     parser.add_argument("--out", help="JSON file (default bench/results/<date>[-quick].json)")
     parser.add_argument("--kafka", help="use this Kafka bootstrap instead of starting one (IM_BENCH_KAFKA_BOOTSTRAP)")
     parser.add_argument("--mongo", help="use this MongoDB URI instead of starting SecantusDB (IM_BENCH_MONGO_URI)")
+    parser.add_argument("--mongo-options", default="",
+                        help="URI options added for our own SecantusDB, e.g. retryWrites=false (see RESULTS.md)")
     parser.add_argument("--only", help=f"comma-separated subset of: {','.join(SCENARIOS)}")
     parser.add_argument("--rate", type=float, help="offered msg/s of the latency scenario (200; quick 50)")
     parser.add_argument("--sockets", type=int, help="idle sockets of the fan-in scenario (1..15000)")

@@ -37,7 +37,8 @@ def given_endpoints(bootstrap: str | None, mongo_uri: str | None) -> tuple[str |
             mongo_uri or os.environ.get("IM_BENCH_MONGO_URI") or None)
 
 
-def start_endpoints(workdir: Path, bootstrap: str | None, mongo_uri: str | None, say=print) -> Endpoints:
+def start_endpoints(workdir: Path, bootstrap: str | None, mongo_uri: str | None, say=print,
+                    mongo_options: str = "") -> Endpoints:
     """Given endpoints as they are; the missing ones started here (Apache Kafka when Java is present)."""
     ep = Endpoints(bootstrap or "", mongo_uri or "", "given",
                    idempotence=os.environ.get("IM_KAFKA_IDEMPOTENCE", "true") != "false")
@@ -53,8 +54,8 @@ def start_endpoints(workdir: Path, bootstrap: str | None, mongo_uri: str | None,
             mongo = servers.SecantusMongo(name="secantusdb", log_path=workdir / "mongo.log",
                                           data_dir=workdir / "mongo", port=servers.free_port()).start()
             ep.owned.append(mongo)
-            ep.mongo_uri = mongo.uri
-            say(f"[bench] MongoDB: SecantusDB at {mongo.uri} (pid {mongo.pid}, ours)")
+            ep.mongo_uri = mongo.uri + (("&" if "?" in mongo.uri else "?") + mongo_options if mongo_options else "")
+            say(f"[bench] MongoDB: SecantusDB at {ep.mongo_uri} (pid {mongo.pid}, ours)")
         else:
             say(f"[bench] MongoDB: given at {mongo_uri}")
     except BaseException:

@@ -204,11 +204,10 @@ class QueueStore:
                                            "tenant_id": tenant_id})
         return None if doc is None else int(doc["cursor"])
 
-    async def latest_ack(self, tenant_id: str, agent_id: str) -> int | None:
-        doc = await self.devices.find_one(
-            {"tenant_id": tenant_id, "agent_id": agent_id}, sort=[("cursor", DESCENDING)]
-        )
-        return None if doc is None else int(doc["cursor"])
+    async def device_cursors(self, tenant_id: str, agent_id: str) -> dict[str, int]:
+        """Every device of the agent and its acknowledged cursor (an agent has a few devices)."""
+        found = self.devices.find({"tenant_id": tenant_id, "agent_id": agent_id}, {"device_id": 1, "cursor": 1})
+        return {doc["device_id"]: int(doc["cursor"]) async for doc in found}
 
     async def acknowledge(self, tenant_id: str, agent_id: str, device_id: str, cursor: int) -> None:
         """Moves the device's cursor forward only ($max); creates the device on first sight."""

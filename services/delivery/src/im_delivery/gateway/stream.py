@@ -86,15 +86,13 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
         try:
             await store.register(conn.connection_id, conn.tenant_id, conn.agent_id, conn.device_id,
                                  hub.gateway_id, hub.epoch)
-            conn.last_sent = await resume_cursor(store, caller, asked)
             try:
-                await conn.ensure_retained()
-                await ensure_not_beyond_head(store, caller, asked)
+                conn.last_sent, known = await resume(store, caller, asked)
             except CloseConnection as close:
                 await conn.close(close.code, close.reason)
                 return
-            # The device is known from now on (pruning waits for its acks).
-            await store.acknowledge(conn.tenant_id, conn.agent_id, conn.device_id, conn.last_sent)
+            if not known:  # the device is known from now on (pruning waits for its acks)
+                await store.acknowledge(conn.tenant_id, conn.agent_id, conn.device_id, conn.last_sent)
             await hub.connection_event("opened", conn)
             log(logger, logging.INFO, "stream opened", connection_id=conn.connection_id,
                 tenant_id=conn.tenant_id, agent_id=conn.agent_id, device_id=conn.device_id, cursor=conn.last_sent)
@@ -147,30 +145,35 @@ async def require_active_agent(db: AsyncDatabase, caller: Caller, settings: Deli
         await asyncio.sleep(settings.unknown_agent_poll_s)
 
 
-async def ensure_not_beyond_head(store: QueueStore, caller: Caller, asked: int | None) -> None:
-    """A `?cursor=` above the queue head names nothing this queue ever held (another agent's, a
-    forged or corrupted one). Replaying from it would send nothing until the head passed it, and a
-    clamped replay would send cursors the client drops as already seen: both lose frames silently.
-    API.md's remedy for a cursor the queue cannot serve is 4409: reload over HTTP and reconnect
-    with the `stream_cursor` it returns (which is never above the head)."""
-    if asked is None:
-        return
-    if asked > int((await store.head(caller.tenant_id, caller.agent_id)).get("cursor", 0)):
-        raise CloseConnection(CLOSE_NOT_RETAINED, "cursor beyond the queue head")
+async def resume(store: QueueStore, caller: Caller, asked: int | None) -> tuple[int, bool]:
+    """Where the replay starts, and whether the device's record already says so (no write needed).
 
+    API.md: the asked cursor; else this device's last ack; else the agent's latest ack on any
+    device; else the start of the retained queue. Two reads (the head, the agent's devices) for
+    everything a connect needs to know (issue 8: a connect used to cost ~8 round trips).
 
-async def resume_cursor(store: QueueStore, caller: Caller, asked: int | None) -> int:
-    """API.md: the asked cursor; else this device's last ack; else the agent's latest ack on any
-    device; else the start of the retained queue. The pump answers 4409 when an asked or own
-    cursor was pruned; a new device holds nothing yet, so it starts at the retained start."""
+    4409 when the cursor is no longer retained (pruned past it), and when an asked `?cursor=` is
+    above the head: it names nothing this queue ever held (another agent's, a forged or corrupted
+    one); replaying from it would send nothing until the head passed it, and a clamped replay would
+    send cursors the client drops as already seen — both lose frames silently. API.md's remedy is
+    to reload over HTTP and reconnect with the `stream_cursor` it returns (never above the head)."""
+    head = await store.head(caller.tenant_id, caller.agent_id)
+    retained = int(head.get("pruned_through", 0))
+    known = False
     if asked is not None:
-        return asked
-    own = await store.device_cursor(caller.tenant_id, caller.agent_id, caller.device_id)
-    if own is not None:
-        return own
-    latest = await store.latest_ack(caller.tenant_id, caller.agent_id)
-    retained = int((await store.head(caller.tenant_id, caller.agent_id)).get("pruned_through", 0))
-    return max(latest or 0, retained)
+        if asked > int(head.get("cursor", 0)):
+            raise CloseConnection(CLOSE_NOT_RETAINED, "cursor beyond the queue head")
+        cursor = asked
+    else:
+        devices = await store.device_cursors(caller.tenant_id, caller.agent_id)
+        own = devices.get(caller.device_id)
+        if own is not None:
+            cursor, known = own, True
+        else:  # a new device holds nothing yet: after the agent's latest ack, or the retained start
+            cursor = max(max(devices.values(), default=0), retained)
+    if cursor < retained:
+        raise CloseConnection(CLOSE_NOT_RETAINED, "cursor no longer retained")
+    return cursor, known
 
 
 async def read_client(conn: StreamConnection, hub: Hub, store: QueueStore) -> None:
