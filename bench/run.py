@@ -156,8 +156,10 @@ def main() -> None:
     parser.add_argument("--out", help="JSON file (default bench/results/<date>[-quick].json)")
     parser.add_argument("--kafka", help="use this Kafka bootstrap instead of starting one (IM_BENCH_KAFKA_BOOTSTRAP)")
     parser.add_argument("--mongo", help="use this MongoDB URI instead of starting SecantusDB (IM_BENCH_MONGO_URI)")
-    parser.add_argument("--mongo-options", default="",
-                        help="URI options added for our own SecantusDB, e.g. retryWrites=false (see RESULTS.md)")
+    parser.add_argument("--mongo-options", default="retryWrites=false",
+                        help="URI options for our own SecantusDB, services and baselines alike (default "
+                             "retryWrites=false: SecantusDB prunes its retryable-write table in Python on "
+                             "every write, ~2 ms once it holds 10,000 records; see RESULTS.md). '' for none")
     parser.add_argument("--only", help=f"comma-separated subset of: {','.join(SCENARIOS)}")
     parser.add_argument("--rate", type=float, help="offered msg/s of the latency scenario (200; quick 50)")
     parser.add_argument("--sockets", type=int, help="idle sockets of the fan-in scenario (1..15000)")
@@ -173,7 +175,11 @@ def main() -> None:
     path = Path(args.out) if args.out else RESULTS_DIR / (
         datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "") + ".json")
     args.out_path = path
-    result = asyncio.run(run(args))
+    try:
+        result = asyncio.run(run(args))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: run()'s finally blocks stopped every process by its pid
+        print(f"\n[bench] interrupted; every process it started is stopped. Partial JSON: {path}", file=sys.stderr)
+        raise SystemExit(130) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str))
     print(table(result["scenarios"], result["targets"]))

@@ -133,20 +133,27 @@ class Bench:
             await asyncio.sleep(0.1)
 
     async def drained(self, timeout: float = 300) -> float:
-        """Waits until a send is answered within a second again (the previous step's backlog is
-        worked off), so one overloaded step does not pollute the next; seconds waited."""
+        """Waits until the previous step's backlog is worked off, so one overloaded step does not
+        pollute the next: a send is answered within a second again AND it reached its recipient's
+        queue within a second (the delivery side caught up too, not only im-api); seconds waited."""
         t0 = time.monotonic()
         st = self.stack
         tenant = "drain"
         if not getattr(self, "_drain_conv", None):
             self._drain_conv = (await self.pairs(tenant, 1))[0]
         conv = self._drain_conv
+        queued = {"tenant_id": tenant, "agent_id": conv["recipient"], "frame.type": "message.created"}
         async with st.http(conv["sender_token"]) as http:
             while time.monotonic() - t0 < timeout:
                 sent = time.monotonic()
                 r = await http.post(f"/v1/conversations/{conv['id']}/messages",
                                     json={"body": "drain", "client_msg_id": f"drain-{sent}"}, timeout=timeout)
-                if r.status_code == 201 and time.monotonic() - sent < 1.0:
+                if r.status_code != 201 or time.monotonic() - sent >= 1.0:
+                    continue
+                seq = r.json()["seq"]
+                reached = await self.until(lambda: self.db.delivery_queue.count_documents(queued), seq,
+                                           max(0.0, timeout - (time.monotonic() - t0)))
+                if reached >= seq and time.monotonic() - sent < 1.0:
                     break
         return round(time.monotonic() - t0, 1)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -64,3 +65,44 @@ def test_quick_benchmark_reports_every_scenario_with_numeric_figures(endpoints, 
     # Every target row carries the product figure as a number and a verdict or "reported".
     assert len(result["targets"]) >= 8
     assert all(number(row["value"]) for row in result["targets"])
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.timeout(170)
+def test_a_terminated_benchmark_stops_every_server_and_service_it_started(tmp_path):
+    """SIGTERM (what `timeout` or a CI cancel sends) mid-run: our own Kafka, SecantusDB and the four
+    services are stopped by their pids, and the run says so."""
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "bench.run", "--quick", "--only", "throughput", "--out", str(tmp_path / "q.json"),
+         "--workdir", str(tmp_path / "work")],
+        cwd=ROOT, env={k: v for k, v in os.environ.items() if not k.startswith("IM_BENCH_")},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pids: list[int] = []
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            found = re.search(r"\bpid (\d+)", line)
+            if found and ("ours" in line or "ready" in line):
+                pids.append(int(found.group(1)))
+            if "[bench] throughput ..." in line:
+                break
+        else:
+            pytest.fail("the run ended before its scenario started:\n" + "".join(lines[-40:]))
+        # Kafka, SecantusDB, presence, delivery-worker, delivery-gateway, im-api.
+        assert len(pids) == 6 and all(alive(p) for p in pids), "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, rest[-3000:]
+    assert "interrupted; every process it started is stopped" in rest
+    assert [p for p in pids if alive(p)] == [], "still running after the run ended:\n" + rest[-3000:]
