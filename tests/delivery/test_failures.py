@@ -9,6 +9,7 @@ import time
 
 import pytest
 import websockets
+from pymongo import AsyncMongoClient
 from im_contracts import topics
 
 from conftest import TENANT, StreamClient, assert_exactly_once_in_order
@@ -170,6 +171,10 @@ async def test_a_stalled_client_is_closed_4429_and_does_not_delay_the_others(
     await ben.close()
 
 
+async def _count_is(collection, n: int) -> bool:
+    return await collection.count_documents({}) == n
+
+
 async def _none_for(registry, agent: str) -> bool:
     return await registry.count_documents({"tenant_id": TENANT, "agent_id": agent}) == 0
 
@@ -180,3 +185,48 @@ async def _closed_4429(port: int) -> bool:
     async with httpx.AsyncClient() as http:
         text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
     return 'im_delivery_connections_closed_total{code="4429"} 1.0' in text
+
+
+async def test_mongodb_down_while_a_client_connects_closes_it_1012_and_it_connects_once_mongodb_is_back(
+    stack, outbox, tokens, private_mongo
+):
+    """A connect whose set-up cannot reach MongoDB is told to come back (1012), not dropped with an
+    unhandled error (10,000 sockets connecting at once to an overloaded SecantusDB did that)."""
+    env = {"IM_MONGO_URI": private_mongo.uri, "IM_MONGO_TIMEOUT_S": "1"}
+    stack.directory = None  # the stack's own check reads the shared MongoDB: this one reads ours
+    await stack.start_worker(**env)
+    private = AsyncMongoClient(private_mongo.uri)
+    try:
+        for agent in ("ana", "ben"):
+            await outbox.agent_changed(agent, active=True)
+        agents = private[stack.env["IM_MONGO_DB"]]["delivery_agents"]
+        await eventually(lambda: _count_is(agents, 2), timeout=30)
+    finally:
+        await private.close()
+    gw = await stack.start_gateway(**env)
+    await asyncio.to_thread(private_mongo.stop)
+    try:
+        refused = await StreamClient.connect(gw.url, tokens.ticket("ana", "desk"), name="ana-while-down")
+        assert await refused.closed_with(timeout=20) == 1012
+    finally:
+        await asyncio.to_thread(private_mongo.start)
+    cid = await outbox.start_conversation(["ana", "ben"])  # queues a conversation frame for ana
+
+    async def attempt() -> StreamClient | None:
+        """Connected = the thread's frame arrived; a 1012 (MongoDB not rediscovered yet) = retry."""
+        client = await StreamClient.connect(gw.url, tokens.ticket("ana", "desk"), name="ana")
+        await eventually(lambda: client.task.done() or client.queued, timeout=15)
+        if client.queued:
+            return client
+        assert client.close_code == 1012
+        return None
+
+    ana = None
+    for _ in range(10):  # the driver finds the restarted server within a heartbeat or two
+        ana = await attempt()
+        if ana is not None:
+            break
+    assert ana is not None, "never connected after MongoDB came back"
+    await outbox.post(cid, "ben", 2)
+    await eventually(lambda: len(ana.messages()) == 2, timeout=30)
+    await ana.close()

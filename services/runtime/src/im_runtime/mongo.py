@@ -10,11 +10,12 @@ from .settings import CommonSettings
 
 
 def make_client(settings: CommonSettings, **overrides) -> AsyncMongoClient:
+    # Retryable writes are the driver's default; not passed here, so IM_MONGO_URI can still set
+    # `retryWrites` (keyword options win over the URI's: passing True silently overrode it).
     options = {
         "tz_aware": True,
         "serverSelectionTimeoutMS": int(settings.mongo_timeout_s * 1000),
-        "connectTimeoutMS": 3_000,
-        "retryWrites": True,
+        "connectTimeoutMS": int(settings.mongo_connect_timeout_s * 1000),
     }
     options.update(overrides)
     return AsyncMongoClient(settings.mongo_uri, **options)

@@ -35,6 +35,9 @@ class CommonSettings(BaseSettings):
                                   description="Verify bearer tokens with this JWKS instead of the secret.")
     # How long a MongoDB call waits for a reachable primary before failing (HTTP answers 503 then).
     mongo_timeout_s: float = shared("IM_MONGO_TIMEOUT_S", default=5.0)
+    # Opening a connection, and the driver's server monitor's check: a server that answers its
+    # heartbeat later than this is marked unknown and every pooled connection is dropped.
+    mongo_connect_timeout_s: float = shared("IM_MONGO_CONNECT_TIMEOUT_S", default=3.0)
     log_level: str = shared("IM_LOG_LEVEL", default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     # Retrying a transient failure (MongoDB or Kafka down): exponential from initial to max.
     retry_initial_s: float = shared("IM_RETRY_INITIAL_S", default=0.2)

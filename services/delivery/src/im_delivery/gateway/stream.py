@@ -69,6 +69,12 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
             log(logger, logging.INFO, "stream refused", reason=exc.message)
             await websocket.close(CLOSE_AUTH, "unauthorized")
             return
+        except PyMongoError as exc:
+            # MongoDB away or overloaded: the client is told to come back (1012), not dropped with
+            # an error the server logs as a crash (seen with 10,000 sockets connecting at once).
+            log(logger, logging.WARNING, "stream set-up failed", stage="auth", error=type(exc).__name__)
+            await websocket.close(CLOSE_RESTART, "try again")
+            return
         raw_cursor = websocket.query_params.get("cursor")
         try:
             asked = None if raw_cursor in (None, "") else int(raw_cursor)
@@ -114,6 +120,10 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
                 if conn.closing is None:
                     raise  # a real cancellation (shutdown), not the gateway closing the socket
                 conn.reader.uncancel()
+        except PyMongoError as exc:  # registering or resuming: as above, the client comes back
+            log(logger, logging.WARNING, "stream set-up failed", stage="resume", connection_id=conn.connection_id,
+                error=type(exc).__name__)
+            await conn.close(CLOSE_RESTART, "try again")
         finally:
             conn.stop()
             if expiry is not None:
