@@ -178,42 +178,71 @@ async def traffic(job: dict[str, Any]) -> dict[str, Any]:
 
 
 async def idle(job: dict[str, Any]) -> dict[str, Any]:
+    """One socket per agent, held open and heartbeating until the driver says stop (stdin closed).
+    A socket the gateway closes 1012 ("try again": e.g. MongoDB overloaded while it was set up) is
+    opened again, as a console does; any other close counts as closed by the server."""
     from imctl.tokens import mint
 
     secret = os.environ["BENCH_JWT_SECRET"]
     gate = asyncio.Semaphore(int(job.get("concurrency", 50)))
-    sockets: list = []
+    sockets: dict[str, Any] = {}
+    first_open = asyncio.Event()
+    pending = len(job["agents"])
+    stats = {"closed_by_server": 0, "reopened": 0}
+    stopping = False
     t0 = time.monotonic()
 
-    async def one(agent: str) -> None:
+    async def connect(agent: str):
         async with gate:
             for attempt in range(5):
                 try:
                     # Heartbeating: the client pings every 20 s (as the server does), like a browser tab.
-                    ws = await open_socket(job["stream_url"], mint(secret, job["tenant"], agent, ttl_s=4 * 3600),
-                                           "idle", ping_interval=20, ping_timeout=60, max_queue=4)
-                    sockets.append(ws)
-                    return
+                    return await open_socket(job["stream_url"], mint(secret, job["tenant"], agent, ttl_s=4 * 3600),
+                                             "idle", ping_interval=20, ping_timeout=60, max_queue=4)
                 except (OSError, websockets.WebSocketException, TimeoutError):
                     await asyncio.sleep(0.5 * (attempt + 1))
+        return None
 
-    async def drain(ws) -> None:
-        try:
-            async for _ in ws:
+    async def hold(agent: str) -> None:
+        nonlocal pending
+        counted = False
+        for attempt in range(10):
+            ws = await connect(agent)
+            if ws is not None:
+                sockets[agent] = ws
+            if not counted:
+                counted, pending = True, pending - 1
+                if pending == 0:
+                    first_open.set()
+            if ws is None:
+                return
+            try:
+                async for _ in ws:
+                    pass
+            except websockets.ConnectionClosed:
                 pass
-        except websockets.ConnectionClosed:
-            pass
+            if stopping:
+                return
+            sockets.pop(agent, None)
+            if ws.close_code != 1012:
+                stats["closed_by_server"] += 1
+                return
+            stats["reopened"] += 1
+            await asyncio.sleep(0.2 * (attempt + 1))
 
-    await asyncio.gather(*(one(a) for a in job["agents"]))
+    holders = [asyncio.create_task(hold(a)) for a in job["agents"]]
+    await first_open.wait()
     print(json.dumps({"open": len(sockets), "connect_s": round(time.monotonic() - t0, 2)}), flush=True)
-    drains = [asyncio.create_task(drain(ws)) for ws in sockets]
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the driver says stop
-    closed = sum(1 for d in drains if d.done())
-    for d in drains:
-        d.cancel()
-    for i in range(0, len(sockets), 500):
-        await asyncio.gather(*(ws.close() for ws in sockets[i:i + 500]), return_exceptions=True)
-    return {"open": len(sockets), "closed_by_server": closed}
+    stopping = True
+    still_open = len(sockets)
+    open_now = list(sockets.values())
+    for i in range(0, len(open_now), 500):
+        await asyncio.gather(*(ws.close() for ws in open_now[i:i + 500]), return_exceptions=True)
+    for h in holders:
+        h.cancel()
+    await asyncio.gather(*holders, return_exceptions=True)
+    return {"open": still_open, **stats}
 
 
 async def catchup(job: dict[str, Any]) -> dict[str, Any]:

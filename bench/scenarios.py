@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pymongo import AsyncMongoClient
 
 from .stack import BenchStack
@@ -275,14 +276,17 @@ class Bench:
             opened = json.loads(line)
             # A socket is open for the client at accept; the gateway then authenticates, registers
             # and resumes it. Its device record is written at the end of that: wait for all of them.
+            # (A socket closed 1012 during its set-up is opened again by the client.)
             set_up = await self.until(lambda: self.db.delivery_devices.count_documents({"tenant_id": tenant}),
-                                      opened["open"], 60 if self.scale is QUICK else 900)
+                                      n, 60 if self.scale is QUICK else 900)
             opened["server_ready_s"] = round(time.monotonic() - t_open, 2)
             after = await settle_rss(pid, 8.0)
             cpu = await cpu_percent(pid, 6.0)
+            # The gateway's own count of open sockets when RSS was read (its probes' sockets are closed).
+            held = await open_on_gateway(url)
             self.say(f"  {opened['open']} idle sockets in {opened['connect_s']} s, {set_up} set up by the gateway in "
-                     f"{opened['server_ready_s']} s: gateway RSS {before} -> {after} "
-                     f"KiB ({(after - before) / max(1, opened['open']):.1f} KiB/socket), idle CPU {cpu}%")
+                     f"{opened['server_ready_s']} s, {held} open on it: gateway RSS {before} -> {after} "
+                     f"KiB ({(after - before) / max(1, held):.1f} KiB/socket), idle CPU {cpu}%")
             probe = await self.load(self.traffic(probes, "fanprobe", mode="open", rate=20,
                                                  duration_s=self.scale.probe_s, warmup_s=0.5, stream_url=url))
             rss_end = rss_kib(pid)
@@ -291,14 +295,14 @@ class Bench:
             out, _ = await asyncio.wait_for(proc.communicate(), 300)
         closed = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {}
         self.stack.stop_service("bench-fanin")
-        result = {"sockets": opened["open"], "asked": n, "connect_s": opened["connect_s"],
+        result = {"sockets": held, "asked": n, "connect_s": opened["connect_s"],
                   "server_ready_s": opened["server_ready_s"], "set_up": set_up,
                   "gateway_rss_before_kib": before, "gateway_rss_after_kib": after,
-                  "kib_per_socket": round((after - before) / max(1, opened["open"]), 1),
+                  "kib_per_socket": round((after - before) / max(1, held), 1),
                   "gateway_idle_cpu_percent": cpu, "rss_after_probe_kib": rss_end,
-                  "closed_by_server": closed.get("closed_by_server"),
+                  "closed_by_server": closed.get("closed_by_server"), "reopened_after_1012": closed.get("reopened"),
                   "probe": _brief(probe)}
-        self.say(f"  probe at {opened['open']} sockets: p50 {probe['latency']['p50_ms']} ms, "
+        self.say(f"  probe at {held} sockets: p50 {probe['latency']['p50_ms']} ms, "
                  f"p99 {probe['latency']['p99_ms']} ms, {probe['delivered']}/{probe['accepted']} delivered")
         return result
 
@@ -333,6 +337,17 @@ class Bench:
 def _brief(r: dict[str, Any]) -> dict[str, Any]:
     return {k: r[k] for k in ("offered_per_s", "sent", "accepted", "delivered", "missing", "duplicates",
                               "accepted_per_s", "latency", "http") if k in r}
+
+
+async def open_on_gateway(stream_url: str) -> int:
+    """`im_delivery_connections_open` from the gateway's /metrics."""
+    base = stream_url.replace("ws://", "http://").split("/v1/")[0]
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{base}/metrics", timeout=30)).text
+    for line in text.splitlines():
+        if line.startswith("im_delivery_connections_open "):
+            return int(float(line.split()[1]))
+    raise RuntimeError("the gateway reports no im_delivery_connections_open")
 
 
 def rss_kib(pid: int) -> int:

@@ -91,6 +91,10 @@ class BenchStack(launcher.Stack):
             "IM_TOPIC_PREFIX": p,
             "IM_JWT_SECRET": secret,
             "IM_LOG_LEVEL": self.log_level,
+            # SecantusDB answers the driver's heartbeat late when saturated (one Python process, a
+            # thread per client): past the 3 s default the driver marks it unknown and drops every
+            # pooled connection mid-request. A benchmark saturates it on purpose (RESULTS.md).
+            "IM_MONGO_CONNECT_TIMEOUT_S": "30",
             "IM_API_PORT": str(c.api_port),
             "IM_STREAM_PORT": str(c.stream_port),
             "IM_DELIVERY_WORKER_PORT": str(c.worker_port),
