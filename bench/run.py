@@ -110,6 +110,7 @@ async def run(args: argparse.Namespace) -> dict:
         say(f"[bench] starting the services (topic prefix {stack.prefix}, database {stack.db_name})")
         await stack.start()
         bench = Bench(stack, workdir, scale, say, rate=args.rate)
+        bench.settle = lambda: quiet(stack, endpoints, say, 0.25, 30 if args.quick else 300)
         try:
             for name in only:
                 settle_s = 0.0

@@ -59,6 +59,7 @@ class Bench:
         self.mongo: AsyncMongoClient = AsyncMongoClient(stack.endpoints.mongo_uri, tz_aware=True)
         self.db = self.mongo[stack.db_name]
         self.jobs = 0
+        self.settle = None  # async callable: wait until the stack is idle (set by run.py)
 
     async def close(self) -> None:
         await self.mongo.close()
@@ -186,8 +187,14 @@ class Bench:
             return (r["latency"]["p99_ms"] < 250 and r["missing"] == 0 and r["accepted"] == r["sent"]
                     and r["accepted_per_s"] >= 0.95 * r["offered_per_s"])
 
-        for rate in self.scale.search_rates:
+        async def ready() -> None:
+            """The previous step's backlog worked off, and the stack idle again."""
             await self.drained()
+            if self.settle is not None:
+                await self.settle()
+
+        for rate in self.scale.search_rates:
+            await ready()
             r = await self.latency(rate, self.scale.search_s, tag="step")
             steps.append({"rate": rate, "pass": passes(r), **_brief(r)})
             if not passes(r):
@@ -198,14 +205,14 @@ class Bench:
         while best is None and rate > 12 and self.scale is not QUICK:
             # Even the first step failed: halve downwards until a rate passes.
             failed_at, rate = rate, rate / 2
-            await self.drained()
+            await ready()
             r = await self.latency(rate, self.scale.search_s, tag="step")
             steps.append({"rate": rate, "pass": passes(r), **_brief(r)})
             if passes(r):
                 best = {"rate": rate, **_brief(r)}
         if best and failed_at and self.scale is not QUICK:
             mid = round((best["rate"] + failed_at) / 2)
-            await self.drained()
+            await ready()
             r = await self.latency(mid, self.scale.search_s, tag="step")
             steps.append({"rate": mid, "pass": passes(r), **_brief(r)})
             if passes(r):
@@ -287,6 +294,13 @@ class Bench:
             self.say(f"  {opened['open']} idle sockets in {opened['connect_s']} s, {set_up} set up by the gateway in "
                      f"{opened['server_ready_s']} s, {held} open on it: gateway RSS {before} -> {after} "
                      f"KiB ({(after - before) / max(1, held):.1f} KiB/socket), idle CPU {cpu}%")
+            # The probe measures delivery at this size, not the connects' aftermath (presence works
+            # off 10,000 ConnectionOpened events for minutes): on a settled stack.
+            settled_s = 0.0
+            if self.settle is not None:
+                t_settle = time.monotonic()
+                await self.settle()
+                settled_s = round(time.monotonic() - t_settle, 1)
             probe = await self.load(self.traffic(probes, "fanprobe", mode="open", rate=20,
                                                  duration_s=self.scale.probe_s, warmup_s=0.5, stream_url=url))
             rss_end = rss_kib(pid)
@@ -301,6 +315,7 @@ class Bench:
                   "kib_per_socket": round((after - before) / max(1, held), 1),
                   "gateway_idle_cpu_percent": cpu, "rss_after_probe_kib": rss_end,
                   "closed_by_server": closed.get("closed_by_server"), "reopened_after_1012": closed.get("reopened"),
+                  "settled_before_probe_s": settled_s,
                   "probe": _brief(probe)}
         self.say(f"  probe at {held} sockets: p50 {probe['latency']['p50_ms']} ms, "
                  f"p99 {probe['latency']['p99_ms']} ms, {probe['delivered']}/{probe['accepted']} delivered")

@@ -236,10 +236,14 @@ async def test_the_queue_writer_appends_a_batch_in_two_commands_per_agent_and_a_
 class _RecordingSocket:
     def __init__(self) -> None:
         self.sent: list[dict] = []
+        self.closed: int | None = None
 
     async def send_text(self, text: str) -> None:
         frame = json.loads(text)
         self.sent.extend(frame["frames"] if frame["type"] == "batch" else [frame])
+
+    async def close(self, code: int, reason: str = "") -> None:
+        self.closed = code
 
 
 async def test_a_signal_during_connection_setup_starts_no_pump_before_the_resume_cursor_is_known(
@@ -259,3 +263,26 @@ async def test_a_signal_during_connection_setup_starts_no_pump_before_the_resume
     conn.start()
     await eventually(lambda: conn._pump is None and socket.sent, timeout=10)
     assert [f["cursor"] for f in socket.sent] == [3]
+
+
+async def test_a_signalled_range_that_was_pruned_meanwhile_closes_4409_instead_of_being_skipped(
+    mongo, mongo_db_name, kafka_bootstrap
+):
+    """Bounded reads up to a signalled cursor: a range that comes back empty because pruning removed
+    it (not because of a gap) must end in 4409, as an open read noticing the jump did."""
+    store = QueueStore(mongo[mongo_db_name])
+    await store.ensure_indexes()
+    await store.append("acme", "ana", [NewEntry(f"k{i}", {"type": "x", "n": i}) for i in range(1, 11)])
+    # The pruning job marks the head first, then deletes (worker/pruning.py).
+    await store.heads.update_one(store.head_filter("acme", "ana"), {"$max": {"pruned_through": 6}})
+    await store.queue.delete_many({"tenant_id": "acme", "agent_id": "ana", "cursor": {"$lte": 6}})
+    socket = _RecordingSocket()
+    conn = StreamConnection("conn-1", "acme", "ana", "laptop", socket, store,  # type: ignore[arg-type]
+                            settings_for(kafka_bootstrap, "unused", replay_batch=4))
+    # Resumed at 2 before the prune; no safety poll pending. Batches of 4: (2, 6] is all pruned, and
+    # the next range starts right after it, so nothing else would notice the jump.
+    conn.last_sent, conn.poll_due = 2, False
+    conn.start()
+    conn.signal(10)
+    await eventually(lambda: conn._pump is None and conn.closing is not None, timeout=10)
+    assert socket.closed == 4409 and socket.sent == []

@@ -167,9 +167,10 @@ class StreamConnection:
                     await self.ensure_retained()
                 limit = min(self.settings.replay_batch, await self.window())
                 entries, through = await self.read(limit)
-                if entries and entries[0].cursor != self.last_sent + 1:
-                    # Not the next cursor: a gap (allowed) or entries pruned under us while this
-                    # connection was replaying; the head says which (pruning marks it first).
+                if (entries[0].cursor != self.last_sent + 1) if entries else through > self.last_sent:
+                    # Not the next cursor, or a signalled range with nothing in it: a gap (allowed)
+                    # or entries pruned under us while this connection was replaying; the head
+                    # says which (pruning marks it first).
                     await self.ensure_retained()
                 if entries:
                     wire = [e.wire() for e in entries]
