@@ -46,6 +46,9 @@ class DeliverySettings(CommonSettings):
     # A gateway silent this long (no GatewayHeartbeat) is gone: its connection registrations are
     # dropped so signals stop going to it. Five default heartbeats: a slow beat is not a death.
     gateway_expiry_s: float = 15.0
+    # Registrations of a gateway's earlier boot are swept when the worker sees a new epoch, and
+    # again this often (the sweep scans all of the gateway's registrations).
+    epoch_resweep_s: float = 60.0
 
     # --- queue retention (pruning job) ---
     # Pruning is a sweep over every queue: once a minute keeps it cheap and the queues short.

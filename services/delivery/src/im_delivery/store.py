@@ -256,16 +256,19 @@ class QueueStore:
         """At boot: registrations a previous process with this gateway id left behind (a crash)."""
         await self.connections.delete_many({"gateway_id": gateway_id})
 
-    async def gateway_seen(self, gateway_id: str, epoch: str, seen_at: datetime) -> None:
-        """A heartbeat: registrations an earlier boot (another epoch) opened before it are gone."""
+    async def gateway_seen(self, gateway_id: str, epoch: str, seen_at: datetime, sweep: bool = True) -> None:
+        """A heartbeat; with `sweep`, registrations an earlier boot (another epoch) opened before it
+        are dropped (a scan of the gateway's registrations: the caller does it when the epoch is new
+        to it, and now and then)."""
         await self.gateways.update_one(
             {"_id": gateway_id},
             {"$set": {"tenant_id": SYSTEM_TENANT}, "$max": {"seen_at": seen_at}},
             upsert=True,
         )
-        await self.connections.delete_many(
-            {"gateway_id": gateway_id, "epoch": {"$ne": epoch}, "opened_at": {"$lt": seen_at}}
-        )
+        if sweep:
+            await self.connections.delete_many(
+                {"gateway_id": gateway_id, "epoch": {"$ne": epoch}, "opened_at": {"$lt": seen_at}}
+            )
 
     async def expire_gateways(self, silent_for_s: float) -> list[str]:
         """Gateways silent for `silent_for_s` by the heartbeat clock (the newest beat seen from any
