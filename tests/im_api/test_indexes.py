@@ -8,25 +8,10 @@ from datetime import timedelta
 import pytest
 from im_api.store import Store, now
 
+from support.plans import stages
+
 pytestmark = pytest.mark.integration
 T = "acme"
-
-
-def stages(plan: dict) -> list[str]:
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "stage" in node:
-                found.append(node["stage"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(plan.get("queryPlanner", {}).get("winningPlan", {}))
-    return found
 
 
 async def test_thread_list_history_and_related_lookup_use_indexes(api, mongo, mongo_db_name):

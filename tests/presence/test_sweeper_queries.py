@@ -10,24 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from im_presence.store import PresenceStore
 
+from support.plans import stages
+
 pytestmark = pytest.mark.integration
-
-
-def stages(plan: dict) -> list[str]:
-    found: list[str] = []
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            if "stage" in node:
-                found.append(node["stage"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(plan.get("queryPlanner", {}).get("winningPlan", {}))
-    return found
 
 
 async def test_due_deadlines_and_unpublished_changes_are_read_per_partition_on_their_indexes(mongo, mongo_db_name):
