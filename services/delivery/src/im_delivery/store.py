@@ -106,12 +106,13 @@ class QueueStore:
 
     # --- the queue writer (single writer per agent) ---------------------------------------------
 
-    async def existing_keys(self, tenant_id: str, agent_id: str, keys: list[str]) -> set[str]:
+    async def existing_keys(self, tenant_id: str, agent_id: str, keys: list[str]) -> dict[str, int]:
+        """The entries already queued among `keys`: dedupe key -> its cursor."""
         cursor = self.queue.find(
             {"tenant_id": tenant_id, "agent_id": agent_id, "dedupe_key": {"$in": keys}},
-            {"dedupe_key": 1, "_id": 0},
+            {"dedupe_key": 1, "cursor": 1, "_id": 0},
         )
-        return {doc["dedupe_key"] async for doc in cursor}
+        return {doc["dedupe_key"]: int(doc["cursor"]) async for doc in cursor}
 
     async def allocate(self, tenant_id: str, agent_id: str, n: int, known: int | None = None) -> int:
         """Moves the agent's head by n and returns the new head (the last cursor allocated).

@@ -97,8 +97,10 @@ class Store:
             # The same keys, whole: what the send path's idempotency read uses. A server may only
             # use a partial index when it can prove the query implies its filter; SecantusDB cannot
             # for `$type` (nor for `$in`), so that read was a COLLSCAN of every message (issue 8).
+            # (`seq` last: a key pattern of its own, as some MongoDB versions refuse a second index
+            # on the same keys that differs only by being whole.)
             IndexModel([("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("sender_id", ASCENDING),
-                        ("client_msg_id", ASCENDING)], name="idempotency_lookup"),
+                        ("client_msg_id", ASCENDING), ("seq", ASCENDING)], name="idempotency_lookup"),
         ])
         await self.outbox.create_indexes([
             IndexModel([("shard", ASCENDING), ("sent_at", ASCENDING), ("conversation_id", ASCENDING),

@@ -244,3 +244,7 @@ class StreamConnection:
             await asyncio.wait_for(self.websocket.send_text(text), self.settings.send_timeout_s)
         except TimeoutError:
             raise CloseConnection(CLOSE_TOO_SLOW, "too slow") from None
+        except Exception:
+            if self.closing is not None:  # closed by another path while this send waited to write
+                raise CloseConnection(self.closing, "closed") from None
+            raise

@@ -88,8 +88,11 @@ class QueueWriter:
                 present = await self.store.existing_keys(tenant_id, agent_id, list(wanted))
                 fresh = [wanted[k] for k in wanted if k not in present]
                 if not fresh:
+                    # Signal the highest of these entries, not the head: cursors up to the head may
+                    # belong to another writer's append still in flight (the partition's previous
+                    # owner during a rebalance), and a gateway reads a signalled range as complete.
                     DUPLICATES.inc(len(wanted))
-                    return int((await self.store.head(tenant_id, agent_id))["cursor"])
+                    return max(present.values())
             started = time.perf_counter()
             agent = (tenant_id, agent_id)
             try:
