@@ -200,11 +200,6 @@ class QueueStore:
         ).sort("cursor", ASCENDING).limit(limit)
         return [Entry(int(doc["cursor"]), doc["frame"], doc.get("trace_id")) async for doc in found]
 
-    async def device_cursor(self, tenant_id: str, agent_id: str, device_id: str) -> int | None:
-        doc = await self.devices.find_one({"_id": device_doc_id(tenant_id, agent_id, device_id),
-                                           "tenant_id": tenant_id})
-        return None if doc is None else int(doc["cursor"])
-
     async def device_cursors(self, tenant_id: str, agent_id: str) -> dict[str, int]:
         """Every device of the agent and its acknowledged cursor (an agent has a few devices)."""
         found = self.devices.find({"tenant_id": tenant_id, "agent_id": agent_id}, {"device_id": 1, "cursor": 1})

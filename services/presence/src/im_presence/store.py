@@ -16,7 +16,7 @@ nature (one partition holds many tenants), so a tenant-first index cannot serve 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -128,21 +128,19 @@ class PresenceStore:
 
     async def due(self, partitions: Iterable[int], now: datetime) -> list[tuple[str, str, int, datetime]]:
         """(tenant, agent, partition, deadline) of every due grace deadline in these partitions."""
-        out = []
-        for partition in sorted(partitions):
-            cursor = self.agents.find(
-                self.due_query(partition, now), {"tenant_id": 1, "agent_id": 1, "partition": 1, "grace_deadline": 1}
-            )
-            out += [(d["tenant_id"], d["agent_id"], d["partition"], d["grace_deadline"]) async for d in cursor]
-        return out
+        docs = await self._per_partition(partitions, lambda p: self.due_query(p, now),
+                                         {"tenant_id": 1, "agent_id": 1, "partition": 1, "grace_deadline": 1})
+        return [(d["tenant_id"], d["agent_id"], d["partition"], d["grace_deadline"]) for d in docs]
 
     async def unpublished(self, partitions: Iterable[int]) -> list[tuple[str, str]]:
         """Agents whose visible change was saved but not published (a crash in between)."""
-        out = []
-        for partition in sorted(partitions):
-            cursor = self.agents.find(self.unpublished_query(partition), {"tenant_id": 1, "agent_id": 1})
-            out += [(d["tenant_id"], d["agent_id"]) async for d in cursor]
-        return out
+        docs = await self._per_partition(partitions, self.unpublished_query, {"tenant_id": 1, "agent_id": 1})
+        return [(d["tenant_id"], d["agent_id"]) for d in docs]
+
+    async def _per_partition(self, partitions: Iterable[int], query: Callable[[int], dict],
+                             projection: dict) -> list[dict]:
+        """One indexed read per partition (see above), results in partition order."""
+        return [d for p in sorted(partitions) async for d in self.agents.find(query(p), projection)]
 
     async def count_by_status(self, partitions: Iterable[int]) -> dict[str, int]:
         """Agents per status over `partitions` (the owned ones: summed across processes, no overlap)."""

@@ -219,6 +219,8 @@ class StreamConnection:
             return await self.store.entries_after(self.tenant_id, self.agent_id, start, limit, through=through), through
         entries = await self.store.entries_after(self.tenant_id, self.agent_id, start, limit, through=start + limit)
         if len(entries) < limit:
+            # From `start` again, not from the bounded read's end: an entry of that range may have
+            # landed in between, and reading past it would skip it.
             entries = await self.store.entries_after(self.tenant_id, self.agent_id, start, limit)
         return entries, 0
 

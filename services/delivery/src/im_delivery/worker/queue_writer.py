@@ -2,7 +2,7 @@
 
 It consumes `im.inbox.v1` (keyed tenant:agent) in group `delivery-queue`: the partition owner is
 the only writer of those agents' queues, so cursors become visible in order. Per agent and batch
-it allocates n cursors with one `$inc` of the head and inserts the entries in order; the unique
+it allocates n cursors by one compare-and-set of the head and inserts the entries in order; the unique
 (tenant, agent, dedupe_key) index makes a re-consumed record a no-op. The gateways holding the
 batch's agents are looked up once per tenant, then each is signalled.
 """
@@ -26,7 +26,7 @@ logger = logging.getLogger("im_delivery.queue_writer")
 APPENDED = Counter("im_delivery_entries_appended_total", "Queue entries appended")
 DUPLICATES = Counter("im_delivery_entries_duplicate_total", "Queue appends dropped as already present")
 APPEND_SECONDS = Histogram("im_delivery_queue_append_seconds",
-                           "One agent's batch appended to its queue (head $inc + ordered insert)")
+                           "One agent's batch appended to its queue (head compare-and-set + ordered insert)")
 FANOUT_SECONDS = Histogram("im_delivery_fanout_latency_seconds",
                            "From the domain event's occurred_at to its entry appended to a recipient's queue",
                            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
@@ -78,11 +78,13 @@ class QueueWriter:
         Optimistic: the batch is inserted straight away and the unique dedupe-key index refuses
         what is already there (a re-consumed record). Only then are the present keys read and the
         rest appended at fresh cursors (the refused ones' cursors stay gaps, which readers allow).
-        So a first delivery costs two commands per agent and batch: the head `$inc` and the insert."""
+        So a first delivery costs two commands per agent and batch: the head's compare-and-set and
+        the insert."""
         wanted: dict[str, tuple[NewEntry, float | None]] = {}
         for event, trace, origin in events:
             wanted.setdefault(event.dedupe_key, (NewEntry(event.dedupe_key, event.frame, trace), origin))
         fresh = list(wanted.values())
+        agent = (tenant_id, agent_id)
         for attempt in range(1, MAX_APPEND_ATTEMPTS + 1):
             if attempt > 1:  # a collision: append only what is missing
                 present = await self.store.existing_keys(tenant_id, agent_id, list(wanted))
@@ -94,7 +96,6 @@ class QueueWriter:
                     DUPLICATES.inc(len(wanted))
                     return max(present.values())
             started = time.perf_counter()
-            agent = (tenant_id, agent_id)
             try:
                 head = await self.store.append(tenant_id, agent_id, [entry for entry, _ in fresh],
                                                known=self.heads.get(agent))
