@@ -94,6 +94,7 @@ class ChildServer:
         if proc is not None and proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
+                os.killpg(proc.pid, signal.SIGCONT)  # a paused server handles its SIGTERM too
             except ProcessLookupError:
                 pass
             try:
@@ -107,6 +108,15 @@ class ChildServer:
         if self._log is not None:
             self._log.close()  # type: ignore[attr-defined]
             self._log = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the server stops answering but keeps its sockets open (a hung host, a long GC)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: no clean shutdown."""

@@ -18,6 +18,7 @@ from im_runtime.health import Readiness, health_router
 from im_runtime.kafka import DeadLetters, make_producer, start_with_retry
 from im_runtime.logs import log
 from im_runtime.mongo import connect, reachable
+from im_runtime.shutdown import Shutdown
 
 from .api import agents, conversations, me
 from .api.deps import Services
@@ -118,25 +119,17 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             yield
         finally:
             readiness.draining = True
+            stop = Shutdown("im-api", logger, settings.shutdown_grace_s)
             # The consumer first: it finishes the batch in hand (which sends through the committer).
-            with contextlib.suppress(Exception):
-                await broker.stop()
+            await stop.drain("assistance consumer", broker.stop)
             # uvicorn has drained the requests: commit what is queued, then stop the relay.
-            tasks[0].cancel()
-            await asyncio.gather(tasks[0], return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await committer.drain()
-            for task in tasks[1:]:
-                task.cancel()
-            # Bounded: a client library that swallows a cancellation must not hang the shutdown.
-            _, stuck = await asyncio.wait(tasks[1:], timeout=settings.shutdown_grace_s)
-            for task in stuck:
-                log(logger, logging.WARNING, "task did not stop in time", task=task.get_name())
-            await relay.stop()
-            with contextlib.suppress(Exception):
-                await dead_letter_producer.stop()
-            await client.close()
-            log(logger, logging.INFO, "im-api stopped")
+            await stop.cancel("committer", tasks[:1])
+            await stop.drain("queued sends", committer.drain)
+            await stop.cancel("background tasks", tasks[1:])
+            await stop.drain("outbox leases", relay.stop)
+            await stop.close("kafka producer (dead letters)", dead_letter_producer.stop)
+            await stop.close("mongodb client", client.close)
+            stop.finished()
 
     app = FastAPI(title="Helpdesk IM API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)

@@ -16,6 +16,7 @@ from im_runtime.health import Readiness, health_router
 from im_runtime.kafka import DeadLetters, make_producer, start_with_retry
 from im_runtime.logs import log
 from im_runtime.mongo import connect, reachable
+from im_runtime.shutdown import Shutdown
 from prometheus_client import Counter
 from pymongo import AsyncMongoClient
 
@@ -89,18 +90,17 @@ class PresenceProcess:
         self.readiness.draining = True
         sweeper, broker, producer, mongo = self._sweeper, self.broker, self.producer, self.mongo
         self._sweeper = self.broker = self.producer = self.mongo = None
+        stop = Shutdown("presence", logger, self.settings.shutdown_timeout_s)
         if sweeper is not None:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            await stop.cancel("sweeper", [sweeper])
         # The broker first: it finishes the batch in hand (which may still publish) and leaves the group.
         if broker is not None:
-            await broker.stop()
+            await stop.drain("kafka consumers", broker.stop)
         if producer is not None:
-            await producer.stop()
+            await stop.close("kafka producer", producer.stop)
         if mongo is not None:
-            await mongo.close()
-            log(logger, logging.INFO, "presence stopped")
+            await stop.close("mongodb client", mongo.close)
+        stop.finished()
 
 
 def create_app(settings: PresenceSettings | None = None) -> FastAPI:

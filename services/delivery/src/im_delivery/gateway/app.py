@@ -13,6 +13,7 @@ from im_runtime.health import Readiness, health_router
 from im_runtime.kafka import make_producer, start_with_retry
 from im_runtime.logs import log
 from im_runtime.mongo import connect, reachable
+from im_runtime.shutdown import Shutdown
 
 from ..settings import DeliverySettings
 from ..store import QueueStore
@@ -62,15 +63,14 @@ def create_app(settings: DeliverySettings) -> FastAPI:
             # (their handlers published ConnectionClosed); any socket left is closed 1012 here.
             # Then the background tasks stop, the producer flushes, and the clients close.
             readiness.draining = True
-            await hub.close_all()
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            await signals.stop()
-            await producer.flush()
-            await producer.stop()
-            await mongo.close()
-            log(logger, logging.INFO, "gateway stopped", gateway_id=settings.gateway_id)
+            stop = Shutdown("gateway", logger, settings.shutdown_grace_s)
+            await stop.drain("open sockets", hub.close_all)
+            await stop.cancel("background tasks", background)
+            await stop.drain("signal reader", signals.stop)
+            await stop.drain("kafka producer flush", producer.flush)
+            await stop.close("kafka producer", producer.stop)
+            await stop.close("mongodb client", mongo.close)
+            stop.finished()
 
     app.router.lifespan_context = lifespan
     return app

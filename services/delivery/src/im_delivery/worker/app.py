@@ -14,6 +14,7 @@ from im_runtime.health import Readiness, health_router
 from im_runtime.kafka import DeadLetters, make_producer, start_with_retry
 from im_runtime.logs import log
 from im_runtime.mongo import connect, reachable
+from im_runtime.shutdown import Shutdown
 
 from ..bus import BatchSubscription, DeliveryBus, count_dead_letters
 from ..settings import DeliverySettings
@@ -83,14 +84,13 @@ def create_app(settings: DeliverySettings) -> FastAPI:
             # confirmed, offsets committed) and leave their groups; then the producer flushes;
             # then the clients close.
             readiness.draining = True
-            pruning.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pruning
-            await broker.stop()
-            await producer.flush()
-            await producer.stop()
-            await mongo.close()
-            log(logger, logging.INFO, "delivery worker stopped")
+            stop = Shutdown("delivery worker", logger, settings.shutdown_grace_s)
+            await stop.cancel("pruning", [pruning])
+            await stop.drain("kafka consumers", broker.stop)
+            await stop.drain("kafka producer flush", producer.flush)
+            await stop.close("kafka producer", producer.stop)
+            await stop.close("mongodb client", mongo.close)
+            stop.finished()
 
     app = FastAPI(title="Helpdesk IM delivery worker", lifespan=lifespan)
     app.include_router(health_router(readiness))
