@@ -17,6 +17,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from servers import Endpoints, session_workdir, start_endpoints, unique_name  # noqa: E402
 from support.processes import ServiceProcess, ServiceRunner  # noqa: E402
+from support.tasks import no_task_ignores_cancellation  # noqa: E402,F401
+# The watchdog's hooks: a hung test ends the run with a diagnosis instead of stalling CI.
+from support.watchdog import (  # noqa: E402,F401
+    on_abort,
+    pytest_configure,
+    pytest_runtest_logreport,
+    pytest_runtest_protocol,
+)
 
 # Tests shorten every interval through settings; this secret exists only inside the test run.
 TEST_JWT_SECRET = "test-secret-" + secrets.token_hex(16)
@@ -30,6 +38,7 @@ def workdir() -> Path:
 @pytest.fixture(scope="session")
 def endpoints(workdir: Path, pytestconfig: pytest.Config) -> Iterator[Endpoints]:
     ep = start_endpoints(workdir)
+    forget = on_abort(ep.stop)
     line = (
         f"[servers] Kafka: {ep.kafka_kind} at {ep.kafka_bootstrap} "
         f"(idempotent producer {'on' if ep.kafka_idempotence else 'off'}); "
@@ -44,6 +53,7 @@ def endpoints(workdir: Path, pytestconfig: pytest.Config) -> Iterator[Endpoints]
     try:
         yield ep
     finally:
+        forget()
         ep.stop()
 
 
@@ -110,9 +120,11 @@ def service_env(endpoints: Endpoints, topic_prefix: str, mongo_db_name: str) -> 
 async def services(workdir: Path) -> AsyncIterator[ServiceRunner]:
     """Starts service processes the way `make run` does; stops every one at the end."""
     runner = ServiceRunner(workdir / "services")
+    forget = on_abort(runner.stop_all)
     try:
         yield runner
     finally:
+        forget()
         await asyncio.to_thread(runner.stop_all)
 
 
@@ -130,9 +142,11 @@ def private_kafka(endpoints: Endpoints, workdir: Path) -> Iterator:
 
     kind = "tansu" if endpoints.kafka_kind == "tansu" or not local.have_java() else "apache"
     broker = local.start_kafka(kind, workdir / unique_name("kafka-"))
+    forget = on_abort(broker.stop)
     try:
         yield broker
     finally:
+        forget()
         broker.stop()
 
 
@@ -144,7 +158,9 @@ def private_mongo(workdir: Path) -> Iterator:
     path = workdir / unique_name("mongo-")
     server = local.SecantusMongo(name="secantusdb-private", log_path=path / "mongo.log",
                                  data_dir=path / "data", port=local.free_port()).start()
+    forget = on_abort(server.stop)
     try:
         yield server
     finally:
+        forget()
         server.stop()
