@@ -1,5 +1,9 @@
 """`make bench ARGS=--quick` against the session's servers: every scenario runs end to end through
-the real services and reports numbers (the benchmark cannot rot between full runs)."""
+the real services and reports numbers (the benchmark cannot rot between full runs).
+
+A smoke test of the harness, not a performance assertion: it fails when the harness is broken (a
+scenario errors, a figure is missing or not a number, a message is lost), never because the
+machine was slow that minute. Its bounds only stop a harness that hangs."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.bench]
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ("baselines", "latency", "latency_search", "throughput", "catch_up", "fan_in")
@@ -24,7 +28,11 @@ def number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-@pytest.mark.timeout(170)
+# A cold first run on a busy 2-core machine took ~150 s; the bound is for a hang, not for speed.
+HANG_BOUND_S = 900
+
+
+@pytest.mark.timeout(HANG_BOUND_S + 90)
 def test_quick_benchmark_reports_every_scenario_with_numeric_figures(endpoints, kafka_bootstrap, mongo_uri,
                                                                      tmp_path):
     out = tmp_path / "quick.json"
@@ -34,11 +42,11 @@ def test_quick_benchmark_reports_every_scenario_with_numeric_figures(endpoints, 
          "--out", str(out), "--workdir", str(tmp_path / "work")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        output, _ = proc.communicate(timeout=150)
+        output, _ = proc.communicate(timeout=HANG_BOUND_S)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGINT)  # the run stops every process it started, by pid
         output, _ = proc.communicate(timeout=60)
-        pytest.fail(f"bench --quick did not finish in 150 s:\n{output[-4000:]}")
+        pytest.fail(f"bench --quick did not finish in {HANG_BOUND_S} s (a hung harness):\n{output[-4000:]}")
     assert proc.returncode == 0, output[-4000:]
 
     result = json.loads(out.read_text())
@@ -75,7 +83,7 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.timeout(170)
+@pytest.mark.timeout(400)
 def test_a_terminated_benchmark_stops_every_server_and_service_it_started(tmp_path):
     """SIGTERM (what `timeout` or a CI cancel sends) mid-run: our own Kafka, SecantusDB and the four
     services are stopped by their pids, and the run says so."""
