@@ -4,9 +4,21 @@ import base64
 import json
 
 import pytest
+from im_api import openapi
 from im_contracts import schema
-from im_contracts.codec import RejectedRecord, dead_letter_for, decode_record, event_headers
-from im_contracts.events import ALL_EVENTS, AssistanceRequested, MessagePosted, to_rfc3339
+from im_contracts.codec import (
+    RejectedRecord,
+    dead_letter_for,
+    decode_record,
+    event_headers,
+)
+from im_contracts.events import (
+    ALL_EVENTS,
+    AssistanceRequested,
+    MessagePosted,
+    to_rfc3339,
+)
+from im_contracts.frames import CLIENT_FRAMES, SERVER_FRAMES
 from im_contracts.models import Message
 from im_contracts.topics import (
     ALL_TOPICS,
@@ -17,6 +29,7 @@ from im_contracts.topics import (
     agent_key,
     conversation_key,
 )
+from pydantic import ValidationError
 
 pytestmark = pytest.mark.unit
 
@@ -136,7 +149,7 @@ def test_times_are_rfc3339_utc_and_headers_name_the_event():
 def test_generated_json_schema_and_asyncapi_match_the_models():
     """`make contracts` output is committed; this fails when the models drift from it."""
     generated = schema.GENERATED_DIR
-    expected = schema.rendered()
+    expected = {**schema.rendered(), openapi.PATH: openapi.rendered()}
     on_disk = {str(p.relative_to(generated)): p.read_text() for p in generated.rglob("*.json")}
     assert set(on_disk) == set(expected), "run `make contracts` and commit contracts/generated/"
     for rel, text in expected.items():
@@ -144,3 +157,21 @@ def test_generated_json_schema_and_asyncapi_match_the_models():
     doc = json.loads(expected["asyncapi.json"])
     assert {c["address"] for c in doc["channels"].values()} >= set(API_TOPICS)
 
+
+
+def test_every_stream_frame_validates_and_unknown_fields_are_ignored():
+    batch = SERVER_FRAMES.validate_python({"type": "batch", "frames": [
+        {"type": "read.updated", "cursor": 3, "conversation_id": "c1", "agent_id": "bob", "seq": 2, "later": 1},
+        {"type": "message.created", "cursor": 4, "message": {
+            "id": "m", "conversation_id": "c1", "seq": 3, "sender_id": "ana", "body": "hi", "kind": "text",
+            "client_msg_id": "k", "created_at": "2026-01-01T00:00:00.000Z"}}]})
+    assert [f.cursor for f in batch.frames] == [3, 4]
+    live = SERVER_FRAMES.validate_python({"type": "presence.changed", "agent_id": "bob", "status": "away",
+                                          "last_seen_at": None})
+    assert live.status == "away"
+    assert CLIENT_FRAMES.validate_python({"type": "ack", "cursor": 9}).cursor == 9
+    for bad in ({"type": "ack", "cursor": -1}, {"type": "typing"}, {"type": "nope"}):
+        with pytest.raises(ValidationError):
+            CLIENT_FRAMES.validate_python(bad)
+    with pytest.raises(ValidationError):  # a queued frame without its cursor
+        SERVER_FRAMES.validate_python({"type": "read.updated", "conversation_id": "c", "agent_id": "a", "seq": 1})

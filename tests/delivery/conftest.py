@@ -25,11 +25,12 @@ from im_contracts.events import (
     MessagePosted,
     ParticipantsChanged,
 )
+from im_contracts.frames import SERVER_FRAMES
 from im_contracts.models import ConversationSnapshot, Message, Participant
 from im_runtime.auth import Principal, TokenVerifier
 from im_runtime.settings import CommonSettings
 from imctl.servers import free_port
-
+from pydantic import ValidationError
 from support.wait import eventually
 
 TENANT = "acme"
@@ -278,6 +279,7 @@ class StreamClient:
         self.auto_ack = auto_ack  # acknowledge each frame as it is processed, as a real client does
         self.queued: list[dict] = []
         self.live: list[dict] = []
+        self.off_contract: list[str] = []  # frames contracts/frames.py does not describe
         self.task = asyncio.create_task(self._read())
 
     @classmethod
@@ -294,6 +296,10 @@ class StreamClient:
         try:
             async for raw in self.ws:
                 frame = json.loads(raw)
+                try:
+                    SERVER_FRAMES.validate_python(frame)
+                except ValidationError as exc:
+                    self.off_contract.append(f"{frame.get('type')}: {exc}")
                 frames = frame["frames"] if frame["type"] == "batch" else [frame]
                 for f in frames:
                     (self.queued if "cursor" in f else self.live).append(f)
@@ -327,10 +333,12 @@ class StreamClient:
     async def close(self) -> None:
         await self.ws.close()
         await self.task
+        assert not self.off_contract, f"{self.name} got frames outside contracts/frames.py: {self.off_contract[:3]}"
 
 
 def assert_exactly_once_in_order(client: StreamClient, expected: dict[str, int]) -> None:
     """Wire cursors strictly increase; every (thread, seq) once; each thread in seq order."""
+    assert not client.off_contract, f"frames outside contracts/frames.py: {client.off_contract[:3]}"
     cursors = [f["cursor"] for f in client.queued]
     assert cursors == sorted(set(cursors)), f"{client.name}: a cursor repeated or went back"
     got = client.messages()

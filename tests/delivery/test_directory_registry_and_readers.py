@@ -132,6 +132,7 @@ async def test_a_mongodb_outage_while_messages_flow_pauses_the_worker_and_client
         await eventually(lambda: len(ana.messages()) + len(again.messages()) >= 90, timeout=60)
         merged = StreamClient.__new__(StreamClient)
         merged.name, merged.queued = "ana", ana.queued + again.queued
+        merged.off_contract = ana.off_contract + again.off_contract
         assert_exactly_once_in_order(merged, {cid: 90})
         await again.close()
     finally:

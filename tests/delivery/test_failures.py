@@ -52,6 +52,7 @@ async def test_a_gateway_killed_mid_stream_loses_nothing_when_clients_resume_on_
                          timeout=30)
         merged = StreamClient.__new__(StreamClient)
         merged.name, merged.queued = agent, [f for c in conns for f in c.queued]
+        merged.off_contract = [e for c in conns for e in c.off_contract]
         assert_exactly_once_in_order(merged, expected)
     # The dead gateway stops heartbeating: its registrations expire, signals stop going to it.
     registry = mongo[mongo_db_name]["delivery_connections"]

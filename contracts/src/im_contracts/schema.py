@@ -1,4 +1,4 @@
-"""JSON Schema and AsyncAPI documents generated from the event models (`make contracts`)."""
+"""JSON Schema and AsyncAPI documents generated from the event and frame models (`make contracts`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .events import ALL_EVENTS, SCHEMA_VERSION
+from .frames import frames_schema
 from .topics import ALL_TOPICS
 
 GENERATED_DIR = Path(__file__).resolve().parents[2] / "generated"
@@ -75,6 +76,7 @@ def rendered() -> dict[str, str]:
         for name, schema in json_schemas().items()
     }
     out["asyncapi.json"] = json.dumps(asyncapi(), indent=2, sort_keys=True) + "\n"
+    out["frames.json"] = json.dumps(frames_schema(), indent=2, sort_keys=True) + "\n"
     return out
 
 

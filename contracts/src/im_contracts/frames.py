@@ -1,0 +1,141 @@
+"""The WebSocket frames of `GET /v1/stream` (API.md), server → client and client → server.
+
+The gateway and the worker build these frames; clients (clients/js) get their TypeScript types
+generated from the JSON Schema exported here (`make contracts`), so a change on either side that
+is not made on both fails a test. Queued frames carry a `cursor` (increasing per agent); live
+frames carry none and are never replayed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from .models import ConversationSnapshot, Message, PresenceStatus, UtcTime
+
+# Clients ignore fields they do not know (API.md: add fields freely, never rename or drop); a
+# field with a default is still always sent, so the schema marks it required (the `type` of
+# every frame above all: clients switch on it).
+FRAME_CONFIG = ConfigDict(extra="ignore", json_schema_serialization_defaults_required=True)
+
+
+class Frame(BaseModel):
+    model_config = FRAME_CONFIG
+
+
+class Conversation(ConversationSnapshot):
+    """A conversation as one reader sees it: the shared snapshot plus that reader's read state."""
+
+    model_config = FRAME_CONFIG
+
+    last_read_seq: int = Field(default=0, description="The reader's read marker (seq).")
+    unread_count: int = Field(default=0, description="last_seq − last_read_seq.")
+
+
+Cursor = Annotated[int, Field(ge=1, description="The frame's position in the agent's queue (opaque, increasing).")]
+
+
+# --- server → client: queued (carry a cursor, replayed on resume) -------------------------------
+
+class MessageCreated(Frame):
+    type: Literal["message.created"] = "message.created"
+    cursor: Cursor
+    message: Message
+
+
+class ConversationUpdated(Frame):
+    type: Literal["conversation.updated"] = "conversation.updated"
+    cursor: Cursor
+    conversation: Conversation
+
+
+class ReadUpdated(Frame):
+    type: Literal["read.updated"] = "read.updated"
+    cursor: Cursor
+    conversation_id: str
+    agent_id: str = Field(description="Whose read marker moved.")
+    seq: int = Field(ge=0)
+
+
+QueuedFrame = Annotated[MessageCreated | ConversationUpdated | ReadUpdated, Field(discriminator="type")]
+
+
+class Batch(Frame):
+    """Several queued frames in one WebSocket message (replay), in cursor order."""
+
+    type: Literal["batch"] = "batch"
+    frames: list[QueuedFrame]
+
+
+# --- server → client: live only (no cursor, never replayed) ------------------------------------
+
+class PresenceChanged(Frame):
+    type: Literal["presence.changed"] = "presence.changed"
+    agent_id: str
+    status: PresenceStatus
+    last_seen_at: UtcTime | None = None
+
+
+class TypingStarted(Frame):
+    """Another participant is typing in the conversation (live; shown for a few seconds)."""
+
+    type: Literal["typing"] = "typing"
+    conversation_id: str
+    agent_id: str
+
+
+ServerFrame = Annotated[MessageCreated | ConversationUpdated | ReadUpdated | Batch | PresenceChanged | TypingStarted,
+                        Field(discriminator="type")]
+
+
+# --- client → server -------------------------------------------------------------------------
+
+class Ack(Frame):
+    """Everything up to `cursor` is processed on this device (acks only move forward)."""
+
+    type: Literal["ack"] = "ack"
+    cursor: int = Field(ge=0)
+
+
+class Typing(Frame):
+    type: Literal["typing"] = "typing"
+    conversation_id: str = Field(min_length=1)
+
+
+class Idle(Frame):
+    type: Literal["idle"] = "idle"
+
+
+class Active(Frame):
+    type: Literal["active"] = "active"
+
+
+ClientFrame = Annotated[Ack | Typing | Idle | Active, Field(discriminator="type")]
+
+SERVER_FRAMES: TypeAdapter = TypeAdapter(ServerFrame)
+CLIENT_FRAMES: TypeAdapter = TypeAdapter(ClientFrame)
+
+# WebSocket close codes of the stream (API.md): what a client does on each.
+CLOSE_CODES = {
+    1012: "server restarting: reconnect with your cursor",
+    4401: "authentication: get a fresh token, then reconnect",
+    4409: "cursor no longer retained: reload over HTTP, reconnect with its stream_cursor",
+    4429: "too slow: reconnect with your cursor, after a pause",
+}
+
+
+def frames_schema() -> dict:
+    """One JSON Schema document: `ServerFrame` and `ClientFrame` (unions), every frame in `$defs`."""
+    server = SERVER_FRAMES.json_schema(mode="serialization", ref_template="#/$defs/{model}")
+    client = CLIENT_FRAMES.json_schema(mode="serialization", ref_template="#/$defs/{model}")
+    defs = {**server.pop("$defs", {}), **client.pop("$defs", {})}
+    defs["ServerFrame"] = server
+    defs["ClientFrame"] = client
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Helpdesk IM stream frames",
+        "description": "GET /v1/stream: server → client frames (ServerFrame) and client → server frames (ClientFrame).",
+        "x-close-codes": {str(k): v for k, v in CLOSE_CODES.items()},
+        "$defs": dict(sorted(defs.items())),
+    }
