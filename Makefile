@@ -8,13 +8,13 @@ PACKAGES := -e contracts -e services/runtime -e services/im-api -e services/deli
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test run install setup contracts contracts-check lock test-unit test-integration test-e2e \
+.PHONY: test run install setup js contracts contracts-check lock test-unit test-integration test-e2e \
         bench compose-up compose-down clean help
 
 help:
 	@echo "make test      - create the venv if missing, install, start servers, run the whole suite"
 	@echo "make run       - the whole stack on this machine (Apache Kafka when Java is present)"
-	@echo "make contracts - regenerate JSON Schema + AsyncAPI from contracts/"
+	@echo "make contracts - regenerate JSON Schema, AsyncAPI, OpenAPI and the client's TypeScript types"
 	@echo "make bench     - the benchmarks (not part of make test)"
 
 $(STAMP): constraints.txt requirements-dev.txt contracts/pyproject.toml services/*/pyproject.toml deploy/imctl/pyproject.toml services/runtime/pyproject.toml
@@ -25,11 +25,21 @@ $(STAMP): constraints.txt requirements-dev.txt contracts/pyproject.toml services
 
 install: $(STAMP)
 
+# The TypeScript client (clients/js): its packages from the lockfile, then compiled.
+JS := clients/js
+JS_STAMP := $(JS)/node_modules/.installed
+$(JS_STAMP): $(JS)/package.json $(JS)/package-lock.json
+	cd $(JS) && npm ci --no-audit --no-fund
+	@touch $(JS_STAMP)
+
+js: $(JS_STAMP)
+	cd $(JS) && npm run --silent build
+
 # System tools some tests drive (kcat, ...): installed when absent, as root; otherwise printed.
 setup: install
 	@bash deploy/local/setup-tools.sh
 
-test: setup
+test: setup js
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install
@@ -44,8 +54,10 @@ test-e2e: install
 run: install
 	$(VENV)/bin/imctl up $(ARGS)
 
-contracts: install
+contracts: install $(JS_STAMP)
 	$(PY) -m im_contracts.schema
+	$(PY) -m im_api.openapi
+	cd $(JS) && npm run --silent generate
 
 lock: install
 	$(PIP) freeze --exclude-editable | sed '1i # Pinned versions of every Python dependency (make lock regenerates it from the current venv).' > constraints.txt
