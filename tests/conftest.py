@@ -85,9 +85,18 @@ async def kafka_topics(kafka_bootstrap: str, topic_prefix: str) -> str:
     return topic_prefix
 
 
+# A test's own MongoDB client never waits for ever on a reply (IM_MONGO_SOCKET_TIMEOUT_S is the
+# services' equivalent): a wedged server fails the test by name instead of hanging the run.
+TEST_MONGO_SOCKET_TIMEOUT_MS = 60_000
+
+
 @pytest.fixture
 async def mongo(mongo_uri: str, mongo_db_name: str) -> AsyncIterator[AsyncMongoClient]:
-    client: AsyncMongoClient = AsyncMongoClient(mongo_uri, tz_aware=True)
+    """The test's database, dropped afterwards. Every service process of the test is stopped first
+    (`services` depends on this fixture): SecantusDB wedged on a dropDatabase that raced live
+    transactions of services still running (CI: every later command of every client hung)."""
+    client: AsyncMongoClient = AsyncMongoClient(mongo_uri, tz_aware=True,
+                                                socketTimeoutMS=TEST_MONGO_SOCKET_TIMEOUT_MS)
     try:
         yield client
     finally:
@@ -117,8 +126,9 @@ def service_env(endpoints: Endpoints, topic_prefix: str, mongo_db_name: str) -> 
 
 
 @pytest.fixture
-async def services(workdir: Path) -> AsyncIterator[ServiceRunner]:
-    """Starts service processes the way `make run` does; stops every one at the end."""
+async def services(workdir: Path, mongo: AsyncMongoClient) -> AsyncIterator[ServiceRunner]:
+    """Starts service processes the way `make run` does; stops every one at the end, before the
+    test's database is dropped (hence `mongo` here: fixtures are torn down in reverse)."""
     runner = ServiceRunner(workdir / "services")
     forget = on_abort(runner.stop_all)
     try:

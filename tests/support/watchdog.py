@@ -68,28 +68,33 @@ class Watchdog:
         self._timer.cancel()
 
     def _fire(self) -> None:
-        # pytest captures file descriptor 2 during a test: give it back so this reaches the log.
-        capture = _config.pluginmanager.get_plugin("capturemanager") if _config is not None else None
-        if capture is not None:
-            try:
-                capture.suspend_global_capture(in_=False)
-            except Exception:  # noqa: BLE001 - racing the hung main thread; write anyway
-                pass
-        err = sys.__stderr__
+        err = _real_stderr()
         err.write(f"\n\n[watchdog] {self.nodeid} still running after {self.limit_s:.0f} s: ending the run\n")
         err.write("[watchdog] pending asyncio tasks:\n" + pending_tasks())
         err.write("[watchdog] threads:\n")
         err.flush()
         faulthandler.dump_traceback(file=err, all_threads=True)
+        outcomes["failed"] += 1
+        err.write(f"[watchdog] {self.nodeid} hung\n{summary_line()}\n")
+        err.flush()
+        # Stopping the servers may unblock the hung test and let the run print a little more;
+        # the closing line is written again last, just before the exit.
         for cleanup in list(reversed(_cleanups)):
             try:
                 cleanup()
             except Exception as exc:  # noqa: BLE001 - stopping the rest matters more
                 err.write(f"[watchdog] cleanup failed: {exc!r}\n")
-        outcomes["failed"] += 1
-        err.write(f"[watchdog] {self.nodeid} hung\n{summary_line()}\n")
+        err.write(f"\n{summary_line()}\n")
         err.flush()
         os._exit(1)
+
+
+_stderr: io.TextIOWrapper | None = None
+
+
+def _real_stderr():
+    """The run's own stderr, not pytest's capture of it (which a resumed test would swallow)."""
+    return _stderr or sys.__stderr__
 
 
 # --- the pytest hooks (imported by tests/conftest.py) ---------------------------------------
@@ -97,12 +102,14 @@ class Watchdog:
 # How long past its own timeout a test may still run before the watchdog ends the whole run.
 MARGIN_S = float(os.environ.get("IM_TEST_WATCHDOG_MARGIN_S", "120"))
 _verdicts: dict[str, str] = {}
-_config: pytest.Config | None = None
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    global _config
-    _config = config
+    global _stderr
+    # pytest has already redirected file descriptor 2 to its capture file: keep a handle on the
+    # descriptor it saved (the real stderr) for the watchdog's report.
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    saved = getattr(getattr(getattr(capture, "_global_capturing", None), "err", None), "targetfd_save", None)
+    if isinstance(saved, int):
+        _stderr = io.TextIOWrapper(io.FileIO(os.dup(saved), "w"), line_buffering=True)
 
 
 def _timeout_of(item: pytest.Item) -> float:

@@ -16,6 +16,7 @@ def make_client(settings: CommonSettings, **overrides) -> AsyncMongoClient:
         "tz_aware": True,
         "serverSelectionTimeoutMS": int(settings.mongo_timeout_s * 1000),
         "connectTimeoutMS": int(settings.mongo_connect_timeout_s * 1000),
+        "socketTimeoutMS": int(settings.mongo_socket_timeout_s * 1000),
     }
     options.update(overrides)
     return AsyncMongoClient(settings.mongo_uri, **options)

@@ -38,6 +38,10 @@ class CommonSettings(BaseSettings):
     # Opening a connection, and the driver's server monitor's check: a server that answers its
     # heartbeat later than this is marked unknown and every pooled connection is dropped.
     mongo_connect_timeout_s: float = shared("IM_MONGO_CONNECT_TIMEOUT_S", default=3.0)
+    # How long one reply from MongoDB may take: a server that accepts a command and never answers
+    # (seen with SecantusDB wedged by a dropDatabase beside live transactions) otherwise holds
+    # the caller for ever — a stop, a request, a consumer's batch.
+    mongo_socket_timeout_s: float = shared("IM_MONGO_SOCKET_TIMEOUT_S", default=30.0)
     log_level: str = shared("IM_LOG_LEVEL", default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     # Retrying a transient failure (MongoDB or Kafka down): exponential from initial to max.
     retry_initial_s: float = shared("IM_RETRY_INITIAL_S", default=0.2)
