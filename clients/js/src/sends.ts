@@ -25,6 +25,9 @@ export interface SenderOptions {
 
 export class Sender {
   private readonly inFlight = new Map<string, Promise<Message>>();
+  /** Per thread, the last send queued: the next one starts after it is answered, so messages
+   * typed in order are stored in that order (two POSTs in flight could land the other way round). */
+  private readonly tails = new Map<string, Promise<unknown>>();
   private readonly stopper = new AbortController();
 
   constructor(
@@ -64,8 +67,16 @@ export class Sender {
   private deliver(pending: PendingSend): Promise<Message> {
     const running = this.inFlight.get(pending.clientMsgId);
     if (running) return running;
-    const attempt = this.post(pending).finally(() => this.inFlight.delete(pending.clientMsgId));
+    const before = this.tails.get(pending.conversationId) ?? Promise.resolve();
+    const attempt = before
+      .catch(() => undefined) // a refused predecessor does not hold the next one back
+      .then(() => this.post(pending))
+      .finally(() => {
+        this.inFlight.delete(pending.clientMsgId);
+        if (this.tails.get(pending.conversationId) === attempt) this.tails.delete(pending.conversationId);
+      });
     this.inFlight.set(pending.clientMsgId, attempt);
+    this.tails.set(pending.conversationId, attempt);
     return attempt;
   }
 

@@ -116,6 +116,16 @@ describe("sends", () => {
     assert.deepEqual(after1.sends.pending(), []);
   });
 
+  test("sends to one thread fired together are stored in the order they were typed", async () => {
+    const { im: ana } = track(clientFor("ana"));
+    const conversation = await ana.http.startConversation({ participant_ids: ["ben"], related: { type: "chat", id: "C-order" } });
+    const bodies = Array.from({ length: 12 }, (_, i) => `in order ${i + 1}`);
+    const stored = await Promise.all(bodies.map((body) => ana.sends.send(conversation.id, body)));
+    assert.deepEqual(stored.map((m) => m.seq), bodies.map((_, i) => i + 1));
+    const page = await ana.http.messages(conversation.id);
+    assert.deepEqual(page.items.map((m) => m.body), bodies);
+  });
+
   test("a refusal is not retried: the error names the field", async () => {
     const { im: ana } = track(clientFor("ana"));
     const conversation = await ana.http.startConversation({ participant_ids: ["ben"], related: { type: "chat", id: "C-long" } });
