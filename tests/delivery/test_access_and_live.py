@@ -32,6 +32,22 @@ async def test_the_socket_closes_4401_when_its_token_expires_or_the_agent_is_dea
     await still.close()
 
 
+async def test_a_browser_page_from_an_origin_not_allowed_is_closed_4403(stack, outbox, tokens):
+    await stack.start_worker()
+    gw = await stack.start_gateway(IM_DELIVERY_ALLOWED_ORIGINS="https://desk.example, http://127.0.0.1:8000")
+    other_site = await StreamClient.connect(gw.url, tokens.ticket("ana"), name="other-site",
+                                            origin="https://evil.example")
+    assert await other_site.closed_with() == 4403
+    ours = await StreamClient.connect(gw.url, tokens.ticket("ana"), name="desk", origin="https://desk.example")
+    service = await StreamClient.connect(gw.url, tokens.ticket("ben"), name="no-origin")  # not a browser
+    cid = await outbox.start_conversation(["ana", "ben"])
+    await outbox.post(cid, "ben")
+    await eventually(lambda: ours.messages() == [(cid, 1)] and service.messages() == [(cid, 1)], timeout=15)
+    assert ours.close_code is None and service.close_code is None
+    await ours.close()
+    await service.close()
+
+
 async def test_a_pruned_cursor_closes_4409_and_acknowledged_entries_are_pruned(
     stack, outbox, tokens, mongo, mongo_db_name
 ):

@@ -161,10 +161,14 @@ export class Stream {
       }
       if (signal.aborted) return;
       pause = await this.afterClose(code);
+      if (pause < 0) {
+        this.stop(); // refused for good: retrying cannot help
+        return;
+      }
     }
   }
 
-  /** What a close code means for the next connect: the pause before it (ms). */
+  /** What a close code means for the next connect: the pause before it (ms), or -1 for none at all. */
   private async afterClose(code: number): Promise<number> {
     switch (code) {
       case 4401: // the token behind the socket expired or was revoked: a fresh one, then at once
@@ -185,6 +189,9 @@ export class Stream {
           return this.backoff.next();
         }
         return 0;
+      case 4403: // this page's origin is not allowed by the gateway: a deployment error, not a blip
+        this.emit("error", new Error("the gateway refused this page's origin (4403): check IM_DELIVERY_ALLOWED_ORIGINS"));
+        return -1;
       case 4429: // too slow: the server gave up on us; come back after a pause, with our cursor
         return (this.options.slowDownMs ?? 2_000) + this.backoff.next();
       default: // 1012 server restarting, 1006 network lost, anything else

@@ -30,9 +30,10 @@ UtcTime = Annotated[
 
 
 class Resource(BaseModel):
-    """Consumers ignore fields they do not know (API.md: add fields freely)."""
+    """Consumers ignore fields they do not know (API.md: add fields freely). A field with a default
+    is still always serialized, so the (serialization) schema marks it required."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_serialization_defaults_required=True)
 
 
 class Related(Resource):

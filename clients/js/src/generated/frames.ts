@@ -80,11 +80,11 @@ body: string
 /**
  * The sender's idempotency key.
  */
-client_msg_id?: (string | null)
+client_msg_id: (string | null)
 conversation_id: string
 created_at: string
 id: string
-kind?: ("text" | "system")
+kind: ("text" | "system")
 sender_id: string
 /**
  * Gap-free position inside the conversation.
@@ -153,7 +153,7 @@ id: string
 /**
  * Shown in the Related tag.
  */
-title?: (string | null)
+title: (string | null)
 /**
  * What the thread is about: a ticket or a live chat.
  */
@@ -219,6 +219,8 @@ export const CLOSE_CODES = {
   "1012": 1012,
   /** authentication: get a fresh token, then reconnect */
   "4401": 4401,
+  /** origin not allowed: this page's origin is not in the gateway's allow-list (do not retry) */
+  "4403": 4403,
   /** cursor no longer retained: reload over HTTP, reconnect with its stream_cursor */
   "4409": 4409,
   /** too slow: reconnect with your cursor, after a pause */

@@ -83,3 +83,11 @@ class DeliverySettings(CommonSettings):
     unknown_agent_poll_s: float = 0.1
     # Device id for bearer-subprotocol clients that name none (`?device_id=` overrides it).
     default_device_id: str = "default"
+    # Browser pages allowed to open the stream: their origins, comma-separated (`*`: any). A
+    # handshake with an Origin header not listed is closed 4403 (another site's page cannot use
+    # an agent's ticket from there); clients that send no Origin (services, CLIs) are unaffected.
+    allowed_origins: str = ""
+
+    def origin_allowed(self, origin: str) -> bool:
+        allowed = {o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()}
+        return "*" in allowed or origin.rstrip("/") in allowed

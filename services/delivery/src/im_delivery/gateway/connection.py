@@ -30,6 +30,7 @@ FRAMES_SENT = Counter("im_delivery_frames_sent_total", "Queue frames sent to cli
 CLOSED = Counter("im_delivery_connections_closed_total", "Connections closed by the gateway", ["code"])
 
 CLOSE_AUTH = 4401
+CLOSE_ORIGIN = 4403
 CLOSE_NOT_RETAINED = 4409
 CLOSE_TOO_SLOW = 4429
 CLOSE_RESTART = 1012

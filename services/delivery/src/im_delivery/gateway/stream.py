@@ -20,7 +20,7 @@ from pymongo.errors import PyMongoError
 from ..settings import DeliverySettings
 from ..store import QueueStore
 from ..worker.projections import agent_is_active
-from .connection import CLOSE_AUTH, CLOSE_NOT_RETAINED, CLOSE_RESTART, CloseConnection, StreamConnection
+from .connection import CLOSE_AUTH, CLOSE_NOT_RETAINED, CLOSE_ORIGIN, CLOSE_RESTART, CloseConnection, StreamConnection
 from .hub import Hub
 
 logger = logging.getLogger("im_delivery.stream")
@@ -62,6 +62,12 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
     async def stream(websocket: WebSocket) -> None:
         offered = websocket.scope.get("subprotocols") or []
         await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        origin = websocket.headers.get("origin")
+        if origin is not None and not settings.origin_allowed(origin):
+            # Accepted, then closed with a code: a browser shows the reason, not an opaque 1006.
+            log(logger, logging.INFO, "stream refused", reason="origin not allowed", origin=origin[:200])
+            await websocket.close(CLOSE_ORIGIN, "origin not allowed")
+            return
         try:
             caller = await authenticate(websocket, verifier, store, settings)
             await require_active_agent(db, caller, settings)
