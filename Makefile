@@ -8,12 +8,13 @@ PACKAGES := -e contracts -e services/runtime -e services/im-api -e services/deli
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test run install setup js contracts contracts-check lock test-unit test-integration test-e2e \
+.PHONY: test run install setup js console contracts contracts-check lock test-unit test-integration test-e2e \
         bench compose-up compose-down clean help
 
 help:
 	@echo "make test      - create the venv if missing, install, start servers, run the whole suite"
-	@echo "make run       - the whole stack on this machine (Apache Kafka when Java is present)"
+	@echo "make run       - the whole stack on this machine, with the agent console (Apache Kafka when Java is present)"
+	@echo "make console   - build the agent console (clients/console/dist)"
 	@echo "make contracts - regenerate JSON Schema, AsyncAPI, OpenAPI and the client's TypeScript types"
 	@echo "make bench     - the benchmarks (not part of make test)"
 
@@ -35,11 +36,25 @@ $(JS_STAMP): $(JS)/package.json $(JS)/package-lock.json
 js: $(JS_STAMP)
 	cd $(JS) && npm run --silent build
 
+# The agent console (clients/console): web components built by Vite into clients/console/dist.
+CONSOLE := clients/console
+CONSOLE_STAMP := $(CONSOLE)/node_modules/.installed
+$(CONSOLE_STAMP): $(CONSOLE)/package.json $(CONSOLE)/package-lock.json $(JS_STAMP)
+	cd $(CONSOLE) && npm ci --no-audit --no-fund
+	@touch $(CONSOLE_STAMP)
+
+console: js $(CONSOLE_STAMP)
+	cd $(CONSOLE) && npm run --silent build
+
+# `make run` builds the console only when it was never built.
+$(CONSOLE)/dist/index.html:
+	$(MAKE) console
+
 # System tools some tests drive (kcat, ...): installed when absent, as root; otherwise printed.
 setup: install
 	@bash deploy/local/setup-tools.sh
 
-test: setup js
+test: setup console
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install
@@ -51,7 +66,7 @@ test-integration: install
 test-e2e: install
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
-run: install
+run: install $(CONSOLE)/dist/index.html
 	$(VENV)/bin/imctl up $(ARGS)
 
 contracts: install $(JS_STAMP)

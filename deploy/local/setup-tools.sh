@@ -4,6 +4,11 @@
 set -euo pipefail
 need=()
 command -v kcat >/dev/null 2>&1 || need+=(kcat)
+# The console's browser tests drive Debian's Chromium through Playwright (Playwright's own browser
+# download cannot work without internet access); node and npm build the console and the client.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 # The compose tests run the stack in containers: podman (with runc; crun fails in this sandbox)
 # and debootstrap to build the base image from Debian's packages when no registry serves images.
 # Service-name DNS between containers needs netavark + aardvark-dns (only Recommends of podman),

@@ -33,7 +33,9 @@ class Stack:
             return r.json()["url"]
 
 
-async def start_stack(services, env: dict[str, str], secret: str, gateways: int = 1) -> Stack:
+async def start_stack(services, env: dict[str, str], secret: str, gateways: int = 1,
+                      allowed_origins_from_api: bool = False) -> Stack:
+    """`allowed_origins_from_api`: the gateways accept browser pages served by this im-api (the console)."""
     ports = {name: local.free_port() for name in ("api", "worker", "presence")}
     gw_ports = [local.free_port() for _ in range(gateways)]
     env = {
@@ -43,6 +45,8 @@ async def start_stack(services, env: dict[str, str], secret: str, gateways: int 
         "IM_PRESENCE_PORT": str(ports["presence"]),
         "IM_API_STREAM_PUBLIC_URL": f"ws://127.0.0.1:{gw_ports[0]}/v1/stream",
     }
+    if allowed_origins_from_api:
+        env["IM_DELIVERY_ALLOWED_ORIGINS"] = f"http://127.0.0.1:{ports['api']}"
     stack = Stack(f"http://127.0.0.1:{ports['api']}", f"ws://127.0.0.1:{gw_ports[0]}/v1/stream", env, secret)
     plan = [
         ("presence", ["-m", "im_presence"], env, ports["presence"]),

@@ -23,6 +23,7 @@ from . import servers
 from .topics import create_topics
 
 DEV_SECRET_FILE = "dev-jwt-secret"
+CONSOLE_DIST = servers.REPO_ROOT / "clients" / "console" / "dist"  # `make console` builds it
 
 
 @dataclass
@@ -122,6 +123,11 @@ class Stack:
             "IM_PRESENCE_PORT": str(c.presence_port),
             "IM_API_STREAM_PUBLIC_URL": f"ws://{c.host}:{c.stream_port}/v1/stream",
             "IM_DELIVERY_GATEWAY_ID": "gateway-1",
+            # The console, served by im-api from this origin, with the development sign-in:
+            # for trying it on this machine only (compose and Kubernetes never set these).
+            "IM_API_CONSOLE_DIR": str(CONSOLE_DIST),
+            "IM_API_DEV_SIGNIN": "true",
+            "IM_DELIVERY_ALLOWED_ORIGINS": f"http://{c.host}:{c.api_port},http://localhost:{c.api_port}",
         }
 
     def start_services(self, secret: str) -> None:
@@ -174,8 +180,11 @@ class _PythonService(servers.ChildServer):
 def banner(config: LaunchConfig, secret_from_env: bool) -> str:
     c = config
     secret_hint = "$IM_JWT_SECRET" if secret_from_env else f"$(cat {c.run_dir / DEV_SECRET_FILE})"
+    console = (f"http://{c.host}:{c.api_port}/console/   (development sign-in: pick a tenant and an agent)"
+               if (CONSOLE_DIST / "index.html").is_file() else "not built: run `make console`, then restart")
     return f"""
 Helpdesk IM is up.
+  Agent console   {console}
   HTTP API        http://{c.host}:{c.api_port}        (docs: http://{c.host}:{c.api_port}/docs)
   WebSocket       ws://{c.host}:{c.stream_port}/v1/stream
   Kafka           {c.host}:{c.kafka_port}

@@ -21,6 +21,7 @@ from im_runtime.mongo import connect, reachable
 from im_runtime.shutdown import Shutdown
 
 from .api import agents, conversations, me
+from .api.console import dev_router, mount_console
 from .api.deps import Services
 from .api.middleware import RequestContext
 from .assistance import Assistance
@@ -138,4 +139,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(agents.router)
     app.include_router(conversations.router)
     app.include_router(me.router)
+    if settings.dev_signin:
+        # Loud on purpose: anyone who reaches this process can sign in as anyone.
+        log(logger, logging.WARNING, "DEVELOPMENT sign-in is ON (IM_API_DEV_SIGNIN): never in production")
+        app.include_router(dev_router)
+    mount_console(app, settings)
     return app

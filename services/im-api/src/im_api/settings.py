@@ -47,3 +47,11 @@ class ApiSettings(CommonSettings):
     # TEST ONLY (0 in production): hold the offset commit back this long after each write, so a
     # test can kill the process between the write and the commit and prove the redelivery is a no-op.
     assistance_commit_delay_s: float = 0.0
+    # The agent console's built assets (clients/console/dist), served under /console/ from this
+    # origin with a Content-Security-Policy; empty = not served (e.g. a static service does it).
+    console_dir: str = ""
+    # DEVELOPMENT ONLY: POST /dev/signin mints a token for any tenant and agent (and creates the
+    # agent), so a newcomer can try the console. `make run` turns it on; compose and Kubernetes never.
+    dev_signin: bool = False
+    # How long a development token lives (the console asks for a new one on a 401).
+    dev_token_ttl_s: int = 8 * 3600

@@ -1,0 +1,121 @@
+/**
+ * `<im-console>`: the Instant Messages area — the thread list (most recent first, live; each with
+ * its participants, last message time, Related tag and unread count) beside the open thread, and
+ * the "New Instant Message" action. Below 720 px wide it shows one pane at a time.
+ */
+
+import type { Conversation } from "@helpdesk-im/client";
+import { css, html, nothing } from "lit";
+import { customElement, query, state } from "lit/decorators.js";
+import { repeat } from "lit/directives/repeat.js";
+import "./agent-picker.js";
+import type { AgentPicker } from "./agent-picker.js";
+import { shared, StoreElement, when } from "./base.js";
+import "./thread.js";
+import type { Thread } from "./thread.js";
+
+@customElement("im-console")
+export class Console extends StoreElement {
+  static override styles = [shared, css`
+    :host { display: flex; flex-direction: column; height: 100%; min-height: 420px; border: 1px solid var(--im-border);
+      border-radius: 8px; overflow: hidden; background: var(--im-bg); }
+    .layout { display: grid; grid-template-columns: minmax(260px, 340px) 1fr; grid-template-rows: minmax(0, 1fr);
+      flex: 1; min-height: 0; }
+    im-thread { flex: 1; min-height: 0; }
+    aside { border-right: 1px solid var(--im-border); display: flex; flex-direction: column; min-height: 0; }
+    .bar { display: flex; align-items: center; justify-content: space-between; gap: 8px; padding: 10px 12px;
+      border-bottom: 1px solid var(--im-border); }
+    h2 { font-size: 16px; margin: 0; }
+    ol { list-style: none; margin: 0; padding: 0; overflow-y: auto; flex: 1; }
+    li { content-visibility: auto; contain-intrinsic-size: auto 68px; }
+    li button {
+      width: 100%; display: grid; grid-template-columns: 1fr auto; gap: 2px 8px; text-align: left; border: 0;
+      border-bottom: 1px solid var(--im-border); border-radius: 0; padding: 10px 12px; background: var(--im-bg);
+    }
+    li button[aria-current="true"] { background: #e7effc; }
+    li button:hover { background: var(--im-bg-alt); }
+    .who { font-weight: 600; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+    .unread .who { font-weight: 800; }
+    .time { color: var(--im-muted); font-size: 12px; }
+    .last { grid-column: 1 / -1; color: var(--im-muted); font-size: 13px; overflow: hidden; text-overflow: ellipsis;
+      white-space: nowrap; }
+    .tags { grid-column: 1 / -1; display: flex; gap: 6px; align-items: center; min-width: 0; }
+    main { min-width: 0; min-height: 0; display: flex; flex-direction: column; }
+    .back { display: none; margin: 8px 12px 0; align-self: flex-start; }
+    .state { padding: 12px; color: var(--im-muted); }
+    @media (max-width: 719px) {
+      .layout { grid-template-columns: 1fr; }
+      .layout.open aside { display: none; }
+      .layout:not(.open) main { display: none; }
+      .back { display: inline-block; }
+      aside { border-right: 0; }
+    }
+  `];
+
+  @state() private openId = "";
+  @query("im-agent-picker") private picker!: AgentPicker;
+  @query("im-thread") private thread!: Thread;
+
+  /** Opens a thread (from the list, a notification, or the host page). */
+  open(conversationId: string): void {
+    this.openId = conversationId;
+    void this.updateComplete.then(() => this.thread?.focusInput());
+  }
+
+  private async newIm(): Promise<void> {
+    const ids = await this.picker.pick({ title: "New Instant Message" });
+    if (!ids || !this.store) return;
+    const c = await this.store.startConversation(ids);
+    this.open(c.id);
+  }
+
+  override render() {
+    const store = this.store;
+    const items = store?.sortedConversations() ?? [];
+    return html`
+      <div class="layout ${this.openId ? "open" : ""}">
+        <aside aria-label="Instant Messages">
+          <div class="bar">
+            <h2>Instant Messages</h2>
+            <button class="primary" @click=${this.newIm}>New Instant Message</button>
+          </div>
+          ${!store || !store.loaded ? html`<p class="state">${store?.error ?? "Loading…"}</p>` : nothing}
+          ${store?.loaded && items.length === 0 ? html`<p class="state">No threads yet: start one with “New Instant Message”.</p>` : nothing}
+          <ol aria-label="Threads">
+            ${repeat(items, (c) => c.id, (c) => this.row(c))}
+          </ol>
+        </aside>
+        <main>
+          <button class="back" @click=${() => (this.openId = "")}>← Threads</button>
+          <im-thread conversation-id=${this.openId}></im-thread>
+        </main>
+      </div>
+      <im-agent-picker></im-agent-picker>`;
+  }
+
+  private row(c: Conversation) {
+    const store = this.store!;
+    const others = c.participants.filter((p) => p.id !== store.agentId).map((p) => p.display_name);
+    const last = c.last_message;
+    const lastText = last ? `${last.sender_id === store.agentId ? "You" : store.nameOf(last.sender_id, c)}: ${last.body}` : "No messages yet";
+    return html`
+      <li>
+        <button class=${c.unread_count ? "unread" : ""} aria-current=${c.id === this.openId ? "true" : "false"}
+          data-conversation=${c.id} @click=${() => this.open(c.id)}>
+          <span class="who">${others.join(", ") || "Only you"}</span>
+          <time class="time" datetime=${c.last_message_at ?? c.created_at}>${when(c.last_message_at ?? c.created_at)}</time>
+          <span class="last">${lastText}</span>
+          <span class="tags">
+            ${c.related ? html`<span class="related">${c.related.type === "ticket" ? "Ticket" : "Chat"} ${c.related.id}</span>` : nothing}
+            ${c.unread_count ? html`<span class="badge" aria-label="${c.unread_count} unread">${c.unread_count}</span>` : nothing}
+          </span>
+        </button>
+      </li>`;
+  }
+}
+
+declare global {
+  interface HTMLElementTagNameMap {
+    "im-console": Console;
+  }
+}

@@ -1,0 +1,329 @@
+/**
+ * The console's state, shared by every component on the page: the thread list, each thread's
+ * loaded messages, presence, typing, read markers and the unread total, kept current by the
+ * delivery stream. Components read it and re-render on `change`; all I/O goes through the client
+ * library (clients/js), which owns the protocol.
+ */
+
+import {
+  type Agent,
+  type Conversation,
+  HelpdeskIm,
+  type HelpdeskImOptions,
+  type LiveFrame,
+  type Message,
+  type PendingSend,
+  type PresenceStatus,
+  type QueuedFrame,
+} from "@helpdesk-im/client";
+
+export interface ConsoleConfig extends HelpdeskImOptions {
+  /** The signed-in agent's id (the token's `sub`). */
+  agentId: string;
+  /** Where a Related tag links: `{type}` and `{id}` are replaced, e.g. `/desk/{type}s/{id}`. */
+  relatedUrlTemplate?: string;
+}
+
+export interface ThreadState {
+  messages: Message[]; // ascending by seq (live ones may arrive before the first page is read)
+  fetched: boolean; // the newest page was read over HTTP
+  oldestLoaded: boolean; // the first message of the thread is loaded
+  loading: boolean;
+  readBy: Map<string, number>; // other participants' read markers (seq)
+}
+
+const TYPING_SHOWN_MS = 5_000;
+
+export class ConsoleStore extends EventTarget {
+  readonly im: HelpdeskIm;
+  readonly agentId: string;
+  readonly relatedUrlTemplate: string;
+  conversations = new Map<string, Conversation>();
+  threads = new Map<string, ThreadState>();
+  presence = new Map<string, PresenceStatus>();
+  typing = new Map<string, Map<string, number>>(); // conversation → agent → until (ms)
+  unreadTotal = 0;
+  loaded = false;
+  streamState = "idle";
+  error: string | null = null;
+  private typingTimer: ReturnType<typeof setTimeout> | null = null;
+  private readonly marking = new Set<string>();
+  private changeQueued = false;
+
+  constructor(config: ConsoleConfig) {
+    super();
+    this.agentId = config.agentId;
+    this.relatedUrlTemplate = config.relatedUrlTemplate ?? "";
+    this.im = new HelpdeskIm(config);
+    this.im.stream.on("frame", (frame) => this.onFrame(frame));
+    this.im.stream.on("reload", (page) => {
+      this.conversations.clear();
+      this.threads.clear();
+      for (const c of page.items) this.conversations.set(c.id, c);
+      this.recountUnread();
+      this.changed();
+    });
+    this.im.stream.on("state", (state) => {
+      this.streamState = state;
+      this.changed();
+    });
+  }
+
+  /** Loads the thread list, then follows the stream from the list's cursor. */
+  async start(): Promise<void> {
+    try {
+      const page = await this.im.http.conversations({ limit: 100 });
+      for (const c of page.items) this.conversations.set(c.id, c);
+      let cursor = page.next_cursor;
+      while (cursor) {
+        const more = await this.im.http.conversations({ limit: 100, cursor });
+        for (const c of more.items) this.conversations.set(c.id, c);
+        cursor = more.next_cursor;
+      }
+      this.loaded = true;
+      this.recountUnread();
+      // Presence of everyone this agent may see: changes then arrive live (presence.changed).
+      await this.agents("").catch(() => undefined);
+      this.im.stream.start(page.stream_cursor);
+      for (const sent of this.im.sends.resume()) void sent.then((m) => this.addMessages(m.conversation_id, [m]), () => undefined);
+    } catch (error) {
+      this.error = error instanceof Error ? error.message : String(error);
+    }
+    this.changed();
+  }
+
+  close(): void {
+    this.im.close();
+  }
+
+  // --- reads for the components ---------------------------------------------------------------
+
+  /** Most recent first (the order of the thread list). */
+  sortedConversations(): Conversation[] {
+    return [...this.conversations.values()].sort((a, b) =>
+      (b.last_message_at ?? b.created_at).localeCompare(a.last_message_at ?? a.created_at) || b.id.localeCompare(a.id));
+  }
+
+  thread(id: string): ThreadState {
+    let t = this.threads.get(id);
+    if (!t) {
+      t = { messages: [], fetched: false, oldestLoaded: false, loading: false, readBy: new Map() };
+      this.threads.set(id, t);
+    }
+    return t;
+  }
+
+  typingIn(conversationId: string): string[] {
+    const now = Date.now();
+    return [...(this.typing.get(conversationId) ?? new Map()).entries()]
+      .filter(([agent, until]) => until > now && agent !== this.agentId)
+      .map(([agent]) => agent);
+  }
+
+  pending(conversationId: string): PendingSend[] {
+    return this.im.sends.pending(conversationId);
+  }
+
+  relatedUrl(type: string, id: string): string | null {
+    if (!this.relatedUrlTemplate) return null;
+    return this.relatedUrlTemplate.replaceAll("{type}", encodeURIComponent(type)).replaceAll("{id}", encodeURIComponent(id));
+  }
+
+  nameOf(agentId: string, conversation?: Conversation): string {
+    const p = conversation?.participants.find((x) => x.id === agentId);
+    if (p) return p.display_name;
+    for (const c of this.conversations.values()) {
+      const q = c.participants.find((x) => x.id === agentId);
+      if (q) return q.display_name;
+    }
+    return agentId;
+  }
+
+  // --- actions ---------------------------------------------------------------------------------
+
+  /** The newest page of a thread's messages (then older ones with `loadOlder`). */
+  async open(conversationId: string): Promise<void> {
+    const t = this.thread(conversationId);
+    if (!this.conversations.has(conversationId)) {
+      this.conversations.set(conversationId, await this.im.http.conversation(conversationId));
+    }
+    if (!t.fetched && !t.loading) {
+      t.loading = true;
+      this.changed();
+      try {
+        const page = await this.im.http.messages(conversationId, { limit: 50 });
+        this.addMessages(conversationId, page.items);
+        t.fetched = true;
+        t.oldestLoaded = page.items.length === 0 || page.items[0]!.seq === 1;
+      } finally {
+        t.loading = false;
+        this.changed();
+      }
+    }
+  }
+
+  async loadOlder(conversationId: string): Promise<void> {
+    const t = this.thread(conversationId);
+    if (t.loading || t.oldestLoaded || t.messages.length === 0) return;
+    t.loading = true;
+    this.changed();
+    try {
+      const page = await this.im.http.messages(conversationId, { before_seq: t.messages[0]!.seq, limit: 50 });
+      this.addMessages(conversationId, page.items);
+      t.oldestLoaded = page.items.length === 0 || page.items[0]!.seq === 1;
+    } finally {
+      t.loading = false;
+      this.changed();
+    }
+  }
+
+  async send(conversationId: string, body: string): Promise<void> {
+    const sending = this.im.sends.send(conversationId, body);
+    this.changed(); // shows it as pending at once
+    try {
+      this.addMessages(conversationId, [await sending]);
+    } catch (error) {
+      this.error = error instanceof Error ? error.message : String(error);
+      this.changed();
+      throw error;
+    }
+  }
+
+  /** Marks the thread read up to its newest message (the read marker only moves forward). */
+  async markRead(conversationId: string): Promise<void> {
+    const c = this.conversations.get(conversationId);
+    if (!c || c.unread_count === 0 || this.marking.has(conversationId)) return;
+    this.marking.add(conversationId);
+    const marker = await this.im.http.markRead(conversationId, c.last_seq).finally(() => this.marking.delete(conversationId));
+    const now = this.conversations.get(conversationId);
+    if (now) this.conversations.set(conversationId, { ...now, last_read_seq: marker.last_read_seq, unread_count: marker.unread_count });
+    this.recountUnread();
+    this.changed();
+  }
+
+  async startConversation(participantIds: string[], related?: { type: "ticket" | "chat"; id: string; title?: string }): Promise<Conversation> {
+    const c = await this.im.http.startConversation({ participant_ids: participantIds, related: related ?? null });
+    this.conversations.set(c.id, c);
+    this.recountUnread();
+    this.changed();
+    return c;
+  }
+
+  async agents(q: string): Promise<Agent[]> {
+    const page = await this.im.http.agents({ q: q || undefined, limit: 100 });
+    for (const a of page.items) this.presence.set(a.id, a.presence.status as PresenceStatus);
+    return page.items.filter((a) => a.id !== this.agentId);
+  }
+
+  typingNow(conversationId: string): void {
+    this.im.stream.typing(conversationId);
+  }
+
+  // --- the stream ------------------------------------------------------------------------------
+
+  private onFrame(frame: QueuedFrame | LiveFrame): void {
+    switch (frame.type) {
+      case "message.created":
+        this.addMessages(frame.message.conversation_id, [frame.message]);
+        this.clearTyping(frame.message.conversation_id, frame.message.sender_id);
+        break;
+      case "conversation.updated":
+        this.conversations.set(frame.conversation.id, frame.conversation as Conversation);
+        this.recountUnread();
+        break;
+      case "read.updated":
+        if (frame.agent_id === this.agentId) {
+          const c = this.conversations.get(frame.conversation_id);
+          if (c && frame.seq > c.last_read_seq) {
+            this.conversations.set(c.id, { ...c, last_read_seq: frame.seq, unread_count: Math.max(0, c.last_seq - frame.seq) });
+            this.recountUnread();
+          }
+        } else {
+          const t = this.thread(frame.conversation_id);
+          t.readBy.set(frame.agent_id, Math.max(t.readBy.get(frame.agent_id) ?? 0, frame.seq));
+        }
+        break;
+      case "presence.changed":
+        this.presence.set(frame.agent_id, frame.status);
+        break;
+      case "typing": {
+        const byAgent = this.typing.get(frame.conversation_id) ?? new Map<string, number>();
+        byAgent.set(frame.agent_id, Date.now() + TYPING_SHOWN_MS);
+        this.typing.set(frame.conversation_id, byAgent);
+        this.scheduleTypingExpiry();
+        break;
+      }
+    }
+    this.changed();
+  }
+
+  private addMessages(conversationId: string, messages: Message[]): void {
+    if (!messages.length) return;
+    const t = this.thread(conversationId);
+    const bySeq = new Map(t.messages.map((m) => [m.seq, m]));
+    for (const m of messages) bySeq.set(m.seq, m);
+    t.messages = [...bySeq.values()].sort((a, b) => a.seq - b.seq);
+    this.changed();
+  }
+
+  private clearTyping(conversationId: string, agentId: string): void {
+    this.typing.get(conversationId)?.delete(agentId);
+  }
+
+  /** One timer for every typing indicator, only while one is shown: an idle console uses no CPU. */
+  private scheduleTypingExpiry(): void {
+    if (this.typingTimer) return;
+    this.typingTimer = setTimeout(() => {
+      this.typingTimer = null;
+      const now = Date.now();
+      let left = false;
+      for (const byAgent of this.typing.values()) {
+        for (const [agent, until] of byAgent) {
+          if (until <= now) byAgent.delete(agent);
+          else left = true;
+        }
+      }
+      this.changed();
+      if (left) this.scheduleTypingExpiry();
+    }, 1_000);
+  }
+
+  private recountUnread(): void {
+    let total = 0;
+    for (const c of this.conversations.values()) total += c.unread_count;
+    this.unreadTotal = total;
+  }
+
+  /** Coalesced: many frames in one batch make one render. */
+  private changed(): void {
+    if (this.changeQueued) return;
+    this.changeQueued = true;
+    queueMicrotask(() => {
+      this.changeQueued = false;
+      this.dispatchEvent(new Event("change"));
+    });
+  }
+}
+
+let current: ConsoleStore | null = null;
+const waiting = new Set<(store: ConsoleStore) => void>();
+
+/** Called once by the host page: signs the console in and loads it. */
+export function configure(config: ConsoleConfig): ConsoleStore {
+  current?.close();
+  current = new ConsoleStore(config);
+  void current.start();
+  for (const resolve of waiting) resolve(current);
+  waiting.clear();
+  return current;
+}
+
+/** The page's store, once the host page has configured it. */
+export function whenConfigured(): Promise<ConsoleStore> {
+  if (current) return Promise.resolve(current);
+  return new Promise((resolve) => waiting.add(resolve));
+}
+
+export function store(): ConsoleStore | null {
+  return current;
+}
