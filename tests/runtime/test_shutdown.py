@@ -7,7 +7,7 @@ import logging
 import time
 
 import pytest
-from im_runtime.shutdown import Shutdown
+from im_runtime.shutdown import Shutdown, raise_if_cancelled
 
 pytestmark = pytest.mark.unit
 
@@ -123,3 +123,30 @@ async def test_once_the_grace_is_spent_later_steps_are_abandoned_at_once():
     assert not await stop.drain("first", forever)
     assert not await stop.drain("second", forever)  # its deadline has passed: returns, never waits
     assert stop.unfinished == ["first", "second"]
+
+
+async def test_a_loop_ends_even_when_its_cancellation_was_swallowed_on_the_way():
+    """Python 3.11's wait_for (inside PyMongo) can drop a cancellation that lands as the awaited
+    call completes: the loop's next round must end the task anyway."""
+
+    async def call_that_swallows_a_cancel() -> None:
+        try:
+            await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            return  # what 3.11's wait_for does when the inner call finished meanwhile
+
+    rounds = 0
+
+    async def loop() -> None:
+        nonlocal rounds
+        while True:
+            raise_if_cancelled()
+            rounds += 1
+            await call_that_swallows_a_cancel()
+
+    task = asyncio.create_task(loop())
+    while rounds < 3:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=10)
+    assert task in done and task.cancelled()

@@ -126,6 +126,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             # uvicorn has drained the requests: commit what is queued, then stop the relay.
             await stop.cancel("committer", tasks[:1])
             await stop.drain("queued sends", committer.drain)
+            relay.halt()
             await stop.cancel("background tasks", tasks[1:])
             await stop.drain("outbox leases", relay.stop)
             await stop.close("kafka producer (dead letters)", dead_letter_producer.stop)

@@ -17,6 +17,7 @@ from im_contracts.events import MessagePosted
 from im_contracts.models import Message
 from im_contracts.topics import MESSAGES, conversation_key
 from im_runtime.logs import log, trace_id
+from im_runtime.shutdown import raise_if_cancelled
 from pymongo.errors import DuplicateKeyError
 
 from .errors import ApiError, Conflict, NotFound
@@ -85,6 +86,7 @@ class Committer:
 
     async def run(self) -> None:
         while True:
+            raise_if_cancelled()
             batch = [await self.queue.get()]
             while len(batch) < self.batch_max and not self.queue.empty():
                 batch.append(self.queue.get_nowait())

@@ -22,6 +22,7 @@ from im_contracts.codec import event_headers
 from im_contracts.events import Event
 from im_contracts.topics import ALL_TOPICS, Topic
 from im_runtime.logs import log, trace_id
+from im_runtime.shutdown import raise_if_cancelled
 from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -154,6 +155,12 @@ class Relay:
     def wake(self) -> None:
         self._wake.set()
 
+    def halt(self) -> None:
+        """Ends both loops at their next round: a stop that does not depend on the cancellation
+        getting through (see im_runtime.shutdown.raise_if_cancelled)."""
+        self._stopping = True
+        self._wake.set()
+
     # --- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -168,6 +175,7 @@ class Relay:
 
     async def _lease_loop(self) -> None:
         while not self._stopping:
+            raise_if_cancelled()
             try:
                 await self._lease_round()
                 await self._measure_backlog()
@@ -180,6 +188,7 @@ class Relay:
         delay = self.settings.retry_initial_s
         try:
             while not self._stopping:
+                raise_if_cancelled()
                 self._wake.clear()
                 try:
                     if producer is None:
@@ -258,19 +267,18 @@ class Relay:
                 {"_id": self.owner}, {"$set": {"expires_at": t + ttl}}, upsert=True)
             live = await self.store.outbox_relays.count_documents({"expires_at": {"$gt": t}})
             fair = math.ceil(s.outbox_shards / max(live, 1))
-            if self.held:
-                # One write renews every held lease (owner ids are unique per process start, so a
-                # lease taken over by anyone else no longer matches); then read back which are ours.
-                ids = list(self.held)
-                await self.store.outbox_leases.update_many(
-                    {"_id": {"$in": ids}, "owner": self.owner}, {"$set": {"expires_at": t + ttl}})
-                ours = {d["_id"]: d["token"] async for d in self.store.outbox_leases.find(
-                    {"_id": {"$in": ids}, "owner": self.owner}, {"token": 1})}
-                for shard, token in list(self.held.items()):
-                    if ours.get(shard) == token:
-                        self.valid_until[shard] = started + s.outbox_lease_ttl_s - s.outbox_lease_renew_s
-                    else:
-                        self._drop(shard)
+            # One single-document write per held lease, never one update_many over them all:
+            # SecantusDB's multi-document update keeps the collection lock while it retries write
+            # conflicts without end, and deadlocked against _mark_sent's transactional update of a
+            # lease row (every client of the server hung; issue 15). Owner ids are unique per
+            # process start, so a lease taken over by anyone else no longer matches.
+            for shard, token in list(self.held.items()):
+                renewed = await self.store.outbox_leases.update_one(
+                    {"_id": shard, "owner": self.owner, "token": token}, {"$set": {"expires_at": t + ttl}})
+                if renewed.matched_count:
+                    self.valid_until[shard] = started + s.outbox_lease_ttl_s - s.outbox_lease_renew_s
+                else:
+                    self._drop(shard)
             for shard in sorted(self.held, reverse=True)[: max(0, len(self.held) - fair)]:
                 await self.store.outbox_leases.update_one(
                     {"_id": shard, "owner": self.owner, "token": self.held[shard]},

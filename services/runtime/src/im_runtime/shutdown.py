@@ -108,6 +108,18 @@ class Shutdown:
             error=type(exc).__name__)
 
 
+def raise_if_cancelled() -> None:
+    """Ends the current task if it was cancelled and the cancellation got lost on the way.
+
+    Python 3.11's asyncio.wait_for (PyMongo's network layer uses it for every read and write)
+    discards a cancellation that lands just as the awaited call completes: the task is left
+    "cancelling" but runs on, and a `while True` loop never ends (seen: the outbox relay, a test
+    waiting for it for ever). Every long-running loop calls this once per round."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _consume_outcome(task: asyncio.Task) -> None:
     # An abandoned step that fails later must not log "exception was never retrieved".
     if not task.cancelled():

@@ -22,6 +22,7 @@ from im_contracts.events import (
     Typing,
 )
 from im_runtime.logs import log
+from im_runtime.shutdown import raise_if_cancelled
 from prometheus_client import Gauge
 
 from ..settings import DeliverySettings
@@ -97,6 +98,7 @@ class Hub:
         """Every safety_poll_s every connection whose queue moved past what it was sent re-reads
         it: a missed signal costs latency only."""
         while True:
+            raise_if_cancelled()
             await asyncio.sleep(self.settings.safety_poll_s)
             try:
                 await self.safety_poll()
@@ -129,6 +131,7 @@ class Hub:
 
     async def heartbeat_forever(self) -> None:
         while True:
+            raise_if_cancelled()
             conns = self.connections()
             beat = GatewayHeartbeat(gateway_id=self.gateway_id, epoch=self.epoch, connection_count=len(conns),
                                     connection_ids=[c.connection_id for c in conns])

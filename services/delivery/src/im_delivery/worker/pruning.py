@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from im_runtime.kafka import is_transient
 from im_runtime.logs import log
+from im_runtime.shutdown import raise_if_cancelled
 from prometheus_client import Counter
 from pymongo import ASCENDING, DESCENDING
 
@@ -30,6 +31,7 @@ class Pruning:
 
     async def run_forever(self) -> None:
         while True:
+            raise_if_cancelled()
             await asyncio.sleep(self.settings.prune_interval_s)
             try:
                 await self.fanout.release_overdue()

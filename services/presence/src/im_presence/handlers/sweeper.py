@@ -16,6 +16,7 @@ from aiokafka import TopicPartition
 from im_contracts.events import utcnow
 from im_runtime.kafka import is_transient
 from im_runtime.logs import log
+from im_runtime.shutdown import raise_if_cancelled
 
 from ..service import PresenceService
 
@@ -67,6 +68,7 @@ class ConsumerOwnership:
 
 async def run_sweeper(service: PresenceService, ownership: ConsumerOwnership, interval_s: float) -> None:
     while True:
+        raise_if_cancelled()
         try:
             await service.sweep(ownership)
         except Exception as exc:  # noqa: BLE001 - the next sweep retries; a bug must not stop sweeping
