@@ -86,8 +86,10 @@ async def kafka_topics(kafka_bootstrap: str, topic_prefix: str) -> str:
 
 
 # A test's own MongoDB client never waits for ever on a reply (IM_MONGO_SOCKET_TIMEOUT_S is the
-# services' equivalent): a wedged server fails the test by name instead of hanging the run.
-TEST_MONGO_SOCKET_TIMEOUT_MS = 60_000
+# services' equivalent): a wedged server fails the test by name instead of hanging the run. Above
+# the server's transaction lifetime (60 s): a dropDatabase may wait for a killed process's open
+# transaction to be aborted.
+TEST_MONGO_SOCKET_TIMEOUT_MS = 120_000
 
 
 @pytest.fixture
