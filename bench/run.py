@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import signal
+import threading
 import sys
 import tempfile
 import time
@@ -56,6 +57,18 @@ class CpuMeter:
     def since(self) -> dict[str, float]:
         return {name: round(cpu_seconds(pid) - self.start[name], 2) for name, pid in self.pids.items()
                 if cpu_seconds(pid) >= 0}
+
+
+# Set on SIGTERM. asyncio turns the signal into a cancellation of the run, but Python 3.11's
+# asyncio.wait_for (inside PyMongo, used by the scenarios) can drop a cancellation that lands as a
+# call completes: the run then went on to the end and exited 0 (seen in CI). Checked between
+# scenarios, so the run stops either way.
+INTERRUPTED = threading.Event()
+
+
+def stop_if_interrupted() -> None:
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
 
 
 async def busy_cores(stack: BenchStack, endpoints, seconds: float = 2.0) -> float:
@@ -134,6 +147,7 @@ async def run(args: argparse.Namespace) -> dict:
         bench.settle = lambda: quiet(stack, endpoints, say, settled, 10 if args.quick else 300)
         try:
             for name in only:
+                stop_if_interrupted()
                 settle_s = 0.0
                 if name != "baselines":
                     settle_s = await quiet(stack, endpoints, say, settled, 10 if args.quick else 900)
@@ -181,6 +195,7 @@ async def run(args: argparse.Namespace) -> dict:
                         "cpu_ms_total": round(1000 * sum(result["cpu_s"].values()) / delivered, 2),
                         "db_ops": round(sum(result["db_ops"].values()) / delivered, 1) if result["db_ops"] else None}
                 out["scenarios"][name] = result
+                stop_if_interrupted()
         finally:
             await bench.close()
     finally:
@@ -214,7 +229,7 @@ def main() -> None:
     parser.add_argument("--profile-db", action="store_true", help="also py-spy our SecantusDB (costly)")
     args = parser.parse_args()
     # SIGTERM (timeout, kill): stop like Ctrl-C, so every process we started is stopped by its pid.
-    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    signal.signal(signal.SIGTERM, lambda *_: (INTERRUPTED.set(), signal.raise_signal(signal.SIGINT)))
     path = Path(args.out) if args.out else RESULTS_DIR / (
         datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "") + ".json")
     args.out_path = path
