@@ -38,6 +38,7 @@ class Agent:
     context: BrowserContext
     page: Page
     problems: list[str] = field(default_factory=list)
+    read_calls: int = 0  # POST .../read: at most one per message seen (never a storm)
 
     def console(self):
         return self.page.locator("im-console")
@@ -100,6 +101,12 @@ class ConsoleWorld:
         page = await context.new_page()
         agent = Agent(name, agent_id, tenant, context, page)
         page.on("pageerror", lambda e: agent.problems.append(f"page error: {e}"))
+
+        def count_reads(request) -> None:
+            if request.method == "POST" and request.url.endswith("/read"):
+                agent.read_calls += 1
+
+        page.on("request", count_reads)
         page.on("console", lambda m: agent.problems.append(f"console {m.type}: {m.text}")
                 if m.type == "error" and not BROWSER_OWN_NETWORK_ERROR.search(m.text) else None)
         await page.goto(self.url)

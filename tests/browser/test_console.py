@@ -139,7 +139,14 @@ async def test_every_agent_flow_in_two_consoles_and_nothing_across_tenants(world
     assert shown == sorted(set(shown)) and shown == list(range(1, len(shown) + 1)), dump(shown)
     for text in ("before the crash 1", "during the outage 2", "after the restart 3"):
         await expect(ben.console().locator("im-thread .bubble", has_text=text)).to_have_count(1)
+    typed = [f"{phase} {i}" for phase in ("before the crash", "during the outage", "after the restart")
+             for i in range(1, 4)]
+    bubbles = await ben.console().locator("im-thread .bubble").all_inner_texts()
+    assert [b for b in bubbles if b in typed] == typed, dump(bubbles)  # in the order Ana typed them
     await ben.shot("7-after-gateway-restart")
+
+    # Read markers move once per message read, never in a loop (ben read ~12 messages as they came).
+    assert 0 < ben.read_calls <= 20, ben.read_calls
 
     # The other tenant's agent saw none of it.
     await expect(zed.console().locator("ol li button")).to_have_count(0)

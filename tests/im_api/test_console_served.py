@@ -70,5 +70,13 @@ def test_compose_and_kubernetes_never_turn_the_development_sign_in_on():
     assert len(deploy_files) > 1
     for path in deploy_files:
         text = Path(path).read_text()
-        assert "DEV_SIGNIN" not in text or re.search(r"IM_API_DEV_SIGNIN\W+\"?false", text), path
+        assert not re.search(r"DEV_SIGNIN\W+[\"']?(true|1|yes|on)", text, re.I), path
     assert ApiSettings.model_fields["dev_signin"].default is False
+
+
+def test_the_development_sign_in_refuses_to_start_beyond_loopback(api_settings):
+    from im_api.app import create_app
+
+    with pytest.raises(SystemExit, match="loopback"):
+        create_app(api_settings.model_copy(update={"dev_signin": True, "host": "0.0.0.0"}))
+    assert create_app(api_settings.model_copy(update={"dev_signin": True})) is not None  # 127.0.0.1

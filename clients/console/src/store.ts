@@ -8,6 +8,7 @@
 import {
   type Agent,
   type Conversation,
+  type ConversationPage,
   HelpdeskIm,
   type HelpdeskImOptions,
   type LiveFrame,
@@ -48,6 +49,9 @@ export class ConsoleStore extends EventTarget {
   error: string | null = null;
   private typingTimer: ReturnType<typeof setTimeout> | null = null;
   private readonly marking = new Set<string>();
+  private readonly marked = new Map<string, number>(); // conversation → the last seq we asked to mark
+  /** Sends the server refused, per thread: shown with their text so nothing vanishes silently. */
+  failed = new Map<string, { body: string; reason: string }>();
   private changeQueued = false;
 
   constructor(config: ConsoleConfig) {
@@ -56,13 +60,7 @@ export class ConsoleStore extends EventTarget {
     this.relatedUrlTemplate = config.relatedUrlTemplate ?? "";
     this.im = new HelpdeskIm(config);
     this.im.stream.on("frame", (frame) => this.onFrame(frame));
-    this.im.stream.on("reload", (page) => {
-      this.conversations.clear();
-      this.threads.clear();
-      for (const c of page.items) this.conversations.set(c.id, c);
-      this.recountUnread();
-      this.changed();
-    });
+    this.im.stream.on("reload", (page) => void this.reload(page));
     this.im.stream.on("state", (state) => {
       this.streamState = state;
       this.changed();
@@ -73,15 +71,8 @@ export class ConsoleStore extends EventTarget {
   async start(): Promise<void> {
     try {
       const page = await this.im.http.conversations({ limit: 100 });
-      for (const c of page.items) this.conversations.set(c.id, c);
-      let cursor = page.next_cursor;
-      while (cursor) {
-        const more = await this.im.http.conversations({ limit: 100, cursor });
-        for (const c of more.items) this.conversations.set(c.id, c);
-        cursor = more.next_cursor;
-      }
+      await this.loadList(page);
       this.loaded = true;
-      this.recountUnread();
       // Presence of everyone this agent may see: changes then arrive live (presence.changed).
       await this.agents("").catch(() => undefined);
       this.im.stream.start(page.stream_cursor);
@@ -90,6 +81,35 @@ export class ConsoleStore extends EventTarget {
       this.error = error instanceof Error ? error.message : String(error);
     }
     this.changed();
+  }
+
+  /** After a 4409 (the stream's cursor is gone): the whole list again, and every thread read so far
+   * is read again from the server (the stream already resumes after the page's cursor). */
+  private async reload(page: ConversationPage): Promise<void> {
+    try {
+      this.conversations.clear();
+      await this.loadList(page);
+      for (const [id, t] of this.threads) {
+        if (!t.fetched) continue;
+        t.fetched = false;
+        t.messages = [];
+        await this.open(id);
+      }
+    } catch (error) {
+      this.error = error instanceof Error ? error.message : String(error);
+    }
+    this.changed();
+  }
+
+  private async loadList(first: ConversationPage): Promise<void> {
+    for (const c of first.items) this.conversations.set(c.id, c);
+    let cursor = first.next_cursor;
+    while (cursor) {
+      const more = await this.im.http.conversations({ limit: 100, cursor });
+      for (const c of more.items) this.conversations.set(c.id, c);
+      cursor = more.next_cursor;
+    }
+    this.recountUnread();
   }
 
   close(): void {
@@ -182,21 +202,34 @@ export class ConsoleStore extends EventTarget {
     this.changed(); // shows it as pending at once
     try {
       this.addMessages(conversationId, [await sending]);
+      this.failed.delete(conversationId);
     } catch (error) {
-      this.error = error instanceof Error ? error.message : String(error);
+      this.failed.set(conversationId, { body, reason: error instanceof Error ? error.message : String(error) });
       this.changed();
       throw error;
     }
   }
 
-  /** Marks the thread read up to its newest message (the read marker only moves forward). */
+  /** Marks the thread read up to its newest message (the read marker only moves forward). Once
+   * per new message: a reply that still counts unread messages (our list is behind the server)
+   * moves our last_seq up instead of asking again. */
   async markRead(conversationId: string): Promise<void> {
     const c = this.conversations.get(conversationId);
     if (!c || c.unread_count === 0 || this.marking.has(conversationId)) return;
+    if ((this.marked.get(conversationId) ?? 0) >= c.last_seq) return;
     this.marking.add(conversationId);
-    const marker = await this.im.http.markRead(conversationId, c.last_seq).finally(() => this.marking.delete(conversationId));
-    const now = this.conversations.get(conversationId);
-    if (now) this.conversations.set(conversationId, { ...now, last_read_seq: marker.last_read_seq, unread_count: marker.unread_count });
+    this.marked.set(conversationId, c.last_seq);
+    try {
+      const marker = await this.im.http.markRead(conversationId, c.last_seq);
+      const now = this.conversations.get(conversationId);
+      if (now) {
+        const lastSeq = Math.max(now.last_seq, marker.last_read_seq + marker.unread_count);
+        this.conversations.set(conversationId, { ...now, last_seq: lastSeq, last_read_seq: marker.last_read_seq,
+          unread_count: Math.max(0, lastSeq - marker.last_read_seq) });
+      }
+    } finally {
+      this.marking.delete(conversationId);
+    }
     this.recountUnread();
     this.changed();
   }

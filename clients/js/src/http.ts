@@ -84,9 +84,19 @@ export class Http {
     return this.token;
   }
 
+  /** The host's getToken failing (its own network, its session service) is a passing failure
+   * like any other network error: callers retry it rather than treat it as a refusal. */
+  private async tokenOrNetworkError(refresh: boolean): Promise<string> {
+    try {
+      return await this.currentToken(refresh);
+    } catch (cause) {
+      throw new NetworkError(cause);
+    }
+  }
+
   /** One call; a 401 gets one retry with a fresh token. Throws ApiError or NetworkError. */
   async request<T>(method: string, path: string, body?: unknown): Promise<T> {
-    let token = await this.currentToken();
+    let token = await this.tokenOrNetworkError(false);
     for (let attempt = 0; ; attempt++) {
       let response: Response;
       try {
@@ -104,7 +114,7 @@ export class Http {
       }
       if (response.status === 401 && attempt === 0) {
         await response.body?.cancel();
-        token = await this.currentToken(true);
+        token = await this.tokenOrNetworkError(true);
         continue;
       }
       if (response.status === 204) return undefined as T;

@@ -6,7 +6,7 @@
  */
 
 import { Backoff, type BackoffOptions, sleep } from "./backoff.js";
-import { ApiError, type Http, type Message, NetworkError } from "./http.js";
+import { ApiError, type Http, type Message } from "./http.js";
 import { type KeyValueStorage, readJson } from "./storage.js";
 
 export interface PendingSend {
@@ -88,8 +88,11 @@ export class Sender {
         this.forget(pending.clientMsgId);
         return message;
       } catch (error) {
-        const retry = error instanceof NetworkError || (error instanceof ApiError && error.transient);
-        if (!retry) {
+        // Only the server's refusal of this message ends it (a 4xx other than 401). The network,
+        // a busy server, a token the host could not refresh just now (a 401 after the refresh, or
+        // the host's getToken failing): the message stays pending and is tried again.
+        const refused = error instanceof ApiError && !error.transient && error.status !== 401;
+        if (refused) {
           this.forget(pending.clientMsgId); // refused (not a participant, too long, ...): never resent
           throw error;
         }

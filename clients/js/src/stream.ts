@@ -54,6 +54,8 @@ export interface StreamOptions {
   reconnect?: BackoffOptions;
   /** How long to stay away after 4429 (too slow) before reconnecting (ms). */
   slowDownMs?: number;
+  /** A socket open this long counts as healthy: the reconnect waits start short again (ms). */
+  healthyAfterMs?: number;
   /** Give up on a connect whose handshake has not completed after this long (ms). */
   connectTimeoutMs?: number;
   /** Typing frames for one thread at most this often (ms). */
@@ -78,6 +80,8 @@ export class Stream {
   private lastTyping = new Map<string, number>();
   private active = true;
   private _state: StreamState = "idle";
+  /** 4401/4409 closes since the last healthy socket: the first reconnects at once, later ones back off. */
+  private refusals = 0;
   /** The last queued frame handed over: frames at or below it are dropped, reconnects resume after it. */
   cursor: number | null = null;
 
@@ -178,7 +182,7 @@ export class Stream {
           this.emit("error", error instanceof Error ? error : new Error(String(error)));
           return this.backoff.next();
         }
-        return 0;
+        return this.refusals++ === 0 ? 0 : this.backoff.next(); // refused again at once: slow down
       case 4409: // the server no longer holds our cursor: reload over HTTP, resume after its cursor
         try {
           const page = await this.http.conversations();
@@ -188,7 +192,7 @@ export class Stream {
           this.emit("error", error instanceof Error ? error : new Error(String(error)));
           return this.backoff.next();
         }
-        return 0;
+        return this.refusals++ === 0 ? 0 : this.backoff.next();
       case 4403: // this page's origin is not allowed by the gateway: a deployment error, not a blip
         this.emit("error", new Error("the gateway refused this page's origin (4403): check IM_DELIVERY_ALLOWED_ORIGINS"));
         return -1;
@@ -209,10 +213,12 @@ export class Stream {
     this.socket = socket;
     return new Promise<number>((resolve) => {
       let settled = false;
+      let healthy: ReturnType<typeof setTimeout> | undefined;
       const finish = (code: number) => {
         if (settled) return;
         settled = true;
         clearTimeout(opening);
+        clearTimeout(healthy);
         if (this.socket === socket) this.socket = null;
         resolve(code);
       };
@@ -224,11 +230,16 @@ export class Stream {
       }, this.options.connectTimeoutMs ?? 10_000);
       socket.onopen = () => {
         clearTimeout(opening);
+        // Healthy once it has stayed open a while: a server that closes right after the replay
+        // (flapping) must not bring every client back at the shortest wait.
+        healthy = setTimeout(() => {
+          this.backoff.reset();
+          this.refusals = 0;
+        }, this.options.healthyAfterMs ?? 5_000);
         this.setState("open");
         if (!this.active) socket.send(JSON.stringify({ type: "idle" }));
       };
       socket.onmessage = (event) => {
-        this.backoff.reset(); // the server answers: the next loss starts from a short wait again
         if (typeof event.data === "string") this.receive(event.data, socket);
       };
       // Some implementations report a failed connect with "error" and no "close": either ends it.

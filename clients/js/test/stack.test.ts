@@ -62,17 +62,30 @@ describe("the stream", () => {
     assert.equal(reloads.length, 1);
   });
 
-  test("a stream whose token is refused gets a fresh one from the host page", async () => {
-    let refreshed = 0;
+  test("a socket closed 4401 when its token expires comes back with a fresh token from the host page", async () => {
+    const refreshes: boolean[] = [];
+    let unauthorized = 0;
+    const counting: typeof fetch = async (input, init) => {
+      const response = await fetch(input, init);
+      if (response.status === 401) unauthorized++;
+      return response;
+    };
     const { im: ben } = track(clientFor("ben", {
+      fetch: counting,
       getToken: ({ refresh }) => {
-        if (refresh) refreshed++;
-        return refresh ? mint("ben") : mint("ben", { ttlS: -120 }); // the first one expired
+        refreshes.push(refresh);
+        return refresh ? mint("ben") : mint("ben", { ttlS: 3 }); // the first one expires while connected
       },
     }));
+    const states: string[] = [];
+    ben.stream.on("state", (s) => states.push(s));
     ben.stream.start();
-    await until(() => ben.stream.state === "open", "ben's stream open with the refreshed token");
-    assert.equal(refreshed, 1);
+    await until(() => ben.stream.state === "open", "open with the short-lived token");
+    await until(() => states.includes("reconnecting") && ben.stream.state === "open",
+      "closed 4401 at the token's expiry, then open again", 20_000);
+    assert.deepEqual(refreshes, [false, true]);
+    // The close itself asked for the new token: no call was refused on the way back.
+    assert.equal(unauthorized, 0);
   });
 });
 

@@ -47,6 +47,7 @@ export class AgentPicker extends StoreElement {
   private resolve: ((ids: string[] | null) => void) | null = null;
   private debounce: ReturnType<typeof setTimeout> | null = null;
   private opener: Element | null = null;
+  private asked = 0;
 
   /** Opens the modal; resolves with the picked agent ids, or null when cancelled. */
   async pick(options: { title?: string } = {}): Promise<string[] | null> {
@@ -63,11 +64,13 @@ export class AgentPicker extends StoreElement {
 
   private async load(q: string): Promise<void> {
     if (!this.store) return;
+    const asked = ++this.asked; // a slower, older answer must not replace a newer one
     this.searching = true;
     try {
-      this.agents = await this.store.agents(q);
+      const agents = await this.store.agents(q);
+      if (asked === this.asked) this.agents = agents;
     } finally {
-      this.searching = false;
+      if (asked === this.asked) this.searching = false;
     }
   }
 

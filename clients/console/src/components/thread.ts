@@ -34,6 +34,8 @@ export class Thread extends StoreElement {
     textarea { flex: 1; font: inherit; resize: none; padding: 8px 10px; border: 1px solid var(--im-border);
       border-radius: 6px; min-height: 40px; max-height: 140px; }
     .empty { color: var(--im-muted); align-self: center; margin: auto; }
+    .failed { margin: 0 14px; padding: 6px 10px; border-radius: 6px; background: #fdecea; color: #8a1c12;
+      overflow-wrap: anywhere; }
   `];
 
   @property({ attribute: "conversation-id" }) conversationId = "";
@@ -56,9 +58,7 @@ export class Thread extends StoreElement {
       if (this.atBottom) this.history.scrollTop = this.history.scrollHeight;
       this.lastCount = count;
     }
-    if (this.atBottom && this.store && this.conversationId && document.visibilityState === "visible") {
-      void this.store.markRead(this.conversationId).catch(() => undefined);
-    }
+    if (this.atBottom && this.shown()) void this.store!.markRead(this.conversationId).catch(() => undefined);
   }
 
   protected override storeReady(): void {
@@ -78,7 +78,14 @@ export class Thread extends StoreElement {
       void this.store.loadOlder(this.conversationId).then(() =>
         this.updateComplete.then(() => (h.scrollTop += h.scrollHeight - before)));
     }
-    if (this.atBottom) void this.store?.markRead(this.conversationId).catch(() => undefined);
+    if (this.atBottom && this.shown()) void this.store!.markRead(this.conversationId).catch(() => undefined);
+  }
+
+  /** Read only what the agent can see: the page in front, and this thread on it (a console left
+   * open in a hidden part of the host page must not mark replies read). */
+  private shown(): boolean {
+    return Boolean(this.store && this.conversationId) && document.visibilityState === "visible"
+      && this.checkVisibility();
   }
 
   private async submit(e: Event): Promise<void> {
@@ -127,6 +134,10 @@ export class Thread extends StoreElement {
           <div class="msg mine pending"><div class="meta">Sending…</div><div class="bubble">${p.body}</div></div>`)}
         ${this.seen(t.messages, t.readBy, c)}
       </div>
+      ${store.failed.has(this.conversationId) ? html`
+        <p class="failed" role="alert">Not sent: “${store.failed.get(this.conversationId)!.body}” —
+          ${store.failed.get(this.conversationId)!.reason}
+          <button @click=${() => { store.failed.delete(this.conversationId); this.requestUpdate(); }}>Dismiss</button></p>` : nothing}
       <div class="typing" aria-live="polite">${typing.length ? `${typing.join(", ")} ${typing.length > 1 ? "are" : "is"} typing…` : ""}</div>
       <form @submit=${this.submit}>
         <label class="visually-hidden" for="say">Message</label>

@@ -21,7 +21,7 @@ from im_runtime.mongo import connect, reachable
 from im_runtime.shutdown import Shutdown
 
 from .api import agents, conversations, me
-from .api.console import dev_router, mount_console
+from .api.console import dev_router, mount_console, require_dev_signin_safe
 from .api.deps import Services
 from .api.middleware import RequestContext
 from .assistance import Assistance
@@ -98,7 +98,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                                    on_dead_letter=lambda topic, reason: DEAD_LETTERED.labels(topic, reason).inc())
         broker = KafkaBroker(settings.kafka_bootstrap, logger=logging.getLogger("im_api.faststream"),
                              log_level=logging.DEBUG,  # "Received"/"Processed" per record: too much at INFO
-                             graceful_timeout=settings.shutdown_grace_s)
+                             # Half the grace: the steps after it (queued sends, leases) need the rest.
+                             graceful_timeout=settings.shutdown_grace_s / 2)
         subscriber = assistance_subscription(Assistance(store, conversations), verifier, dead_letters,
                                              settings).register(broker)
         await start_with_retry(broker.start, "kafka consumer (assistance requests)", settings)
@@ -141,6 +142,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(conversations.router)
     app.include_router(me.router)
     if settings.dev_signin:
+        require_dev_signin_safe(settings)
         # Loud on purpose: anyone who reaches this process can sign in as anyone.
         log(logger, logging.WARNING, "DEVELOPMENT sign-in is ON (IM_API_DEV_SIGNIN): never in production")
         app.include_router(dev_router)

@@ -18,6 +18,7 @@ from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.staticfiles import StaticFiles
 
+from ..errors import NotFound
 from ..settings import ApiSettings
 from .deps import DirectoryDep, ServicesDep
 from .schemas import errors_doc
@@ -73,6 +74,15 @@ def mount_console(app: FastAPI, settings: ApiSettings) -> None:
         return RedirectResponse("/console/")
 
 
+def require_dev_signin_safe(settings: ApiSettings) -> None:
+    """The development sign-in only where nobody else can reach it: on loopback, with the HS256
+    secret it mints with (refuses to start otherwise)."""
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        raise SystemExit(f"IM_API_DEV_SIGNIN needs IM_API_HOST on loopback (it is {settings.host!r})")
+    if settings.jwt_secret is None:
+        raise SystemExit("IM_API_DEV_SIGNIN needs IM_JWT_SECRET (it mints HS256 tokens)")
+
+
 class SignIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tenant_id: TenantId
@@ -94,7 +104,11 @@ async def dev_signin(body: SignIn, request: Request, svc: ServicesDep, directory
     """DEVELOPMENT ONLY (IM_API_DEV_SIGNIN): an agent token for anyone who asks, the agent created
     if new. The route does not exist unless the setting is on (404 like any unknown path)."""
     settings = svc.settings
-    await directory.upsert(body.tenant_id, body.agent_id, body.display_name.strip() or body.agent_id, None, "agent")
+    try:
+        await directory.get(body.tenant_id, body.agent_id)  # an existing agent keeps role, email, state
+    except NotFound:
+        await directory.upsert(body.tenant_id, body.agent_id, body.display_name.strip() or body.agent_id, None,
+                               "agent")
     now = int(time.time())
     exp = now + settings.dev_token_ttl_s
     token = jwt.encode({"tid": body.tenant_id, "sub": body.agent_id, "role": "agent", "iat": now, "exp": exp},
