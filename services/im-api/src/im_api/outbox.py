@@ -23,7 +23,7 @@ from im_contracts.events import Event
 from im_contracts.topics import ALL_TOPICS, Topic
 from im_runtime.logs import log, trace_id
 from im_runtime.shutdown import raise_if_cancelled
-from pymongo import AsyncMongoClient, ReturnDocument
+from pymongo import AsyncMongoClient
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from .metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, OUTBOX_SHARDS_HELD
@@ -297,12 +297,19 @@ class Relay:
             self._drop(shard)
 
     async def _claim(self, shard: int, t: datetime, ttl: timedelta, started: float) -> None:
-        doc = await self.store.outbox_leases.find_one_and_update(
+        # update + read rather than findAndModify: the same outcome (owner ids are unique per process
+        # start, so the row still owned by us carries the token we were given), and SecantusDB's
+        # findAndModify retried a write conflict with a killed process's open transaction while
+        # holding the collection, wedging the server for every client (issue 15).
+        claimed = await self.store.outbox_leases.update_one(
             {"_id": shard, "expires_at": {"$lt": t}},
-            {"$set": {"owner": self.owner, "expires_at": t + ttl}, "$inc": {"token": 1}},
-            return_document=ReturnDocument.AFTER,
-        )
-        if doc is None:
+            {"$set": {"owner": self.owner, "expires_at": t + ttl}, "$inc": {"token": 1}})
+        doc = None
+        if claimed.matched_count:
+            doc = await self.store.outbox_leases.find_one({"_id": shard, "owner": self.owner}, {"token": 1})
+            if doc is None:
+                return  # taken over already (our new lease expired meanwhile)
+        else:
             try:
                 await self.store.outbox_leases.insert_one(
                     {"_id": shard, "owner": self.owner, "token": 1, "expires_at": t + ttl})
