@@ -176,3 +176,16 @@ def private_mongo(workdir: Path) -> Iterator:
     finally:
         forget()
         server.stop()
+
+
+@pytest.fixture
+async def own_mongo(private_mongo) -> AsyncIterator[tuple]:
+    """(server, client) of this test's own MongoDB, for tests that SIGKILL a process in the middle
+    of a transaction: SecantusDB has wedged around such an abandoned transaction (issue 15), and it
+    must never be the session's server, which every later test needs."""
+    client: AsyncMongoClient = AsyncMongoClient(private_mongo.uri, tz_aware=True,
+                                                socketTimeoutMS=TEST_MONGO_SOCKET_TIMEOUT_MS)
+    try:
+        yield private_mongo, client
+    finally:
+        await client.close()

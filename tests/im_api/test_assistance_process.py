@@ -19,9 +19,10 @@ T = "acme"
 
 
 async def test_a_consumer_killed_between_the_write_and_the_commit_posts_once_after_restart(
-        services, service_env, kafka_bootstrap, kafka_topics, jwt_secret, mongo, mongo_db_name):
+        services, service_env, kafka_bootstrap, kafka_topics, jwt_secret, own_mongo, mongo_db_name):
+    server, mongo = own_mongo  # SIGKILL mid-transaction: never on the session's server (see own_mongo)
     port = free_port()
-    env = {**service_env, "IM_API_PORT": str(port), "IM_API_OUTBOX_POLL_S": "0.2",
+    env = {**service_env, "IM_MONGO_URI": server.uri, "IM_API_PORT": str(port), "IM_API_OUTBOX_POLL_S": "0.2",
            "IM_RETRY_INITIAL_S": "0.05", "IM_RETRY_MAX_S": "0.5"}
     ready = f"http://127.0.0.1:{port}/readyz"
     # The first process holds each commit back for a minute: the kill lands inside that window.
