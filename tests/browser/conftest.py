@@ -4,7 +4,6 @@ presence, Kafka and MongoDB)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -149,19 +148,6 @@ async def world(services, service_env, kafka_topics, jwt_secret) -> AsyncIterato
             await browser.close()
     # A console that logs errors or throws is broken even when the flow went through.
     assert not problems, "\n".join(problems[:20])
-
-
-async def wait_for(condition, timeout: float = 20.0, message: str = "condition"):
-    """Polls an async condition (for state outside the page, e.g. the stack)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"{message} (after {timeout}s)")
-        await asyncio.sleep(0.05)
 
 
 def dump(obj) -> str:
