@@ -53,6 +53,7 @@ export class ConsoleStore extends EventTarget {
   /** Sends the server refused, per thread: shown with their text so nothing vanishes silently. */
   failed = new Map<string, { body: string; reason: string }>();
   private changeQueued = false;
+  private sorted: Conversation[] | null = null;
 
   constructor(config: ConsoleConfig) {
     super();
@@ -72,7 +73,6 @@ export class ConsoleStore extends EventTarget {
     try {
       const page = await this.im.http.conversations({ limit: 100 });
       await this.loadList(page);
-      this.loaded = true;
       // Presence of everyone this agent may see: changes then arrive live (presence.changed).
       await this.agents("").catch(() => undefined);
       this.im.stream.start(page.stream_cursor);
@@ -101,15 +101,22 @@ export class ConsoleStore extends EventTarget {
     this.changed();
   }
 
+  /** The list, most recent first: shown as soon as its first page is read (an agent with a
+   * thousand threads sees the newest ones at once), then completed page by page. The stream starts
+   * after the last page from the first page's cursor, so every change since is replayed over it. */
   private async loadList(first: ConversationPage): Promise<void> {
     for (const c of first.items) this.conversations.set(c.id, c);
+    this.recountUnread();
+    this.loaded = true;
+    this.changed();
     let cursor = first.next_cursor;
     while (cursor) {
       const more = await this.im.http.conversations({ limit: 100, cursor });
       for (const c of more.items) this.conversations.set(c.id, c);
       cursor = more.next_cursor;
+      this.recountUnread();
+      this.changed();
     }
-    this.recountUnread();
   }
 
   close(): void {
@@ -118,10 +125,12 @@ export class ConsoleStore extends EventTarget {
 
   // --- reads for the components ---------------------------------------------------------------
 
-  /** Most recent first (the order of the thread list). */
+  /** Most recent first (the order of the thread list); sorted again only after a change, not on
+   * every render of a scrolling list. */
   sortedConversations(): Conversation[] {
-    return [...this.conversations.values()].sort((a, b) =>
+    this.sorted ??= [...this.conversations.values()].sort((a, b) =>
       (b.last_message_at ?? b.created_at).localeCompare(a.last_message_at ?? a.created_at) || b.id.localeCompare(a.id));
+    return this.sorted;
   }
 
   thread(id: string): ThreadState {
@@ -166,6 +175,7 @@ export class ConsoleStore extends EventTarget {
     const t = this.thread(conversationId);
     if (!this.conversations.has(conversationId)) {
       this.conversations.set(conversationId, await this.im.http.conversation(conversationId));
+      this.changed();
     }
     if (!t.fetched && !t.loading) {
       t.loading = true;
@@ -329,6 +339,7 @@ export class ConsoleStore extends EventTarget {
 
   /** Coalesced: many frames in one batch make one render. */
   private changed(): void {
+    this.sorted = null; // every change to the list goes through here
     if (this.changeQueued) return;
     this.changeQueued = true;
     queueMicrotask(() => {

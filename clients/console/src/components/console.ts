@@ -2,17 +2,24 @@
  * `<im-console>`: the Instant Messages area — the thread list (most recent first, live; each with
  * its participants, last message time, Related tag and unread count) beside the open thread, and
  * the "New Instant Message" action. Below 720 px wide it shows one pane at a time.
+ *
+ * The list renders only the rows near the viewport (thousands of threads cost a screenful of DOM)
+ * and is one stop for Tab: the arrow keys, Home and End move between threads, Enter opens one.
  */
 
 import type { Conversation } from "@helpdesk-im/client";
 import { css, html, nothing } from "lit";
 import { customElement, query, state } from "lit/decorators.js";
 import { repeat } from "lit/directives/repeat.js";
+import { Windowing } from "../windowing.js";
 import "./agent-picker.js";
 import type { AgentPicker } from "./agent-picker.js";
 import { shared, StoreElement, when } from "./base.js";
 import "./thread.js";
 import type { Thread } from "./thread.js";
+
+/** Every row is this tall (px): its text is cut to one line each, so the list can be windowed exactly. */
+const ROW_HEIGHT = 76;
 
 @customElement("im-console")
 export class Console extends StoreElement {
@@ -26,10 +33,10 @@ export class Console extends StoreElement {
     .bar { display: flex; align-items: center; justify-content: space-between; gap: 8px; padding: 10px 12px;
       border-bottom: 1px solid var(--im-border); }
     h2 { font-size: 16px; margin: 0; }
-    ol { list-style: none; margin: 0; padding: 0; overflow-y: auto; flex: 1; }
-    li { content-visibility: auto; contain-intrinsic-size: auto 68px; }
+    ol { list-style: none; margin: 0; padding: 0; overflow-y: auto; flex: 1; position: relative; }
+    .spacer { list-style: none; }
     li button {
-      width: 100%; display: grid; grid-template-columns: 1fr auto; gap: 2px 8px; text-align: left; border: 0;
+      width: 100%; height: ${ROW_HEIGHT}px; display: grid; align-content: center; grid-template-columns: 1fr auto; gap: 2px 8px; text-align: left; border: 0;
       border-bottom: 1px solid var(--im-border); border-radius: 0; padding: 10px 12px; background: var(--im-bg);
     }
     li button[aria-current="true"] { background: #e7effc; }
@@ -53,6 +60,19 @@ export class Console extends StoreElement {
   `];
 
   @state() private openId = "";
+  /** The row that holds the list's one Tab stop (roving tabindex). */
+  @state() private focusId = "";
+  private readonly window = new Windowing<string>(this, {
+    estimate: ROW_HEIGHT,
+    overscan: 600,
+    bottomAnchored: false,
+    scroller: () => this.renderRoot.querySelector<HTMLElement>("ol"),
+    rows: () => this.renderRoot.querySelectorAll<HTMLElement>("ol > li[data-conversation]"),
+    keyOf: (row) => row.dataset.conversation!,
+    origin: () => 0,
+    spacers: () => [this.renderRoot.querySelector<HTMLElement>("ol > li.spacer.above"),
+      this.renderRoot.querySelector<HTMLElement>("ol > li.spacer.below")],
+  });
   @query("im-agent-picker") private picker!: AgentPicker;
   @query("im-thread") private thread!: Thread;
 
@@ -72,6 +92,9 @@ export class Console extends StoreElement {
   override render() {
     const store = this.store;
     const items = store?.sortedConversations() ?? [];
+    const range = this.window.slice(items.map((c) => c.id));
+    const tabStop = items.some((c) => c.id === this.focusId) ? this.focusId
+      : items.some((c) => c.id === this.openId) ? this.openId : (items[0]?.id ?? "");
     return html`
       <div class="layout ${this.openId ? "open" : ""}">
         <aside aria-label="Instant Messages">
@@ -81,8 +104,11 @@ export class Console extends StoreElement {
           </div>
           ${!store || !store.loaded ? html`<p class="state">${store?.error ?? "Loading…"}</p>` : nothing}
           ${store?.loaded && items.length === 0 ? html`<p class="state">No threads yet: start one with “New Instant Message”.</p>` : nothing}
-          <ol aria-label="Threads">
-            ${repeat(items, (c) => c.id, (c) => this.row(c))}
+          <ol aria-label="Threads" @scroll=${this.window.onScroll} @keydown=${(e: KeyboardEvent) => this.onKey(e, items)}>
+            <li class="spacer above" aria-hidden="true"></li>
+            ${repeat(items.slice(range.start, range.end), (c) => c.id,
+              (c, i) => this.row(c, range.start + i, items.length, tabStop))}
+            <li class="spacer below" aria-hidden="true"></li>
           </ol>
         </aside>
         <main>
@@ -93,15 +119,42 @@ export class Console extends StoreElement {
       <im-agent-picker></im-agent-picker>`;
   }
 
-  private row(c: Conversation) {
+  /** Arrow keys, Home and End move the focus along the list, rendering rows as they come. */
+  private onKey(e: KeyboardEvent, items: Conversation[]): void {
+    const from = items.findIndex((c) => c.id === (e.target as HTMLElement).dataset.conversation);
+    if (from < 0) return;
+    const to = { ArrowDown: from + 1, ArrowUp: from - 1, Home: 0, End: items.length - 1 }[e.key];
+    if (to === undefined) return;
+    e.preventDefault();
+    const target = items[Math.max(0, Math.min(items.length - 1, to))]!;
+    this.focusId = target.id;
+    this.window.reveal(items.indexOf(target));
+    void this.updateComplete.then(async () => {
+      // The row may need one more render once the scroll brought it into the window.
+      let button = this.rowButton(target.id);
+      if (!button) {
+        this.requestUpdate();
+        await this.updateComplete;
+        button = this.rowButton(target.id);
+      }
+      button?.focus();
+    });
+  }
+
+  private rowButton(id: string): HTMLElement | null {
+    return this.renderRoot.querySelector<HTMLElement>(`ol > li[data-conversation="${CSS.escape(id)}"] > button`);
+  }
+
+  private row(c: Conversation, index: number, count: number, tabStop: string) {
     const store = this.store!;
     const others = c.participants.filter((p) => p.id !== store.agentId).map((p) => p.display_name);
     const last = c.last_message;
     const lastText = last ? `${last.sender_id === store.agentId ? "You" : store.nameOf(last.sender_id, c)}: ${last.body}` : "No messages yet";
     return html`
-      <li>
+      <li data-conversation=${c.id} aria-posinset=${index + 1} aria-setsize=${count}>
         <button class=${c.unread_count ? "unread" : ""} aria-current=${c.id === this.openId ? "true" : "false"}
-          data-conversation=${c.id} @click=${() => this.open(c.id)}>
+          tabindex=${c.id === tabStop ? 0 : -1} data-conversation=${c.id}
+          @click=${() => this.open(c.id)} @focus=${() => (this.focusId = c.id)}>
           <span class="who">${others.join(", ") || "Only you"}</span>
           <time class="time" datetime=${c.last_message_at ?? c.created_at}>${when(c.last_message_at ?? c.created_at)}</time>
           <span class="last">${lastText}</span>

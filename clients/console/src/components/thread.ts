@@ -1,14 +1,19 @@
 /**
  * `<im-thread conversation-id=…>`: one open thread — the Related tag and the participants with
- * their presence at the top, the history (older pages load as you scroll up), who is typing, read
- * markers, and the send box (Enter sends, Shift+Enter is a new line).
+ * their presence at the top, the history (older pages load as you scroll up; only the messages
+ * near the viewport are in the DOM, so a history of any length scrolls smoothly), who is typing,
+ * read markers, and the send box (Enter sends, Shift+Enter is a new line).
  */
 
 import type { Conversation, Message } from "@helpdesk-im/client";
 import { css, html, nothing, type PropertyValues } from "lit";
 import { customElement, property, query, state } from "lit/decorators.js";
 import { repeat } from "lit/directives/repeat.js";
+import { Windowing } from "../windowing.js";
 import { shared, STATUS_TEXT, StoreElement, when } from "./base.js";
+
+/** Older messages are asked for when the agent scrolls this close to the top (px). */
+const LOAD_OLDER_WITHIN = 600;
 
 @customElement("im-thread")
 export class Thread extends StoreElement {
@@ -17,9 +22,11 @@ export class Thread extends StoreElement {
     header { padding: 10px 14px; border-bottom: 1px solid var(--im-border); display: grid; gap: 6px; }
     .people { display: flex; flex-wrap: wrap; gap: 4px 12px; align-items: center; }
     .person { display: inline-flex; align-items: center; gap: 6px; }
-    .history { flex: 1; overflow-y: auto; padding: 12px 14px; display: flex; flex-direction: column; gap: 8px;
-      overscroll-behavior: contain; }
-    .msg { max-width: 80%; content-visibility: auto; contain-intrinsic-size: auto 56px; }
+    .history { flex: 1; overflow-y: auto; padding: 12px 14px; display: flex; flex-direction: column;
+      overscroll-behavior: contain; position: relative; overflow-anchor: none; }
+    .row { display: flex; flex-direction: column; padding-bottom: 8px; flex: none; contain: layout style; }
+    .spacer { flex: none; }
+    .msg { max-width: 80%; }
     .msg.mine { align-self: flex-end; text-align: right; }
     .bubble { display: inline-block; text-align: left; padding: 8px 12px; border-radius: 12px; background: var(--im-bg-alt);
       white-space: pre-wrap; overflow-wrap: anywhere; }
@@ -28,6 +35,7 @@ export class Thread extends StoreElement {
     .meta { font-size: 12px; color: var(--im-muted); margin-bottom: 2px; }
     .seen { font-size: 12px; color: var(--im-muted); align-self: flex-end; }
     .pending .bubble { opacity: 0.65; }
+    .pending, .seen { margin-bottom: 8px; }
     .typing { min-height: 20px; padding: 0 14px; font-size: 12px; color: var(--im-muted); }
     .older { align-self: center; }
     form { display: flex; gap: 8px; padding: 10px 14px; border-top: 1px solid var(--im-border); }
@@ -42,23 +50,54 @@ export class Thread extends StoreElement {
   @state() private draft = "";
   @query(".history") private history!: HTMLElement;
   @query("textarea") private input!: HTMLTextAreaElement;
-  private atBottom = true;
-  private lastCount = 0;
+  // New messages at the bottom are followed while the agent is there; older ones loaded on top,
+  // or rows taller than estimated, leave the message in view where it was.
+  private readonly window = new Windowing<number>(this, {
+    estimate: 64,
+    overscan: 900,
+    bottomAnchored: true,
+    scroller: () => this.history,
+    rows: () => this.renderRoot.querySelectorAll<HTMLElement>(".history > .row"),
+    keyOf: (row) => Number(row.dataset.seq),
+    origin: () => this.renderRoot.querySelector<HTMLElement>(".history > .spacer")?.offsetTop ?? 0,
+    spacers: () => [this.renderRoot.querySelector<HTMLElement>(".history > .spacer.above"),
+      this.renderRoot.querySelector<HTMLElement>(".history > .spacer.below")],
+  });
+
+  private openedAtSeq: number | null = null;
+  // The seqs of the thread's messages, made again only when the messages changed (the store
+  // replaces the array then), not on every render while scrolling.
+  private keyed: { messages: Message[]; keys: number[] } | null = null;
+
+  private keysOf(messages: Message[]): number[] {
+    if (this.keyed?.messages !== messages) this.keyed = { messages, keys: messages.map((m) => m.seq) };
+    return this.keyed.keys;
+  }
+  // Back in front of the agent: what arrived meanwhile is read now (updated() marks it).
+  private readonly onVisibility = () => this.requestUpdate();
+
+  override connectedCallback(): void {
+    super.connectedCallback();
+    document.addEventListener("visibilitychange", this.onVisibility);
+  }
+
+  override disconnectedCallback(): void {
+    super.disconnectedCallback();
+    document.removeEventListener("visibilitychange", this.onVisibility);
+  }
+
+  override willUpdate(changed: PropertyValues): void {
+    if (changed.has("conversationId")) {
+      this.window.reset();
+      this.openedAtSeq = null;
+    }
+  }
 
   override updated(changed: PropertyValues): void {
     if (changed.has("conversationId") && this.store && this.conversationId) {
-      this.lastCount = 0;
-      this.atBottom = true;
       void this.store.open(this.conversationId);
     }
-    const t = this.store && this.conversationId ? this.store.thread(this.conversationId) : null;
-    const count = t?.messages.length ?? 0;
-    if (this.history && count !== this.lastCount) {
-      // New messages at the bottom: follow them if we were there; older ones on top: keep our place.
-      if (this.atBottom) this.history.scrollTop = this.history.scrollHeight;
-      this.lastCount = count;
-    }
-    if (this.atBottom && this.shown()) void this.store!.markRead(this.conversationId).catch(() => undefined);
+    if (this.window.atBottom && this.shown()) void this.store!.markRead(this.conversationId).catch(() => undefined);
   }
 
   protected override storeReady(): void {
@@ -71,14 +110,9 @@ export class Thread extends StoreElement {
   }
 
   private onScroll(): void {
-    const h = this.history;
-    this.atBottom = h.scrollHeight - h.scrollTop - h.clientHeight < 24;
-    if (h.scrollTop < 80 && this.store) {
-      const before = h.scrollHeight;
-      void this.store.loadOlder(this.conversationId).then(() =>
-        this.updateComplete.then(() => (h.scrollTop += h.scrollHeight - before)));
-    }
-    if (this.atBottom && this.shown()) void this.store!.markRead(this.conversationId).catch(() => undefined);
+    this.window.onScroll();
+    if (this.history.scrollTop < LOAD_OLDER_WITHIN && this.store) void this.store.loadOlder(this.conversationId);
+    if (this.window.atBottom && this.shown()) void this.store!.markRead(this.conversationId).catch(() => undefined);
   }
 
   /** Read only what the agent can see: the page in front, and this thread on it (a console left
@@ -93,7 +127,7 @@ export class Thread extends StoreElement {
     const body = this.draft.trim();
     if (!body || !this.store) return;
     this.draft = "";
-    this.atBottom = true;
+    this.window.atBottom = true;
     await this.store.send(this.conversationId, body).catch(() => undefined);
   }
 
@@ -115,6 +149,7 @@ export class Thread extends StoreElement {
     const c = store.conversations.get(this.conversationId);
     const t = store.thread(this.conversationId);
     const typing = store.typingIn(this.conversationId).map((a) => store.nameOf(a, c));
+    const range = this.window.slice(this.keysOf(t.messages));
     return html`
       <header>
         ${c?.related ? this.relatedTag(c) : nothing}
@@ -125,11 +160,13 @@ export class Thread extends StoreElement {
           })}
         </div>
       </header>
-      <div class="history" role="log" aria-label="Messages" aria-live="polite" tabindex="0" @scroll=${this.onScroll}>
+      <div class="history" role="log" aria-label="Messages" aria-live="off" tabindex="0" @scroll=${this.onScroll}>
         ${t.oldestLoaded || t.messages.length === 0 ? nothing
           : html`<button class="older" @click=${() => store.loadOlder(this.conversationId)}>Load older messages</button>`}
         ${t.loading && t.messages.length === 0 ? html`<p class="empty">Loading…</p>` : nothing}
-        ${repeat(t.messages, (m) => m.seq, (m) => this.message(m, c))}
+        <div class="spacer above"></div>
+        ${repeat(t.messages.slice(range.start, range.end), (m) => m.seq, (m) => this.message(m, c))}
+        <div class="spacer below"></div>
         ${store.pending(this.conversationId).map((p) => html`
           <div class="msg mine pending"><div class="meta">Sending…</div><div class="bubble">${p.body}</div></div>`)}
         ${this.seen(t.messages, t.readBy, c)}
@@ -138,6 +175,7 @@ export class Thread extends StoreElement {
         <p class="failed" role="alert">Not sent: “${store.failed.get(this.conversationId)!.body}” —
           ${store.failed.get(this.conversationId)!.reason}
           <button @click=${() => { store.failed.delete(this.conversationId); this.requestUpdate(); }}>Dismiss</button></p>` : nothing}
+      <p class="visually-hidden" role="status">${this.announcement(t.messages, t.fetched, c)}</p>
       <div class="typing" aria-live="polite">${typing.length ? `${typing.join(", ")} ${typing.length > 1 ? "are" : "is"} typing…` : ""}</div>
       <form @submit=${this.submit}>
         <label class="visually-hidden" for="say">Message</label>
@@ -158,18 +196,31 @@ export class Thread extends StoreElement {
 
   private message(m: Message, c: Conversation | undefined) {
     const store = this.store!;
-    if (m.kind === "system") return html`<div class="msg system" data-seq=${m.seq}>${m.body}</div>`;
+    if (m.kind === "system") return html`<div class="row" data-seq=${m.seq}><div class="msg system" data-seq=${m.seq}>${m.body}</div></div>`;
     const mine = m.sender_id === store.agentId;
     return html`
-      <div class="msg ${mine ? "mine" : ""}" data-seq=${m.seq}>
+      <div class="row" data-seq=${m.seq}><div class="msg ${mine ? "mine" : ""}" data-seq=${m.seq}>
         <div class="meta">${mine ? "You" : store.nameOf(m.sender_id, c)} · <time datetime=${m.created_at}>${when(m.created_at)}</time></div>
         <div class="bubble">${m.body}</div>
-      </div>`;
+      </div></div>`;
+  }
+
+  /** Read out the newest message someone else sent since the thread was opened. The history itself
+   * is not a live region: rows entering the DOM as the agent scrolls are not news. */
+  private announcement(messages: Message[], fetched: boolean, c: Conversation | undefined): string {
+    const newest = messages[messages.length - 1];
+    if (!fetched || !newest) return "";
+    if (this.openedAtSeq === null) this.openedAtSeq = newest.seq;
+    if (newest.seq <= this.openedAtSeq || newest.sender_id === this.store!.agentId || newest.kind === "system") return "";
+    return `${this.store!.nameOf(newest.sender_id, c)}: ${newest.body}`;
   }
 
   /** "Seen by Ben" under the newest of my messages that the others have read. */
   private seen(messages: Message[], readBy: Map<string, number>, c: Conversation | undefined) {
-    const last = [...messages].reverse().find((m) => m.sender_id === this.store!.agentId);
+    let last: Message | undefined;
+    for (let i = messages.length - 1; i >= 0 && !last; i--) {
+      if (messages[i]!.sender_id === this.store!.agentId) last = messages[i];
+    }
     if (!last) return nothing;
     const readers = [...readBy.entries()].filter(([, seq]) => seq >= last.seq).map(([a]) => this.store!.nameOf(a, c));
     return readers.length ? html`<div class="seen">Seen by ${readers.join(", ")}</div>` : nothing;
