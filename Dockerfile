@@ -1,6 +1,21 @@
-# One image for every Helpdesk IM service (im-api, delivery gateway/worker, presence) and imctl.
-# BASE_IMAGE lets an offline build use a locally built Debian base (deploy/offline/).
+# One image for every Helpdesk IM service (im-api, delivery gateway/worker, presence) and imctl,
+# with the agent console's built assets, which im-api serves under /console/.
+# BASE_IMAGE and NODE_IMAGE let an offline build use locally built bases (deploy/offline/).
 ARG BASE_IMAGE=python:3.11-slim
+ARG NODE_IMAGE=node:20-bookworm-slim
+
+# The console (clients/js + clients/console) built by Vite; only dist/ reaches the final image.
+FROM ${NODE_IMAGE} AS console
+LABEL io.helpdesk-im.build=app
+ENV npm_config_audit=false npm_config_fund=false npm_config_update_notifier=false
+WORKDIR /src
+# Dependencies first, from the lockfiles only: a code change rebuilds without a download.
+COPY clients/js/package.json clients/js/package-lock.json clients/js/
+COPY clients/console/package.json clients/console/package-lock.json clients/console/
+RUN cd clients/js && npm ci && cd ../console && npm ci
+COPY clients/js/ clients/js/
+COPY clients/console/ clients/console/
+RUN cd clients/js && npm run build && cd ../console && npm run build && test -f dist/index.html
 
 FROM ${BASE_IMAGE} AS build
 # Every layer built from here carries it, so a local rebuild can prune its own stale layers.
@@ -32,7 +47,8 @@ FROM ${BASE_IMAGE}
 LABEL io.helpdesk-im.build=app
 RUN useradd --system --uid 10001 --home-dir /app --create-home im
 COPY --from=build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
+COPY --from=console /src/clients/console/dist /opt/helpdesk-im/console
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 IM_API_CONSOLE_DIR=/opt/helpdesk-im/console
 USER im
 WORKDIR /app
 # Each compose service picks its command: im-api, im-delivery-gateway, im-delivery-worker, im-presence.

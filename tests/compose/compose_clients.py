@@ -25,6 +25,7 @@ def stack_env(ports: dict[str, int], engine: str) -> dict[str, str]:
         **{k: str(v) for k, v in ports.items()},
         "IM_JWT_SECRET": "compose-test-" + secrets.token_hex(16),
         "IM_STREAM_PUBLIC_URL": f"ws://127.0.0.1:{ports['IM_STREAM_PORT']}/v1/stream",
+        "IM_CONSOLE_ORIGINS": f"http://127.0.0.1:{ports.get('IM_API_PORT', 8000)}",
         "IM_IMAGE": TEST_IMAGE,
         "IM_TEST_COMPOSE_MONGO_URI": ("mongodb://mongo:27017/?replicaSet=rs0" if engine == "docker"
                                       else "mongodb://mongo:27017/?directConnection=true"),

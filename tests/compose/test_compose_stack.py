@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -19,15 +20,18 @@ import uuid
 
 import httpx
 import pytest
+import websockets
 from compose_clients import Inbox, Tenant
 from imctl.compose import APP_SERVICES
 from imctl.tokens import mint
+from playwright.async_api import async_playwright, expect
 from support.wait import eventually
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
 
 SECOND_GATEWAY = "delivery-gateway-2"
 DELIVERY_TIMEOUT_S = 90
+CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by `make setup` (Playwright's download cannot work here)
 
 
 def test_the_stack_comes_up_from_the_compose_files_and_every_service_reports_ready(compose_stack):
@@ -76,6 +80,55 @@ async def test_the_walking_path_works_through_the_published_ports(compose_stack)
                          message="the assistance request's message never reached bob")
         (helped,) = [m for m in bob.messages if m["body"] == "need help with 777"]
         assert helped["sender_id"] == "alice" and helped["conversation_id"] != conv
+
+
+async def test_the_console_built_into_the_image_is_served_and_works_in_a_browser(compose_stack):
+    """The Dockerfile's console stage: im-api serves the assets under a Content-Security-Policy, an
+    agent signs in with a token (the development sign-in is off in compose), a message reaches the
+    console live through the gateway, which lets the console's origin in and no other."""
+    env = compose_stack.env
+    api = f"http://127.0.0.1:{env['IM_API_PORT']}"
+    acme = Tenant(env, "desk" + uuid.uuid4().hex[:6])
+    await acme.add_agents("ana", "ben")
+    async with httpx.AsyncClient(base_url=api, timeout=10) as http:
+        page = await http.get("/console/")
+        assert page.status_code == 200 and "<im-console>" in page.text
+        assert f"connect-src 'self' ws://127.0.0.1:{env['IM_STREAM_PORT']}" in page.headers["content-security-policy"]
+        assets = re.findall(r'(?:src|href)="(/console/assets/[^"]+)"', page.text)
+        assert assets
+        for asset in assets:
+            r = await http.get(asset)
+            assert r.status_code == 200 and "immutable" in r.headers["cache-control"], asset
+        signin = await http.post("/dev/signin", json={"tenant_id": acme.tenant, "agent_id": "mallory"})
+        assert signin.status_code == 404, "the development sign-in must stay off in compose"
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            browser_page = await (await browser.new_context()).new_page()
+            errors: list[str] = []
+            browser_page.on("pageerror", lambda e: errors.append(str(e)))
+            await browser_page.goto(f"{api}/console/")
+            await browser_page.locator("#token-form input[name=token]").fill(acme.token("ben"))
+            await browser_page.locator("#token-form button[type=submit]").click()
+            console = browser_page.locator("im-console")
+            await expect(console.locator(".bar h2")).to_have_text("Instant Messages")
+            conv = await acme.thread("ana", "ben", ticket="77")
+            await acme.send("ana", conv, "from a container to a browser", "c1")
+            await expect(console.locator("ol li button", has_text="from a container to a browser")).to_be_visible(
+                timeout=60_000)
+            await expect(browser_page.locator("nav im-unread-badge .badge")).to_have_text("1")
+            assert errors == []
+        finally:
+            await browser.close()
+
+    # A page of another site cannot open the stream, even with a valid agent's credentials.
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        async with websockets.connect(f"ws://127.0.0.1:{env['IM_STREAM_PORT']}/v1/stream?device_id=evil",
+                                      subprotocols=["im.v1", f"bearer.{acme.token('ben')}"],
+                                      origin="http://evil.example", open_timeout=10) as ws:
+            await asyncio.wait_for(ws.recv(), timeout=30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
 
 
 async def test_agents_on_either_gateway_receive_every_message_of_their_threads(compose_stack):

@@ -1,12 +1,13 @@
 /**
  * The demo host page: what a help desk does to embed Helpdesk IM — sign the agent in (here: the
- * development sign-in), `configure()` once, and place the components. The token is the host's
- * to keep; this page keeps it for the browser tab (sessionStorage) so a reload stays signed in.
+ * development sign-in, or a token minted by `imctl token` where that sign-in is off), `configure()`
+ * once, and place the components. The token is the host's to keep; this page keeps it for the
+ * browser tab (sessionStorage) so a reload stays signed in.
  */
 
 import { configure } from "./index.js";
 
-interface Session { tenant: string; agent: string; name: string; token: string }
+interface Session { tenant: string; agent: string; name: string; token: string; via: "dev" | "token" }
 const SESSION_KEY = "im-demo-session";
 
 function el<T extends HTMLElement>(id: string): T {
@@ -27,11 +28,38 @@ async function signIn(tenant: string, agent: string, name: string): Promise<Sess
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ tenant_id: tenant, agent_id: agent, display_name: name || agent }),
   });
+  if (r.status === 404) throw new Error("The development sign-in is off on this server: sign in with a token.");
   const data = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(data?.error?.message ?? `sign-in refused (${r.status})`);
-  const session = { tenant, agent, name: name || agent, token: data.token as string };
+  return keep({ tenant, agent, name: name || agent, token: data.token as string, via: "dev" });
+}
+
+function keep(session: Session): Session {
   sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
   return session;
+}
+
+/** A token from `imctl token`: its claims name the tenant and agent; the server checks it. */
+async function signInWithToken(token: string): Promise<Session> {
+  let claims: { tid?: unknown; sub?: unknown; role?: unknown };
+  try {
+    const payload = token.split(".")[1] ?? "";
+    claims = JSON.parse(atob(payload.replace(/-/g, "+").replace(/_/g, "/")));
+  } catch {
+    throw new Error("This is not a token (expected three dot-separated parts, as imctl token prints).");
+  }
+  if (typeof claims.tid !== "string" || typeof claims.sub !== "string") throw new Error("The token names no tenant or agent.");
+  if (claims.role === "service") throw new Error("This is a service token: use an agent's (or an admin's).");
+  const r = await fetch("/v1/me/unread", { headers: { Authorization: `Bearer ${token}` } });
+  if (r.status === 401) throw new Error("The server refused the token (expired, or signed with another secret).");
+  if (!r.ok) throw new Error(`sign-in refused (${r.status})`);
+  return keep({ tenant: claims.tid, agent: claims.sub, name: claims.sub, token, via: "token" });
+}
+
+function signOut(): void {
+  sessionStorage.removeItem(SESSION_KEY);
+  location.hash = "";
+  location.reload();
 }
 
 function route(): void {
@@ -50,18 +78,16 @@ function start(session: Session): void {
   who.textContent = `${session.name} · ${session.tenant} `;
   const out = document.createElement("button");
   out.textContent = "Sign out";
-  out.addEventListener("click", () => {
-    sessionStorage.removeItem(SESSION_KEY);
-    location.hash = "";
-    location.reload();
-  });
+  out.addEventListener("click", signOut);
   who.append(out);
   let current = session;
   configure({
     baseUrl: location.origin,
     agentId: session.agent,
     getToken: async ({ refresh }) => {
-      if (refresh) current = await signIn(current.tenant, current.agent, current.name);
+      if (refresh && current.via === "dev") current = await signIn(current.tenant, current.agent, current.name);
+      // A pasted token cannot be renewed here: back to the sign-in to paste a fresh one.
+      else if (refresh) signOut();
       return current.token;
     },
     storage: localStorage,
@@ -85,5 +111,12 @@ if (existing) {
     signIn(String(form.get("tenant")), String(form.get("agent")), String(form.get("name") ?? ""))
       .then(start)
       .catch((error: Error) => (el("signin-error").textContent = error.message));
+  });
+  el<HTMLFormElement>("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const token = String(new FormData(e.target as HTMLFormElement).get("token") ?? "").trim();
+    signInWithToken(token)
+      .then(start)
+      .catch((error: Error) => (el("token-error").textContent = error.message));
   });
 }

@@ -305,6 +305,9 @@ def compose_up(project: str = "helpdesk-im") -> int:
         "MONGO_PORT": str(config.mongo_port),
         "IM_STREAM_PUBLIC_URL": os.environ.get("IM_STREAM_PUBLIC_URL",
                                                f"ws://127.0.0.1:{config.stream_port}/v1/stream"),
+        # The console im-api serves, on the published port: the page the gateway lets in.
+        "IM_CONSOLE_ORIGINS": os.environ.get(
+            "IM_CONSOLE_ORIGINS", f"http://127.0.0.1:{config.api_port},http://localhost:{config.api_port}"),
     }
     try:
         stack = ComposeStack(project=project, env=env)
@@ -318,6 +321,7 @@ def compose_up(project: str = "helpdesk-im") -> int:
     host = "127.0.0.1"
     print(f"""
 Helpdesk IM is up in containers ({stack.engine}, compose project {project}).
+  Console         http://{host}:{config.api_port}/console/   (sign in with an agent token, below)
   HTTP API        http://{host}:{config.api_port}        (docs: http://{host}:{config.api_port}/docs)
   WebSocket       ws://{host}:{config.stream_port}/v1/stream
   Kafka           {host}:{config.kafka_port}
@@ -327,7 +331,8 @@ Helpdesk IM is up in containers ({stack.engine}, compose project {project}).
 Mint dev tokens:
   ADMIN=$(IM_JWT_SECRET={secret_hint} .venv/bin/imctl token --tenant acme --agent root --role admin)
   ALICE=$(IM_JWT_SECRET={secret_hint} .venv/bin/imctl token --tenant acme --agent alice)
-Then follow README "Try it by hand". `make compose-down` stops it (data volumes are kept).
+In the console, paste the token (echo "$ALICE") under "With a token"; or follow README "Try it by hand".
+`make compose-down` stops it (data volumes are kept).
 """)
     return 0
 
