@@ -92,7 +92,7 @@ export class Console extends StoreElement {
   override render() {
     const store = this.store;
     const items = store?.sortedConversations() ?? [];
-    const range = this.window.slice(items.map((c) => c.id));
+    const range = this.window.slice(this.idsOf(items));
     const tabStop = items.some((c) => c.id === this.focusId) ? this.focusId
       : items.some((c) => c.id === this.openId) ? this.openId : (items[0]?.id ?? "");
     return html`
@@ -119,12 +119,21 @@ export class Console extends StoreElement {
       <im-agent-picker></im-agent-picker>`;
   }
 
+  // The list's ids, made again only when the store sorted the list again (after a change).
+  private listed: { items: Conversation[]; ids: string[] } | null = null;
+
+  private idsOf(items: Conversation[]): string[] {
+    if (this.listed?.items !== items) this.listed = { items, ids: items.map((c) => c.id) };
+    return this.listed.ids;
+  }
+
   /** Arrow keys, Home and End move the focus along the list, rendering rows as they come. */
   private onKey(e: KeyboardEvent, items: Conversation[]): void {
     const from = items.findIndex((c) => c.id === (e.target as HTMLElement).dataset.conversation);
     if (from < 0) return;
-    const to = { ArrowDown: from + 1, ArrowUp: from - 1, Home: 0, End: items.length - 1 }[e.key];
-    if (to === undefined) return;
+    const moves: Record<string, number> = { ArrowDown: from + 1, ArrowUp: from - 1, Home: 0, End: items.length - 1 };
+    if (!Object.hasOwn(moves, e.key)) return;
+    const to = moves[e.key]!;
     e.preventDefault();
     const target = items[Math.max(0, Math.min(items.length - 1, to))]!;
     this.focusId = target.id;
