@@ -77,7 +77,7 @@ contracts: install $(JS_STAMP)
 lock: install
 	$(PIP) freeze --exclude-editable | sed '1i # Pinned versions of every Python dependency (make lock regenerates it from the current venv).' > constraints.txt
 
-bench: install
+bench: install console
 	$(PY) -m bench.run $(ARGS)
 
 # Docker when an engine answers, else podman-compose + deploy/offline (images built, cached).

@@ -32,7 +32,7 @@ from .stack import BenchStack, given_endpoints, start_endpoints
 # requests (their clients gave up) that would otherwise slow every scenario after it.
 # The latency scenarios before fan-in: 10,000 sockets leave the directory and presence 10,000 agents
 # bigger (and `quiet` waits out their disconnects before anything else is measured).
-SCENARIOS = ("baselines", "throughput", "catch_up", "latency", "latency_search", "fan_in")
+SCENARIOS = ("baselines", "throughput", "catch_up", "console", "latency", "latency_search", "fan_in")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # A scenario starts once the stack is back within this many cores of its own idle level.
 SETTLE_MARGIN_CORES = 0.25
@@ -119,6 +119,9 @@ async def run(args: argparse.Namespace) -> dict:
         scale = dataclasses.replace(scale, fanin_sockets=args.sockets)
     if args.catchup:
         scale = dataclasses.replace(scale, catchup_messages=args.catchup)
+    if args.console:
+        threads, messages = (int(x) for x in args.console.split(","))
+        scale = dataclasses.replace(scale, console_threads=threads, console_messages=messages)
     only = [s for s in (args.only.split(",") if args.only else SCENARIOS)]
     unknown = set(only) - set(SCENARIOS)
     if unknown:
@@ -222,6 +225,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, help="offered msg/s of the latency scenario (200; quick 50)")
     parser.add_argument("--sockets", type=int, help="idle sockets of the fan-in scenario (1..15000)")
     parser.add_argument("--catchup", type=int, help="messages queued for the catch-up scenario (10,000)")
+    parser.add_argument("--console", metavar="THREADS,MESSAGES",
+                        help="the console scenario's thread count and longest history (1000,10000)")
     parser.add_argument("--log-level", default="WARNING", help="the services' IM_LOG_LEVEL (default WARNING)")
     parser.add_argument("--workdir", help="where logs and load jobs go (default a new temp dir)")
     parser.add_argument("--profile", metavar="DIR", help="py-spy the services during --profile-scenario")

@@ -40,16 +40,26 @@ class Scale:
     fanin_sockets: int
     probe_s: float
     catchup_messages: int
+    console_threads: int  # the console scenario: threads in the viewer's list
+    console_messages: int  # ... and messages in the longest one
+    console_scroll_s: float  # bound of each scroll measurement
+    console_idle_s: float
+    console_settle_s: float  # a freshly loaded console is left this long before its idle CPU is measured
+    console_loads: int  # page loads timed for the paint
 
 
 FULL = Scale(baseline_n=500, latency_pairs=20, latency_rate=200, latency_s=20, warmup_s=2, search_rates=(25, 35, 50, 70, 100, 140, 200, 280, 400),
              search_s=8, throughput_procs=2, throughput_tenants=4, throughput_pairs=4, throughput_concurrency=48,
-             throughput_s=20, fanin_sockets=10_000, probe_s=10, catchup_messages=10_000)
+             throughput_s=20, fanin_sockets=10_000, probe_s=10, catchup_messages=10_000,
+             console_threads=1_000, console_messages=10_000, console_scroll_s=12, console_idle_s=10, console_settle_s=5,
+             console_loads=5)
 # Quick: every code path at a load a busy shared dev machine still carries (its figures are not
 # comparable with the targets, which only a full run evaluates).
 QUICK = Scale(baseline_n=100, latency_pairs=3, latency_rate=50, latency_s=2, warmup_s=0.5, search_rates=(50, 100),
               search_s=1.5, throughput_procs=2, throughput_tenants=1, throughput_pairs=2, throughput_concurrency=4,
-              throughput_s=2, fanin_sockets=100, probe_s=1.5, catchup_messages=200)
+              throughput_s=2, fanin_sockets=100, probe_s=1.5, catchup_messages=200,
+              console_threads=60, console_messages=150, console_scroll_s=1.5, console_idle_s=1, console_settle_s=1,
+              console_loads=2)
 
 
 class Bench:
@@ -347,6 +357,17 @@ class Bench:
                  f"= {replay['msgs_per_s']} msg/s")
         return {"messages": n, "queued_messages": entries, "queue_head": queued, "fill_s": round(filled_s, 1),
                 "fill_accepted_per_s": fill["accepted_per_s"], **replay}
+
+
+    # --- the agent console in a browser ------------------------------------------------------------
+
+    async def console(self) -> dict[str, Any]:
+        """The console in Chromium with 1,000 threads and a 10,000-message history (bench/console.py)."""
+        from . import console
+
+        sc = self.scale
+        return await console.measure(self, sc.console_threads, sc.console_messages, sc.console_scroll_s,
+                                     sc.console_idle_s, sc.console_loads, sc.console_settle_s)
 
 
 def _brief(r: dict[str, Any]) -> dict[str, Any]:

@@ -104,6 +104,9 @@ class BenchStack(launcher.Stack):
             "IM_DELIVERY_FANOUT_GROUP": f"{p}fanout", "IM_DELIVERY_QUEUE_GROUP": f"{p}queue",
             "IM_DELIVERY_GATEWAYS_GROUP": f"{p}gateways", "IM_PRESENCE_CONSUMER_GROUP": f"{p}presence",
             "IM_API_ASSISTANCE_GROUP": f"{p}assistance",
+            # The console scenario: im-api serves the built console, the gateway lets its page in.
+            "IM_API_CONSOLE_DIR": str(launcher.CONSOLE_DIST),
+            "IM_DELIVERY_ALLOWED_ORIGINS": f"http://127.0.0.1:{c.api_port}",
         }
 
     async def start(self) -> None:

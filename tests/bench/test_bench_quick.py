@@ -21,7 +21,7 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.bench]
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ("baselines", "latency", "latency_search", "throughput", "catch_up", "fan_in")
+SCENARIOS = ("baselines", "latency", "latency_search", "throughput", "catch_up", "console", "fan_in")
 
 
 def number(value) -> bool:
@@ -70,6 +70,10 @@ def test_quick_benchmark_reports_every_scenario_with_numeric_figures(endpoints, 
     fan_in = scenarios["fan_in"]
     assert fan_in["sockets"] == fan_in["asked"] > 0 and number(fan_in["kib_per_socket"])
     assert fan_in["probe"]["delivered"] == fan_in["probe"]["accepted"] > 0
+    console = scenarios["console"]
+    assert console["threads"] > 0 and number(console["paint_ms"]["p50"]) and console["paint_ms"]["p50"] > 0
+    assert all(console[k]["frames"] > 0 for k in ("list_scroll", "history_scroll_loading", "history_fling_loaded"))
+    assert number(console["idle"]["console_cores"]) and number(console["idle"]["blank_page_cores"])
     # Every target row carries the product figure as a number and a verdict or "reported".
     assert len(result["targets"]) >= 8
     assert all(number(row["value"]) for row in result["targets"])
