@@ -22,8 +22,9 @@ MESSAGES = 400  # eight pages of history (50 a page)
 DOM_ROWS_BOUND = 60  # what a window of a screenful plus overscan may hold; far below either size
 
 
-async def seed(world: ConsoleWorld, tenant: str, asker: str, helper: str) -> str:
-    """`THREADS` threads between the two (one per ticket), then `MESSAGES` in the newest one."""
+async def seed(world: ConsoleWorld, tenant: str, asker: str, helper: str) -> tuple[str, str]:
+    """`THREADS` threads between the two (one per ticket), then `MESSAGES` in the newest one; the
+    ids of that one and of the oldest."""
     s = world.stack
 
     async def post(client, path: str, body: dict) -> dict:
@@ -32,9 +33,10 @@ async def seed(world: ConsoleWorld, tenant: str, asker: str, helper: str) -> str
         return r.json()
 
     async with s.client(s.token(tenant, asker)) as a, s.client(s.token(tenant, helper)) as h:
+        started = []
         for i in range(1, THREADS):  # one after the other: T-1 is the oldest
-            await post(a, "/v1/conversations", {
-                "participant_ids": [helper], "related": {"type": "ticket", "id": f"T-{i}", "title": f"Case {i}"}})
+            started.append((await post(a, "/v1/conversations", {
+                "participant_ids": [helper], "related": {"type": "ticket", "id": f"T-{i}", "title": f"Case {i}"}}))["id"])
         conv = (await post(a, "/v1/conversations", {
             "participant_ids": [helper], "related": {"type": "chat", "id": "C-LONG", "title": "A long one"}}))["id"]
         for start in range(1, MESSAGES + 1, 50):  # in order, a page at a time: seq i holds "message i"
@@ -42,7 +44,7 @@ async def seed(world: ConsoleWorld, tenant: str, asker: str, helper: str) -> str
                 await post(a if i % 2 else h, f"/v1/conversations/{conv}/messages",
                            {"body": f"message {i}" + (" with a longer line of text to wrap" * (i % 3)),
                             "client_msg_id": f"m{i}"})
-    return conv
+    return conv, started[0]
 
 
 VISIBLE = """t => {
@@ -68,7 +70,7 @@ ABOVE_THE_LOAD_LINE, BELOW_THE_LOAD_LINE = 700, 500
 async def test_long_lists_render_a_window_and_history_loads_upward_in_place(world: ConsoleWorld):
     await world.create_agent("mo", "Mo Helper")
     await world.create_agent("lee", "Lee Long")
-    conv = await seed(world, "acme", "lee", "mo")
+    conv, oldest = await seed(world, "acme", "lee", "mo")
     lee = await world.sign_in("lee", "Lee Long")
     console = lee.console()
     rows = console.locator("ol > li[data-conversation]")
@@ -91,6 +93,20 @@ async def test_long_lists_render_a_window_and_history_loads_upward_in_place(worl
     assert await rows.count() <= DOM_ROWS_BOUND
     await lee.page.keyboard.press("Home")
     await expect(focused).to_have_attribute("aria-posinset", "1")
+
+    # At the top of the list, new activity in the oldest thread rises into view (the list keeps its
+    # scroll position, not the row that was at the top).
+    s = world.stack
+    async with s.client(s.token("acme", "mo")) as mo:
+        r = await mo.post(f"/v1/conversations/{oldest}/messages", json={"body": "an old case again", "client_msg_id": "o1"})
+        assert r.status_code == 201, r.text
+    risen = console.locator(f"ol > li[data-conversation='{oldest}']")
+    await expect(risen).to_have_attribute("aria-posinset", "1")
+    await expect(risen).to_be_in_viewport()
+    await expect(risen).to_contain_text("an old case again")
+    await risen.locator("button").focus()
+    await lee.page.keyboard.press("ArrowDown")  # the long thread, now second
+    await expect(focused).to_have_attribute("aria-posinset", "2")
     await lee.page.keyboard.press("Enter")
 
     # The newest page, at the bottom.
@@ -124,7 +140,6 @@ async def test_long_lists_render_a_window_and_history_loads_upward_in_place(worl
     # Back to the bottom: the newest message again, and a new one follows live.
     await thread.evaluate("t => { const h = t.renderRoot.querySelector('.history'); h.scrollTop = h.scrollHeight }")
     await eventually(lambda: seen(thread, MESSAGES), timeout=15, message="back at the bottom, the newest is not in view")
-    s = world.stack
     async with s.client(s.token("acme", "mo")) as mo:
         r = await mo.post(f"/v1/conversations/{conv}/messages", json={"body": "one more", "client_msg_id": "late"})
         assert r.status_code == 201, r.text

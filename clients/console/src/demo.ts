@@ -9,6 +9,7 @@ import { configure } from "./index.js";
 
 interface Session { tenant: string; agent: string; name: string; token: string; via: "dev" | "token" }
 const SESSION_KEY = "im-demo-session";
+const EXPIRED_KEY = "im-demo-expired"; // why the sign-in shows again, for the next page load
 
 function el<T extends HTMLElement>(id: string): T {
   return document.getElementById(id) as T;
@@ -86,8 +87,12 @@ function start(session: Session): void {
     agentId: session.agent,
     getToken: async ({ refresh }) => {
       if (refresh && current.via === "dev") current = await signIn(current.tenant, current.agent, current.name);
-      // A pasted token cannot be renewed here: back to the sign-in to paste a fresh one.
-      else if (refresh) signOut();
+      // A pasted token cannot be renewed here: back to the sign-in, saying why, to paste a fresh one.
+      else if (refresh) {
+        sessionStorage.setItem(EXPIRED_KEY, "1");
+        signOut();
+        throw new Error("the token was refused (expired?): sign in again");
+      }
       return current.token;
     },
     storage: localStorage,
@@ -104,6 +109,10 @@ if (existing) {
   start(existing);
 } else {
   el("signin").hidden = false;
+  if (sessionStorage.getItem(EXPIRED_KEY)) {
+    sessionStorage.removeItem(EXPIRED_KEY);
+    el("token-error").textContent = "The server no longer accepts your token (it expires): paste a fresh one.";
+  }
   el<HTMLInputElement>("signin-form").querySelector<HTMLInputElement>("input[name=agent]")?.focus();
   el<HTMLFormElement>("signin-form").addEventListener("submit", (e) => {
     e.preventDefault();

@@ -6,7 +6,7 @@
  */
 
 import {
-  type Agent,
+  type ListedAgent,
   type Conversation,
   type ConversationPage,
   HelpdeskIm,
@@ -72,7 +72,13 @@ export class ConsoleStore extends EventTarget {
   async start(): Promise<void> {
     try {
       const page = await this.im.http.conversations({ limit: 100 });
-      await this.loadList(page);
+      try {
+        await this.loadList(page);
+      } catch (error) {
+        // The newest threads are shown and live updates still start: say what is missing.
+        this.error = `Older threads could not be loaded (${error instanceof Error ? error.message : String(error)}): `
+          + "reload the page to try again.";
+      }
       // Presence of everyone this agent may see: changes then arrive live (presence.changed).
       await this.agents("").catch(() => undefined);
       this.im.stream.start(page.stream_cursor);
@@ -252,7 +258,7 @@ export class ConsoleStore extends EventTarget {
     return c;
   }
 
-  async agents(q: string): Promise<Agent[]> {
+  async agents(q: string): Promise<ListedAgent[]> {
     const page = await this.im.http.agents({ q: q || undefined, limit: 100 });
     for (const a of page.items) this.presence.set(a.id, a.presence.status as PresenceStatus);
     return page.items.filter((a) => a.id !== this.agentId);

@@ -63,6 +63,10 @@ export interface WindowingOptions<K> {
   overscan: number;
   /** A chat history: opens at the bottom and follows new rows while the agent is at the bottom. */
   bottomAnchored: boolean;
+  /** Keep the row in view in place when rows are added or grow above it (a history's older pages).
+   * Not for a list whose rows move (the thread list re-sorts): there the agent at the top must see
+   * what rises to the top, and the scroll position is what stays. */
+  keepInView: boolean;
   scroller: () => HTMLElement | null | undefined;
   /** The rendered rows, in order; each row's key comes from `keyOf`. */
   rows: () => Iterable<HTMLElement>;
@@ -87,9 +91,25 @@ export class Windowing<K> implements ReactiveController {
   private stale = true;
   private anchor: { key: K; offset: number } | null = null;
   private frame = 0;
+  private resizes: ResizeObserver | null = null;
+  private observed: HTMLElement | null = null;
 
   constructor(private readonly host: ReactiveControllerHost, private readonly options: WindowingOptions<K>) {
     host.addController(this);
+  }
+
+  /** A scroller that changes size (the window, a pane shown again after display:none) needs another
+   * window; a history at its bottom stays there. */
+  private watchSize(scroller: HTMLElement): void {
+    if (this.observed === scroller || typeof ResizeObserver === "undefined") return;
+    this.resizes?.disconnect();
+    this.resizes = new ResizeObserver(() => {
+      const current = this.options.scroller();
+      if (current && this.options.bottomAnchored && this.atBottom) current.scrollTop = current.scrollHeight;
+      this.schedule();
+    });
+    this.resizes.observe(scroller);
+    this.observed = scroller;
   }
 
   /** During render: the rows to render out of `keys` (every row, in order). */
@@ -146,7 +166,7 @@ export class Windowing<K> implements ReactiveController {
     // Before the DOM changes: the first row at least partly in view, and where it is.
     this.anchor = null;
     const scroller = this.options.scroller();
-    if (!scroller) return;
+    if (!scroller || !this.options.keepInView) return;
     for (const row of this.options.rows()) {
       if (row.offsetTop + row.offsetHeight > scroller.scrollTop) {
         this.anchor = { key: this.options.keyOf(row), offset: row.offsetTop - scroller.scrollTop };
@@ -158,12 +178,15 @@ export class Windowing<K> implements ReactiveController {
   hostUpdated(): void {
     const scroller = this.options.scroller();
     if (!scroller) return;
+    this.watchSize(scroller);
     const [above, below] = this.options.spacers();
     if (above) above.style.height = `${this.range.before}px`;
     if (below) below.style.height = `${this.range.after}px`;
     let measured = false;
     for (const row of this.options.rows()) {
       const key = this.options.keyOf(row);
+      // Whole pixels on purpose: fractional heights (getBoundingClientRect) wobble between layouts,
+      // and every wobble would be a "new" height, another window and another render.
       const height = row.offsetHeight;
       if (height > 0 && this.heights.get(key) !== height) {
         this.heights.set(key, height);
@@ -191,6 +214,9 @@ export class Windowing<K> implements ReactiveController {
   hostDisconnected(): void {
     if (this.frame) cancelAnimationFrame(this.frame);
     this.frame = 0;
+    this.resizes?.disconnect();
+    this.resizes = null;
+    this.observed = null;
   }
 
   private schedule(): void {

@@ -6,7 +6,7 @@
  *   const ids = await picker.pick({ title: "Ask for assistance" });   // null when cancelled
  */
 
-import { type Agent } from "@helpdesk-im/client";
+import { type ListedAgent } from "@helpdesk-im/client";
 import { css, html, nothing } from "lit";
 import { customElement, query, state } from "lit/decorators.js";
 import { shared, STATUS_TEXT, StoreElement } from "./base.js";
@@ -38,7 +38,7 @@ export class AgentPicker extends StoreElement {
     .empty { padding: 16px; color: var(--im-muted); }
   `];
 
-  @state() private agents: Agent[] = [];
+  @state() private agents: ListedAgent[] = [];
   @state() private chosen = new Set<string>();
   @state() private heading = "New Instant Message";
   @state() private searching = false;

@@ -33,7 +33,7 @@ export class Console extends StoreElement {
     .bar { display: flex; align-items: center; justify-content: space-between; gap: 8px; padding: 10px 12px;
       border-bottom: 1px solid var(--im-border); }
     h2 { font-size: 16px; margin: 0; }
-    ol { list-style: none; margin: 0; padding: 0; overflow-y: auto; flex: 1; position: relative; }
+    ol { list-style: none; margin: 0; padding: 0; overflow-y: auto; flex: 1; position: relative; overflow-anchor: none; }
     .spacer { list-style: none; }
     li button {
       width: 100%; height: ${ROW_HEIGHT}px; display: grid; align-content: center; grid-template-columns: 1fr auto; gap: 2px 8px; text-align: left; border: 0;
@@ -50,6 +50,7 @@ export class Console extends StoreElement {
     main { min-width: 0; min-height: 0; display: flex; flex-direction: column; }
     .back { display: none; margin: 8px 12px 0; align-self: flex-start; }
     .state { padding: 12px; color: var(--im-muted); }
+    .state.error { color: #8a1c12; background: #fdecea; margin: 0; }
     @media (max-width: 719px) {
       .layout { grid-template-columns: 1fr; }
       .layout.open aside { display: none; }
@@ -66,6 +67,7 @@ export class Console extends StoreElement {
     estimate: ROW_HEIGHT,
     overscan: 600,
     bottomAnchored: false,
+    keepInView: false,
     scroller: () => this.renderRoot.querySelector<HTMLElement>("ol"),
     rows: () => this.renderRoot.querySelectorAll<HTMLElement>("ol > li[data-conversation]"),
     keyOf: (row) => row.dataset.conversation!,
@@ -93,8 +95,11 @@ export class Console extends StoreElement {
     const store = this.store;
     const items = store?.sortedConversations() ?? [];
     const range = this.window.slice(this.idsOf(items));
-    const tabStop = items.some((c) => c.id === this.focusId) ? this.focusId
-      : items.some((c) => c.id === this.openId) ? this.openId : (items[0]?.id ?? "");
+    // The list's one Tab stop is on a rendered row: the focused or open thread while it is in the
+    // window, else the first row rendered (a row scrolled out of the DOM cannot hold it).
+    const rendered = items.slice(range.start, range.end);
+    const tabStop = rendered.some((c) => c.id === this.focusId) ? this.focusId
+      : rendered.some((c) => c.id === this.openId) ? this.openId : (rendered[0]?.id ?? "");
     return html`
       <div class="layout ${this.openId ? "open" : ""}">
         <aside aria-label="Instant Messages">
@@ -103,10 +108,11 @@ export class Console extends StoreElement {
             <button class="primary" @click=${this.newIm}>New Instant Message</button>
           </div>
           ${!store || !store.loaded ? html`<p class="state">${store?.error ?? "Loading…"}</p>` : nothing}
+          ${store?.loaded && store.error ? html`<p class="state error" role="alert">${store.error}</p>` : nothing}
           ${store?.loaded && items.length === 0 ? html`<p class="state">No threads yet: start one with “New Instant Message”.</p>` : nothing}
           <ol aria-label="Threads" @scroll=${this.window.onScroll} @keydown=${(e: KeyboardEvent) => this.onKey(e, items)}>
             <li class="spacer above" aria-hidden="true"></li>
-            ${repeat(items.slice(range.start, range.end), (c) => c.id,
+            ${repeat(rendered, (c) => c.id,
               (c, i) => this.row(c, range.start + i, items.length, tabStop))}
             <li class="spacer below" aria-hidden="true"></li>
           </ol>

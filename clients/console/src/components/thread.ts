@@ -56,6 +56,7 @@ export class Thread extends StoreElement {
     estimate: 64,
     overscan: 900,
     bottomAnchored: true,
+    keepInView: true,
     scroller: () => this.history,
     rows: () => this.renderRoot.querySelectorAll<HTMLElement>(".history > .row"),
     keyOf: (row) => Number(row.dataset.seq),
