@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 
 import pytest
 
@@ -22,6 +24,11 @@ def assert_error(r, status: int, code: str | None = None, field: str | None = No
     if field:
         assert error["field"] == field, error
     return error
+
+
+def forged_cursor(fields: dict) -> str:
+    """A cursor as the server's are made (base64url JSON), with fields of the caller's choosing."""
+    return base64.urlsafe_b64encode(json.dumps(fields).encode()).decode().rstrip("=")
 
 
 async def snapshot(mongo, db: str) -> dict:
@@ -65,8 +72,14 @@ async def test_every_endpoint_refuses_bad_input_with_the_contract_error_and_writ
     assert_error(await api.http.post(f"{conv}/read", json={"seq": "ten"}, headers=h), 422, field="seq")
     assert_error(await api.http.put("/v1/agents/bad%20id", json={"display_name": "x"}, headers=a), 422,
                  field="agent_id")
+    # Well-formed but forged: numbers past what BSON holds (they used to reach the driver: a 500).
+    huge = 10**30
+    forged_list = forged_cursor({"t": "2026-01-01T00:00:00+00:00", "k": "x", "sc": huge})
+    forged_agents = forged_cursor({"g": huge, "n": "a", "i": "a"})
     for url in ("/v1/conversations?cursor=not-a-cursor!", "/v1/conversations?cursor=eyJ4IjoxfQ",
-                "/v1/agents?cursor=%%%", "/v1/agents?cursor=eyJnIjoiYSJ9"):
+                "/v1/agents?cursor=%%%", "/v1/agents?cursor=eyJnIjoiYSJ9",
+                f"/v1/conversations?cursor={forged_list}", f"/v1/agents?cursor={forged_agents}",
+                f"/v1/conversations?cursor={forged_cursor({'t': '2026-01-01T00:00:00+00:00', 'k': 'x', 'sc': -1})}"):
         assert_error(await api.http.get(url, headers=h), 400, "invalid_cursor", "cursor")
     assert_error(await api.http.get("/v1/conversations?limit=0", headers=h), 422, field="limit")
     assert_error(await api.http.get("/v1/agents?status=busy", headers=h), 422, field="status")

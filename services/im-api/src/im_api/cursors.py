@@ -10,6 +10,10 @@ from typing import Any
 
 from .errors import InvalidCursor
 
+# The numbers in our cursors (stream cursors, counters) stay below this, as every seq does (2**53:
+# exact in JSON and in JavaScript, well inside BSON's int64).
+MAX_INT = 2**53
+
 
 def encode(**fields: Any) -> str:
     raw = json.dumps(fields, separators=(",", ":"), default=lambda v: v.isoformat()).encode()
@@ -35,6 +39,8 @@ def decode(cursor: str, required: dict[str, type]) -> dict[str, Any]:
                     raise ValueError
             elif not isinstance(value, kind) or isinstance(value, bool):
                 raise ValueError
+            elif kind is int and not 0 <= value <= MAX_INT:
+                raise ValueError  # a forged number past BSON's int64 would fail in the driver (a 500)
         except (TypeError, ValueError):
             raise InvalidCursor() from None
         out[name] = value
