@@ -186,6 +186,29 @@ async def test_typing_and_presence_are_pushed_live_to_thread_partners_only(stack
         await client.close()
 
 
+async def test_a_client_frame_that_is_not_a_json_object_with_a_type_closes_the_socket_4400(stack, outbox, tokens):
+    """Including one nested past the JSON parser's depth limit (a RecursionError, which used to end
+    the connection's reader with an unhandled exception); a newer client's unknown frame type is
+    ignored, not refused, and the gateway goes on serving."""
+    await stack.start_worker()
+    gw = await stack.start_gateway()
+    cid = await outbox.start_conversation(["ana", "ben"])
+    for bad in ("[" * 50_000, '{"a":' * 10_000 + "1" + "}" * 10_000, "not json", "[1, 2]", '"ack"',
+                '{"cursor": 1}', '{"type": 5}', b"\xff\xfe"):
+        client = await StreamClient.connect(gw.url, tokens.ticket("ana"), name="ana")
+        await client.ws.send(bad)
+        assert await client.closed_with() == 4400, bad[:20]
+    ana = await StreamClient.connect(gw.url, tokens.ticket("ana"), name="ana")
+    ben = await StreamClient.connect(gw.url, tokens.ticket("ben"), name="ben")
+    await eventually(lambda: ana.queued and ben.queued)
+    await ana.send({"type": "from-a-newer-client", "x": 1})
+    await ana.send({"type": "typing", "conversation_id": cid})
+    await eventually(lambda: {"type": "typing", "conversation_id": cid, "agent_id": "ana"} in ben.live)
+    assert ana.close_code is None
+    for client in (ana, ben):
+        await client.close()
+
+
 async def test_bad_records_are_dead_lettered_once_even_when_re_read_and_never_stall_the_queue(
     stack, outbox, tokens, kafka_bootstrap, kafka_topics, mongo, mongo_db_name
 ):

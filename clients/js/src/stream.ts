@@ -196,6 +196,9 @@ export class Stream {
       case 4403: // this page's origin is not allowed by the gateway: a deployment error, not a blip
         this.emit("error", new Error("the gateway refused this page's origin (4403): check IM_DELIVERY_ALLOWED_ORIGINS"));
         return -1;
+      case 4400: // the gateway could not read what we sent: a bug here, which a retry would repeat
+        this.emit("error", new Error("the gateway refused a frame or parameter of this client (4400)"));
+        return -1;
       case 4429: // too slow: the server gave up on us; come back after a pause, with our cursor
         return (this.options.slowDownMs ?? 2_000) + this.backoff.next();
       default: // 1012 server restarting, 1006 network lost, anything else

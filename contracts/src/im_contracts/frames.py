@@ -119,6 +119,8 @@ CLIENT_FRAMES: TypeAdapter = TypeAdapter(ClientFrame)
 # WebSocket close codes of the stream (API.md): what a client does on each.
 CLOSE_CODES = {
     1012: "server restarting: reconnect with your cursor",
+    4400: "bad request: a query parameter or a client frame the stream cannot read (a frame must be a JSON object"
+          " with a string type); fix the client, do not retry as is",
     4401: "authentication: get a fresh token, then reconnect",
     4403: "origin not allowed: this page's origin is not in the gateway's allow-list (do not retry)",
     4409: "cursor no longer retained: reload over HTTP, reconnect with its stream_cursor",

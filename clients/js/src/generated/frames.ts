@@ -217,6 +217,8 @@ type: "typing"
 export const CLOSE_CODES = {
   /** server restarting: reconnect with your cursor */
   "1012": 1012,
+  /** bad request: a query parameter or a client frame the stream cannot read (a frame must be a JSON object with a string type); fix the client, do not retry as is */
+  "4400": 4400,
   /** authentication: get a fresh token, then reconnect */
   "4401": 4401,
   /** origin not allowed: this page's origin is not in the gateway's allow-list (do not retry) */

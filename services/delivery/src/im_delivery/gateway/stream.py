@@ -192,8 +192,22 @@ async def resume(store: QueueStore, caller: Caller, asked: int | None) -> tuple[
     return cursor, known
 
 
+def read_frame(raw: str | bytes) -> dict | None:
+    """A client frame as a dict with a string `type`, or None for anything else: not JSON, not an
+    object, or nested deeper than the parser's recursion limit (a RecursionError, not a ValueError).
+    Unknown types pass: a newer client's frame is ignored by an older gateway, not refused."""
+    try:
+        frame = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+        return None
+    return frame
+
+
 async def read_client(conn: StreamConnection, hub: Hub, store: QueueStore) -> None:
-    """Client frames: ack (moves the device cursor forward only), typing, idle, active."""
+    """Client frames: ack (moves the device cursor forward only), typing, idle, active; a frame that
+    is not a JSON object with a type closes the socket 4400 (the client is broken, not the network)."""
     while True:
         try:
             message = await conn.websocket.receive()
@@ -201,11 +215,11 @@ async def read_client(conn: StreamConnection, hub: Hub, store: QueueStore) -> No
             return  # the gateway closed the socket meanwhile
         if message["type"] == "websocket.disconnect":
             return
-        try:
-            frame = json.loads(message.get("text") or message.get("bytes") or b"")
-            kind = frame["type"]
-        except (ValueError, TypeError, KeyError):
-            continue  # not ours to crash on: ignore what we cannot read
+        frame = read_frame(message.get("text") or message.get("bytes") or b"")
+        if frame is None:
+            await conn.close(CLOSE_BAD_REQUEST, "a client frame must be a JSON object with a string type")
+            return
+        kind = frame["type"]
         if kind == "ack" and isinstance(frame.get("cursor"), int) and frame["cursor"] >= 0:
             # Bounded by what this connection sent: an ack above it would mark entries the device
             # never got as read (its next resume and the pruning job would skip them).
