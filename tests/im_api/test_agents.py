@@ -22,7 +22,10 @@ async def test_admins_upsert_and_deactivate_agents_and_the_next_call_of_a_deacti
                            headers=api.auth(T, "ticketing", "service"))
     assert r.status_code == 200 and r.json()["display_name"] == "Alice Martin"
     await api.add_agents(T, "bob")
-    assert (await api.http.get("/v1/agents", headers=api.auth(T, "alice"))).status_code == 200
+    listed = await api.http.get("/v1/agents", headers=api.auth(T, "alice"))
+    assert listed.status_code == 200
+    # What the contract lists, no more: an agent's email is not every colleague's to read.
+    assert all(set(a) == {"id", "display_name", "role", "presence"} for a in listed.json()["items"]), listed.text
     # Agents may not manage the directory.
     assert (await api.http.put("/v1/agents/bob", json={"display_name": "B"},
                                headers=api.auth(T, "alice"))).status_code == 403

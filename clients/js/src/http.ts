@@ -3,7 +3,10 @@
 import type { components } from "./generated/api.js";
 
 type Schemas = components["schemas"];
+/** An agent as an admin sees it (PUT's answer: with email and the active flag). */
 export type Agent = Schemas["Agent"];
+/** An agent as every agent sees it in the picker (`GET /v1/agents`). */
+export type ListedAgent = Schemas["ListedAgent"];
 export type AgentPage = Schemas["AgentPage"];
 export type Conversation = Schemas["Conversation"];
 export type ConversationPage = Schemas["ConversationPage"];

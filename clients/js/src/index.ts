@@ -28,6 +28,7 @@ export type {
   ConversationPage,
   ConversationStart,
   GetToken,
+  ListedAgent,
   Message,
   MessagePage,
   PresenceStatus,

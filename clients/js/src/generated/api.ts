@@ -276,7 +276,7 @@ export interface components {
         /** AgentPage */
         AgentPage: {
             /** Items */
-            items: components["schemas"]["Agent"][];
+            items: components["schemas"]["ListedAgent"][];
             /** Next Cursor */
             next_cursor?: string | null;
         };
@@ -435,6 +435,29 @@ export interface components {
         HTTPValidationError: {
             /** Detail */
             detail?: components["schemas"]["ValidationError"][];
+        };
+        /**
+         * ListedAgent
+         * @description An agent as every agent of the tenant sees it in the picker: no email, no active flag (the
+         *     list holds active agents only); the full record is the admins' (PUT's answer).
+         * @example {
+         *       "display_name": "Alice Martin",
+         *       "id": "alice",
+         *       "presence": {
+         *         "last_seen_at": "2026-11-25T22:00:00.000Z",
+         *         "status": "online"
+         *       },
+         *       "role": "agent"
+         *     }
+         */
+        ListedAgent: {
+            /** Display Name */
+            display_name: string;
+            /** Id */
+            id: string;
+            presence: components["schemas"]["Presence"];
+            /** Role */
+            role: string;
         };
         /**
          * Message
@@ -650,13 +673,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description Prometheus text exposition format */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "text/plain; version=1.0.0; charset=utf-8": string;
                 };
             };
         };

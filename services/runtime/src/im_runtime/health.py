@@ -50,7 +50,10 @@ def health_router(readiness: Readiness) -> APIRouter:
         response.status_code = 200 if ok else 503
         return {"status": "ready" if ok else "not_ready", "checks": status}
 
-    @router.get("/metrics", summary="Prometheus metrics")
+    # Documented as what it serves (Prometheus text), not FastAPI's default JSON.
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={
+        200: {"description": "Prometheus text exposition format",
+              "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -53,8 +53,21 @@ class Agent(Response):
     presence: Presence
 
 
+class ListedAgent(Response):
+    """An agent as every agent of the tenant sees it in the picker: no email, no active flag (the
+    list holds active agents only); the full record is the admins' (PUT's answer)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "alice", "display_name": "Alice Martin", "role": "agent",
+        "presence": {"status": "online", "last_seen_at": "2026-11-25T22:00:00.000Z"}}]})
+    id: str
+    display_name: str
+    role: str
+    presence: Presence
+
+
 class AgentPage(Response):
-    items: list[Agent]
+    items: list[ListedAgent]
     next_cursor: str | None = None
 
 
