@@ -14,6 +14,7 @@ from im_contracts.events import AssistanceRequested, DeadLetter
 from im_contracts.models import Related
 from im_contracts.topics import ASSISTANCE_REQUESTS, DEAD_LETTERS, related_key
 
+from .text import printable
 from .tokens import mint
 
 
@@ -100,9 +101,10 @@ async def _caught_up(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int])
 
 def describe_letter(letter: DeadLetter) -> str:
     size = len(base64.b64decode(letter.original_value_b64)) if letter.original_value_b64 else 0
-    return (f"{letter.occurred_at:%Y-%m-%dT%H:%M:%SZ} {letter.reason:<28} "
-            f"{letter.original_topic}[{letter.original_partition}]@{letter.original_offset} "
-            f"tenant={letter.tenant_id} consumer={letter.consumer} bytes={size} {letter.detail}")
+    return (f"{letter.occurred_at:%Y-%m-%dT%H:%M:%SZ} {printable(letter.reason):<28} "
+            f"{printable(letter.original_topic)}[{letter.original_partition}]@{letter.original_offset} "
+            f"tenant={printable(letter.tenant_id or '')} consumer={printable(letter.consumer)} bytes={size} "
+            f"{printable(letter.detail or '')}")
 
 
 def run(coro):

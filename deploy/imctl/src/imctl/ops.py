@@ -20,6 +20,7 @@ from im_runtime.settings import CommonSettings
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel
 
 from .kafka_tools import topic_partitions
+from .text import printable
 
 # imctl's own collection: who read which tenant's bodies, when, and how.
 AUDIT = "operator_audit"
@@ -99,7 +100,7 @@ async def authorize_and_audit(token: str, tenant: str, action: str, details: dic
 def describe_message(event: MessagePosted) -> str:
     m = event.message
     return (f"{m.created_at:%Y-%m-%dT%H:%M:%S.%f}"[:-3] + "Z" +
-            f" {m.conversation_id} #{m.seq} {m.sender_id}: {m.body}")
+            f" {printable(m.conversation_id)} #{m.seq} {printable(m.sender_id)}: {printable(m.body)}")
 
 
 async def tail(bootstrap: str, prefix: str, tenant: str, on_message: Callable[[MessagePosted], None], *,
