@@ -10,7 +10,7 @@ import json
 import logging
 
 import pytest
-from im_contracts.events import DeadLetter, MessagePosted
+from im_contracts.events import SYSTEM_TENANT, DeadLetter, MessagePosted
 from im_contracts.topics import DEAD_LETTERS, MESSAGES
 
 from assistance_helpers import Producer, request_doc, service_token
@@ -145,6 +145,12 @@ async def test_every_bad_record_is_dead_lettered_with_its_reason_and_the_consume
     assert "zed" in unknown[0] and "bob" not in unknown[0] and "alice" not in unknown[0]
     assert "gone" in unknown[1]
     assert any(d.tenant_id == "nobody-corp" for d in letters if d.reason == "unknown_tenant")
+    # Filed under the tenant whose valid token sent it, never the one a record merely claims: no
+    # token or a forged one is the system tenant's; globex's token is globex's.
+    filed = [(reason, by_offset[offset].tenant_id) for reason, _, (_, offset), _ in sent]
+    assert filed[:7] == [("malformed_json", T), ("unsupported_schema_version", T), ("invalid_event", T),
+                         ("unauthorized", SYSTEM_TENANT), ("unauthorized", SYSTEM_TENANT),
+                         ("unauthorized", "globex"), ("unauthorized", T)], filed
     db = mongo[mongo_db_name]
     assert await db.conversations.count_documents({}) == 1 and await db.messages.count_documents({}) == 1
 

@@ -176,6 +176,10 @@ class Subscription:
     batch_timeout_ms: int = 5
     # Called before each record with its raw form: e.g. to check an authorization header.
     precheck: Callable[[ConsumerRecord, Event], None] | None = None
+    # Topics whose records carry their sender's credentials: the tenant a record rejected before
+    # the precheck passed is filed under — the verified sender's (None: the system tenant), never
+    # the tenant the record merely claims.
+    verified_tenant: Callable[[ConsumerRecord], str | None] | None = None
     on_processed: Callable[[str, float], None] | None = None  # (topic, seconds) → metrics
     # More options for `broker.subscriber` (session timeout, heartbeat, rebalance listener, ...).
     consumer_options: dict[str, Any] = field(default_factory=dict)
@@ -249,16 +253,20 @@ class Subscription:
 
     async def _one(self, record: ConsumerRecord) -> None:
         topic = self._by_name[record.topic]
+        checked = False
         try:
             event = decode_record(topic, record.value)
             token = trace_id.set(event.event_id)
             try:
                 if self.precheck:
                     self.precheck(record, event)
+                checked = True
                 await self.handle(event, record)
             finally:
                 trace_id.reset(token)
         except RejectedRecord as rejected:
+            if not checked and self.verified_tenant is not None:
+                rejected.tenant_id = self.verified_tenant(record)
             await self.dead_letters.publish(record, rejected)
         except Exception as exc:
             if is_transient(exc):

@@ -40,6 +40,23 @@ def service_token_check(verifier: TokenVerifier):
     return check
 
 
+def token_tenant(verifier: TokenVerifier):
+    """The tenant of the record's verified token, or None: where a rejected record is filed (a
+    record without valid credentials is not filed under the tenant it claims, whose admins would
+    otherwise see, and be blamed for, what anyone can write on the topic)."""
+
+    def tenant(record: ConsumerRecord) -> str | None:
+        scheme, _, token = (header(record.headers, "authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        try:
+            return verifier.verify(token.strip()).tenant_id
+        except AuthError:
+            return None
+
+    return tenant
+
+
 def assistance_subscription(assistance: Assistance, verifier: TokenVerifier, dead_letters: DeadLetters,
                             settings: ApiSettings) -> Subscription:
     async def on_request(event: Event, record: ConsumerRecord) -> None:
@@ -60,4 +77,5 @@ def assistance_subscription(assistance: Assistance, verifier: TokenVerifier, dea
         settings=settings,
         max_records=settings.assistance_max_batch,
         precheck=service_token_check(verifier),
+        verified_tenant=token_tenant(verifier),
     )
