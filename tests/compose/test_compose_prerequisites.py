@@ -21,6 +21,16 @@ def test_compose_up_without_docker_or_podman_fails_naming_what_to_install(tmp_pa
     assert "podman" in result.stderr and "runc" in result.stderr and "make setup" in result.stderr
 
 
+def test_compose_up_with_a_secret_the_services_would_refuse_says_so_at_once(tmp_path):
+    """Not after waiting out the start-up timeout while every service crash-loops on it."""
+    env = {**os.environ, "IM_JWT_SECRET": "short"}
+    result = subprocess.run([sys.executable, "-m", "imctl", "compose", "up", "--project", "imtestshort"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "IM_JWT_SECRET is not usable" in result.stderr and "at least 16" in result.stderr
+    assert "building the images" not in result.stdout + result.stderr  # nothing was started
+
+
 def test_the_image_build_without_podman_fails_naming_the_tool(tmp_path):
     script = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "offline", "build-images.sh")
     bash = "/bin/bash"

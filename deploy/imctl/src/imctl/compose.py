@@ -291,12 +291,31 @@ def wait_http_ready(url: str, timeout: float = 120) -> None:
     raise ComposeError(f"{url} not ready within {timeout}s")
 
 
+def secret_problem(secret: str) -> str | None:
+    """What every service would refuse in IM_JWT_SECRET (their own settings' rule), or None. Said
+    before anything starts: otherwise the services crash-loop while compose up waits out its whole
+    timeout for them to turn healthy."""
+    from im_runtime.settings import CommonSettings
+    from pydantic import ValidationError
+
+    try:
+        CommonSettings(jwt_secret=secret)
+    except ValidationError as exc:
+        found = [e["msg"] for e in exc.errors() if {"jwt_secret", "IM_JWT_SECRET"} & {str(p) for p in e["loc"]}]
+        return "; ".join(found) or None
+    return None
+
+
 def compose_up(project: str = "helpdesk-im") -> int:
     from .launcher import DEV_SECRET_FILE, LaunchConfig, dev_secret
 
     config = LaunchConfig.from_env()
     secret_from_env = bool(os.environ.get("IM_JWT_SECRET"))
     secret = dev_secret(config.run_dir, print)  # IM_JWT_SECRET, else the dev one `make run` uses
+    problem = secret_problem(secret)
+    if problem:
+        print(f"error: IM_JWT_SECRET is not usable: {problem} (use 32+ random characters)", file=sys.stderr)
+        return 1
     env = {
         "IM_JWT_SECRET": secret,
         "IM_API_PORT": str(config.api_port),
