@@ -180,3 +180,44 @@ async def test_a_mongodb_outage_pauses_and_retries_the_request_instead_of_dead_l
 
 async def thread_with_none(api) -> None:
     assert await related_threads(api, T, "alice") == []
+
+
+async def test_a_thread_holds_at_most_max_participants_at_every_door(
+        api_settings, kafka_bootstrap, kafka_topics, jwt_secret, mongo, mongo_db_name):
+    """Start, add and assistance intake all refuse past IM_API_MAX_PARTICIPANTS (here 6), and a refusal
+    changes nothing; an assistance request naming 2,000 agents is dead-lettered with the reason
+    before any directory read, and the valid request behind it is processed."""
+    settings = api_settings.model_copy(update={"max_participants": 6})
+    async with running(settings) as api:
+        names = [f"a{i}" for i in range(1, 10)]
+        await api.add_agents(T, *names)
+        h = api.auth(T, "a1")
+        r = await api.http.post("/v1/conversations", json={"participant_ids": names[1:7]}, headers=h)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "too_many_participants", r.text
+        assert r.json()["error"]["field"] == "participant_ids"
+        conv = await api.start(T, "a1", "a2", "a3")
+        r = await api.http.post(f"/v1/conversations/{conv['id']}/participants", json={"agent_ids": ["a4", "a5", "a6"]},
+                                headers=h)
+        assert r.status_code == 200 and len(r.json()["participants"]) == 6, r.text
+        before = await mongo[mongo_db_name].messages.count_documents({"conversation_id": conv["id"]})
+        r = await api.http.post(f"/v1/conversations/{conv['id']}/participants", json={"agent_ids": ["a7"]}, headers=h)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "too_many_participants", r.text
+        assert r.json()["error"]["field"] == "agent_ids"
+        doc = await mongo[mongo_db_name].conversations.find_one({"_id": conv["id"]})
+        assert len(doc["participants"]) == 6  # nothing half-written: no member, no system message
+        assert await mongo[mongo_db_name].messages.count_documents({"conversation_id": conv["id"]}) == before
+
+        crowd = request_doc(T, "a1", [f"agent{i}" for i in range(2_000)], ticket="T-9")
+        fine = request_doc(T, "a1", ["a2"], ticket="T-9", message="just one colleague")
+        async with Producer(kafka_bootstrap, kafka_topics) as producer:
+            crowd_at = await producer.send(crowd, token=service_token(jwt_secret, T))
+            await producer.send(fine, token=service_token(jwt_secret, T))
+        _, items = await thread_with(api, T, "a2", 1, ticket="T-9")
+        assert [m["body"] for m in items] == ["just one colleague"]
+        async def crowd_letter():
+            letters = [e for _, e, _ in await read_events(kafka_bootstrap, DEAD_LETTERS, kafka_topics, 1, settle_s=0.5)]
+            return next((d for d in letters if d.original_offset == crowd_at[1] and d.consumer == "im-api-assistance"
+                         and d.original_partition == crowd_at[0]), None)
+
+        letter = await eventually(crowd_letter, timeout=30, interval=0.5, message="no dead letter for the crowd")
+        assert letter.reason == "too_many_participants" and "2001" in letter.detail, letter.detail

@@ -226,6 +226,7 @@ class DeadLetter(Event):
         "unauthorized",
         "unknown_tenant",
         "unknown_agent",
+        "too_many_participants",
         "rejected",
     )
 

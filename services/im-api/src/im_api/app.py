@@ -83,7 +83,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             settings, request_timeout_ms=int(settings.outbox_publish_timeout_s * 1000)), owner)
         uow = UnitOfWork(client, store, settings, on_commit=relay.wake)
         committer = Committer(uow, store, settings.commit_batch_max)
-        conversations = Conversations(store, uow, committer)
+        conversations = Conversations(store, uow, committer, settings)
         app.state.services = Services(settings, store, verifier, Directory(store, uow, presence), conversations)
         app.state.relay, app.state.committer, app.state.presence = relay, committer, presence
         tasks = [asyncio.create_task(committer.run(), name="committer"),

@@ -59,6 +59,10 @@ class Assistance:
         if await self.store.agents.find_one({"tenant_id": tenant_id}, projection={"_id": 1}) is None:
             raise RejectedRecord("unknown_tenant", f"tenant {tenant_id} has no agents in the directory", tenant_id)
         named = list(dict.fromkeys([request.requested_by, *request.agent_ids]))
+        cap = self.conversations.settings.max_participants
+        if len(named) > cap:  # before any read: a request naming thousands costs nothing
+            raise RejectedRecord("too_many_participants",
+                                 f"a thread holds at most {cap} agents; the request names {len(named)}", tenant_id)
         active = await self.store.agents_by_id(tenant_id, named, active_only=True)
         missing = [a for a in named if a not in active]
         if missing:
@@ -80,7 +84,8 @@ class Assistance:
                 tenant_id, request.requested_by, request.agent_ids, request.related.model_dump(),
                 {"body": request.message, "client_msg_id": client_msg_id}, also=remember)
         except ApiError as exc:  # the HTTP rules refused it: the same refusal, as a dead letter
-            reason = "unknown_agent" if exc.code == "unknown_agents" else "invalid_event"
+            reason = {"unknown_agents": "unknown_agent", "too_many_participants": "too_many_participants"}.get(
+                exc.code, "invalid_event")
             raise RejectedRecord(reason, exc.message, tenant_id) from None
         await self._ensure_recorded(record, view["id"], client_msg_id)
         log(logger, logging.INFO, "assistance request processed", tenant_id=tenant_id, request_id=request_id,

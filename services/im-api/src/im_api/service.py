@@ -20,6 +20,7 @@ from . import cursors
 from .committer import Committer, StaleConversation, message_model
 from .errors import NotFound, Unprocessable
 from .outbox import Transaction, UnitOfWork
+from .settings import ApiSettings
 from .store import Store, list_key, now, read_key, related_key
 
 T = TypeVar("T")
@@ -45,6 +46,7 @@ class Conversations:
     store: Store
     uow: UnitOfWork
     committer: Committer
+    settings: ApiSettings
 
     # --- views ----------------------------------------------------------------------------
 
@@ -99,6 +101,7 @@ class Conversations:
         if ids == [me]:
             raise Unprocessable("a conversation needs at least one agent besides you",
                                 code="self_only_conversation", field="participant_ids")
+        self._within_cap(len(ids), "participant_ids")
         first_body = clean_body(first_message["body"], "first_message.body") if first_message else None
         active = await self.store.agents_by_id(tenant_id, ids, active_only=True)
         missing = [a for a in ids if a not in active]
@@ -168,6 +171,12 @@ class Conversations:
         await self._change(tenant_id, me, conversation_id, add=wanted, remove=[])
         return await self.view(tenant_id, me, conversation_id)
 
+    def _within_cap(self, count: int, field: str) -> None:
+        cap = self.settings.max_participants
+        if count > cap:
+            raise Unprocessable(f"a thread holds at most {cap} agents (this would make {count})",
+                                code="too_many_participants", field=field)
+
     async def leave(self, tenant_id: str, me: str, conversation_id: str) -> None:
         await self._visible(tenant_id, me, conversation_id)
         await self._change(tenant_id, me, conversation_id, add=[], remove=[me])
@@ -184,6 +193,7 @@ class Conversations:
             if not added and not removed:
                 return
             after = [p for p in current if p not in removed] + added
+            self._within_cap(len(after), "agent_ids")  # in the transaction: concurrent adds count too
             names = await self.store.display_names(tenant_id, {actor, *added})
             if removed:
                 text = f"{names.get(actor, actor)} left the conversation"

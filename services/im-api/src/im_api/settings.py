@@ -20,6 +20,10 @@ class ApiSettings(CommonSettings):
     # Page sizes: 50 is a screenful of history/threads; 200 bounds one query's work.
     default_page_size: int = 50
     max_page_size: int = 200
+    # Agents in one thread, at every door (start, add, assistance requests). Every message costs a
+    # queue entry per participant and each thread change a record naming them all: unbounded, one
+    # thread could outgrow Kafka's record limit and make every message cost thousands of writes.
+    max_participants: int = 100
     # Group commit: at most this many sends in one MongoDB transaction (bounds txn size).
     commit_batch_max: int = 256
     # Outbox relay: 16 shards lets up to 16 im-api processes share publishing.
