@@ -207,6 +207,12 @@ async def test_a_thread_holds_at_most_max_participants_at_every_door(
         assert len(doc["participants"]) == 6  # nothing half-written: no member, no system message
         assert await mongo[mongo_db_name].messages.count_documents({"conversation_id": conv["id"]}) == before
 
+        # A thread above a lowered cap still lets its members leave (the cap bounds growth only).
+        async with running(api_settings.model_copy(update={"max_participants": 3})) as lowered:
+            r = await lowered.http.delete(f"/v1/conversations/{conv['id']}/participants/me",
+                                          headers=lowered.auth(T, "a6"))
+            assert r.status_code == 204, r.text
+
         crowd = request_doc(T, "a1", [f"agent{i}" for i in range(2_000)], ticket="T-9")
         fine = request_doc(T, "a1", ["a2"], ticket="T-9", message="just one colleague")
         async with Producer(kafka_bootstrap, kafka_topics) as producer:

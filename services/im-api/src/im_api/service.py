@@ -193,7 +193,8 @@ class Conversations:
             if not added and not removed:
                 return
             after = [p for p in current if p not in removed] + added
-            self._within_cap(len(after), "agent_ids")  # in the transaction: concurrent adds count too
+            if added:  # in the transaction, so concurrent adds count; leaving is always allowed
+                self._within_cap(len(after), "agent_ids")
             names = await self.store.display_names(tenant_id, {actor, *added})
             if removed:
                 text = f"{names.get(actor, actor)} left the conversation"
