@@ -90,6 +90,10 @@ export class Windowing<K> implements ReactiveController {
   private index = new Map<K, number>();
   private stale = true;
   private anchor: { key: K; offset: number } | null = null;
+  // Where the view was before an update, for when no rendered row was in view to anchor on (the
+  // viewport over a spacer): rows added above (an older page) shift it by their height, and the
+  // distance to the bottom of the content stays what it was.
+  private before: { firstKey: K | undefined; top: number; fromBottom: number } | null = null;
   private frame = 0;
   private resizes: ResizeObserver | null = null;
   private observed: HTMLElement | null = null;
@@ -127,10 +131,18 @@ export class Windowing<K> implements ReactiveController {
    * the window must be cut around that position, not around the scroll position from before rows
    * were added above, or the anchor row would not even be rendered. */
   private anchoredTop(): number | undefined {
-    if (!this.anchor || (this.options.bottomAnchored && this.atBottom)) return undefined;
-    const index = this.index.get(this.anchor.key);
-    if (index === undefined) return undefined;
-    return Math.max(0, this.rowOffsets()[index]! - this.anchor.offset);
+    if (this.options.bottomAnchored && this.atBottom) return undefined;
+    const index = this.anchor ? this.index.get(this.anchor.key) : undefined;
+    if (index !== undefined) return Math.max(0, this.rowOffsets()[index]! - this.anchor!.offset);
+    const shift = this.prependedHeight();
+    return shift === undefined ? undefined : Math.max(0, this.before!.top + shift);
+  }
+
+  /** The height of the rows added before the former first row in this update, if any were. */
+  private prependedHeight(): number | undefined {
+    if (!this.before || this.before.firstKey === undefined) return undefined;
+    const index = this.index.get(this.before.firstKey);
+    return index ? this.rowOffsets()[index] : undefined;
   }
 
   /** Forget where the agent was (another thread opened): back to the bottom, or the top. */
@@ -165,8 +177,11 @@ export class Windowing<K> implements ReactiveController {
   hostUpdate(): void {
     // Before the DOM changes: the first row at least partly in view, and where it is.
     this.anchor = null;
+    this.before = null;
     const scroller = this.options.scroller();
     if (!scroller || !this.options.keepInView) return;
+    this.before = { firstKey: this.keys[0], top: scroller.scrollTop - this.options.origin(),
+      fromBottom: scroller.scrollHeight - scroller.scrollTop };
     for (const row of this.options.rows()) {
       if (row.offsetTop + row.offsetHeight > scroller.scrollTop) {
         this.anchor = { key: this.options.keyOf(row), offset: row.offsetTop - scroller.scrollTop };
@@ -196,14 +211,20 @@ export class Windowing<K> implements ReactiveController {
     }
     if (this.options.bottomAnchored && this.atBottom) {
       scroller.scrollTop = scroller.scrollHeight;
-    } else if (this.anchor) {
+    } else {
+      let restored = false;
       const anchor = this.anchor;
-      for (const row of this.options.rows()) {
-        if (this.options.keyOf(row) === anchor.key) {
-          const want = row.offsetTop - anchor.offset;
+      for (const row of anchor ? this.options.rows() : []) {
+        if (this.options.keyOf(row) === anchor!.key) {
+          const want = row.offsetTop - anchor!.offset;
           if (Math.abs(scroller.scrollTop - want) >= 1) scroller.scrollTop = want;
+          restored = true;
           break;
         }
+      }
+      if (!restored && this.before && this.prependedHeight() !== undefined) {
+        // Nothing below the view changed: keep its distance to the bottom.
+        scroller.scrollTop = scroller.scrollHeight - this.before.fromBottom;
       }
     }
     // New heights move the window a little; the next frame renders that (the overscan covers the
