@@ -5,8 +5,7 @@
  * `offsetsOf` and `windowOf` are the pure part: given each row's height (measured, or estimated
  * until it was rendered once), where each row starts, and from that (by binary search, so a
  * scroll costs the same at any length) which rows to render and how tall the spacers around them
- * are. `Windowing`
- * is the Lit controller around it: it measures rendered rows after each update, keeps the row the
+ * are. `Windowing` is the Lit controller around it: it measures rendered rows after each update, keeps the row the
  * agent was looking at in place when rows are added above it (older history pages) or turn out
  * taller than estimated, and sticks to the bottom of a chat history while the agent is there.
  */
@@ -83,6 +82,7 @@ export class Windowing<K> implements ReactiveController {
   range: Range = { start: 0, end: 0, before: 0, after: 0 };
   /** Whether the scroller is at its bottom (chat histories follow new messages only then). */
   atBottom = true;
+  private items: readonly unknown[] | null = null;
   private keys: readonly K[] = [];
   private readonly heights = new Map<K, number>();
   // Derived from keys and heights, rebuilt only when either changed (not on every scroll).
@@ -116,11 +116,14 @@ export class Windowing<K> implements ReactiveController {
     this.observed = scroller;
   }
 
-  /** During render: the rows to render out of `keys` (every row, in order). */
-  slice(keys: readonly K[]): Range {
-    if (keys !== this.keys) {
-      this.keys = keys;
-      this.index = new Map(keys.map((key, i) => [key, i]));
+  /** During render: which of `items` (every row, in order) to render. The keys, their index and
+   * the row offsets are made again only when the array changed (the store replaces it then), not on
+   * every render of a scrolling list. */
+  slice<T>(items: readonly T[], keyOf: (item: T) => K): Range {
+    if (items !== this.items) {
+      this.items = items;
+      this.keys = items.map(keyOf);
+      this.index = new Map(this.keys.map((key, i) => [key, i]));
       this.stale = true;
     }
     this.range = this.compute(this.anchoredTop());

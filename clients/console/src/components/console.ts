@@ -94,7 +94,7 @@ export class Console extends StoreElement {
   override render() {
     const store = this.store;
     const items = store?.sortedConversations() ?? [];
-    const range = this.window.slice(this.idsOf(items));
+    const range = this.window.slice(items, (c) => c.id);
     // The list's one Tab stop is on a rendered row: the focused or open thread while it is in the
     // window, else the first row rendered (a row scrolled out of the DOM cannot hold it).
     const rendered = items.slice(range.start, range.end);
@@ -123,14 +123,6 @@ export class Console extends StoreElement {
         </main>
       </div>
       <im-agent-picker></im-agent-picker>`;
-  }
-
-  // The list's ids, made again only when the store sorted the list again (after a change).
-  private listed: { items: Conversation[]; ids: string[] } | null = null;
-
-  private idsOf(items: Conversation[]): string[] {
-    if (this.listed?.items !== items) this.listed = { items, ids: items.map((c) => c.id) };
-    return this.listed.ids;
   }
 
   /** Arrow keys, Home and End move the focus along the list, rendering rows as they come. */

@@ -66,14 +66,6 @@ export class Thread extends StoreElement {
   });
 
   private openedAtSeq: number | null = null;
-  // The seqs of the thread's messages, made again only when the messages changed (the store
-  // replaces the array then), not on every render while scrolling.
-  private keyed: { messages: Message[]; keys: number[] } | null = null;
-
-  private keysOf(messages: Message[]): number[] {
-    if (this.keyed?.messages !== messages) this.keyed = { messages, keys: messages.map((m) => m.seq) };
-    return this.keyed.keys;
-  }
   // Back in front of the agent: what arrived meanwhile is read now (updated() marks it).
   private readonly onVisibility = () => this.requestUpdate();
 
@@ -150,7 +142,7 @@ export class Thread extends StoreElement {
     const c = store.conversations.get(this.conversationId);
     const t = store.thread(this.conversationId);
     const typing = store.typingIn(this.conversationId).map((a) => store.nameOf(a, c));
-    const range = this.window.slice(this.keysOf(t.messages));
+    const range = this.window.slice(t.messages, (m) => m.seq);
     return html`
       <header>
         ${c?.related ? this.relatedTag(c) : nothing}
