@@ -120,8 +120,15 @@ async def seed(bench, threads: int, messages: int) -> tuple[str, str, str]:
     return long_id, st.token(TENANT, "r0"), "r0"
 
 
-async def open_console(page, url: str) -> None:
-    """Loads the console, signed in, until its list is painted; what the page said if it never is."""
+async def open_console(browser, url: str, session: dict, requests: list[str] | None = None):
+    """A browser context of its own, signed in (INIT), with the console loaded until its list is
+    painted — (context, page); what the page said if it never is. `requests` collects every URL
+    the page asks for."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    await context.add_init_script(f"({INIT})({json.dumps(session)})")
+    page = await context.new_page()
+    if requests is not None:
+        page.on("request", lambda r: requests.append(r.url))
     said: list[str] = []
     page.on("console", lambda m: said.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
     page.on("pageerror", lambda e: said.append(f"page error: {e}"))
@@ -131,6 +138,7 @@ async def open_console(page, url: str) -> None:
         await page.wait_for_function("() => window.__painted !== undefined", timeout=60_000)
     except Exception as exc:
         raise RuntimeError(f"the console never painted its list; the page said: {said[:10]}") from exc
+    return context, page
 
 
 async def measure(bench, threads: int, messages: int, scroll_s: float, idle_s: float, loads: int,
@@ -168,10 +176,7 @@ async def measure(bench, threads: int, messages: int, scroll_s: float, idle_s: f
         try:
             paints = []
             for _ in range(loads):
-                context = await browser.new_context(viewport={"width": 1280, "height": 800})
-                await context.add_init_script(f"({INIT})({json.dumps(session)})")
-                page = await context.new_page()
-                await open_console(page, url)
+                context, page = await open_console(browser, url, session)
                 paints.append(await page.evaluate("window.__painted"))
                 await context.close()
             out["paint_ms"] = {"first": round(paints[0], 1), "p50": round(percentile(paints, 50), 1),
@@ -179,12 +184,7 @@ async def measure(bench, threads: int, messages: int, scroll_s: float, idle_s: f
             bench.say(f"  paint: first {paints[0]:.0f} ms, p50 {percentile(paints, 50):.0f} ms "
                       f"(the list over HTTP alone: {percentile(fetches, 50):.0f} ms)")
 
-            context = await browser.new_context(viewport={"width": 1280, "height": 800})
-            await context.add_init_script(f"({INIT})({json.dumps(session)})")
-            page = await context.new_page()
-            requests: list[str] = []
-            page.on("request", lambda r: requests.append(r.url))
-            await open_console(page, url)
+            context, page = await open_console(browser, url, session)
             ms = 1000 * scroll_s
             still = (await page.evaluate(FRAMES, ["list", 0, 3000]))["gaps"]
             still_median = percentile(still, 50)
@@ -225,12 +225,8 @@ async def measure(bench, threads: int, messages: int, scroll_s: float, idle_s: f
             # Idle: a console freshly opened on the long thread and then left alone (after the
             # scrolling above the page would still be collecting its garbage), against a blank page.
             await context.close()
-            context = await browser.new_context(viewport={"width": 1280, "height": 800})
-            await context.add_init_script(f"({INIT})({json.dumps(session)})")
-            page = await context.new_page()
-            requests = []
-            page.on("request", lambda r: requests.append(r.url))
-            await open_console(page, url)
+            requests: list[str] = []
+            context, page = await open_console(browser, url, session, requests)
             await page.locator("im-console").locator(f"ol > li[data-conversation='{long_id}'] button").click()
             await page.wait_for_function(f"() => ({HELD})() > 0", timeout=60_000)
             await asyncio.sleep(settle_s)  # what loading left to do (timers, GC) is not idleness
