@@ -1,6 +1,7 @@
 """contracts/: the topics of API.md, the envelope on every event, decoding and dead letters."""
 
 import base64
+import hashlib
 import json
 
 import pytest
@@ -14,7 +15,9 @@ from im_contracts.codec import (
 )
 from im_contracts.events import (
     ALL_EVENTS,
+    SYSTEM_TENANT,
     AssistanceRequested,
+    DeadLetter,
     MessagePosted,
     to_rfc3339,
 )
@@ -135,6 +138,32 @@ def test_a_dead_letter_keeps_the_original_bytes_and_place_but_never_the_authoriz
         "helpdesk.assistance-requests.v1", 2, 41)
     assert [name for name, _ in letter.original_headers] == ["x-source"]
     assert b"secret" not in letter.to_bytes()
+
+
+def test_a_dead_letter_always_fits_in_a_record_whatever_the_original_holds():
+    # A 5 MB value, a 100 KB key, 500 headers of 10 KB and a forged 10 KB tenant id: the letter keeps
+    # the value's beginning with its whole size and digest, and stays far below Kafka's 1 MiB.
+    value = bytes(range(256)) * (5 * 1024 * 1024 // 256)
+    letter = dead_letter_for(
+        topic="helpdesk.assistance-requests.v1", partition=0, offset=9, key=b"k" * 100_000, value=value,
+        headers=[(f"h{i}", b"v" * 10_000) for i in range(500)], reason="malformed_json",
+        detail="x" * 50_000, consumer="im-api.assistance", tenant_id="t" * 10_000,
+    )
+    encoded = letter.to_bytes()
+    assert len(encoded) < 512 * 1024
+    assert letter.tenant_id == SYSTEM_TENANT
+    assert letter.original_value_size == len(value) and letter.original_value_truncated
+    assert letter.original_value_sha256 == hashlib.sha256(value).hexdigest()
+    assert base64.b64decode(letter.original_value_b64) == value[: DeadLetter.KEPT_VALUE_BYTES]
+    assert len(letter.original_headers) == DeadLetter.KEPT_HEADERS
+    assert DeadLetter.model_validate_json(encoded).to_bytes() == encoded
+
+
+def test_a_small_dead_letter_is_whole_and_says_so():
+    letter = dead_letter_for(topic="t", partition=0, offset=1, key=None, value=b"{bad", headers=None,
+                             reason="malformed_json", detail="", consumer="c", tenant_id="acme")
+    assert not letter.original_value_truncated and letter.original_value_size == 4
+    assert letter.tenant_id == "acme" and letter.original_key_b64 is None
 
 
 def test_times_are_rfc3339_utc_and_headers_name_the_event():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 
@@ -227,3 +228,23 @@ async def test_a_thread_holds_at_most_max_participants_at_every_door(
 
         letter = await eventually(crowd_letter, timeout=30, interval=0.5, message="no dead letter for the crowd")
         assert letter.reason == "too_many_participants" and "2001" in letter.detail, letter.detail
+
+
+async def test_a_900_kb_poison_record_is_dead_lettered_and_the_request_behind_it_is_processed(
+        api, kafka_bootstrap, kafka_topics, jwt_secret):
+    # Its whole value in base64 would make a dead letter above Kafka's 1 MiB record limit: that
+    # produce failed, counted as transient, and the partition was re-read forever, for every tenant.
+    await api.add_agents(T, "alice", "bob")
+    good = service_token(jwt_secret, T)
+    poison = b"\x00not json" + bytes(range(256)) * (900 * 1024 // 256)
+    async with Producer(kafka_bootstrap, kafka_topics) as producer:
+        _, poison_at = await producer.send(poison, token=good)
+        await producer.send(request_doc(T, "alice", ["bob"], message="behind the poison"), token=good)
+
+    _, items = await thread_with(api, T, "bob", 1)
+    assert [m["body"] for m in items] == ["behind the poison"]
+    [letter] = [e for _, e, _ in await read_events(kafka_bootstrap, DEAD_LETTERS, kafka_topics, 1, settle_s=0.5)]
+    assert (letter.reason, letter.original_offset, letter.tenant_id) == ("malformed_json", poison_at, T)
+    assert letter.original_value_size == len(poison) and letter.original_value_truncated
+    assert letter.original_value_sha256 == hashlib.sha256(poison).hexdigest()
+    assert base64.b64decode(letter.original_value_b64) == poison[: DeadLetter.KEPT_VALUE_BYTES]

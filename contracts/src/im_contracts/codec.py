@@ -7,6 +7,7 @@ Every consumer of every service decodes with `decode_record` and, when it raises
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -88,20 +89,26 @@ def dead_letter_for(
     consumer: str,
     tenant_id: str | None = None,
 ) -> DeadLetter:
+    """The dead letter of one record; bounded whatever the record's size (DeadLetter.KEPT_*)."""
     kept = [
-        (name, _b64(data) or "")
+        (name[: DeadLetter.KEPT_HEADER_BYTES], _b64(None if data is None else data[: DeadLetter.KEPT_HEADER_BYTES]) or "")
         for name, data in (headers or ())
         if name.lower() not in SECRET_HEADERS
-    ]
+    ][: DeadLetter.KEPT_HEADERS]
     return DeadLetter(
-        tenant_id=tenant_id or SYSTEM_TENANT,
+        # A claimed tenant id that could not be a tenant's (a forged 10 KB one) would fail the
+        # letter's own validation: the record is the system's then.
+        tenant_id=tenant_id if tenant_id and len(tenant_id) <= 128 else SYSTEM_TENANT,
         reason=reason,
-        detail=detail,
+        detail=detail[: DeadLetter.KEPT_DETAIL_CHARS],
         original_topic=topic,
         original_partition=partition,
         original_offset=offset,
-        original_key_b64=_b64(key),
-        original_value_b64=_b64(value) or "",
+        original_key_b64=_b64(None if key is None else key[: DeadLetter.KEPT_KEY_BYTES]),
+        original_value_b64=_b64(None if value is None else value[: DeadLetter.KEPT_VALUE_BYTES]) or "",
+        original_value_size=None if value is None else len(value),
+        original_value_sha256=None if value is None else hashlib.sha256(value).hexdigest(),
+        original_value_truncated=value is not None and len(value) > DeadLetter.KEPT_VALUE_BYTES,
         original_headers=kept,
         consumer=consumer,
     )

@@ -211,10 +211,21 @@ class DeadLetter(Event):
     original_topic: str
     original_partition: int
     original_offset: int
-    original_key_b64: str | None = None
-    original_value_b64: str = Field(description="The original record bytes, base64.")
+    original_key_b64: str | None = Field(
+        default=None, description="The original key, base64; its first KEPT_KEY_BYTES when longer.")
+    original_value_b64: str = Field(
+        description="The original record bytes, base64; only the first KEPT_VALUE_BYTES when longer "
+                    "(original_value_size and original_value_sha256 describe the whole).")
+    original_value_size: int | None = Field(
+        default=None, description="The original value's length in bytes (None: no value).")
+    original_value_sha256: str | None = Field(
+        default=None, description="Hex SHA-256 of the whole original value, to match it to its source.")
+    original_value_truncated: bool = Field(
+        default=False, description="True when original_value_b64 holds only the value's beginning.")
     original_headers: list[tuple[str, str]] = Field(
-        default_factory=list, description="Original headers (base64 values), less authorization."
+        default_factory=list,
+        description="Original headers (base64 values), less authorization; at most KEPT_HEADERS, "
+                    "each value cut to KEPT_HEADER_BYTES.",
     )
     consumer: str = Field(description="The consumer group or service that rejected it.")
 
@@ -227,8 +238,17 @@ class DeadLetter(Event):
         "unknown_tenant",
         "unknown_agent",
         "too_many_participants",
+        "record_too_large",
         "rejected",
     )
+    # A dead letter must always fit in a record (Kafka's default limit is 1 MiB) whatever it holds:
+    # an oversized original would otherwise make its dead letter unsendable too, and the partition
+    # would be retried forever. Base64 grows by 4/3: 256 KiB of value is ~342 KiB in the letter.
+    KEPT_VALUE_BYTES: ClassVar[int] = 256 * 1024
+    KEPT_KEY_BYTES: ClassVar[int] = 1024
+    KEPT_HEADERS: ClassVar[int] = 32
+    KEPT_HEADER_BYTES: ClassVar[int] = 1024
+    KEPT_DETAIL_CHARS: ClassVar[int] = 1000
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (

@@ -100,7 +100,9 @@ async def _caught_up(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int])
 
 
 def describe_letter(letter: DeadLetter) -> str:
-    size = len(base64.b64decode(letter.original_value_b64)) if letter.original_value_b64 else 0
+    size = letter.original_value_size
+    if size is None:  # a letter written before sizes were recorded
+        size = len(base64.b64decode(letter.original_value_b64)) if letter.original_value_b64 else 0
     return (f"{letter.occurred_at:%Y-%m-%dT%H:%M:%SZ} {printable(letter.reason):<28} "
             f"{printable(letter.original_topic)}[{letter.original_partition}]@{letter.original_offset} "
             f"tenant={printable(letter.tenant_id or '')} consumer={printable(letter.consumer)} bytes={size} "
