@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
 import pytest
 
-from im_api_helpers import token
+from im_api_helpers import running, token
 
 pytestmark = pytest.mark.integration
 T, OTHER = "acme", "globex"
@@ -138,3 +139,26 @@ async def test_a_foreign_tenants_token_gets_404_or_401_on_every_endpoint_and_cha
     # Tenant B's agent "bob" does not exist: its token is refused outright.
     assert_error(await api.http.get("/v1/me/unread", headers=api.auth(OTHER, "bob")), 401)
     assert await snapshot(mongo, mongo_db_name) == before
+
+
+async def test_a_change_too_large_for_a_kafka_record_is_413_and_writes_nothing(api_settings, mongo, mongo_db_name):
+    # A deployment whose record limit is 4,000 bytes: a 3,500-character message (a record of ~4 KB
+    # with its envelope and headers) is refused before anything is written, alone in its batch,
+    # while a short one still posts; the same check guards a start's first message.
+    async with running(api_settings.model_copy(update={"max_record_bytes": 4000})) as api:
+        await api.add_agents(T, "alice", "bob", "carol")
+        c = await api.start(T, "alice", "bob")
+        db = mongo[mongo_db_name]
+        outbox_before = await db.outbox.count_documents({})
+        big, small = await asyncio.gather(api.send(T, "alice", c["id"], "x" * 3500, "big-1"),
+                                          api.send(T, "alice", c["id"], "short", "small-1"))
+        assert_error(big, 413, "record_too_large", "body")
+        assert small.status_code == 201 and small.json()["seq"] == 1, small.text
+        assert [m["body"] async for m in db.messages.find({"conversation_id": c["id"]})] == ["short"]
+        assert await db.outbox.count_documents({}) == outbox_before + 1
+
+        r = await api.http.post("/v1/conversations", headers=api.auth(T, "alice"),
+                                json={"participant_ids": ["carol"], "first_message": {"body": "y" * 3500, "client_msg_id": "first-1"}})
+        assert_error(r, 413, "record_too_large", "first_message.body")
+        assert await db.conversations.count_documents({"participants": "carol"}) == 0
+        assert await db.outbox.count_documents({}) == outbox_before + 1

@@ -4,13 +4,18 @@ publisher per shard, with an in-order takeover when the holder dies."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import defaultdict
 from datetime import UTC, datetime
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from bson import ObjectId
+from im_api.outbox import shard_of
 from imctl.topics import create_topics
 from im_contracts.events import MessagePosted
-from im_contracts.topics import MESSAGES
+from im_contracts.topics import DEAD_LETTERS, MESSAGES
 
 from im_api_helpers import read_events, running
 from support.wait import eventually
@@ -130,3 +135,47 @@ async def test_a_relay_keeps_its_leases_while_a_publish_burst_hangs_on_a_dead_br
     # Published after the broker came back. Once, or twice: a burst that timed out against the dead
     # broker may still land beside its retry (publishing is at-least-once; consumers dedupe by seq).
     assert {e.message.seq for _, e, _ in events} == {1} and len(events) <= 2
+
+
+async def test_a_record_kafka_refuses_is_dead_lettered_and_its_shard_goes_on_for_every_tenant(
+        api_settings, endpoints, mongo, mongo_db_name):
+    # Two records no retry can publish, in globex's thread on the same outbox shard as acme's:
+    # 1.5 MB (the producer refuses it before sending: above max_request_size) and 200 KB on a
+    # topic whose broker limit is 100 KB (the broker refuses it, which also breaks the idempotent
+    # producer's sequence on that partition). Both are put aside as dead letters; acme's message,
+    # written after them, is published, and the relay stays healthy.
+    name = MESSAGES.name(api_settings.topic_prefix)
+    admin = AIOKafkaAdminClient(bootstrap_servers=endpoints.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name,
+                                                  configs={"max.message.bytes": "100000"})])
+    finally:
+        await admin.close()
+    async with running(api_settings) as api:
+        await api.add_agents(T, "alice", "bob")
+        c = await api.start(T, "alice", "bob")
+        shard = shard_of(c["id"].encode(), api_settings.outbox_shards)
+        outbox = mongo[mongo_db_name]["outbox"]
+        poison = []
+        for n, size in enumerate([1_500_000, 200_000]):
+            value = b"x" * size
+            poison.append({"_id": ObjectId(), "tenant_id": "globex", "shard": shard, "conversation_id": "0-globex",
+                           "order": n + 1, "topic": MESSAGES.base_name, "key": b"0-globex", "value": value,
+                           "headers": [], "created_at": datetime.now(UTC), "sent_at": None})
+        await outbox.insert_many(poison)
+        assert (await api.send(T, "alice", c["id"], "behind the poison", "m-1")).status_code == 201
+
+        events = await read_events(endpoints.kafka_bootstrap, MESSAGES, api_settings.topic_prefix, 1, settle_s=0.5)
+        assert {(e.tenant_id, e.message.body) for _, e, _ in events} == {(T, "behind the poison")}
+        letters = [e for _, e, _ in await read_events(endpoints.kafka_bootstrap, DEAD_LETTERS,
+                                                       api_settings.topic_prefix, 2, settle_s=0.5)]
+        assert sorted(d.original_value_size for d in letters) == [200_000, 1_500_000]
+        for d in letters:
+            assert (d.reason, d.tenant_id, d.original_topic, d.consumer) == (
+                "record_too_large", "globex", name, "im-api-outbox-relay")
+            assert d.original_value_sha256 == hashlib.sha256(b"x" * d.original_value_size).hexdigest()
+        marked = await outbox.find({"_id": {"$in": [p["_id"] for p in poison]}}).to_list()
+        assert [(d["dead_letter"], d["sent_at"] is not None) for d in marked] == [("record_too_large", True)] * 2
+        await eventually(lambda: api.app.state.relay.kafka_ok, timeout=10, message="the relay is healthy")
+        assert await outbox.count_documents({"sent_at": None}) == 0

@@ -84,8 +84,8 @@ class Assistance:
                 tenant_id, request.requested_by, request.agent_ids, request.related.model_dump(),
                 {"body": request.message, "client_msg_id": client_msg_id}, also=remember)
         except ApiError as exc:  # the HTTP rules refused it: the same refusal, as a dead letter
-            reason = {"unknown_agents": "unknown_agent", "too_many_participants": "too_many_participants"}.get(
-                exc.code, "invalid_event")
+            reason = {"unknown_agents": "unknown_agent", "too_many_participants": "too_many_participants",
+                      "record_too_large": "record_too_large"}.get(exc.code, "invalid_event")
             raise RejectedRecord(reason, exc.message, tenant_id) from None
         await self._ensure_recorded(record, view["id"], client_msg_id)
         log(logger, logging.INFO, "assistance request processed", tenant_id=tenant_id, request_id=request_id,

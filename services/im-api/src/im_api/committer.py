@@ -20,7 +20,7 @@ from im_runtime.logs import log, trace_id
 from im_runtime.shutdown import raise_if_cancelled
 from pymongo.errors import DuplicateKeyError
 
-from .errors import ApiError, Conflict, NotFound
+from .errors import ApiError, Conflict, NotFound, RecordTooLarge
 from .metrics import COMMIT_BATCH, COMMIT_SECONDS, MESSAGES_ACCEPTED
 from .outbox import Transaction, UnitOfWork
 from .store import Store, list_key, now, read_key
@@ -170,22 +170,32 @@ class Committer:
                 continue
             seq, order, at = conv["last_seq"], conv.get("outbox_seq", 0), now()
             read_moves: dict[str, int] = {}
+            last = None
             for item in accepted:
+                doc = {"_id": uuid.uuid4().hex, "tenant_id": tenant_id, "conversation_id": conversation_id,
+                       "seq": seq + 1, "sender_id": item.sender_id, "body": item.body, "kind": item.kind,
+                       "client_msg_id": item.client_msg_id, "created_at": at}
+                event = MessagePosted(tenant_id=tenant_id, message=message_model(doc),
+                                      recipients=list(conv["participants"]))
+                key = conversation_key(conversation_id)
+                if not tx.fits(event, key):
+                    # Refused alone, before it takes a seq: the batch's other sends commit.
+                    outcomes.append((item, RecordTooLarge(
+                        f"this message needs a record larger than the {tx.max_record_bytes}-byte limit "
+                        "of this deployment", field="body")))
+                    continue
                 seq += 1
                 order += 1
-                doc = {"_id": uuid.uuid4().hex, "tenant_id": tenant_id, "conversation_id": conversation_id,
-                       "seq": seq, "sender_id": item.sender_id, "body": item.body, "kind": item.kind,
-                       "client_msg_id": item.client_msg_id, "created_at": at}
                 messages.append(doc)
                 if item.also is not None:
                     await item.also(tx, doc)
                 read_moves[read_key(item.sender_id)] = seq
                 outcomes.append((item, (doc, True)))
-                event = MessagePosted(tenant_id=tenant_id, message=message_model(doc),
-                                      recipients=list(conv["participants"]))
-                tx.publish(MESSAGES, event, key=conversation_key(conversation_id),
-                           order_key=conversation_id, order=order, trace=item.trace)
-            last = doc  # the newest message of this conversation
+                tx.publish(MESSAGES, event, key=key, order_key=conversation_id, order=order, trace=item.trace,
+                           field="body")
+                last = doc  # the newest message of this conversation
+            if last is None:
+                continue
             result = await self.store.conversations.update_one(
                 {"_id": conversation_id, "tenant_id": tenant_id, "last_seq": conv["last_seq"],
                  "outbox_seq": conv.get("outbox_seq", 0)},

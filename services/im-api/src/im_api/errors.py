@@ -64,6 +64,13 @@ class Forbidden(ApiError):
     status, code = 403, "forbidden"
 
 
+class RecordTooLarge(ApiError):
+    """The change would need a Kafka record above the deployment's record limit: refused before
+    anything is written, since the relay could never publish it."""
+
+    status, code = 413, "record_too_large"
+
+
 class InvalidCursor(ApiError):
     status, code = 400, "invalid_cursor"
 

@@ -16,17 +16,25 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import (
+    InvalidTimestampError,
+    KafkaConnectionError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    UnsupportedForMessageFormatError,
+)
 from bson import ObjectId
-from im_contracts.codec import event_headers
+from im_contracts.codec import dead_letter_for, event_headers
 from im_contracts.events import Event
-from im_contracts.topics import ALL_TOPICS, Topic
+from im_contracts.topics import ALL_TOPICS, DEAD_LETTERS, Topic
 from im_runtime.logs import log, trace_id
 from im_runtime.shutdown import raise_if_cancelled
 from pymongo import AsyncMongoClient
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from .metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, OUTBOX_SHARDS_HELD
+from .errors import RecordTooLarge
+from .metrics import DEAD_LETTERED, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, OUTBOX_SHARDS_HELD
 from .settings import ApiSettings
 from .store import Store, now
 
@@ -34,6 +42,17 @@ logger = logging.getLogger("im_api.outbox")
 T = TypeVar("T")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TOPICS_BY_BASE = {t.base_name: t for t in ALL_TOPICS}
+# What no retry of the same record can fix: such a record is set aside (dead-lettered) and the
+# shard goes on. Everything else (broker down, timeouts, authorization, leadership) is transient:
+# the whole burst is retried, since it says nothing about this one record.
+PERMANENT_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    InvalidTimestampError,
+    UnsupportedForMessageFormatError,
+)
+RELAY_CONSUMER = "im-api-outbox-relay"
 
 
 async def _abort(producer: AIOKafkaProducer) -> None:
@@ -61,19 +80,46 @@ def shard_of(key: bytes, shards: int) -> int:
     return zlib.crc32(key) % shards
 
 
+# Bytes a record takes in a batch beyond its key, value and headers (batch header, varints):
+# generous, so a record that passes the check is never refused by the broker for a few bytes.
+RECORD_OVERHEAD = 512
+
+
+def record_size(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> int:
+    return len(key) + len(value) + sum(len(k.encode()) + len(v) for k, v in headers) + RECORD_OVERHEAD
+
+
+def event_fits(event: Event, key: bytes, max_record_bytes: int) -> bool:
+    """Whether `event` can be published under the record limit (its headers at their largest)."""
+    headers = event_headers(event, **{"trace-id": "0" * 64})
+    return record_size(key, event.to_bytes(), headers) <= max_record_bytes
+
+
 class Transaction:
     """One MongoDB transaction in progress: the session for state writes, and the events to publish."""
 
-    def __init__(self, session: Any, shards: int) -> None:
+    def __init__(self, session: Any, shards: int, max_record_bytes: int) -> None:
         self.session = session
         self._shards = shards
+        self.max_record_bytes = max_record_bytes
         self.records: list[dict[str, Any]] = []
 
+    def fits(self, event: Event, key: bytes) -> bool:
+        return event_fits(event, key, self.max_record_bytes)
+
     def publish(self, topic: Topic, event: Event, *, key: bytes, order_key: str, order: int,
-                trace: str | None = None) -> None:
+                trace: str | None = None, field: str | None = None) -> None:
         """Queue `event` for `topic`; `order` increases per `order_key` (a conversation or agent).
-        `trace`: the request that caused it, when not the current one (a group commit's other sends)."""
+        `trace`: the request that caused it, when not the current one (a group commit's other sends).
+        Raises RecordTooLarge (naming `field`, what made it large) when no broker would take it: the
+        transaction then writes nothing, instead of leaving a record the relay can never publish."""
         tid = trace or trace_id.get() or event.event_id
+        value = event.to_bytes()
+        headers = event_headers(event, **{"trace-id": tid})
+        if record_size(key, value, headers) > self.max_record_bytes:
+            raise RecordTooLarge(
+                f"this change needs a {event.type} record larger than the {self.max_record_bytes}-byte "
+                "limit of this deployment", field=field)
         self.records.append({
             "_id": ObjectId(),
             "tenant_id": event.tenant_id,
@@ -82,8 +128,8 @@ class Transaction:
             "order": order,
             "topic": topic.base_name,
             "key": key,
-            "value": event.to_bytes(),
-            "headers": [[k, v] for k, v in event_headers(event, **{"trace-id": tid})],
+            "value": value,
+            "headers": [[k, v] for k, v in headers],
             "created_at": now(),
             "sent_at": None,
         })
@@ -105,7 +151,7 @@ class UnitOfWork:
 
         async def callback(session: Any) -> T:
             nonlocal published
-            tx = Transaction(session, self.settings.outbox_shards)
+            tx = Transaction(session, self.settings.outbox_shards, self.settings.max_record_bytes)
             result = await work(tx)
             if tx.records:
                 await self.store.outbox.insert_many(tx.records, session=session)
@@ -340,35 +386,77 @@ class Relay:
             burst = Burst(shard, self.owner, token, time.monotonic(), count=len(pending))
             self.bursts.append(burst)
             try:
-                await self._send(producer, pending)
+                refused, failed = await self._send(producer, pending)
+                for r, exc in refused:
+                    await self._set_aside(producer, r, exc)
             finally:
                 burst.ended = time.monotonic()
-            await self._mark_sent(shard, token, [r["_id"] for r in pending])
+            set_aside = {r["_id"]: _reason(exc) for r, exc in refused}
+            if failed:
+                # Typically the records behind a broker's refusal on its partition: an idempotent
+                # producer's sequence is broken there (OutOfOrderSequenceNumber for each) until it
+                # is rebuilt. The refused ones are put aside now, so the retry of the burst by a new
+                # producer (at-least-once, as after any failed burst) never meets them again.
+                if set_aside:
+                    await self._mark_sent(shard, token, list(set_aside), set_aside)
+                raise failed[0]
+            await self._mark_sent(shard, token, [r["_id"] for r in pending], set_aside)
+            set_aside = {r["_id"] for r, _ in refused}
             for r in pending:
-                OUTBOX_PUBLISHED.labels(r["topic"]).inc()
+                if r["_id"] not in set_aside:
+                    OUTBOX_PUBLISHED.labels(r["topic"]).inc()
             busy = busy or len(pending) >= self.settings.outbox_batch
         return busy
 
-    async def _send(self, producer: AIOKafkaProducer, records: list[dict]) -> None:
+    async def _send(self, producer: AIOKafkaProducer,
+                    records: list[dict]) -> tuple[list[tuple[dict, BaseException]], list[BaseException]]:
+        """Publishes `records`: (those refused for good (PERMANENT_PUBLISH_ERRORS), the other
+        failures). With no other failure, every record not refused landed."""
         prefix = self.settings.topic_prefix
 
-        async def send_all() -> None:
-            futures = []
+        async def send_all() -> tuple[list[tuple[dict, BaseException]], list[BaseException]]:
+            sent: list[tuple[dict, Any]] = []
             for r in records:
                 topic = TOPICS_BY_BASE[r["topic"]].name(prefix)
                 headers = [(k, bytes(v)) for k, v in r["headers"]]
-                futures.append(await producer.send(topic, bytes(r["value"]), key=bytes(r["key"]), headers=headers))
+                try:
+                    sent.append((r, await producer.send(topic, bytes(r["value"]), key=bytes(r["key"]),
+                                                        headers=headers)))
+                except PERMANENT_PUBLISH_ERRORS as exc:  # refused before it left (max_request_size)
+                    sent.append((r, exc))
             # Wait for every one (never resend while an earlier attempt may still land).
-            results = await asyncio.gather(*futures, return_exceptions=True)
-            failed = [x for x in results if isinstance(x, BaseException)]
-            if failed:
-                raise failed[0]
+            futures = [f for _, f in sent if isinstance(f, asyncio.Future)]
+            results = iter(await asyncio.gather(*futures, return_exceptions=True))
+            outcomes = [(r, next(results) if isinstance(f, asyncio.Future) else f) for r, f in sent]
+            refused = [(r, x) for r, x in outcomes if isinstance(x, PERMANENT_PUBLISH_ERRORS)]
+            failed = [x for _, x in outcomes
+                      if isinstance(x, BaseException) and not isinstance(x, PERMANENT_PUBLISH_ERRORS)]
+            return refused, failed
 
         async with asyncio.timeout(self.settings.outbox_publish_timeout_s):
-            await send_all()
+            return await send_all()
 
-    async def _mark_sent(self, shard: int, token: int, ids: list[ObjectId]) -> None:
-        """Fenced: writes the lease row in the same transaction, so a takeover conflicts with it."""
+    async def _set_aside(self, producer: AIOKafkaProducer, record: dict, exc: BaseException) -> None:
+        """A record Kafka will never take goes to the dead-letter topic (bounded, with its size and
+        digest; partition and offset -1: it never had a place) instead of blocking its shard."""
+        reason = _reason(exc)
+        topic = TOPICS_BY_BASE[record["topic"]].name(self.settings.topic_prefix)
+        letter = dead_letter_for(
+            topic=topic, partition=-1, offset=-1, key=bytes(record["key"]), value=bytes(record["value"]),
+            headers=[(k, bytes(v)) for k, v in record["headers"]], reason=reason,
+            detail=f"Kafka refused the outbox record: {type(exc).__name__}", consumer=RELAY_CONSUMER,
+            tenant_id=record["tenant_id"])
+        await producer.send_and_wait(DEAD_LETTERS.name(self.settings.topic_prefix), letter.to_bytes(),
+                                     key=bytes(record["key"]))
+        DEAD_LETTERED.labels(topic, reason).inc()
+        log(logger, logging.ERROR, "outbox record set aside", tenant_id=record["tenant_id"], topic=topic,
+            reason=reason, error=type(exc).__name__, bytes=len(record["value"]),
+            conversation_id=record["conversation_id"], order=record["order"])
+
+    async def _mark_sent(self, shard: int, token: int, ids: list[ObjectId],
+                         set_aside: dict[ObjectId, str] | None = None) -> None:
+        """Fenced: writes the lease row in the same transaction, so a takeover conflicts with it.
+        `set_aside`: records dead-lettered instead (id → reason), kept marked for operators."""
 
         async def callback(session: Any) -> None:
             r = await self.store.outbox_leases.update_one(
@@ -378,6 +466,9 @@ class Relay:
                 raise LeaseLost(f"shard {shard}")
             await self.store.outbox.update_many(
                 {"_id": {"$in": ids}, "shard": shard}, {"$set": {"sent_at": now()}}, session=session)
+            for record_id, reason in (set_aside or {}).items():
+                await self.store.outbox.update_one(
+                    {"_id": record_id, "shard": shard}, {"$set": {"dead_letter": reason}}, session=session)
 
         try:
             async with self.client.start_session() as session:
@@ -385,3 +476,8 @@ class Relay:
         except LeaseLost:
             self._drop(shard)
             raise
+
+
+def _reason(exc: BaseException) -> str:
+    too_large = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+    return "record_too_large" if isinstance(exc, too_large) else "unpublishable"

@@ -18,8 +18,8 @@ from pymongo.errors import DuplicateKeyError
 
 from . import cursors
 from .committer import Committer, StaleConversation, message_model
-from .errors import NotFound, Unprocessable
-from .outbox import Transaction, UnitOfWork
+from .errors import NotFound, RecordTooLarge, Unprocessable
+from .outbox import Transaction, UnitOfWork, event_fits
 from .settings import ApiSettings
 from .store import Store, list_key, now, read_key, related_key
 
@@ -111,6 +111,9 @@ class Conversations:
                        "message": f"{a} is not an active agent"} for a in missing]
             raise Unprocessable(f"unknown or deactivated agents: {', '.join(missing)}", code="unknown_agents",
                                 field=errors[0]["field"], errors=errors)
+        if first_body is not None:
+            self._message_fits(tenant_id, me, ids, first_body, first_message.get("client_msg_id"),
+                               "first_message.body")
         key = json.dumps([ids, related["type"] if related else None, related["id"] if related else None])
         doc = await self.store.conversations.find_one({"tenant_id": tenant_id, "start_key": key})
         created = False
@@ -125,6 +128,18 @@ class Conversations:
         if first_message:
             await self.post(tenant_id, me, doc["_id"], first_body, first_message["client_msg_id"], also=also)
         return await self.view(tenant_id, me, doc["_id"]), created
+
+    def _message_fits(self, tenant_id: str, me: str, participants: list[str], body: str,
+                      client_msg_id: str | None, field: str) -> None:
+        """Refuses a first message too large to publish before its thread is made (the send's own
+        check comes after the thread exists: the start would be half-done)."""
+        probe = {"_id": uuid.uuid4().hex, "conversation_id": uuid.uuid4().hex, "seq": 1, "sender_id": me,
+                 "body": body, "kind": "text", "client_msg_id": client_msg_id, "created_at": now()}
+        event = MessagePosted(tenant_id=tenant_id, message=message_model(probe), recipients=participants)
+        limit = self.settings.max_record_bytes
+        if not event_fits(event, conversation_key(probe["conversation_id"]), limit):
+            raise RecordTooLarge(f"this message needs a record larger than the {limit}-byte limit of this "
+                                 "deployment", field=field)
 
     async def _create(self, tx: Transaction, tenant_id: str, me: str, ids: list[str], related: dict | None,
                       key: str) -> dict:

@@ -24,6 +24,10 @@ class ApiSettings(CommonSettings):
     # queue entry per participant and each thread change a record naming them all: unbounded, one
     # thread could outgrow Kafka's record limit and make every message cost thousands of writes.
     max_participants: int = 100
+    # The largest Kafka record a change may need (key, value and headers): checked before anything
+    # is written, so no outbox record is ever too large to publish. Keep it at or below the
+    # topics' max.message.bytes and the producer's max_request_size (both 1 MiB by default).
+    max_record_bytes: int = 1_000_000
     # Group commit: at most this many sends in one MongoDB transaction (bounds txn size).
     commit_batch_max: int = 256
     # Outbox relay: 16 shards lets up to 16 im-api processes share publishing.
