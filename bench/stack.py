@@ -107,6 +107,10 @@ class BenchStack(launcher.Stack):
             # The console scenario: im-api serves the built console, the gateway lets its page in.
             "IM_API_CONSOLE_DIR": str(launcher.CONSOLE_DIST),
             "IM_DELIVERY_ALLOWED_ORIGINS": f"http://127.0.0.1:{c.api_port}",
+            # The scenarios measure what the pipeline serves, so the rate limits are off (0):
+            # they would measure the limits instead. A scenario that needs them sets its own.
+            **{f"IM_API_{what}_RATE_PER_{who}": "0" for what in ("SEND", "TICKET") for who in ("AGENT", "TENANT")},
+            "IM_DELIVERY_CLIENT_FRAME_RATE_PER_AGENT": "0", "IM_DELIVERY_CLIENT_FRAME_RATE_PER_TENANT": "0",
         }
 
     async def start(self) -> None:

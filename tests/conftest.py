@@ -113,6 +113,11 @@ def jwt_secret() -> str:
     return TEST_JWT_SECRET
 
 
+# The rate limits are tested on their own (tests/im_api/test_rate_limits.py, the gateway's
+# frame limits in tests/delivery); elsewhere they would only throttle the load the tests make.
+UNLIMITED_RATES = {f"IM_API_{what}_RATE_PER_{who}": "0" for what in ("SEND", "TICKET") for who in ("AGENT", "TENANT")}
+
+
 @pytest.fixture
 def service_env(endpoints: Endpoints, topic_prefix: str, mongo_db_name: str) -> dict[str, str]:
     """The environment every service process of this test gets (the same names as production)."""
@@ -124,6 +129,7 @@ def service_env(endpoints: Endpoints, topic_prefix: str, mongo_db_name: str) -> 
         "IM_TOPIC_PREFIX": topic_prefix,
         "IM_JWT_SECRET": TEST_JWT_SECRET,
         "IM_LOG_LEVEL": "INFO",
+        **UNLIMITED_RATES,
     }
 
 

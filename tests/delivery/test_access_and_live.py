@@ -261,3 +261,46 @@ def _snapshot(cid: str, participants: list[str]):
 
     return ConversationSnapshot(id=cid, participants=[Participant(id=a, display_name=a.upper()) for a in participants],
                                 created_by=participants[0], created_at=datetime.now(UTC))
+
+
+async def test_a_client_sending_frames_past_its_rate_is_closed_4429_and_others_go_on(stack, outbox, tokens):
+    """Per agent (all its sockets on the gateway) and per tenant: a token bucket of 10 frames
+    refilled at 0.01/s, so the eleventh frame in a test's lifetime is over the limit whatever the
+    machine's speed. Another agent's socket stays open and keeps being served."""
+    await stack.start_worker()
+    gw = await stack.start_gateway(IM_DELIVERY_CLIENT_FRAME_RATE_PER_AGENT="0.01",
+                                   IM_DELIVERY_CLIENT_FRAME_BURST_PER_AGENT="10")
+    cid = await outbox.start_conversation(["ana", "ben"])
+    ana = await StreamClient.connect(gw.url, tokens.ticket("ana"), name="ana")
+    ben = await StreamClient.connect(gw.url, tokens.ticket("ben"), name="ben")
+    await eventually(lambda: ana.queued and ben.queued)
+    for _ in range(10):
+        await ana.send({"type": "typing", "conversation_id": cid})
+    assert ana.close_code is None
+    await ana.send({"type": "idle"})
+    assert await ana.closed_with() == 4429
+    again = await StreamClient.connect(gw.url, tokens.ticket("ana"), name="ana-2")
+    await again.send({"type": "active"})
+    assert await again.closed_with() == 4429, "the agent's bucket spans its sockets"
+    await ben.send({"type": "typing", "conversation_id": cid})
+    [posted] = await outbox.post(cid, "ana")
+    await eventually(lambda: (cid, posted.message.seq) in ben.messages(), message="ben is still served")
+    assert ben.close_code is None
+    await ben.close()
+
+
+async def test_a_tenant_past_its_frame_rate_is_closed_4429(stack, outbox, tokens):
+    """The tenant's bucket (4 frames, refilled at 0.01/s) is spent by ana alone; cy, who has sent
+    nothing (its own bucket is full), is then refused too: the limit is the tenant's."""
+    await stack.start_worker()
+    gw = await stack.start_gateway(IM_DELIVERY_CLIENT_FRAME_RATE_PER_TENANT="0.01",
+                                   IM_DELIVERY_CLIENT_FRAME_BURST_PER_TENANT="4")
+    cid = await outbox.start_conversation(["ana", "cy"])
+    ana = await StreamClient.connect(gw.url, tokens.ticket("ana"), name="ana")
+    cy = await StreamClient.connect(gw.url, tokens.ticket("cy"), name="cy")
+    await eventually(lambda: ana.queued and cy.queued)
+    for _ in range(5):
+        await ana.send({"type": "typing", "conversation_id": cid})
+    assert await ana.closed_with() == 4429
+    await cy.send({"type": "typing", "conversation_id": cid})
+    assert await cy.closed_with() == 4429

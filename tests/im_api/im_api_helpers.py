@@ -22,7 +22,9 @@ from support.wait import eventually
 def fast_settings(**overrides: Any) -> ApiSettings:
     """Every interval shortened so the tests never wait on a production default."""
     base = dict(outbox_lease_ttl_s=1.5, outbox_lease_renew_s=0.3, outbox_poll_s=0.1,
-                outbox_publish_timeout_s=4.0, retry_initial_s=0.05, retry_max_s=0.5, connect_timeout_s=20.0)
+                outbox_publish_timeout_s=4.0, retry_initial_s=0.05, retry_max_s=0.5, connect_timeout_s=20.0,
+                # Unlimited but in test_rate_limits.py: here they would only throttle the tests' load.
+                send_rate_per_agent=0, send_rate_per_tenant=0, ticket_rate_per_agent=0, ticket_rate_per_tenant=0)
     base.update(overrides)
     return ApiSettings(**base)
 

@@ -124,7 +124,7 @@ CLOSE_CODES = {
     4401: "authentication: get a fresh token, then reconnect",
     4403: "origin not allowed: this page's origin is not in the gateway's allow-list (do not retry)",
     4409: "cursor no longer retained: reload over HTTP, reconnect with its stream_cursor",
-    4429: "too slow: reconnect with your cursor, after a pause",
+    4429: "too slow, too many frames, or too many sockets: reconnect with your cursor, after a pause",
 }
 
 

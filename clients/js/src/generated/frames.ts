@@ -225,6 +225,6 @@ export const CLOSE_CODES = {
   "4403": 4403,
   /** cursor no longer retained: reload over HTTP, reconnect with its stream_cursor */
   "4409": 4409,
-  /** too slow: reconnect with your cursor, after a pause */
+  /** too slow, too many frames, or too many sockets: reconnect with your cursor, after a pause */
   "4429": 4429,
 } as const;

@@ -72,6 +72,16 @@ class DeliverySettings(CommonSettings):
     max_unacked: int = 5_000
     # Live-only frames (presence, typing) waiting for one connection; more means it is too slow.
     live_buffer: int = 256
+    # Frames a client may send (ack, typing, idle, active), per agent (all its sockets here) and
+    # per tenant, as token buckets (`rate` per second, `burst` at once; 0 = unlimited), counted by
+    # each gateway: past either the socket is closed 4429. A well-behaved client acks at most once
+    # per server message, and what it is sent is bounded by its tenant's send limit.
+    client_frame_rate_per_agent: float = 50.0
+    client_frame_burst_per_agent: float = 200.0
+    client_frame_rate_per_tenant: float = 5000.0
+    client_frame_burst_per_tenant: float = 10000.0
+    # Callers remembered per limit (least recently used forgotten first): bounds the memory.
+    rate_limit_max_keys: int = 100_000
     # Closing handshake with a client that does not answer: give up after this long.
     close_timeout_s: float = 2.0
     # Ticket ids are kept this long after the ticket expires (TTL), so a replay stays refused.

@@ -28,6 +28,7 @@ from .assistance import Assistance
 from .committer import Committer
 from .directory import Directory
 from .errors import install_error_handlers
+from .limits import RateLimits
 from .handlers.assistance import assistance_subscription
 from .metrics import DEAD_LETTERED
 from .outbox import Relay, UnitOfWork
@@ -84,7 +85,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         uow = UnitOfWork(client, store, settings, on_commit=relay.wake)
         committer = Committer(uow, store, settings.commit_batch_max)
         conversations = Conversations(store, uow, committer, settings)
-        app.state.services = Services(settings, store, verifier, Directory(store, uow, presence), conversations)
+        app.state.services = Services(settings, store, verifier, Directory(store, uow, presence), conversations,
+                                       RateLimits.from_settings(settings))
         app.state.relay, app.state.committer, app.state.presence = relay, committer, presence
         tasks = [asyncio.create_task(committer.run(), name="committer"),
                  asyncio.create_task(relay.run(), name="outbox-relay"),

@@ -20,3 +20,4 @@ OUTBOX_OLDEST_AGE = Gauge("im_api_outbox_oldest_age_seconds",
                           "Age of the oldest unsent outbox record in the shards this process holds")
 OUTBOX_SHARDS_HELD = Gauge("im_api_outbox_shards_held", "Outbox shards this process's relay holds a lease on")
 DEAD_LETTERED = Counter("im_api_dead_letters_total", "Records dead-lettered", ["topic", "reason"])
+RATE_LIMITED = Counter("im_api_rate_limited_total", "Requests refused by a rate limit (429)", ["what"])

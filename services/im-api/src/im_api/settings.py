@@ -28,6 +28,21 @@ class ApiSettings(CommonSettings):
     # is written, so no outbox record is ever too large to publish. Keep it at or below the
     # topics' max.message.bytes and the producer's max_request_size (both 1 MiB by default).
     max_record_bytes: int = 1_000_000
+    # Rate limits (token buckets: `rate` per second sustained, `burst` at once; 0 = unlimited),
+    # counted by each im-api process. Sends are posts and thread starts. An agent types a message
+    # every few seconds at most; a tenant's limit keeps one tenant below what the stack serves,
+    # so the others are not slowed (README, Operating: Limits).
+    send_rate_per_agent: float = 5.0
+    send_burst_per_agent: float = 20.0
+    send_rate_per_tenant: float = 50.0
+    send_burst_per_tenant: float = 200.0
+    # A ticket opens one WebSocket: a console needs one per (re)connect.
+    ticket_rate_per_agent: float = 1.0
+    ticket_burst_per_agent: float = 10.0
+    ticket_rate_per_tenant: float = 50.0
+    ticket_burst_per_tenant: float = 200.0
+    # Callers remembered per limit (least recently used forgotten first): bounds the memory.
+    rate_limit_max_keys: int = 100_000
     # Group commit: at most this many sends in one MongoDB transaction (bounds txn size).
     commit_batch_max: int = 256
     # Outbox relay: 16 shards lets up to 16 im-api processes share publishing.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import defaultdict
 
@@ -22,6 +23,7 @@ from im_contracts.events import (
     Typing,
 )
 from im_runtime.logs import log
+from im_runtime.ratelimit import Buckets, Limit, take
 from im_runtime.shutdown import raise_if_cancelled
 from prometheus_client import Gauge
 
@@ -46,6 +48,17 @@ class Hub:
         self.gateway_id = settings.gateway_id
         self.epoch = uuid.uuid4().hex  # a new boot: presence expires the previous epoch's connections
         self.by_agent: dict[tuple[str, str], set[StreamConnection]] = defaultdict(set)
+        s = settings
+        self.frames_per_agent = Buckets(Limit(s.client_frame_rate_per_agent, s.client_frame_burst_per_agent),
+                                        max_keys=s.rate_limit_max_keys)
+        self.frames_per_tenant = Buckets(Limit(s.client_frame_rate_per_tenant, s.client_frame_burst_per_tenant),
+                                         max_keys=s.rate_limit_max_keys)
+        self.clock = time.monotonic
+
+    def frame_allowed(self, conn: StreamConnection) -> bool:
+        """One client frame within its agent's and tenant's frame rate on this gateway."""
+        checks = [(self.frames_per_agent, (conn.tenant_id, conn.agent_id)), (self.frames_per_tenant, conn.tenant_id)]
+        return take(checks, self.clock()) == 0.0
 
     def add(self, conn: StreamConnection) -> None:
         self.by_agent[(conn.tenant_id, conn.agent_id)].add(conn)

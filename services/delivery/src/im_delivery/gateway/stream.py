@@ -14,16 +14,28 @@ from dataclasses import dataclass
 from fastapi import APIRouter, WebSocket
 from im_runtime.auth import AuthError, TokenVerifier
 from im_runtime.logs import log
+from prometheus_client import Counter
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from ..settings import DeliverySettings
 from ..store import QueueStore
 from ..worker.projections import agent_is_active
-from .connection import CLOSE_AUTH, CLOSE_NOT_RETAINED, CLOSE_ORIGIN, CLOSE_RESTART, CloseConnection, StreamConnection
+from .connection import (
+    CLOSE_AUTH,
+    CLOSE_NOT_RETAINED,
+    CLOSE_ORIGIN,
+    CLOSE_RESTART,
+    CLOSE_TOO_SLOW,
+    CloseConnection,
+    StreamConnection,
+)
 from .hub import Hub
 
 logger = logging.getLogger("im_delivery.stream")
+
+FRAMES_LIMITED = Counter("im_delivery_client_frames_limited_total",
+                         "Sockets closed 4429 for sending frames above their agent's or tenant's rate")
 
 SUBPROTOCOL = "im.v1"
 CLOSE_BAD_REQUEST = 4400
@@ -214,6 +226,10 @@ async def read_client(conn: StreamConnection, hub: Hub, store: QueueStore) -> No
         except (RuntimeError, OSError):
             return  # the gateway closed the socket meanwhile
         if message["type"] == "websocket.disconnect":
+            return
+        if not hub.frame_allowed(conn):
+            FRAMES_LIMITED.inc()
+            await conn.close(CLOSE_TOO_SLOW, "too many frames")
             return
         frame = read_frame(message.get("text") or message.get("bytes") or b"")
         if frame is None:

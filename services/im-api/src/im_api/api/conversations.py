@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 
 from ..errors import NotFound
-from .deps import ConversationsDep, CurrentPrincipal, ServicesDep
+from .deps import ConversationsDep, CurrentPrincipal, Sender, ServicesDep
 from .schemas import (
     Conversation,
     ConversationPage,
@@ -37,8 +37,8 @@ def known_shape(conversation_id: str) -> str:
 @router.post("", response_model=Conversation, status_code=201,
              summary="Start an IM (or get the thread this set of agents already started: 200)",
              responses={200: {"model": Conversation, "description": "The existing thread"},
-                        **errors_doc(400, 401, 409, 413, 422)})
-async def start_conversation(body: ConversationStart, principal: CurrentPrincipal, response: Response,
+                        **errors_doc(400, 401, 409, 413, 422, 429)})
+async def start_conversation(body: ConversationStart, principal: Sender, response: Response,
                              conversations: ConversationsDep) -> dict:
     view, created = await conversations.start(
         principal.tenant_id, principal.agent_id, body.participant_ids,
@@ -83,8 +83,8 @@ async def history(
 
 @router.post("/{conversation_id}/messages", response_model=Message, status_code=201, summary="Post a message",
              responses={200: {"model": Message, "description": "A retry: the original message"},
-                        **errors_doc(400, 401, 404, 409, 413, 422)})
-async def post_message(conversation_id: ConversationPath, body: MessagePost, principal: CurrentPrincipal,
+                        **errors_doc(400, 401, 404, 409, 413, 422, 429)})
+async def post_message(conversation_id: ConversationPath, body: MessagePost, principal: Sender,
                        response: Response, conversations: ConversationsDep) -> dict:
     message, created = await conversations.post(principal.tenant_id, principal.agent_id,
                                                  known_shape(conversation_id), body.body, body.client_msg_id)

@@ -11,6 +11,7 @@ from im_runtime.auth import AuthError, Principal, TokenVerifier
 
 from ..directory import Directory
 from ..errors import Forbidden, Unauthorized
+from ..limits import RateLimits
 from ..service import Conversations
 from ..settings import ApiSettings
 from ..store import Store
@@ -27,6 +28,7 @@ class Services:
     verifier: TokenVerifier
     directory: Directory
     conversations: Conversations
+    limits: RateLimits
 
 
 def services(request: Request) -> Services:
@@ -60,6 +62,21 @@ async def current_principal(request: Request, svc: ServicesDep) -> Principal:
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+async def sender(principal: CurrentPrincipal, svc: ServicesDep) -> Principal:
+    """The caller, once a send is within its agent's and tenant's rate limits (else 429)."""
+    svc.limits.send(principal)
+    return principal
+
+
+async def ticket_minter(principal: CurrentPrincipal, svc: ServicesDep) -> Principal:
+    svc.limits.ticket(principal)
+    return principal
+
+
+Sender = Annotated[Principal, Depends(sender)]
+TicketMinter = Annotated[Principal, Depends(ticket_minter)]
 
 
 async def directory_admin(principal: CurrentPrincipal) -> Principal:

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Path
 
-from .deps import ConversationsDep, CurrentPrincipal, ServicesDep
+from .deps import ConversationsDep, CurrentPrincipal, ServicesDep, TicketMinter
 from .schemas import RelatedConversations, Ticket, TicketRequest, Unread, errors_doc
 
 router = APIRouter(tags=["me"])
@@ -30,8 +30,8 @@ async def related(related_type: Literal["ticket", "chat"],
 
 
 @router.post("/v1/stream/tickets", response_model=Ticket, status_code=201,
-             summary="A single-use ticket for one WebSocket connect", responses=errors_doc(400, 401, 413, 422))
-async def stream_ticket(body: TicketRequest, principal: CurrentPrincipal, svc: ServicesDep) -> dict:
+             summary="A single-use ticket for one WebSocket connect", responses=errors_doc(400, 401, 413, 422, 429))
+async def stream_ticket(body: TicketRequest, principal: TicketMinter, svc: ServicesDep) -> dict:
     token, ticket = svc.verifier.mint_ticket(principal, body.device_id, svc.settings.ticket_ttl_s)
     return {"ticket": token, "url": f"{svc.settings.stream_public_url}?ticket={quote(token)}",
             "expires_at": datetime.fromtimestamp(ticket.expires_at, UTC)}
