@@ -32,6 +32,22 @@ async def test_the_socket_closes_4401_when_its_token_expires_or_the_agent_is_dea
     await still.close()
 
 
+async def test_a_deactivation_whose_signal_was_missed_still_closes_the_socket(
+        stack, outbox, tokens, mongo, mongo_db_name):
+    """The directory projection says ana is deactivated but no auth.revoked signal ever reaches the
+    gateway (as when its signal reader was restarting): its own periodic check closes the socket,
+    and only hers."""
+    await stack.start_worker()
+    gw = await stack.start_gateway(IM_DELIVERY_REVOCATION_CHECK_S="0.5")
+    ana = await StreamClient.connect(gw.url, tokens.ticket("ana"), name="ana")
+    ben = await StreamClient.connect(gw.url, tokens.ticket("ben"), name="ben")
+    await mongo[mongo_db_name]["delivery_agents"].update_one({"tenant_id": TENANT, "agent_id": "ana"},
+                                                             {"$set": {"active": False}})
+    assert await ana.closed_with(timeout=15) == 4401
+    assert ben.close_code is None
+    await ben.close()
+
+
 async def test_a_browser_page_from_an_origin_not_allowed_is_closed_4403(stack, outbox, tokens):
     await stack.start_worker()
     gw = await stack.start_gateway(IM_DELIVERY_ALLOWED_ORIGINS="https://desk.example, http://127.0.0.1:8000")
@@ -304,3 +320,74 @@ async def test_a_tenant_past_its_frame_rate_is_closed_4429(stack, outbox, tokens
     assert await ana.closed_with() == 4429
     await cy.send({"type": "typing", "conversation_id": cid})
     assert await cy.closed_with() == 4429
+
+
+async def test_sockets_past_the_agents_or_the_gateways_cap_are_closed_4429(stack, outbox, tokens):
+    await stack.start_worker()
+    gw = await stack.start_gateway(IM_DELIVERY_MAX_CONNECTIONS_PER_AGENT="2", IM_DELIVERY_MAX_CONNECTIONS="3")
+    await outbox.start_conversation(["ana", "ben", "cy"])
+    # A socket counts once it is set up (its replay came): the handshake completes before that.
+    ana = [await StreamClient.connect(gw.url, tokens.ticket("ana", f"tab-{i}"), name=f"ana-{i}") for i in (1, 2)]
+    await eventually(lambda: all(a.queued for a in ana))
+    third = await StreamClient.connect(gw.url, tokens.ticket("ana", "tab-3"), name="ana-3")
+    assert await third.closed_with() == 4429, "the agent's third socket"
+    ben = await StreamClient.connect(gw.url, tokens.ticket("ben"), name="ben")
+    await eventually(lambda: ben.queued)
+    cy = await StreamClient.connect(gw.url, tokens.ticket("cy"), name="cy")
+    assert await cy.closed_with() == 4429, "the gateway's fourth socket"
+    assert ben.close_code is None and all(a.close_code is None for a in ana)
+    await ana[0].close()
+
+    async def cy_gets_in() -> bool:  # once the gateway has let ana's socket go
+        client = await StreamClient.connect(gw.url, tokens.ticket("cy"), name="cy")
+        try:
+            await eventually(lambda: client.queued or client.task.done(), timeout=10)
+            return bool(client.queued) and client.close_code is None
+        finally:
+            await client.ws.close()
+
+    await eventually(cy_gets_in, timeout=15, message="a freed place was never given again")
+    for client in (ana[1], ben):
+        await client.close()
+
+
+async def test_an_agents_devices_are_capped_and_an_unused_device_expires_and_pins_nothing(
+        stack, outbox, tokens, mongo, mongo_db_name):
+    """Three devices at most: a fourth forgets the least recently used. A device silent past the
+    expiry is forgotten by the pruning job, and the entries it never acknowledged are then pruned
+    (retention 0 here) instead of waiting for the queue's hard cap."""
+    await stack.start_worker(IM_DELIVERY_RETENTION_S="0", IM_DELIVERY_DEVICE_EXPIRY_S="3600",
+                             IM_DELIVERY_MAX_DEVICES_PER_AGENT="3")
+    gw = await stack.start_gateway(IM_DELIVERY_MAX_DEVICES_PER_AGENT="3")
+    db = mongo[mongo_db_name]
+    devices, heads = db["delivery_devices"], db["delivery_heads"]
+    cid = await outbox.start_conversation(["ana", "ben"])
+    for device in ("old-laptop", "phone", "desk"):
+        client = await StreamClient.connect(gw.url, tokens.ticket("ana", device), name=device)
+        await eventually(lambda: client.queued)
+        await client.close()
+
+    async def ana_devices() -> list[str]:
+        return sorted([d["device_id"] async for d in devices.find({"tenant_id": TENANT, "agent_id": "ana"})])
+
+    assert await ana_devices() == ["desk", "old-laptop", "phone"]
+    # old-laptop is the least recently used: it acknowledged nothing since, the others did.
+    await devices.update_one({"tenant_id": TENANT, "agent_id": "ana", "device_id": "old-laptop"},
+                             {"$set": {"updated_at": datetime(2026, 1, 1, tzinfo=UTC)}})
+    tablet = await StreamClient.connect(gw.url, tokens.ticket("ana", "tablet"), name="tablet")
+    await eventually(lambda: tablet.queued)
+    assert await ana_devices() == ["desk", "phone", "tablet"]
+
+    # "phone" is abandoned: last heard from beyond the expiry, at cursor 0.
+    await devices.update_one({"tenant_id": TENANT, "agent_id": "ana", "device_id": "phone"},
+                             {"$set": {"updated_at": datetime(2026, 1, 1, tzinfo=UTC), "cursor": 0}})
+    await outbox.post(cid, "ben", 3)
+    await eventually(lambda: tablet.cursor >= 7)
+    await tablet.ack()
+    desk = await StreamClient.connect(gw.url, tokens.ticket("ana", "desk"), name="desk")
+    await eventually(lambda: desk.cursor >= 7)
+    await desk.ack()
+    await eventually(lambda: _pruned_through(heads, "ana", 7), message="the abandoned device still pins the queue")
+    assert await ana_devices() == ["desk", "tablet"]
+    for client in (tablet, desk):
+        await client.close()

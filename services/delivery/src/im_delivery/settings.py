@@ -57,12 +57,19 @@ class DeliverySettings(CommonSettings):
     retention_s: float = 7 * 24 * 3600.0
     # An agent's queue never holds more than this; older entries go and their devices get 4409.
     queue_cap: int = 100_000
+    # A device that has not acknowledged anything for this long is forgotten by the pruning job,
+    # so an abandoned browser no longer holds its agent's queue back until the cap; twice the
+    # retention, so a device away for a holiday still catches up.
+    device_expiry_s: float = 14 * 24 * 3600.0
 
     # --- gateway ---
     # GatewayHeartbeat period (brief-interfaces #7): presence expires a silent gateway after a few.
     heartbeat_s: float = 3.0
     # A missed signal costs at most this much latency: every connection re-reads its queue then.
     safety_poll_s: float = 2.0
+    # A deactivated agent's sockets close at once on the live signal; when that was missed, the
+    # gateway's own check of the directory projection closes them within this long.
+    revocation_check_s: float = 5.0
     # Entries per replay read / batch frame: bounds memory per connection while catching up.
     replay_batch: int = 200
     # A client that cannot take one frame (or batch) within this long is too slow: closed 4429.
@@ -82,6 +89,14 @@ class DeliverySettings(CommonSettings):
     client_frame_burst_per_tenant: float = 10000.0
     # Callers remembered per limit (least recently used forgotten first): bounds the memory.
     rate_limit_max_keys: int = 100_000
+    # Sockets one gateway holds, and one agent holds on one gateway (a console per tab and device):
+    # past either, a new socket is closed 4429 (the client comes back after a pause).
+    max_connections: int = 20_000
+    max_connections_per_agent: int = 10
+    # Devices remembered per agent (each pins the queue entries it has not acknowledged): a new
+    # device past this forgets the agent's least recently used one, which starts afresh if it
+    # comes back (after the agent's latest acknowledgement, like any new device).
+    max_devices_per_agent: int = 20
     # Closing handshake with a client that does not answer: give up after this long.
     close_timeout_s: float = 2.0
     # Ticket ids are kept this long after the ticket expires (TTL), so a replay stays refused.

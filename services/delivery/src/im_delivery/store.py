@@ -100,6 +100,7 @@ class QueueStore:
         )
         await self.heads.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING)])
         await self.devices.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING), ("cursor", DESCENDING)])
+        await self.devices.create_index([("updated_at", ASCENDING)])  # the pruning job's expiry
         await self.connections.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING)])
         await self.connections.create_index([("tenant_id", ASCENDING), ("gateway_id", ASCENDING)])
         await self.tickets.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
@@ -204,6 +205,21 @@ class QueueStore:
         """Every device of the agent and its acknowledged cursor (an agent has a few devices)."""
         found = self.devices.find({"tenant_id": tenant_id, "agent_id": agent_id}, {"device_id": 1, "cursor": 1})
         return {doc["device_id"]: int(doc["cursor"]) async for doc in found}
+
+    async def forget_devices(self, tenant_id: str, agent_id: str, keep: int) -> list[str]:
+        """Forgets all but the agent's `keep` most recently acknowledging devices; their ids."""
+        found = self.devices.find({"tenant_id": tenant_id, "agent_id": agent_id}, {"device_id": 1, "updated_at": 1})
+        docs = sorted([d async for d in found], key=lambda d: d.get("updated_at") or datetime.min.replace(tzinfo=UTC),
+                      reverse=True)
+        old = docs[keep:]
+        if old:
+            await self.devices.delete_many({"_id": {"$in": [d["_id"] for d in old]}, "tenant_id": tenant_id})
+        return [d["device_id"] for d in old]
+
+    async def expire_devices(self, unused_for_s: float) -> int:
+        """The maintenance job: forgets every device (of any tenant) silent for `unused_for_s`."""
+        cutoff = utcnow() - timedelta(seconds=unused_for_s)
+        return (await self.devices.delete_many({"updated_at": {"$lt": cutoff}})).deleted_count
 
     async def acknowledge(self, tenant_id: str, agent_id: str, device_id: str, cursor: int) -> None:
         """Moves the device's cursor forward only ($max); creates the device on first sight."""

@@ -43,7 +43,8 @@ def create_app(settings: DeliverySettings) -> FastAPI:
         await start_with_retry(signals.start, "delivery signals", settings)
         background = [asyncio.create_task(signals.run_forever(hub.wake_all), name="signals"),
                       asyncio.create_task(hub.heartbeat_forever(), name="heartbeat"),
-                      asyncio.create_task(hub.safety_poll_forever(), name="safety-poll")]
+                      asyncio.create_task(hub.safety_poll_forever(), name="safety-poll"),
+                      asyncio.create_task(hub.revocation_check_forever(db), name="revocation-check")]
         app.include_router(stream_router(hub, store, db, verifier, settings))
 
         async def signals_ok() -> bool:

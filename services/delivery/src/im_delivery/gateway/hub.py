@@ -23,9 +23,11 @@ from im_contracts.events import (
     Typing,
 )
 from im_runtime.logs import log
+from im_runtime.mongo import compound_id
 from im_runtime.ratelimit import Buckets, Limit, take
 from im_runtime.shutdown import raise_if_cancelled
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
+from pymongo.asynchronous.database import AsyncDatabase
 
 from ..settings import DeliverySettings
 from ..store import QueueStore
@@ -34,6 +36,8 @@ from .connection import CLOSE_AUTH, CLOSE_RESTART, StreamConnection
 logger = logging.getLogger("im_delivery.hub")
 
 OPEN = Gauge("im_delivery_connections_open", "WebSocket connections open on this gateway")
+REVOKED_BY_CHECK = Counter("im_delivery_revocations_by_check_total",
+                           "Sockets of deactivated agents closed by the periodic check (the signal was missed)")
 
 CONNECTION_EVENTS = {
     "opened": ConnectionOpened, "closed": ConnectionClosed, "idle": ConnectionIdle, "active": ConnectionActive,
@@ -48,6 +52,7 @@ class Hub:
         self.gateway_id = settings.gateway_id
         self.epoch = uuid.uuid4().hex  # a new boot: presence expires the previous epoch's connections
         self.by_agent: dict[tuple[str, str], set[StreamConnection]] = defaultdict(set)
+        self.open = 0
         s = settings
         self.frames_per_agent = Buckets(Limit(s.client_frame_rate_per_agent, s.client_frame_burst_per_agent),
                                         max_keys=s.rate_limit_max_keys)
@@ -60,14 +65,24 @@ class Hub:
         checks = [(self.frames_per_agent, (conn.tenant_id, conn.agent_id)), (self.frames_per_tenant, conn.tenant_id)]
         return take(checks, self.clock()) == 0.0
 
+    def too_many(self, tenant_id: str, agent_id: str) -> str | None:
+        """Why one more socket of this agent would be one too many here (None: it is welcome)."""
+        if self.open >= self.settings.max_connections:
+            return "too many sockets on this gateway"
+        if len(self.by_agent.get((tenant_id, agent_id), ())) >= self.settings.max_connections_per_agent:
+            return "too many sockets for this agent"
+        return None
+
     def add(self, conn: StreamConnection) -> None:
         self.by_agent[(conn.tenant_id, conn.agent_id)].add(conn)
+        self.open += 1
         OPEN.inc()
 
     def remove(self, conn: StreamConnection) -> None:
         held = self.by_agent.get((conn.tenant_id, conn.agent_id))
         if held is not None and conn in held:
             held.discard(conn)
+            self.open -= 1
             OPEN.dec()
             if not held:
                 del self.by_agent[(conn.tenant_id, conn.agent_id)]
@@ -141,6 +156,33 @@ class Hub:
                     for conn in list(self.by_agent.get((tenant_id, agent_id), ())):
                         if moved > conn.last_sent:
                             conn.safety_poll()
+
+    async def revocation_check_forever(self, db: AsyncDatabase) -> None:
+        """Every revocation_check_s: closes the sockets of agents the directory projection says are
+        deactivated. The live auth.revoked signal closes them at once; this is the bound when it
+        is missed (a restarting signal reader, a socket registered just after its lookup)."""
+        while True:
+            raise_if_cancelled()
+            await asyncio.sleep(self.settings.revocation_check_s)
+            try:
+                await self.check_revocations(db)
+            except Exception as exc:  # noqa: BLE001 - MongoDB away: the next round tries again
+                log(logger, logging.WARNING, "revocation check failed", error=type(exc).__name__)
+
+    async def check_revocations(self, db: AsyncDatabase) -> None:
+        """One indexed read per tenant per 1,000 agents held here, returning only the deactivated."""
+        by_tenant: dict[str, list[str]] = defaultdict(list)
+        for tenant_id, agent_id in list(self.by_agent):
+            by_tenant[tenant_id].append(agent_id)
+        for tenant_id, agent_ids in by_tenant.items():
+            for i in range(0, len(agent_ids), 1000):
+                ids = [compound_id(tenant_id, a) for a in agent_ids[i:i + 1000]]
+                found = db["delivery_agents"].find({"_id": {"$in": ids}, "tenant_id": tenant_id, "active": False},
+                                                   {"agent_id": 1})
+                async for doc in found:
+                    for conn in list(self.by_agent.get((tenant_id, doc["agent_id"]), ())):
+                        REVOKED_BY_CHECK.inc()
+                        conn.close_soon(CLOSE_AUTH, "agent deactivated")
 
     async def heartbeat_forever(self) -> None:
         while True:

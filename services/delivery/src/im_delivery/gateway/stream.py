@@ -102,6 +102,13 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
             await websocket.close(CLOSE_BAD_REQUEST, "cursor must be a non-negative integer")
             return
 
+        full = hub.too_many(caller.tenant_id, caller.agent_id)
+        if full:
+            log(logger, logging.WARNING, "stream refused", reason=full, tenant_id=caller.tenant_id,
+                agent_id=caller.agent_id)
+            await websocket.close(CLOSE_TOO_SLOW, full)
+            return
+
         conn = StreamConnection(uuid.uuid4().hex, caller.tenant_id, caller.agent_id, caller.device_id,
                                 websocket, store, settings)
         # Registered before the replay is read: a signal for an entry appended meanwhile finds us.
@@ -111,10 +118,17 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
             await store.register(conn.connection_id, conn.tenant_id, conn.agent_id, conn.device_id,
                                  hub.gateway_id, hub.epoch)
             try:
-                conn.last_sent, known = await resume(store, caller, asked)
+                conn.last_sent, known, devices = await resume(store, caller, asked)
             except CloseConnection as close:
                 await conn.close(close.code, close.reason)
                 return
+            if not known and devices >= settings.max_devices_per_agent:
+                # Room for this new device: the least recently used ones are forgotten (the
+                # pruning job also enforces the cap, for devices that arrive with ?cursor=).
+                forgotten = await store.forget_devices(conn.tenant_id, conn.agent_id,
+                                                       keep=settings.max_devices_per_agent - 1)
+                log(logger, logging.INFO, "devices forgotten", tenant_id=conn.tenant_id, agent_id=conn.agent_id,
+                    devices=len(forgotten))
             if not known:  # the device is known from now on (pruning waits for its acks)
                 await store.acknowledge(conn.tenant_id, conn.agent_id, conn.device_id, conn.last_sent)
             await hub.connection_event("opened", conn)
@@ -173,8 +187,9 @@ async def require_active_agent(db: AsyncDatabase, caller: Caller, settings: Deli
         await asyncio.sleep(settings.unknown_agent_poll_s)
 
 
-async def resume(store: QueueStore, caller: Caller, asked: int | None) -> tuple[int, bool]:
-    """Where the replay starts, and whether the device's record already says so (no write needed).
+async def resume(store: QueueStore, caller: Caller, asked: int | None) -> tuple[int, bool, int]:
+    """Where the replay starts, whether the device's record already says so (no write needed), and
+    how many devices the agent has (0 when not read: an asked cursor needs no device).
 
     API.md: the asked cursor; else this device's last ack; else the agent's latest ack on any
     device; else the start of the retained queue. Two reads (the head, the agent's devices) for
@@ -188,12 +203,14 @@ async def resume(store: QueueStore, caller: Caller, asked: int | None) -> tuple[
     head = await store.head(caller.tenant_id, caller.agent_id)
     retained = int(head.get("pruned_through", 0))
     known = False
+    count = 0
     if asked is not None:
         if asked > int(head.get("cursor", 0)):
             raise CloseConnection(CLOSE_NOT_RETAINED, "cursor beyond the queue head")
         cursor = asked
     else:
         devices = await store.device_cursors(caller.tenant_id, caller.agent_id)
+        count = len(devices)
         own = devices.get(caller.device_id)
         if own is not None:
             cursor, known = own, True
@@ -201,7 +218,7 @@ async def resume(store: QueueStore, caller: Caller, asked: int | None) -> tuple[
             cursor = max(max(devices.values(), default=0), retained)
     if cursor < retained:
         raise CloseConnection(CLOSE_NOT_RETAINED, "cursor no longer retained")
-    return cursor, known
+    return cursor, known, count
 
 
 def read_frame(raw: str | bytes) -> dict | None:

@@ -15,7 +15,7 @@ from prometheus_client import Counter
 from pymongo import ASCENDING, DESCENDING
 
 from ..settings import DeliverySettings
-from ..store import QueueStore, utcnow
+from ..store import QueueStore, device_doc_id, utcnow
 from .fanout import FanOut
 
 logger = logging.getLogger("im_delivery.pruning")
@@ -45,12 +45,21 @@ class Pruning:
                     log(logger, logging.WARNING, "pruning sweep skipped", error=type(exc).__name__)
 
     async def sweep(self) -> None:
+        # One command for every tenant: a device silent past the expiry pins nothing any more.
+        expired = await self.store.expire_devices(self.settings.device_expiry_s)
+        if expired:
+            log(logger, logging.INFO, "unused devices forgotten", devices=expired)
         async for head in self.store.heads.find({}, {"tenant_id": 1, "agent_id": 1}):
             await self.prune_agent(head["tenant_id"], head["agent_id"])
 
     async def prune_agent(self, tenant_id: str, agent_id: str) -> None:
         scope = {"tenant_id": tenant_id, "agent_id": agent_id}
-        acks = [d["cursor"] async for d in self.store.devices.find(scope, {"cursor": 1})]
+        devices = [d async for d in self.store.devices.find(scope, {"cursor": 1, "updated_at": 1})]
+        cap = self.settings.max_devices_per_agent
+        if len(devices) > cap:  # devices that came with ?cursor= are not counted at connect
+            forgotten = set(await self.store.forget_devices(tenant_id, agent_id, keep=cap))
+            devices = [d for d in devices if d["_id"] not in {device_doc_id(tenant_id, agent_id, f) for f in forgotten}]
+        acks = [d["cursor"] for d in devices]
         if acks:
             cutoff = utcnow() - timedelta(seconds=self.settings.retention_s)
             await self._delete_through(scope, {"cursor": {"$lte": min(acks)}, "created_at": {"$lt": cutoff}},
