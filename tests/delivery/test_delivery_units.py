@@ -28,3 +28,18 @@ def test_the_conversation_frame_carries_the_newest_last_message_known():
     assert frame["type"] == "conversation.updated"
     assert frame["conversation"]["last_seq"] == 7 and frame["conversation"]["last_message"] == {"seq": 7}
     assert conversation_frame({**projection, "last_seq": 0, "last_message": None})["conversation"]["last_seq"] == 0
+
+
+def test_a_gateway_heartbeat_stays_small_at_any_socket_count():
+    # 100,000 sockets: the beat that listed their ids was ~3.6 MB, above Kafka's 1 MiB record limit.
+    from im_delivery.gateway.connection import StreamConnection
+    from im_delivery.gateway.hub import Hub
+    from im_delivery.settings import DeliverySettings
+
+    hub = Hub(DeliverySettings(gateway_id="gw-1"), producer=None, store=None)
+    for i in range(100_000):
+        hub.add(StreamConnection(f"{i:032x}", "acme", f"agent-{i}", "laptop", websocket=None, store=None,
+                                 settings=hub.settings))
+    beat = hub.beat(len(hub.connections()))
+    assert beat.connection_count == 100_000
+    assert len(beat.to_bytes()) < 1024
