@@ -288,3 +288,31 @@ async def test_a_signalled_range_that_was_pruned_meanwhile_closes_4409_instead_o
     conn.signal(10)
     await eventually(lambda: conn._pump is None and conn.closing is not None, timeout=10)
     assert socket.closed == 4409 and socket.sent == []
+
+
+async def test_a_presence_change_reads_a_bounded_number_of_threads_of_an_agent_in_twenty_thousand(
+    mongo_uri, mongo_db_name
+):
+    """co_participants (who gets an agent's presence change) over an agent in 20,000 threads, each
+    with a partner of its own: it reads the most recently active threads only, and its answer is
+    capped, so one presence change costs the same whatever the agent's history."""
+    from datetime import UTC, datetime, timedelta
+
+    from support.reads import Reads
+
+    reads = Reads()
+    client = AsyncMongoClient(mongo_uri, event_listeners=[reads], tz_aware=True)
+    try:
+        projections = Projections(client[mongo_db_name])
+        await projections.ensure_indexes()
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        await projections.conversations.insert_many([
+            {"_id": f"c{i}", "tenant_id": "acme", "conversation_id": f"c{i}", "participant_ids": ["ana", f"p{i:05d}"],
+             "last_message_at": (start + timedelta(seconds=i)).isoformat()} for i in range(20_000)])
+        with reads.counting():
+            partners = await projections.co_participants("acme", "ana", threads=500, partners=300)
+        assert partners == {f"p{i:05d}" for i in range(19_700, 20_000)}, "the partners of the newest threads"
+        assert reads.docs["delivery_conversations"] <= 500, reads.docs
+    finally:
+        await client.drop_database(mongo_db_name)
+        await client.close()

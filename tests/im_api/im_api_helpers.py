@@ -70,8 +70,8 @@ class Api:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: ApiSettings) -> AsyncIterator[Api]:
-    app = create_app(settings)
+async def running(settings: ApiSettings, **mongo_options: Any) -> AsyncIterator[Api]:
+    app = create_app(settings, mongo_options)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://im-api", timeout=30) as http:

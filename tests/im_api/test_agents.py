@@ -78,6 +78,25 @@ async def test_the_picker_lists_online_then_away_then_offline_by_name_with_filte
         if not cursor:
             break
     assert walked == expected
+
+    # The same walks with a budget of one directory row per request and every group walked by
+    # name (no read by id): pages end early, some empty, and following next_cursor still yields
+    # every agent once, in order, whatever the filters.
+    directory = api.app.state.services.directory
+    directory.scan_max, directory.scan_chunk, directory.by_id_max = 1, 1, 0
+    for query, want in [("", expected), ("&q=vi", ["a5", "a6"]), ("&status=online", ["a2", "a1"]),
+                        ("&status=offline", ["a5", "a6", "a4"])]:
+        walked, cursor, sizes = [], None, []
+        while True:
+            url = "/v1/agents?limit=2" + query + (f"&cursor={cursor}" if cursor else "")
+            page = (await api.http.get(url, headers=api.auth(T, "a1"))).json()
+            walked += [a["id"] for a in page["items"]]
+            sizes.append(len(page["items"]))
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        assert walked == want, query
+        assert 0 in sizes or len(sizes) > len(want) // 2 + 1, f"{query}: the budget never cut a page"
     ready = await api.http.get("/readyz")
     assert ready.json()["checks"]["presence_cache"] is True
 

@@ -259,9 +259,18 @@ export class ConsoleStore extends EventTarget {
   }
 
   async agents(q: string): Promise<ListedAgent[]> {
-    const page = await this.im.http.agents({ q: q || undefined, limit: 100 });
-    for (const a of page.items) this.presence.set(a.id, a.presence.status as PresenceStatus);
-    return page.items.filter((a) => a.id !== this.agentId);
+    // A page may end early when the server's per-request read budget runs out (a large tenant):
+    // follow the cursor a few times so the picker still shows a screenful.
+    const items: ListedAgent[] = [];
+    let cursor: string | undefined;
+    for (let round = 0; round < 5 && items.length < 100; round++) {
+      const page = await this.im.http.agents({ q: q || undefined, limit: 100 - items.length, cursor });
+      items.push(...page.items);
+      if (!page.next_cursor) break;
+      cursor = page.next_cursor;
+    }
+    for (const a of items) this.presence.set(a.id, a.presence.status as PresenceStatus);
+    return items.filter((a) => a.id !== this.agentId);
   }
 
   typingNow(conversationId: string): void {

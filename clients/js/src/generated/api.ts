@@ -610,13 +610,19 @@ export interface components {
         /** Unread */
         Unread: {
             /**
+             * Capped
+             * @description The caller has more threads than were counted. A thread with a new message is always among the counted (it becomes the most recent), so a count misses unread only when more threads than that had activity since the caller last read them.
+             * @default false
+             */
+            capped: boolean;
+            /**
              * Conversations
-             * @description Threads with any unread message.
+             * @description Threads with any unread message, over the same threads.
              */
             conversations: number;
             /**
              * Total
-             * @description Unread messages over every thread.
+             * @description Unread messages over the caller's most recently active threads (1,000 by default: IM_API_UNREAD_SCAN_MAX).
              */
             total: number;
         };

@@ -43,6 +43,12 @@ class DeliverySettings(CommonSettings):
     # missing predecessor before it is delivered anyway: outbox relays publish within seconds.
     hold_back_s: float = 10.0
 
+    # An agent's presence change goes to the partners of its most recently active threads, at
+    # most this many threads and agents: one change costs a bounded read and fan-out however many
+    # threads the agent was ever in (partners of older threads see it when they load the agents).
+    presence_threads_max: int = 500
+    presence_partners_max: int = 2_000
+
     # A gateway silent this long (no GatewayHeartbeat) is gone: its connection registrations are
     # dropped so signals stop going to it. Five default heartbeats: a slow beat is not a death.
     gateway_expiry_s: float = 15.0

@@ -68,7 +68,8 @@ class _GroupJoined:
         return self.joined
 
 
-def create_app(settings: ApiSettings | None = None) -> FastAPI:
+def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any] | None = None) -> FastAPI:
+    """`mongo_options`: more MongoClient options (tests pass command listeners to count reads)."""
     settings = settings or ApiSettings()
     verifier = TokenVerifier(settings)  # refuses to start without a secret or JWKS
     readiness = Readiness(timeout_s=settings.readiness_timeout_s)
@@ -76,7 +77,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client, db = await connect(settings)
+        client, db = await connect(settings, **(mongo_options or {}))
         store = Store(db, outbox_retention_s=settings.outbox_retention_s)
         await store.create_indexes()
         owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -85,8 +86,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         uow = UnitOfWork(client, store, settings, on_commit=relay.wake)
         committer = Committer(uow, store, settings.commit_batch_max)
         conversations = Conversations(store, uow, committer, settings)
-        app.state.services = Services(settings, store, verifier, Directory(store, uow, presence), conversations,
-                                       RateLimits.from_settings(settings))
+        app.state.services = Services(
+            settings, store, verifier, Directory(store, uow, presence, scan_max=settings.agent_list_scan_max),
+            conversations, RateLimits.from_settings(settings))
         app.state.relay, app.state.committer, app.state.presence = relay, committer, presence
         tasks = [asyncio.create_task(committer.run(), name="committer"),
                  asyncio.create_task(relay.run(), name="outbox-relay"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -21,7 +22,7 @@ _PREFIX_END = "\U0010ffff"
 
 class PresenceView(Protocol):
     def get(self, tenant_id: str, agent_id: str) -> tuple[str, datetime | None]: ...
-    def agents_in(self, tenant_id: str, status: str) -> set[str]: ...
+    def members(self, tenant_id: str, status: str) -> Set[str]: ...
 
 
 def agent_view(doc: dict, presence: PresenceView) -> dict[str, Any]:
@@ -36,6 +37,11 @@ class Directory:
     store: Store
     uow: UnitOfWork
     presence: PresenceView
+    # Directory rows one list request may read (its whole cost, whatever the tenant's size).
+    scan_max: int = 2_000
+    scan_chunk: int = 500
+    # An online/away group this small is read by id (one query) rather than walked by name.
+    by_id_max: int = 200
 
     async def upsert(self, tenant_id: str, agent_id: str, display_name: str, email: str | None,
                      role: str) -> dict:
@@ -88,35 +94,55 @@ class Directory:
                    cursor: str | None) -> tuple[list[dict], str | None]:
         """Active agents, online first, then away, then offline, each group by name.
 
-        Online/away come from the presence cache (few per tenant); the offline group is a keyset
-        walk of the name index. Presence may change between pages: an agent can then move group.
+        Every request reads at most `agent_list_scan_max` directory rows, however many agents the
+        tenant has or how many are online: a group is a keyset walk of the name index, keeping the
+        agents the presence cache puts in it (membership is a set lookup, never a `$nin` of every
+        online id). Where the budget runs out the page ends early, and its cursor resumes the walk
+        there: a page may hold fewer than `limit` agents (even none) while `next_cursor` is set.
+        A small online/away group (at most the page's worth of ids) is read by id instead.
+        Presence may change between pages: an agent can then move group.
         """
         pos = cursors.decode(cursor, {"g": int, "n": str, "i": str}) if cursor else None
         prefix = (q or "").casefold()
-        present = {s: self.presence.agents_in(tenant_id, s) for s in ("online", "away")}
+        present = {s: self.presence.members(tenant_id, s) for s in ("online", "away")}
+        budget = [self.scan_max]
         found: list[tuple[int, dict]] = []
+        resume: tuple[int, str, str] | None = None
         for group, name in enumerate(STATUS_ORDER):
             if (status and name != status) or (pos and group < pos["g"]):
                 continue
             after = (pos["n"], pos["i"]) if pos and group == pos["g"] else None
             need = limit + 1 - len(found)
             if name == "offline":
-                docs = await self._offline(tenant_id, prefix, present["online"] | present["away"], after, need)
+                def keep(agent_id: str) -> bool:
+                    return agent_id not in present["online"] and agent_id not in present["away"]
             else:
-                docs = await self._present(tenant_id, prefix, present[name], after, need)
-            found += [(group, d) for d in docs]
+                members = present[name]
+                if not members:
+                    continue
+                if len(members) <= self.by_id_max:
+                    found += [(group, d) for d in await self._present(tenant_id, prefix, set(members), after, need)]
+                    if len(found) > limit:
+                        break
+                    continue
+                keep = members.__contains__
+            rows, stopped = await self._walk(tenant_id, prefix, keep, after, need, budget)
+            found += [(group, d) for d in rows]
             if len(found) > limit:
+                break
+            if stopped is not None:
+                resume = (group, *stopped)
                 break
         next_cursor = None
         if len(found) > limit:
             group, last = found[limit - 1]
             next_cursor = cursors.encode(g=group, n=last["name_lc"], i=last["agent_id"])
+        elif resume is not None:
+            next_cursor = cursors.encode(g=resume[0], n=resume[1], i=resume[2])
         return [agent_view(d, self.presence) for _, d in found[:limit]], next_cursor
 
     async def _present(self, tenant_id: str, prefix: str, ids: set[str], after: tuple[str, str] | None,
                        need: int) -> list[dict]:
-        if not ids:
-            return []
         docs = await self.store.agents_by_id(tenant_id, sorted(ids), active_only=True)
         rows = sorted((d for d in docs.values() if d["name_lc"].startswith(prefix)),
                       key=lambda d: (d["name_lc"], d["agent_id"]))
@@ -124,15 +150,31 @@ class Directory:
             rows = [d for d in rows if (d["name_lc"], d["agent_id"]) > after]
         return rows[:need]
 
-    async def _offline(self, tenant_id: str, prefix: str, exclude: set[str], after: tuple[str, str] | None,
-                       need: int) -> list[dict]:
-        query: dict[str, Any] = {"tenant_id": tenant_id, "active": True}
-        if prefix:
-            query["name_lc"] = {"$gte": prefix, "$lt": prefix + _PREFIX_END}
-        if exclude:
-            query["agent_id"] = {"$nin": sorted(exclude)}
-        if after is not None:
-            name, agent = after
-            query["$or"] = [{"name_lc": {"$gt": name}}, {"name_lc": name, "agent_id": {"$gt": agent}}]
-        cursor = self.store.agents.find(query).sort([("name_lc", 1), ("agent_id", 1)]).limit(need)
-        return await cursor.to_list()
+    async def _walk(self, tenant_id: str, prefix: str, keep: Callable[[str], bool], after: tuple[str, str] | None,
+                    need: int, budget: list[int]) -> tuple[list[dict], tuple[str, str] | None]:
+        """Up to `need` active agents after `after` in name order that `keep` accepts, reading the
+        name index in chunks while `budget` (rows, shared by the request) lasts; and where the walk
+        stopped for want of budget (None: it found `need` or reached the end)."""
+        out: list[dict] = []
+        while budget[0] > 0:
+            chunk = min(self.scan_chunk, budget[0])
+            query: dict[str, Any] = {"tenant_id": tenant_id, "active": True}
+            if prefix:
+                query["name_lc"] = {"$gte": prefix, "$lt": prefix + _PREFIX_END}
+            if after is not None:
+                name, agent = after
+                query["$or"] = [{"name_lc": {"$gt": name}}, {"name_lc": name, "agent_id": {"$gt": agent}}]
+            docs = await (self.store.agents.find(query).sort([("name_lc", 1), ("agent_id", 1)])
+                          .limit(chunk).to_list())
+            budget[0] -= max(1, len(docs))
+            for d in docs:
+                if keep(d["agent_id"]):
+                    out.append(d)
+                    if len(out) >= need:
+                        return out, None
+            if len(docs) < chunk:
+                return out, None
+            after = (docs[-1]["name_lc"], docs[-1]["agent_id"])
+        # Out of budget: resume after the last row read, or at the group's start when none was
+        # ("" sorts before every name: names are never empty).
+        return out, after or ("", "")

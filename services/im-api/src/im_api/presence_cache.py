@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Set
 from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -32,8 +33,10 @@ class PresenceCache:
     def get(self, tenant_id: str, agent_id: str) -> tuple[str, datetime | None]:
         return self._status.get((tenant_id, agent_id), ("offline", None))
 
-    def agents_in(self, tenant_id: str, status: str) -> set[str]:
-        return set(self._by_status.get((tenant_id, status), ()))
+    def members(self, tenant_id: str, status: str) -> Set[str]:
+        """The live set (not a copy: tens of thousands online are not copied per request);
+        callers test membership, and copy before an await if they iterate."""
+        return self._by_status.get((tenant_id, status)) or frozenset()
 
     async def ready(self) -> bool:
         return self._caught_up

@@ -279,10 +279,15 @@ class Conversations:
 
         return await self._retrying(work)
 
-    async def unread(self, tenant_id: str, me: str) -> dict[str, int]:
-        rows = await self.store.unread_rows(tenant_id, me)
-        counts = [max(0, r["last_seq"] - r.get("read", {}).get(read_key(me), 0)) for r in rows]
-        return {"total": sum(counts), "conversations": sum(1 for c in counts if c)}
+    async def unread(self, tenant_id: str, me: str) -> dict[str, Any]:
+        """Over the agent's `unread_scan_max` most recently active threads: a thread with a new
+        message is among them (a message makes its thread the most recent), so only an agent with
+        more threads than that active since their last read can have unread the badge misses —
+        `capped` says the count stopped there."""
+        cap = self.settings.unread_scan_max
+        rows = await self.store.unread_rows(tenant_id, me, cap + 1)
+        counts = [max(0, r["last_seq"] - r.get("read", {}).get(read_key(me), 0)) for r in rows[:cap]]
+        return {"total": sum(counts), "conversations": sum(1 for c in counts if c), "capped": len(rows) > cap}
 
     # --- lists ----------------------------------------------------------------------------
 

@@ -20,6 +20,12 @@ class ApiSettings(CommonSettings):
     # Page sizes: 50 is a screenful of history/threads; 200 bounds one query's work.
     default_page_size: int = 50
     max_page_size: int = 200
+    # Directory rows one GET /v1/agents may read, whatever the tenant's size or how many are
+    # online; a page ends early (next_cursor set) where this runs out.
+    agent_list_scan_max: int = 2_000
+    # Threads the unread badge counts (the agent's most recently active ones), and threads whose
+    # participants receive an agent's presence changes (delivery has its own setting).
+    unread_scan_max: int = 1_000
     # Agents in one thread, at every door (start, add, assistance requests). Every message costs a
     # queue entry per participant and each thread change a record naming them all: unbounded, one
     # thread could outgrow Kafka's record limit and make every message cost thousands of writes.

@@ -184,11 +184,11 @@ class Store:
                       limit: int) -> list[dict]:
         return await self.related_cursor(tenant_id, related_type, related_id, agent_id, limit).to_list()
 
-    async def unread_rows(self, tenant_id: str, agent_id: str) -> list[dict]:
-        cursor = self.conversations.find(
-            {"tenant_id": tenant_id, "participants": agent_id},
-            projection={"last_seq": 1, f"read.{read_key(agent_id)}": 1},
-        )
+    async def unread_rows(self, tenant_id: str, agent_id: str, limit: int) -> list[dict]:
+        """The agent's `limit` most recently active threads (last_seq and the agent's read marker)."""
+        cursor = (self.conversations.find({"tenant_id": tenant_id, "participants": agent_id},
+                                          projection={"last_seq": 1, f"read.{read_key(agent_id)}": 1})
+                  .sort(self.THREAD_ORDER).limit(limit).hint("thread_list"))
         return await cursor.to_list()
 
     async def stream_cursor(self, tenant_id: str, agent_id: str) -> int:

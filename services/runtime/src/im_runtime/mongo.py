@@ -22,9 +22,9 @@ def make_client(settings: CommonSettings, **overrides) -> AsyncMongoClient:
     return AsyncMongoClient(settings.mongo_uri, **options)
 
 
-async def connect(settings: CommonSettings) -> tuple[AsyncMongoClient, AsyncDatabase]:
+async def connect(settings: CommonSettings, **overrides) -> tuple[AsyncMongoClient, AsyncDatabase]:
     """A client whose server answered `ping` (retried at start-up, see start_with_retry)."""
-    client = make_client(settings)
+    client = make_client(settings, **overrides)
 
     async def ping() -> None:
         await client.admin.command("ping")

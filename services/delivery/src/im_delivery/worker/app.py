@@ -41,7 +41,8 @@ def create_app(settings: DeliverySettings) -> FastAPI:
         producer = make_producer(settings)
         await start_with_retry(producer.start, "kafka producer", settings)
         bus = DeliveryBus(producer, settings)  # each consuming task confirms its own records
-        fanout = FanOut(projections, store, bus, settings.hold_back_s, settings.epoch_resweep_s)
+        fanout = FanOut(projections, store, bus, settings.hold_back_s, settings.epoch_resweep_s,
+                        settings.presence_threads_max, settings.presence_partners_max)
         writer = QueueWriter(store, bus)
         # graceful_timeout: on SIGTERM the batch in hand finishes (its records confirmed, its offsets
         # committed) before the consumers leave their groups.

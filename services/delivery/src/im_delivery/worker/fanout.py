@@ -82,8 +82,10 @@ def scope_of(event: Event) -> tuple[str, ...]:
 
 class FanOut:
     def __init__(self, projections: Projections, queue: QueueStore, bus: DeliveryBus, hold_back_s: float,
-                 epoch_resweep_s: float = 60.0) -> None:
+                 epoch_resweep_s: float = 60.0, presence_threads: int = 500, presence_partners: int = 2_000) -> None:
         self.projections = projections
+        self.presence_threads = presence_threads
+        self.presence_partners = presence_partners
         self.queue = queue
         self.bus = bus
         self.hold_back_s = hold_back_s
@@ -181,7 +183,8 @@ class FanOut:
             case AgentPresence():
                 frame = {"type": "presence.changed", "agent_id": event.agent_id, "status": event.status,
                          "last_seen_at": None if event.last_seen_at is None else to_rfc3339(event.last_seen_at)}
-                others = await self.projections.co_participants(event.tenant_id, event.agent_id)
+                others = await self.projections.co_participants(event.tenant_id, event.agent_id,
+                                                                self.presence_threads, self.presence_partners)
                 await self.live(event.tenant_id, sorted(others), frame)
             case GatewayHeartbeat():
                 # The sweep of an earlier boot's registrations scans the gateway's registrations

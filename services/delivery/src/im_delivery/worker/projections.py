@@ -19,7 +19,7 @@ from typing import Any
 from im_contracts.events import AgentChanged, MessagePosted
 from im_contracts.models import ConversationSnapshot
 from im_runtime.mongo import compound_id
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from ..store import utcnow
@@ -51,6 +51,9 @@ class Projections:
 
     async def ensure_indexes(self) -> None:
         await self.conversations.create_index([("tenant_id", ASCENDING), ("participant_ids", ASCENDING)])
+        await self.conversations.create_index(
+            [("tenant_id", ASCENDING), ("participant_ids", ASCENDING), ("last_message_at", DESCENDING)],
+            name="recent_by_participant")
         await self.agents.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING)])
         await self.held.create_index(
             [("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("seq", ASCENDING)]
@@ -138,15 +141,21 @@ class Projections:
             {"$set": {"last_seq": seq - 1}},
         )
 
-    async def co_participants(self, tenant_id: str, agent_id: str) -> set[str]:
-        """Agents who share at least one thread with `agent_id` (presence goes to them)."""
-        found = self.conversations.find(
-            {"tenant_id": tenant_id, "participant_ids": agent_id}, {"participant_ids": 1}
-        )
+    async def co_participants(self, tenant_id: str, agent_id: str, threads: int, partners: int) -> set[str]:
+        """Agents who share a thread with `agent_id` (its presence changes go to them): over its
+        `threads` most recently active threads, at most `partners` of them — one presence change
+        costs a bounded read and fan-out however many threads the agent was ever in (partners of
+        older threads see its presence when they next load the agent list)."""
+        found = (self.conversations.find({"tenant_id": tenant_id, "participant_ids": agent_id},
+                                         {"participant_ids": 1})
+                 .sort("last_message_at", DESCENDING).limit(threads).hint("recent_by_participant"))
         out: set[str] = set()
         async for doc in found:
-            out.update(doc.get("participant_ids", []))
-        out.discard(agent_id)
+            for other in doc.get("participant_ids", []):
+                if other != agent_id and len(out) < partners:
+                    out.add(other)
+            if len(out) >= partners:
+                break
         return out
 
     # --- held-back messages ---------------------------------------------------------------------

@@ -170,8 +170,13 @@ class ReadMarker(Response):
 
 
 class Unread(Response):
-    total: int = Field(description="Unread messages over every thread.")
-    conversations: int = Field(description="Threads with any unread message.")
+    total: int = Field(description="Unread messages over the caller's most recently active threads "
+                                   "(1,000 by default: IM_API_UNREAD_SCAN_MAX).")
+    conversations: int = Field(description="Threads with any unread message, over the same threads.")
+    capped: bool = Field(default=False, description=(
+        "The caller has more threads than were counted. A thread with a new message is always among "
+        "the counted (it becomes the most recent), so a count misses unread only when more threads "
+        "than that had activity since the caller last read them."))
 
 
 # --- stream tickets -------------------------------------------------------------------------
