@@ -70,7 +70,7 @@ async def test_the_walking_path_works_through_the_published_ports(compose_stack)
                    "requested_by": "alice", "agent_ids": ["bob"], "related": {"type": "ticket", "id": "777"},
                    "message": "need help with 777", "event_id": uuid.uuid4().hex, "schema_version": 1,
                    "occurred_at": "2026-01-01T00:00:00.000Z"}
-        service_token = mint(env["IM_JWT_SECRET"], acme.tenant, "ticketing", "service", 300)
+        service_token = mint(env["IM_JWT_SECRET"], acme.tenant, "ticketing", "service", 300, audience="im-kafka")
         subprocess.run(
             ["kcat", "-P", "-b", bootstrap, "-t", "helpdesk.assistance-requests.v1",
              "-k", f"{acme.tenant}:ticket:777", "-H", f"authorization=Bearer {service_token}"],

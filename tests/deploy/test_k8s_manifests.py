@@ -34,7 +34,11 @@ def test_each_service_has_probes_resources_and_its_secret_from_a_secret(name):
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     env = {e["name"]: e for e in container["env"]}
-    assert env["IM_JWT_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "helpdesk-im-secrets"
+    assert "IM_JWT_SECRET" not in env, "production verifies tokens with public keys: nothing can mint one"
+    if name in ("im-api", "delivery-gateway"):  # they alone pass stream tickets to each other
+        assert env["IM_TICKET_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "helpdesk-im-secrets"
+    else:
+        assert not any("SECRET" in var for var in env), f"{name} verifies no token: it gets no secret"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["terminationGracePeriodSeconds"] >= 20
     template_labels = DEPLOYMENTS[name]["spec"]["template"]["metadata"]["labels"]
@@ -67,5 +71,23 @@ def test_the_example_overlay_builds_on_the_base_and_keeps_the_secret_out_of_git(
     overlay = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())
     assert overlay["resources"] == ["../../base"]
     assert overlay["secretGenerator"][0]["name"] == "helpdesk-im-secrets"
-    assert "jwt-secret.txt" in (OVERLAY / ".gitignore").read_text()
-    assert not (OVERLAY / "jwt-secret.txt").exists()
+    assert "ticket-secret.txt" in (OVERLAY / ".gitignore").read_text()
+    assert not (OVERLAY / "ticket-secret.txt").exists()
+    assert of_kind("ConfigMap")["helpdesk-im-config"]["data"]["IM_JWKS_URL"].startswith("https://")
+
+
+def test_network_policies_let_only_helpdesk_im_pods_reach_kafka_and_mongodb():
+    policies = of_kind("NetworkPolicy")
+    ours = {"app.kubernetes.io/part-of": "helpdesk-im"}
+    for store, port in (("kafka", 9092), ("mongodb", 27017)):
+        (policy,) = [p for p in policies.values()
+                     if p["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": store}]
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        (rule,) = policy["spec"]["ingress"]
+        sources = [peer["podSelector"]["matchLabels"] for peer in rule["from"]]
+        assert ours in sources and all(s in (ours, {"app.kubernetes.io/name": store}) for s in sources)
+        assert port in [p["port"] for p in rule["ports"]]
+    # Every pod that talks to them carries the label the policies allow.
+    for doc in [*DEPLOYMENTS.values(), *of_kind("Job").values()]:
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        assert labels.items() >= ours.items(), doc["metadata"]["name"]

@@ -56,7 +56,7 @@ async def test_kcat_and_imctl_requests_open_one_related_thread_and_bad_ones_are_
                "occurred_at": "2026-11-25T22:00:00.000Z", "request_id": "ticketing-42-1",
                "requested_by": "alice", "agent_ids": ["bob", "carol"],
                "related": {"type": "ticket", "id": "42", "title": "Refund"}, "message": "Is this refundable?"}
-    service = mint(stack.secret, tenant, "ticketing", role="service", ttl_s=600)
+    service = mint(stack.secret, tenant, "ticketing", role="service", ttl_s=600, audience="im-kafka")
     out = await asyncio.to_thread(kcat_produce, stack, "acme:ticket:42", json.dumps(request), f"Bearer {service}")
     assert out.returncode == 0, out.stderr
     # A record without the header: dead-lettered as unauthorized, and the consumer moves on.

@@ -14,9 +14,14 @@ from aiokafka.structs import TopicPartition
 from im_contracts.topics import ASSISTANCE_REQUESTS
 
 
-def service_token(secret: str, tenant: str, role: str = "service", subject: str = "ticketing") -> str:
+def service_token(secret: str, tenant: str, role: str = "service", subject: str = "ticketing",
+                  audience: str | None = "im-kafka") -> str:
+    """A token for a Kafka record's header (the `im-kafka` audience; None: an HTTP token)."""
     now = int(time.time())
-    return jwt.encode({"tid": tenant, "sub": subject, "role": role, "iat": now, "exp": now + 600}, secret,
+    claims = {"tid": tenant, "sub": subject, "role": role, "iat": now, "exp": now + 600}
+    if audience:
+        claims["aud"] = audience
+    return jwt.encode(claims, secret,
                       algorithm="HS256")
 
 

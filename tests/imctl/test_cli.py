@@ -76,8 +76,8 @@ async def test_assist_publishes_a_valid_request_with_a_service_token(kafka_boots
     assert (event.related.type, event.related.id, event.related.title) == ("ticket", "123", "Printer")
     assert record.key == b"acme:ticket:123"
     claims = jwt.decode(header(record.headers, "authorization").removeprefix("Bearer "), jwt_secret,
-                        algorithms=["HS256"])
-    assert claims["role"] == "service" and claims["tid"] == "acme"
+                        algorithms=["HS256"], audience="im-kafka")
+    assert claims["role"] == "service" and claims["tid"] == "acme" and claims["aud"] == "im-kafka"
 
 
 async def test_dead_letters_lists_each_rejected_record_with_its_reason(kafka_bootstrap, kafka_topics, endpoints):

@@ -88,7 +88,8 @@ def cmd_token(args) -> int:
     if not secret:
         print("IM_JWT_SECRET is not set (make run prints how to get the dev one)", file=sys.stderr)
         return 2
-    print(tokens.mint(secret, args.tenant, args.agent, args.role, args.ttl))
+    print(tokens.mint(secret, args.tenant, args.agent, args.role, args.ttl,
+                      audience=tokens.KAFKA_AUDIENCE if args.for_kafka else None))
     return 0
 
 
@@ -191,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", required=True, help="the subject: agent id (or service name)")
     p.add_argument("--role", choices=tokens.ROLES, default="agent")
     p.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    p.add_argument("--for-kafka", action="store_true",
+                   help=f"for a Kafka record's authorization header (audience {tokens.KAFKA_AUDIENCE}); "
+                        "such a token is refused over HTTP")
     p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("topics", help="create or describe the contract's topics")

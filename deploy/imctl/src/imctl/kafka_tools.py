@@ -15,7 +15,7 @@ from im_contracts.models import Related
 from im_contracts.topics import ASSISTANCE_REQUESTS, DEAD_LETTERS, related_key
 
 from .text import printable
-from .tokens import mint
+from .tokens import KAFKA_AUDIENCE, mint
 
 
 def assistance_request(tenant: str, requested_by: str, agent_ids: list[str], related: Related,
@@ -33,7 +33,7 @@ def assistance_request(tenant: str, requested_by: str, agent_ids: list[str], rel
 async def publish_assistance(bootstrap: str, prefix: str, secret: str, request: AssistanceRequested,
                              idempotence: bool = True) -> tuple[int, int]:
     """Publishes with the service JWT header the consumer requires; returns (partition, offset)."""
-    token = mint(secret, request.tenant_id, "imctl", role="service", ttl_s=300)
+    token = mint(secret, request.tenant_id, "imctl", role="service", ttl_s=300, audience=KAFKA_AUDIENCE)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=idempotence)
     await producer.start()
     try:

@@ -90,9 +90,12 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
             settings, store, verifier, Directory(store, uow, presence, scan_max=settings.agent_list_scan_max),
             conversations, RateLimits.from_settings(settings))
         app.state.relay, app.state.committer, app.state.presence = relay, committer, presence
+        await verifier.start()
         tasks = [asyncio.create_task(committer.run(), name="committer"),
                  asyncio.create_task(relay.run(), name="outbox-relay"),
                  asyncio.create_task(presence.run(), name="presence-cache")]
+        if verifier.keyset is not None:
+            tasks.append(asyncio.create_task(verifier.keyset.refresh_forever(), name="key-set"))
         app.state.tasks = tasks
 
         # Assistance requests: a consumer group through the one consumer policy (dead letters, backoff).

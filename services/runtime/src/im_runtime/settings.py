@@ -30,9 +30,21 @@ class CommonSettings(BaseSettings):
     mongo_db: str = shared("IM_MONGO_DB", default="helpdesk_im", description="The database every service uses.")
     jwt_secret: SecretStr | None = shared(
         "IM_JWT_SECRET", default=None, min_length=16,
-        description="HS256 secret of bearer tokens and stream tickets. No default: REQUIRED unless IM_JWKS_URL.")
+        description="DEVELOPMENT: HS256 secret of bearer tokens (whoever holds it can mint any token). "
+                    "Production uses IM_JWT_PUBLIC_KEY or IM_JWKS_URL. No default.")
+    jwt_public_key: str | None = shared(
+        "IM_JWT_PUBLIC_KEY", default=None,
+        description="PEM public key of the identity provider (RS256, ES256 or EdDSA tokens).")
     jwks_url: str | None = shared("IM_JWKS_URL", default=None,
-                                  description="Verify bearer tokens with this JWKS instead of the secret.")
+                                  description="The identity provider's key set (RS256, ES256, EdDSA; by kid).")
+    # The key set is refreshed this often in the background, and at most this often when a token
+    # names a key id it does not hold (a rotation); no request ever waits for a fetch.
+    jwks_refresh_s: float = shared("IM_JWKS_REFRESH_S", default=300.0)
+    jwks_min_refresh_s: float = shared("IM_JWKS_MIN_REFRESH_S", default=30.0)
+    ticket_secret: SecretStr | None = shared(
+        "IM_TICKET_SECRET", default=None, min_length=16,
+        description="HS256 secret of stream tickets, shared by im-api (mints) and the gateways "
+                    "(verify) only. Defaults to IM_JWT_SECRET (development).")
     # How long a MongoDB call waits for a reachable primary before failing (HTTP answers 503 then).
     mongo_timeout_s: float = shared("IM_MONGO_TIMEOUT_S", default=5.0)
     # Opening a connection, and the driver's server monitor's check: a server that answers its
@@ -50,6 +62,9 @@ class CommonSettings(BaseSettings):
     connect_timeout_s: float = shared("IM_CONNECT_TIMEOUT_S", default=120.0)
 
     def require_auth(self) -> None:
-        """Refuse to start without a way to verify tokens (no default secret, ever)."""
-        if self.jwt_secret is None and not self.jwks_url:
-            raise SystemExit("IM_JWT_SECRET (or IM_JWKS_URL) must be set; `make run` makes a dev secret")
+        """Refuse to start without a way to verify tokens and stream tickets (no default secret, ever)."""
+        if self.jwt_secret is None and not self.jwks_url and not self.jwt_public_key:
+            raise SystemExit("IM_JWT_PUBLIC_KEY, IM_JWKS_URL or (development) IM_JWT_SECRET must be set; "
+                             "`make run` makes a dev secret")
+        if self.ticket_secret is None and self.jwt_secret is None:
+            raise SystemExit("IM_TICKET_SECRET must be set (stream tickets between im-api and the gateways)")

@@ -38,6 +38,7 @@ def create_app(settings: DeliverySettings) -> FastAPI:
         await store.forget_gateway(settings.gateway_id)
         producer = make_producer(settings)
         await start_with_retry(producer.start, "kafka producer", settings)
+        await verifier.start()
         hub = Hub(settings, producer, store)
         signals = SignalReader(settings, hub.on_signal)
         await start_with_retry(signals.start, "delivery signals", settings)
@@ -45,6 +46,8 @@ def create_app(settings: DeliverySettings) -> FastAPI:
                       asyncio.create_task(hub.heartbeat_forever(), name="heartbeat"),
                       asyncio.create_task(hub.safety_poll_forever(), name="safety-poll"),
                       asyncio.create_task(hub.revocation_check_forever(db), name="revocation-check")]
+        if verifier.keyset is not None:
+            background.append(asyncio.create_task(verifier.keyset.refresh_forever(), name="key-set"))
         app.include_router(stream_router(hub, store, db, verifier, settings))
 
         async def signals_ok() -> bool:

@@ -27,7 +27,7 @@ def service_token_check(verifier: TokenVerifier):
         if scheme.lower() != "bearer" or not token.strip():
             raise RejectedRecord("unauthorized", "no authorization: Bearer header", event.tenant_id)
         try:
-            principal = verifier.verify(token.strip())
+            principal = verifier.verify_for_kafka(token.strip())
         except AuthError as exc:
             raise RejectedRecord("unauthorized", exc.message, event.tenant_id) from None
         if principal.role != "service":
@@ -50,7 +50,7 @@ def token_tenant(verifier: TokenVerifier):
         if scheme.lower() != "bearer" or not token.strip():
             return None
         try:
-            return verifier.verify(token.strip()).tenant_id
+            return verifier.verify_for_kafka(token.strip()).tenant_id
         except AuthError:
             return None
 
