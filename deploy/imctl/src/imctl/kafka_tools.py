@@ -16,6 +16,7 @@ from im_contracts.topics import ASSISTANCE_REQUESTS, DEAD_LETTERS, related_key
 
 from .text import printable
 from .tokens import KAFKA_AUDIENCE, mint
+from .topics import kafka_options
 
 
 def assistance_request(tenant: str, requested_by: str, agent_ids: list[str], related: Related,
@@ -34,7 +35,7 @@ async def publish_assistance(bootstrap: str, prefix: str, secret: str, request: 
                              idempotence: bool = True) -> tuple[int, int]:
     """Publishes with the service JWT header the consumer requires; returns (partition, offset)."""
     token = mint(secret, request.tenant_id, "imctl", role="service", ttl_s=300, audience=KAFKA_AUDIENCE)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=idempotence)
+    producer = AIOKafkaProducer(**kafka_options(bootstrap), acks="all", enable_idempotence=idempotence)
     await producer.start()
     try:
         meta = await producer.send_and_wait(
@@ -56,7 +57,7 @@ async def read_dead_letters(bootstrap: str, prefix: str, follow: bool = False,
     partitions = await topic_partitions(bootstrap, topic)
     if not partitions:
         return 0
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka_options(bootstrap), enable_auto_commit=False)
     await consumer.start()
     count = 0
     try:
@@ -81,7 +82,7 @@ async def read_dead_letters(bootstrap: str, prefix: str, follow: bool = False,
 
 
 async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     await admin.start()
     try:
         if topic not in await admin.list_topics():

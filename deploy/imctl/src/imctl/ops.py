@@ -19,6 +19,8 @@ from im_runtime.auth import AuthError, Principal, TokenVerifier
 from im_runtime.settings import CommonSettings
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel
 
+from .topics import kafka_options
+
 from .kafka_tools import topic_partitions
 from .text import printable
 
@@ -109,7 +111,7 @@ async def tail(bootstrap: str, prefix: str, tenant: str, on_message: Callable[[M
     """Follows `tenant`'s messages on im.messages.v1 (no consumer group: reads every partition,
     commits nothing). From the end by default; `follow=False` stops at the end as it stood."""
     topic = MESSAGES.name(prefix)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(**kafka_options(bootstrap), enable_auto_commit=False, group_id=None)
     await consumer.start()
     shown = 0
     try:

@@ -149,8 +149,8 @@ class ChildServer:
 # --- Kafka ----------------------------------------------------------------------------------
 
 
-def kafka_metadata_ok(bootstrap: str, timeout: float = 3.0) -> bool:
-    """A metadata request answered with at least one broker."""
+def kafka_metadata_ok(bootstrap: str, timeout: float = 3.0, credentials: tuple[str, str] | None = None) -> bool:
+    """A metadata request answered with at least one broker (as `credentials`' SCRAM user if given)."""
 
     async def probe() -> bool:
         import logging
@@ -160,7 +160,10 @@ def kafka_metadata_ok(bootstrap: str, timeout: float = 3.0) -> bool:
         # "Unable connect" while the broker boots is expected: keep it out of the output.
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+        sasl = {} if credentials is None else {
+            "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_plain_username": credentials[0], "sasl_plain_password": credentials[1]}
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000), **sasl)
         try:
             await asyncio.wait_for(admin.start(), timeout)
             meta = await asyncio.wait_for(admin.describe_cluster(), timeout)
@@ -204,10 +207,33 @@ class ApacheKafka(ChildServer):
     heap: str = "512m"
     kind: str = "apache"
     idempotence: bool = True
+    # SCRAM-SHA-512 users (name -> password): when set, the client listener is SASL_PLAINTEXT and
+    # only they get in (the first one is also the broker's own inter-broker identity).
+    scram_users: dict[str, str] | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def _listener_lines(self) -> list[str]:
+        if not self.scram_users:
+            return [
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+            ]
+        name, password = next(iter(self.scram_users.items()))
+        return [
+            f"listeners=SASL_PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{self.port}",
+            "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name=SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config="
+            f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{name}" password="{password}";',
+        ]
 
     def _properties(self) -> str:
         return "\n".join(
@@ -215,11 +241,8 @@ class ApacheKafka(ChildServer):
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                *self._listener_lines(),
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                "inter.broker.listener.name=PLAINTEXT",
                 f"log.dirs={self.data_dir / 'log'}",
                 "offsets.topic.replication.factor=1",
                 "offsets.topic.num.partitions=10",
@@ -250,15 +273,21 @@ class ApacheKafka(ChildServer):
             cluster_id = self._cluster_id()
             fmt = subprocess.run(
                 java + ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props),
-                        "--ignore-formatted"],
+                        "--ignore-formatted",
+                        *[arg for user, pw in (self.scram_users or {}).items()
+                          for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={pw}]")]],
                 capture_output=True,
                 text=True,
             )
             if fmt.returncode != 0:
                 raise ServerError(f"kafka storage format failed: {fmt.stdout}{fmt.stderr}")
         self._spawn(java + ["kafka.Kafka", str(props)])
-        self._wait(lambda: kafka_metadata_ok(self.bootstrap), timeout, f"metadata on {self.bootstrap}")
+        self._wait(lambda: kafka_metadata_ok(self.bootstrap, credentials=self._admin()), timeout,
+                   f"metadata on {self.bootstrap}")
         return self
+
+    def _admin(self) -> tuple[str, str] | None:
+        return next(iter(self.scram_users.items())) if self.scram_users else None
 
     def _cluster_id(self) -> str:
         # StorageTool random-uuid is a base64 UUID; uuid4 in the same encoding avoids a JVM start.

@@ -5,6 +5,14 @@ from __future__ import annotations
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from im_contracts.topics import ALL_TOPICS, Topic
+from im_runtime.kafka import client_options
+from im_runtime.settings import CommonSettings
+
+
+def kafka_options(bootstrap: str) -> dict:
+    """aiokafka options for `bootstrap` with the security settings of the environment
+    (IM_KAFKA_SECURITY_PROTOCOL, IM_KAFKA_USERNAME, ...), as the services read them."""
+    return client_options(CommonSettings(kafka_bootstrap=bootstrap))
 
 
 async def create_topics(
@@ -15,7 +23,7 @@ async def create_topics(
     progress=None,
 ) -> list[str]:
     """Create every topic that is missing; existing ones are left as they are. Idempotent."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap), request_timeout_ms=30_000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -47,7 +55,7 @@ def _replication(brokers: int) -> int:
 
 
 async def describe_topics(bootstrap: str, prefix: str = "") -> list[dict]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 from im_runtime.auth import TokenVerifier
 from im_runtime.health import Readiness, health_router
-from im_runtime.kafka import DeadLetters, make_producer, start_with_retry
+from im_runtime.kafka import DeadLetters, broker_security, make_producer, start_with_retry
 from im_runtime.logs import log
 from im_runtime.mongo import connect, reachable
 from im_runtime.shutdown import Shutdown
@@ -106,7 +106,8 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
         broker = KafkaBroker(settings.kafka_bootstrap, logger=logging.getLogger("im_api.faststream"),
                              log_level=logging.DEBUG,  # "Received"/"Processed" per record: too much at INFO
                              # Half the grace: the steps after it (queued sends, leases) need the rest.
-                             graceful_timeout=settings.shutdown_grace_s / 2)
+                             graceful_timeout=settings.shutdown_grace_s / 2,
+                             security=broker_security(settings))
         subscriber = assistance_subscription(Assistance(store, conversations), verifier, dead_letters,
                                              settings).register(broker)
         await start_with_retry(broker.start, "kafka consumer (assistance requests)", settings)

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from im_contracts.codec import RejectedRecord, decode_record
 from im_contracts.topics import PRESENCE
 from im_runtime.logs import log
+from im_runtime.kafka import client_options
 
 from .settings import ApiSettings
 
@@ -57,7 +58,7 @@ class PresenceCache:
         delay = self.settings.retry_initial_s
         while True:
             # No group: subscribing assigns every partition to this process (every im-api reads all).
-            consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
+            consumer = AIOKafkaConsumer(self.topic, **client_options(self.settings), group_id=None,
                                         enable_auto_commit=False, auto_offset_reset="earliest",
                                         metadata_max_age_ms=int(self.settings.presence_metadata_refresh_s * 1000))
             try:

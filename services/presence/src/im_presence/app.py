@@ -13,7 +13,7 @@ from faststream.kafka import KafkaBroker
 from im_contracts.events import utcnow
 from im_contracts.topics import CONNECTIONS
 from im_runtime.health import Readiness, health_router
-from im_runtime.kafka import DeadLetters, make_producer, start_with_retry
+from im_runtime.kafka import DeadLetters, broker_security, make_producer, start_with_retry
 from im_runtime.logs import log
 from im_runtime.mongo import connect, reachable
 from im_runtime.shutdown import Shutdown
@@ -64,6 +64,7 @@ class PresenceProcess:
             logger=logging.getLogger("im_presence.faststream"),  # rebalances at INFO
             log_level=logging.DEBUG,  # "Received"/"Processed" per record: too much at INFO
             graceful_timeout=settings.shutdown_timeout_s,
+            security=broker_security(settings),
         )
         # The sweeper needs the group consumer: its assignment is the agents this process owns.
         subscriber = connection_subscription(service, dead_letters, settings).register(self.broker)

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.helpers import create_ssl_context
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from im_contracts.codec import RejectedRecord, dead_letter_for, decode_record
 from im_contracts.events import Event
 from im_contracts.topics import DEAD_LETTERS, Topic
@@ -66,10 +68,42 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (TransientError, *TRANSIENT_ERRORS))
 
 
+def client_options(settings: CommonSettings) -> dict[str, Any]:
+    """What every aiokafka client (producer, consumer, admin) of a service is given: the bootstrap
+    servers and, when configured, TLS and the service's SASL credentials."""
+    options: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap}
+    protocol = settings.kafka_security_protocol
+    if protocol != "PLAINTEXT":
+        options["security_protocol"] = protocol
+    if protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+    if protocol.startswith("SASL"):
+        if not settings.kafka_username or settings.kafka_password is None:
+            raise SystemExit(f"IM_KAFKA_SECURITY_PROTOCOL={protocol} needs IM_KAFKA_USERNAME and IM_KAFKA_PASSWORD")
+        options.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_username,
+                       sasl_plain_password=settings.kafka_password.get_secret_value())
+    return options
+
+
+def broker_security(settings: CommonSettings) -> BaseSecurity | None:
+    """The same for a FastStream broker (its own classes for the same options)."""
+    options = client_options(settings)
+    protocol = settings.kafka_security_protocol
+    ssl_context = options.get("ssl_context")
+    if protocol.startswith("SASL"):
+        kind = {"SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512,
+                "PLAIN": SASLPlaintext}[settings.kafka_sasl_mechanism]
+        return kind(options["sasl_plain_username"], options["sasl_plain_password"],
+                    ssl_context=ssl_context, use_ssl=protocol == "SASL_SSL")
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=ssl_context, use_ssl=True)
+    return None
+
+
 def make_producer(settings: CommonSettings, **overrides: Any) -> AIOKafkaProducer:
     """acks=all, idempotent on real Kafka (Tansu, the dev fallback, rejects idempotence)."""
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
+        **client_options(settings),
         "acks": "all",
         "enable_idempotence": settings.kafka_idempotence,
         "linger_ms": 1,

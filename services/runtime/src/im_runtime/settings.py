@@ -7,6 +7,8 @@ There is no default JWT secret: only the dev launcher makes one, loudly.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -21,6 +23,18 @@ class CommonSettings(BaseSettings):
 
     kafka_bootstrap: str = shared("IM_KAFKA_BOOTSTRAP", default="127.0.0.1:9092",
                                   description="Kafka bootstrap servers, comma-separated.")
+    # How the services authenticate to Kafka: PLAINTEXT for the local dev broker and tests;
+    # a deployment uses SASL_SSL (or SASL_PLAINTEXT on a private network) with one SCRAM
+    # principal per service, whose ACLs `imctl kafka-acls` grants (README: Operating).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = shared(
+        "IM_KAFKA_SECURITY_PROTOCOL", default="PLAINTEXT")
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = shared(
+        "IM_KAFKA_SASL_MECHANISM", default="SCRAM-SHA-512")
+    kafka_username: str | None = shared("IM_KAFKA_USERNAME", default=None,
+                                        description="This service's SASL principal.")
+    kafka_password: SecretStr | None = shared("IM_KAFKA_PASSWORD", default=None)
+    kafka_ssl_cafile: str | None = shared("IM_KAFKA_SSL_CAFILE", default=None,
+                                          description="CA bundle of the brokers' certificates (SSL, SASL_SSL).")
     # Tansu (the no-Java dev fallback) rejects idempotent producers; everything else keeps it on.
     kafka_idempotence: bool = shared("IM_KAFKA_IDEMPOTENCE", default=True)
     topic_prefix: str = shared("IM_TOPIC_PREFIX", default="",

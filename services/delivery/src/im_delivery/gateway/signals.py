@@ -17,6 +17,7 @@ from im_contracts import topics
 from im_contracts.codec import RejectedRecord, decode_record
 from im_contracts.events import Event, LiveFrame, QueueAdvanced
 from im_runtime.logs import log
+from im_runtime.kafka import client_options
 from prometheus_client import Counter
 
 from ..bus import signal_partition
@@ -37,7 +38,7 @@ class SignalReader:
     async def start(self) -> None:
         name = topics.DELIVERY_SIGNALS.name(self.settings.topic_prefix)
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+            **client_options(self.settings), group_id=None, enable_auto_commit=False,
             # Signals wake connections: deliver them as soon as they exist.
             fetch_max_wait_ms=100,
         )

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 from im_contracts import topics
 from im_runtime.health import Readiness, health_router
-from im_runtime.kafka import DeadLetters, make_producer, start_with_retry
+from im_runtime.kafka import DeadLetters, broker_security, make_producer, start_with_retry
 from im_runtime.logs import log
 from im_runtime.mongo import connect, reachable
 from im_runtime.shutdown import Shutdown
@@ -46,7 +46,8 @@ def create_app(settings: DeliverySettings) -> FastAPI:
         writer = QueueWriter(store, bus)
         # graceful_timeout: on SIGTERM the batch in hand finishes (its records confirmed, its offsets
         # committed) before the consumers leave their groups.
-        broker = KafkaBroker(settings.kafka_bootstrap, logger=None, graceful_timeout=settings.shutdown_grace_s)
+        broker = KafkaBroker(settings.kafka_bootstrap, logger=None, graceful_timeout=settings.shutdown_grace_s,
+                             security=broker_security(settings))
         consumer_options = dict(session_timeout_ms=settings.session_timeout_ms,
                                 heartbeat_interval_ms=settings.heartbeat_interval_ms)
 

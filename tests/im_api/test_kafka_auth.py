@@ -1,0 +1,94 @@
+"""Kafka that requires SASL/SCRAM: a broker of the test's own whose only listener for clients is
+SASL_PLAINTEXT. im-api's producer, its FastStream consumer and its presence reader all get in
+with the service's credentials; a client without them, or with a wrong password, does not."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from im_contracts.codec import decode_record
+from im_contracts.topics import MESSAGES
+from im_runtime.kafka import client_options
+from pydantic import SecretStr
+from imctl import servers as local
+from imctl.topics import create_topics
+
+from servers import unique_name
+from im_api_helpers import running
+from support.watchdog import on_abort
+from support.wait import eventually
+
+pytestmark = pytest.mark.integration
+T = "acme"
+USERS = {"admin": "admin-secret-0123456789", "im-api": "api-secret-0123456789"}
+
+
+@pytest.fixture
+def sasl_kafka(workdir):
+    path = workdir / unique_name("kafka-sasl-")
+    broker = local.ApacheKafka(name="kafka-sasl", log_path=path / "kafka.log", data_dir=path, port=local.free_port(),
+                               scram_users=USERS)
+    forget = on_abort(broker.stop)
+    try:
+        yield broker.start()
+    finally:
+        forget()
+        broker.stop()
+
+
+async def test_services_authenticate_with_scram_and_a_client_without_credentials_is_refused(
+        sasl_kafka, api_settings, monkeypatch):
+    bootstrap = sasl_kafka.bootstrap
+    def metadata(credentials=None) -> bool:  # a fresh admin client's metadata request (in a thread: it runs a loop)
+        return asyncio.to_thread(local.kafka_metadata_ok, bootstrap, 5.0, credentials)
+
+    assert await metadata(("im-api", USERS["im-api"]))
+    assert not await metadata(), "no credentials: refused"
+    assert not await metadata(("im-api", "wrong-password")), "a wrong password: refused"
+
+    # imctl reads the same settings as the services from its environment.
+    for name, value in {"IM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "IM_KAFKA_USERNAME": "admin",
+                        "IM_KAFKA_PASSWORD": USERS["admin"]}.items():
+        monkeypatch.setenv(name, value)
+    await create_topics(bootstrap, api_settings.topic_prefix, partitions=1)
+
+    settings = api_settings.model_copy(update={
+        "kafka_bootstrap": bootstrap, "kafka_security_protocol": "SASL_PLAINTEXT",
+        "kafka_username": "im-api", "kafka_password": SecretStr(USERS["im-api"])})
+    async with running(settings) as api:
+        async def ready() -> bool:
+            r = await api.http.get("/readyz")
+            return r.status_code == 200 and all(r.json()["checks"].values())
+
+        # Ready means: the relay's producer published, the presence reader caught up and the
+        # assistance consumer (FastStream) joined its group — each through SASL.
+        await api.add_agents(T, "alice", "bob")
+        c = await api.start(T, "alice", "bob")
+        assert (await api.send(T, "alice", c["id"], "over SASL", "m-1")).status_code == 201
+        await eventually(ready, timeout=60, message="im-api never became ready on the SASL broker")
+        relay = api.app.state.relay
+        await eventually(lambda: relay.kafka_ok and relay.bursts and all(b.ended for b in relay.bursts), timeout=30)
+    events = await messages_on(settings)
+    assert [e.message.body for e in events] == ["over SASL"]
+
+
+async def messages_on(settings) -> list:
+    """What im.messages holds, read with the service's own client options (credentials too)."""
+    consumer = AIOKafkaConsumer(MESSAGES.name(settings.topic_prefix), **client_options(settings), group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        await eventually(lambda: consumer.assignment(), timeout=10)
+        events = []
+
+        async def one() -> bool:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                events.extend(decode_record(MESSAGES, r.value) for r in records)
+            return bool(events)
+
+        await eventually(one, timeout=30, message="no message on the SASL broker")
+        return events
+    finally:
+        await consumer.stop()
