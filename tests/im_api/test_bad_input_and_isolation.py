@@ -129,7 +129,8 @@ async def test_a_foreign_tenants_token_gets_404_or_401_on_every_endpoint_and_cha
         assert listed.status_code == 200 and listed.json()["items"] == []
         related = await api.http.get("/v1/related/ticket/T-1/conversations", headers=who)
         assert related.json()["items"] == []
-        assert (await api.http.get("/v1/me/unread", headers=who)).json() == {"total": 0, "conversations": 0}
+        assert (await api.http.get("/v1/me/unread", headers=who)).json() == {"total": 0, "conversations": 0,
+                                                                               "capped": False}
         agents = (await api.http.get("/v1/agents", headers=who)).json()["items"]
         assert {a["id"] for a in agents} == {"alice", "mallory"}
         start = await api.http.post("/v1/conversations", json={"participant_ids": ["bob"]}, headers=who)

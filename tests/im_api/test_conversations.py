@@ -154,8 +154,8 @@ async def test_read_marker_only_moves_forward_and_agrees_with_the_list_and_badge
     c = await api.start(T, "alice", "bob")
     for i in range(5):
         await api.send(T, "alice", c["id"], f"m{i}", f"m{i}")
-    assert (await api.http.get("/v1/me/unread", headers=api.auth(T, "bob"))).json() == {"total": 5, "conversations": 1}
-    assert (await api.http.get("/v1/me/unread", headers=api.auth(T, "alice"))).json() == {"total": 0, "conversations": 0}
+    assert (await api.http.get("/v1/me/unread", headers=api.auth(T, "bob"))).json() == {"total": 5, "conversations": 1, "capped": False}
+    assert (await api.http.get("/v1/me/unread", headers=api.auth(T, "alice"))).json() == {"total": 0, "conversations": 0, "capped": False}
     r = await api.http.post(f"/v1/conversations/{c['id']}/read", json={"seq": 3}, headers=api.auth(T, "bob"))
     assert r.json() == {"last_read_seq": 3, "unread_count": 2}
     r = await api.http.post(f"/v1/conversations/{c['id']}/read", json={"seq": 1}, headers=api.auth(T, "bob"))
@@ -166,7 +166,7 @@ async def test_read_marker_only_moves_forward_and_agrees_with_the_list_and_badge
     assert r.json() == {"last_read_seq": 5, "unread_count": 0}
     await api.send(T, "bob", c["id"], "reply", "r1")
     assert (await api.http.get(f"/v1/conversations/{c['id']}", headers=api.auth(T, "bob"))).json()["unread_count"] == 0
-    assert (await api.http.get("/v1/me/unread", headers=api.auth(T, "alice"))).json() == {"total": 1, "conversations": 1}
+    assert (await api.http.get("/v1/me/unread", headers=api.auth(T, "alice"))).json() == {"total": 1, "conversations": 1, "capped": False}
     events = await read_events(endpoints.kafka_bootstrap, CONVERSATIONS, api.settings.topic_prefix, 3)
     moves = [e.seq for _, e, _ in events if isinstance(e, ReadMarkerMoved)]
     assert moves == [3, 5]
