@@ -88,8 +88,10 @@ def dead_letter_for(
     detail: str,
     consumer: str,
     tenant_id: str | None = None,
+    keep_bytes: int = DeadLetter.KEPT_VALUE_BYTES,
 ) -> DeadLetter:
-    """The dead letter of one record; bounded whatever the record's size (DeadLetter.KEPT_*)."""
+    """The dead letter of one record; bounded whatever the record's size (DeadLetter.KEPT_*;
+    `keep_bytes` of the value, less where records must be smaller)."""
     kept = [
         (name[: DeadLetter.KEPT_HEADER_BYTES], _b64(None if data is None else data[: DeadLetter.KEPT_HEADER_BYTES]) or "")
         for name, data in (headers or ())
@@ -105,10 +107,10 @@ def dead_letter_for(
         original_partition=partition,
         original_offset=offset,
         original_key_b64=_b64(None if key is None else key[: DeadLetter.KEPT_KEY_BYTES]),
-        original_value_b64=_b64(None if value is None else value[: DeadLetter.KEPT_VALUE_BYTES]) or "",
+        original_value_b64=_b64(None if value is None else value[:keep_bytes]) or "",
         original_value_size=None if value is None else len(value),
         original_value_sha256=None if value is None else hashlib.sha256(value).hexdigest(),
-        original_value_truncated=value is not None and len(value) > DeadLetter.KEPT_VALUE_BYTES,
+        original_value_truncated=value is not None and len(value) > keep_bytes,
         original_headers=kept,
         consumer=consumer,
     )

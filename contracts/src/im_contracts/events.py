@@ -241,7 +241,6 @@ class DeadLetter(Event):
         "unknown_agent",
         "too_many_participants",
         "record_too_large",
-        "unpublishable",
         "rejected",
     )
     # A dead letter must always fit in a record (Kafka's default limit is 1 MiB) whatever it holds:

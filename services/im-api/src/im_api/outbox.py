@@ -17,16 +17,14 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
-    InvalidTimestampError,
     KafkaConnectionError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     RecordTooLargeError,
-    UnsupportedForMessageFormatError,
 )
 from bson import ObjectId
 from im_contracts.codec import dead_letter_for, event_headers
-from im_contracts.events import Event
+from im_contracts.events import DeadLetter, Event
 from im_contracts.topics import ALL_TOPICS, DEAD_LETTERS, Topic
 from im_runtime.logs import log, trace_id
 from im_runtime.shutdown import raise_if_cancelled
@@ -42,15 +40,17 @@ logger = logging.getLogger("im_api.outbox")
 T = TypeVar("T")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TOPICS_BY_BASE = {t.base_name: t for t in ALL_TOPICS}
-# What no retry of the same record can fix: such a record is set aside (dead-lettered) and the
-# shard goes on. Everything else (broker down, timeouts, authorization, leadership) is transient:
-# the whole burst is retried, since it says nothing about this one record.
+# What no retry of the same record can fix: it is too large for the producer or the topic. Such a
+# record is set aside (dead-lettered) and the shard goes on. A record over the producer's batch
+# size travels alone in its batch, so the refusal is its own, never a batch-mate's. Everything
+# else is transient and the whole burst is retried — including errors that look permanent but
+# are about the batch or the deployment, not the record (a timestamp refused because this host's
+# clock drifted, a message format the topic's configuration refuses): setting records aside for
+# those would silently drop acknowledged messages.
 PERMANENT_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     RecordTooLargeError,
-    InvalidTimestampError,
-    UnsupportedForMessageFormatError,
 )
 RELAY_CONSUMER = "im-api-outbox-relay"
 
@@ -89,9 +89,14 @@ def record_size(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> i
     return len(key) + len(value) + sum(len(k.encode()) + len(v) for k, v in headers) + RECORD_OVERHEAD
 
 
+# A trace id travels in every record's headers: bounded, so that the size check before a write
+# (which cannot know every batch-mate's trace) is an upper bound of what the write publishes.
+TRACE_MAX = 128
+
+
 def event_fits(event: Event, key: bytes, max_record_bytes: int) -> bool:
     """Whether `event` can be published under the record limit (its headers at their largest)."""
-    headers = event_headers(event, **{"trace-id": "0" * 64})
+    headers = event_headers(event, **{"trace-id": "0" * TRACE_MAX})
     return record_size(key, event.to_bytes(), headers) <= max_record_bytes
 
 
@@ -113,7 +118,7 @@ class Transaction:
         `trace`: the request that caused it, when not the current one (a group commit's other sends).
         Raises RecordTooLarge (naming `field`, what made it large) when no broker would take it: the
         transaction then writes nothing, instead of leaving a record the relay can never publish."""
-        tid = trace or trace_id.get() or event.event_id
+        tid = (trace or trace_id.get() or event.event_id)[:TRACE_MAX]
         value = event.to_bytes()
         headers = event_headers(event, **{"trace-id": tid})
         if record_size(key, value, headers) > self.max_record_bytes:
@@ -445,9 +450,14 @@ class Relay:
             topic=topic, partition=-1, offset=-1, key=bytes(record["key"]), value=bytes(record["value"]),
             headers=[(k, bytes(v)) for k, v in record["headers"]], reason=reason,
             detail=f"Kafka refused the outbox record: {type(exc).__name__}", consumer=RELAY_CONSUMER,
-            tenant_id=record["tenant_id"])
-        await producer.send_and_wait(DEAD_LETTERS.name(self.settings.topic_prefix), letter.to_bytes(),
-                                     key=bytes(record["key"]))
+            tenant_id=record["tenant_id"],
+            # The letter must fit where the record did not: base64 grows by 4/3, so half the limit.
+            keep_bytes=min(DeadLetter.KEPT_VALUE_BYTES, self.settings.max_record_bytes // 2))
+        # Bounded like a burst: an idempotent producer never expires a batch on its own, and a
+        # dead-letter partition without a leader must not hold every shard of this relay.
+        async with asyncio.timeout(self.settings.outbox_publish_timeout_s):
+            await producer.send_and_wait(DEAD_LETTERS.name(self.settings.topic_prefix), letter.to_bytes(),
+                                         key=bytes(record["key"]))
         DEAD_LETTERED.labels(topic, reason).inc()
         log(logger, logging.ERROR, "outbox record set aside", tenant_id=record["tenant_id"], topic=topic,
             reason=reason, error=type(exc).__name__, bytes=len(record["value"]),
@@ -479,5 +489,4 @@ class Relay:
 
 
 def _reason(exc: BaseException) -> str:
-    too_large = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
-    return "record_too_large" if isinstance(exc, too_large) else "unpublishable"
+    return "record_too_large"
