@@ -162,7 +162,31 @@ def test_stream_tickets_use_their_own_secret_when_tokens_are_asymmetric():
     with pytest.raises(AuthError):
         stranger.verify_ticket(ticket)
     with pytest.raises(SystemExit, match="IM_TICKET_SECRET"):
-        TokenVerifier(CommonSettings(jwt_public_key=pem))
+        CommonSettings(jwt_public_key=pem).require_ticket_secret()
+    with pytest.raises(AuthError, match="IM_TICKET_SECRET"):  # imctl verifies tokens, never tickets
+        TokenVerifier(CommonSettings(jwt_public_key=pem)).mint_ticket(principal, "laptop")
+
+
+def test_with_an_audience_and_issuer_configured_a_token_from_elsewhere_is_refused():
+    """An identity provider shared with other applications: their tokens carry the same claims."""
+    secret = "s" * 32
+    verifier = TokenVerifier(CommonSettings(jwt_secret=secret, jwt_audience="helpdesk-im",
+                                            jwt_issuer="https://idp.example.com"))
+    ours = claims(aud="helpdesk-im", iss="https://idp.example.com")
+    assert verifier.verify(jwt.encode(ours, secret)).subject == "alice"
+    for other in ({**ours, "aud": "crm"}, {**ours, "iss": "https://other.example.com"},
+                  {k: v for k, v in ours.items() if k != "iss"}, {k: v for k, v in ours.items() if k != "aud"}):
+        with pytest.raises(AuthError):
+            verifier.verify(jwt.encode(other, secret))
+
+
+async def test_an_encryption_key_of_the_jwks_never_verifies_a_token(jwks_server):
+    key, url, _, state = jwks_server
+    state["keys"] = [{**jwk(key, "k1"), "use": "enc"}]
+    verifier = TokenVerifier(CommonSettings(jwks_url=url, ticket_secret="t" * 32))
+    await verifier.start()
+    with pytest.raises(AuthError):
+        verifier.verify(jwt.encode(claims(), key, algorithm="RS256", headers={"kid": "k1"}))
 
 
 def test_hs256_by_default_and_incomplete_or_expired_tokens_are_refused():

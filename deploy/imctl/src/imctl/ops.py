@@ -81,7 +81,9 @@ async def authorize_and_audit(token: str, tenant: str, action: str, details: dic
     record; refused when either fails — bodies are never shown without a record that they were."""
     settings = CommonSettings()
     try:
-        principal = TokenVerifier(settings).verify(token)
+        verifier = TokenVerifier(settings)
+        await verifier.start()  # with IM_JWKS_URL: the key set, fetched before the token is read
+        principal = verifier.verify(token)
     except (AuthError, SystemExit) as exc:
         raise Refused(f"the token was not accepted: {exc}") from None
     if principal.role != "admin" or principal.tenant_id != tenant:

@@ -72,6 +72,7 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
     """`mongo_options`: more MongoClient options (tests pass command listeners to count reads)."""
     settings = settings or ApiSettings()
     verifier = TokenVerifier(settings)  # refuses to start without a secret or JWKS
+    settings.require_ticket_secret()  # im-api mints the stream tickets
     readiness = Readiness(timeout_s=settings.readiness_timeout_s)
     presence = PresenceCache(settings)
 

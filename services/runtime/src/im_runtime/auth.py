@@ -94,7 +94,7 @@ class KeySet:
             data = json.loads(response.read(1024 * 1024))
         keys = {}
         for key in jwt.PyJWKSet.from_dict(data).keys:
-            if key.key_id:
+            if key.key_id and key.public_key_use in (None, "sig"):  # never an encryption key
                 keys[key.key_id] = key
         return keys
 
@@ -133,6 +133,8 @@ class TokenVerifier:
         self.keyset = (KeySet(settings.jwks_url, settings.jwks_refresh_s, settings.jwks_min_refresh_s)
                        if settings.jwks_url else None)
         self._leeway = leeway_s
+        self._audience = settings.jwt_audience
+        self._issuer = settings.jwt_issuer
 
     async def start(self) -> None:
         """Fetches the key set once before serving (a no-op without one)."""
@@ -152,16 +154,20 @@ class TokenVerifier:
 
     def _decode(self, token: str) -> dict[str, Any]:
         key, algorithms = self._key(token)
+        require = ["exp", "sub", "tid", "role"] + (["iss"] if self._issuer else [])
         try:
-            return jwt.decode(token, key, algorithms=algorithms, leeway=self._leeway,
-                              options={"require": ["exp", "sub", "tid", "role"], "verify_aud": False})
+            claims = jwt.decode(token, key, algorithms=algorithms, leeway=self._leeway, issuer=self._issuer,
+                                options={"require": require, "verify_aud": False})
         except (jwt.PyJWTError, ValueError) as exc:
             raise AuthError() from exc
+        return claims
 
     def verify(self, token: str) -> Principal:
-        """A bearer token presented over HTTP or the WebSocket."""
+        """A bearer token presented over HTTP or the WebSocket (with IM_JWT_AUDIENCE: naming it)."""
         claims = self._decode(token)
         audiences = _audiences(claims)
+        if self._audience and self._audience not in audiences:
+            raise AuthError(f"the token is not for {self._audience}")
         if TICKET_AUDIENCE in audiences:
             raise AuthError("a stream ticket is not a bearer token")
         if KAFKA_AUDIENCE in audiences:

@@ -55,6 +55,12 @@ class CommonSettings(BaseSettings):
     # names a key id it does not hold (a rotation); no request ever waits for a fetch.
     jwks_refresh_s: float = shared("IM_JWKS_REFRESH_S", default=300.0)
     jwks_min_refresh_s: float = shared("IM_JWKS_MIN_REFRESH_S", default=30.0)
+    # When set, a bearer token must name this audience and issuer: with an identity provider
+    # shared by other applications, their tokens (same claims) are otherwise accepted here.
+    jwt_audience: str | None = shared("IM_JWT_AUDIENCE", default=None,
+                                      description="The `aud` every bearer token must carry (unset: any).")
+    jwt_issuer: str | None = shared("IM_JWT_ISSUER", default=None,
+                                    description="The `iss` every bearer token must carry (unset: any).")
     ticket_secret: SecretStr | None = shared(
         "IM_TICKET_SECRET", default=None, min_length=16,
         description="HS256 secret of stream tickets, shared by im-api (mints) and the gateways "
@@ -80,5 +86,8 @@ class CommonSettings(BaseSettings):
         if self.jwt_secret is None and not self.jwks_url and not self.jwt_public_key:
             raise SystemExit("IM_JWT_PUBLIC_KEY, IM_JWKS_URL or (development) IM_JWT_SECRET must be set; "
                              "`make run` makes a dev secret")
+
+    def require_ticket_secret(self) -> None:
+        """im-api and the gateways pass stream tickets: they alone need the ticket secret."""
         if self.ticket_secret is None and self.jwt_secret is None:
             raise SystemExit("IM_TICKET_SECRET must be set (stream tickets between im-api and the gateways)")

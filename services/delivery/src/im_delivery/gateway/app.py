@@ -24,6 +24,7 @@ from .stream import stream_router
 
 def create_app(settings: DeliverySettings) -> FastAPI:
     settings.require_auth()
+    settings.require_ticket_secret()  # the gateway verifies the stream tickets
     logger = logging.getLogger("im_delivery.gateway")
     readiness = Readiness()
     verifier = TokenVerifier(settings)
