@@ -133,8 +133,8 @@ class TokenVerifier:
         self.keyset = (KeySet(settings.jwks_url, settings.jwks_refresh_s, settings.jwks_min_refresh_s)
                        if settings.jwks_url else None)
         self._leeway = leeway_s
-        self._audience = settings.jwt_audience
-        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience or None  # an empty value (.env.example's) is unset
+        self._issuer = settings.jwt_issuer or None
 
     async def start(self) -> None:
         """Fetches the key set once before serving (a no-op without one)."""
