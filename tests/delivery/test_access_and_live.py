@@ -391,3 +391,27 @@ async def test_an_agents_devices_are_capped_and_an_unused_device_expires_and_pin
     assert await ana_devices() == ["desk", "tablet"]
     for client in (tablet, desk):
         await client.close()
+
+
+async def test_acks_that_move_the_cursor_are_not_counted_against_the_frame_rate_but_repeats_are(
+        stack, outbox, tokens, mongo, mongo_db_name):
+    """A busy agent acks every message it is sent: those acks must not get it closed. An ack that
+    moves nothing (a repeat) counts like any other frame, and writes nothing."""
+    await stack.start_worker()
+    gw = await stack.start_gateway(IM_DELIVERY_CLIENT_FRAME_RATE_PER_AGENT="0.01",
+                                   IM_DELIVERY_CLIENT_FRAME_BURST_PER_AGENT="3")
+    cid = await outbox.start_conversation(["ana", "ben"])
+    ana = await StreamClient.connect(gw.url, tokens.ticket("ana"), name="ana")
+    await outbox.post(cid, "ben", 6)
+    acked = 0
+    while acked < 13:  # the start's update, then 6 messages with their updates: one ack each
+        await eventually(lambda: ana.cursor > acked, message="ana got nothing more")
+        for cursor in range(acked + 1, ana.cursor + 1):
+            await ana.ack(cursor)
+        acked = ana.cursor
+    devices = mongo[mongo_db_name]["delivery_devices"]
+    await eventually(lambda: _count_is(devices.count_documents({"agent_id": "ana", "cursor": 13}), 1))
+    assert ana.close_code is None, "13 advancing acks, a bucket of 3: none counted"
+    for _ in range(4):
+        await ana.ack(13)
+    assert await ana.closed_with() == 4429

@@ -62,6 +62,7 @@ class StreamConnection:
     # is complete. Reads are bounded ranges of cursors, never "everything after": on a long queue an
     # open range costs the database the whole rest of the queue per read (issue 8: replay).
     durable: int = 0
+    acked: int = 0  # the highest cursor this socket acknowledged (a repeat writes nothing)
     live: deque | None = None
     unacked: deque | None = None  # cursors sent here and not yet acknowledged
     closing: int | None = None

@@ -131,6 +131,7 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
                     devices=len(forgotten))
             if not known:  # the device is known from now on (pruning waits for its acks)
                 await store.acknowledge(conn.tenant_id, conn.agent_id, conn.device_id, conn.last_sent)
+            conn.acked = conn.last_sent  # what the device's record holds at least, either way
             await hub.connection_event("opened", conn)
             log(logger, logging.INFO, "stream opened", connection_id=conn.connection_id,
                 tenant_id=conn.tenant_id, agent_id=conn.agent_id, device_id=conn.device_id, cursor=conn.last_sent)
@@ -244,15 +245,20 @@ async def read_client(conn: StreamConnection, hub: Hub, store: QueueStore) -> No
             return  # the gateway closed the socket meanwhile
         if message["type"] == "websocket.disconnect":
             return
-        if not hub.frame_allowed(conn):
-            FRAMES_LIMITED.inc()
-            await conn.close(CLOSE_TOO_SLOW, "too many frames")
-            return
         frame = read_frame(message.get("text") or message.get("bytes") or b"")
         if frame is None:
             await conn.close(CLOSE_BAD_REQUEST, "a client frame must be a JSON object with a string type")
             return
         kind = frame["type"]
+        # An ack that moves this socket's cursor forward is not counted: there is at most one per
+        # message the server sent, and a busy agent acks at the rate it is sent to. Every other
+        # frame (typing, idle, active, an ack that moves nothing) counts.
+        advancing = (kind == "ack" and isinstance(frame.get("cursor"), int)
+                     and min(frame["cursor"], conn.last_sent) > conn.acked)
+        if not advancing and not hub.frame_allowed(conn):
+            FRAMES_LIMITED.inc()
+            await conn.close(CLOSE_TOO_SLOW, "too many frames")
+            return
         if kind == "ack" and isinstance(frame.get("cursor"), int) and frame["cursor"] >= 0:
             # Bounded by what this connection sent: an ack above it would mark entries the device
             # never got as read (its next resume and the pruning job would skip them).
@@ -261,7 +267,9 @@ async def read_client(conn: StreamConnection, hub: Hub, store: QueueStore) -> No
                 log(logger, logging.WARNING, "ack above the last cursor sent; bounded",
                     connection_id=conn.connection_id, acked=frame["cursor"], last_sent=conn.last_sent)
             conn.acknowledged(cursor)
-            await store.acknowledge(conn.tenant_id, conn.agent_id, conn.device_id, cursor)
+            if cursor > conn.acked:  # an ack that moves nothing costs no write
+                conn.acked = cursor
+                await store.acknowledge(conn.tenant_id, conn.agent_id, conn.device_id, cursor)
         elif kind == "typing" and isinstance(frame.get("conversation_id"), str) and frame["conversation_id"]:
             await hub.typing(conn, frame["conversation_id"])
         elif kind in ("idle", "active"):
