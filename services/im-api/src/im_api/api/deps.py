@@ -42,6 +42,12 @@ async def current_principal(request: Request, svc: ServicesDep) -> Principal:
     """The verified caller. An `agent` token (or a service acting for an agent) counts only while
     that agent exists and is active: one indexed lookup per call, no cache, so deactivation
     takes effect on the next request."""
+    return await require_active(await token_principal(request, svc), svc)
+
+
+async def token_principal(request: Request, svc: ServicesDep) -> Principal:
+    """The caller as its token says (signature, expiry, claims): no database read yet. (async:
+    FastAPI would run a plain function in a worker thread, away from the event loop.)"""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -55,6 +61,10 @@ async def current_principal(request: Request, svc: ServicesDep) -> Principal:
         if not _ACTING.match(acting):
             raise Unauthorized("X-Acting-Agent-Id is not an agent id")
         principal = Principal(principal.tenant_id, principal.subject, principal.role, principal.expires_at, acting)
+    return principal
+
+
+async def require_active(principal: Principal, svc: Services) -> Principal:
     if principal.role == "agent" or principal.acting_agent_id:
         if not await svc.store.is_active_agent(principal.tenant_id, principal.agent_id):
             raise Unauthorized("the agent is unknown or deactivated", code="inactive_agent")
@@ -64,15 +74,19 @@ async def current_principal(request: Request, svc: ServicesDep) -> Principal:
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
-async def sender(principal: CurrentPrincipal, svc: ServicesDep) -> Principal:
-    """The caller, once a send is within its agent's and tenant's rate limits (else 429)."""
+TokenPrincipal = Annotated[Principal, Depends(token_principal)]
+
+
+async def sender(principal: TokenPrincipal, svc: ServicesDep) -> Principal:
+    """The caller, once a send is within its agent's and tenant's rate limits (else 429). The
+    limit comes before the directory read: a flood of refused sends costs no database query."""
     svc.limits.send(principal)
-    return principal
+    return await require_active(principal, svc)
 
 
-async def ticket_minter(principal: CurrentPrincipal, svc: ServicesDep) -> Principal:
+async def ticket_minter(principal: TokenPrincipal, svc: ServicesDep) -> Principal:
     svc.limits.ticket(principal)
-    return principal
+    return await require_active(principal, svc)
 
 
 Sender = Annotated[Principal, Depends(sender)]
