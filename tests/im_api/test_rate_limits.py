@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from im_api_helpers import running
+from support.reads import Reads
 from test_bad_input_and_isolation import assert_error
 
 pytestmark = pytest.mark.integration
@@ -28,7 +29,9 @@ async def limited(api_settings):
         send_rate_per_agent=1.0, send_burst_per_agent=3.0, send_rate_per_tenant=2.0, send_burst_per_tenant=5.0,
         ticket_rate_per_agent=0.5, ticket_burst_per_agent=2.0, ticket_rate_per_tenant=10.0,
         ticket_burst_per_tenant=10.0))
-    async with running(settings) as api:
+    reads = Reads()
+    async with running(settings, event_listeners=[reads]) as api:
+        api.reads = reads
         clock = Clock()
         api.app.state.services.limits.clock = clock
         api.clock = clock
@@ -46,9 +49,13 @@ async def test_an_agent_past_its_send_limit_gets_429_with_retry_after_and_nothin
     c = await api.start(T, "alice", "bob")  # a start is a send: one of alice's three
     for n in (1, 2):
         assert (await api.send(T, "alice", c["id"], f"m{n}", f"m{n}")).status_code == 201
-    refused = await api.send(T, "alice", c["id"], "m3", "m3")
+    with api.reads.counting():
+        refused = await api.send(T, "alice", c["id"], "m3", "m3")
     assert_error(refused, 429, "rate_limited")
     assert refused.headers["retry-after"] == "1"
+    # Not even the directory read (the relay's own polling of the outbox goes on meanwhile).
+    touched = {c: n for c, n in api.reads.commands.items() if c in ("agents", "conversations", "messages")}
+    assert touched == {}, f"a refused send costs no database command: {touched}"
     assert await history(api, T, "bob", c["id"]) == ["m1", "m2"]
     assert (await api.send(T, "bob", c["id"], "bob's", "b1")).status_code == 201, "another agent is not limited"
     api.clock.now += 1.0

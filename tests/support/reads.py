@@ -15,6 +15,7 @@ class Reads(monitoring.CommandListener):
     def __init__(self) -> None:
         self.active = False
         self.docs: Counter[str] = Counter()  # collection -> documents returned
+        self.commands: Counter[str] = Counter()  # collection -> commands sent
         self.largest_command = 0
         self._collection: dict[int, str] = {}
 
@@ -24,6 +25,7 @@ class Reads(monitoring.CommandListener):
         command = event.command
         collection = command.get(event.command_name) if event.command_name != "getMore" else command.get("collection")
         self._collection[event.request_id] = collection if isinstance(collection, str) else event.command_name
+        self.commands[self._collection[event.request_id]] += 1
         self.largest_command = max(self.largest_command, len(bson.encode(command)))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
@@ -41,6 +43,7 @@ class Reads(monitoring.CommandListener):
     def counting(self) -> Iterator[Reads]:
         """Counts from zero for the `with` block only."""
         self.docs.clear()
+        self.commands.clear()
         self.largest_command = 0
         self.active = True
         try:
