@@ -30,6 +30,29 @@ def test_the_conversation_frame_carries_the_newest_last_message_known():
     assert conversation_frame({**projection, "last_seq": 0, "last_message": None})["conversation"]["last_seq"] == 0
 
 
+def test_a_messages_update_is_the_same_size_in_a_thread_of_two_or_of_a_hundred():
+    """Each recipient of a message gets a conversation.updated: listing the participants in it made
+    a message cost the square of the thread's size. Now only a thread's start or a change of its
+    participants lists them; a message's update says null (unchanged)."""
+    import json
+
+    from im_contracts.frames import SERVER_FRAMES
+
+    def projection(n: int) -> dict:
+        return {"conversation_id": "c1", "participants": [{"id": f"agent-{i:03d}", "display_name": f"Agent {i}"}
+                                                          for i in range(n)],
+                "related": None, "created_by": "agent-000", "created_at": "2026-01-01T00:00:00.000Z",
+                "last_seq": 7, "last_message": None, "last_message_at": "2026-01-02T00:00:00.000Z"}
+
+    small, big = (json.dumps(conversation_frame(projection(n))) for n in (2, 100))
+    assert len(small) == len(big)
+    assert json.loads(big)["conversation"]["participants"] is None
+    SERVER_FRAMES.validate_python({**json.loads(big), "cursor": 1})
+    snapshot = {**projection(100), "id": "c1"}
+    started = conversation_frame(projection(100), snapshot)
+    assert len(started["conversation"]["participants"]) == 100, "a start (or a change) lists them"
+
+
 def test_a_gateway_heartbeat_stays_small_at_any_socket_count():
     # 100,000 sockets: the beat that listed their ids was ~3.6 MB, above Kafka's 1 MiB record limit.
     from im_delivery.gateway.connection import StreamConnection

@@ -258,6 +258,20 @@ export class ConsoleStore extends EventTarget {
     return c;
   }
 
+  /** The participants of a thread first seen through a message's update (which omits them). */
+  private async loadParticipants(id: string): Promise<void> {
+    try {
+      const fetched = await this.im.http.conversation(id);
+      const now = this.conversations.get(id);
+      if (now && now.participants.length === 0) {
+        this.conversations.set(id, { ...now, participants: fetched.participants });
+        this.changed();
+      }
+    } catch {
+      // The next update that lists them (or a reload) fills them in.
+    }
+  }
+
   async agents(q: string): Promise<ListedAgent[]> {
     // A page may end early when the server's per-request read budget runs out (a large tenant):
     // follow the cursor a few times so the picker still shows a screenful.
@@ -285,10 +299,16 @@ export class ConsoleStore extends EventTarget {
         this.addMessages(frame.message.conversation_id, [frame.message]);
         this.clearTyping(frame.message.conversation_id, frame.message.sender_id);
         break;
-      case "conversation.updated":
-        this.conversations.set(frame.conversation.id, frame.conversation as Conversation);
+      case "conversation.updated": {
+        // A message's update carries no participants (null: unchanged); keep the ones we know,
+        // or ask for them once if this thread is new to us.
+        const known = this.conversations.get(frame.conversation.id);
+        const participants = frame.conversation.participants ?? known?.participants;
+        this.conversations.set(frame.conversation.id, { ...frame.conversation, participants: participants ?? [] } as Conversation);
+        if (!participants) void this.loadParticipants(frame.conversation.id);
         this.recountUnread();
         break;
+      }
       case "read.updated":
         if (frame.agent_id === this.agentId) {
           const c = this.conversations.get(frame.conversation_id);

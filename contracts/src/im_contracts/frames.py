@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from .models import ConversationSnapshot, Message, PresenceStatus, UtcTime
+from .models import ConversationSnapshot, Message, Participant, PresenceStatus, UtcTime
 
 # Clients ignore fields they do not know (API.md: add fields freely, never rename or drop); a
 # field with a default is still always sent, so the schema marks it required (the `type` of
@@ -28,6 +28,12 @@ class Conversation(ConversationSnapshot):
     """A conversation as one reader sees it: the shared snapshot plus that reader's read state."""
 
     model_config = FRAME_CONFIG
+
+    participants: list[Participant] | None = Field(default=None, description=(
+        "The thread's agents when they are new or changed (the thread started, someone was added "
+        "or left); null on the update a message causes: they are what the last update that listed "
+        "them said (or GET /v1/conversations/{id}). Listing them on every message made each "
+        "message cost the square of the thread's size."))
 
     last_read_seq: int = Field(default=0, description="The reader's read marker (seq).")
     unread_count: int = Field(default=0, description="last_seq − last_read_seq.")

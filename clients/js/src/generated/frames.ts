@@ -120,7 +120,10 @@ last_message_at: (string | null)
  */
 last_read_seq: number
 last_seq: number
-participants: Participant[]
+/**
+ * The thread's agents when they are new or changed (the thread started, someone was added or left); null on the update a message causes: they are what the last update that listed them said (or GET /v1/conversations/{id}). Listing them on every message made each message cost the square of the thread's size.
+ */
+participants: (Participant[] | null)
 related: (Related | null)
 /**
  * last_seq − last_read_seq.

@@ -43,9 +43,11 @@ def dedupe_key(kind: str, *parts: object) -> str:
 
 
 def conversation_frame(conv: dict[str, Any], snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`conversation.updated`: the event's snapshot (if any) with the projection's last message."""
+    """`conversation.updated`: the event's snapshot with the projection's last message; without a
+    snapshot (a message's update) the participants are null — unchanged — so that a message costs
+    each recipient a frame of the same size whatever the thread's size."""
     base = dict(snapshot) if snapshot else {
-        "id": conv["conversation_id"], "participants": conv["participants"], "related": conv["related"],
+        "id": conv["conversation_id"], "participants": None, "related": conv["related"],
         "created_by": conv["created_by"], "created_at": conv["created_at"],
         "last_seq": 0, "last_message": None, "last_message_at": None,
     }
