@@ -18,7 +18,8 @@ class HttpConnection:
     async def _open(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
 
-    async def post_json(self, path: str, token: str, body: dict[str, Any]) -> tuple[int, bytes]:
+    async def post_json(self, path: str, token: str, body: dict[str, Any]) -> tuple[int, bytes, float | None]:
+        """(status, body, Retry-After seconds or None)."""
         payload = json.dumps(body, separators=(",", ":")).encode()
         head = (f"POST {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\nauthorization: Bearer {token}\r\n"
                 f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n\r\n").encode()
@@ -34,17 +35,19 @@ class HttpConnection:
                     raise
         raise AssertionError("unreachable")
 
-    async def _answer(self) -> tuple[int, bytes]:
+    async def _answer(self) -> tuple[int, bytes, float | None]:
         assert self.reader is not None
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
-        length, close = None, False
+        length, close, retry_after = None, False, None
         for line in lines[1:]:
             name, _, value = line.partition(":")
             name = name.strip().lower()
             if name == "content-length":
                 length = int(value)
+            elif name == "retry-after":
+                retry_after = float(value)
             elif name == "connection" and value.strip().lower() == "close":
                 close = True
         if length is None:
@@ -52,7 +55,7 @@ class HttpConnection:
         body = await self.reader.readexactly(length)
         if close:
             self.close()
-        return status, body
+        return status, body, retry_after
 
     def close(self) -> None:
         if self.writer is not None:
@@ -68,7 +71,7 @@ class HttpPool:
         self.idle: list[HttpConnection] = []
         self.slots = asyncio.Semaphore(size)
 
-    async def post_json(self, path: str, token: str, body: dict[str, Any]) -> tuple[int, bytes]:
+    async def post_json(self, path: str, token: str, body: dict[str, Any]) -> tuple[int, bytes, float | None]:
         async with self.slots:
             conn = self.idle.pop() if self.idle else HttpConnection(self.host, self.port)
             try:

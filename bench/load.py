@@ -106,13 +106,15 @@ async def traffic(job: dict[str, Any]) -> dict[str, Any]:
         scheduled[cmid] = at
         try:
             # Bounded: a request the system never answers is counted, it does not hang the run.
-            status, _ = await asyncio.wait_for(
+            status, _, retry_after = await asyncio.wait_for(
                 pool.post_json(f"/v1/conversations/{conv['id']}/messages", conv["sender_token"],
                                {"body": f"bench message {i}", "client_msg_id": cmid}), REQUEST_TIMEOUT_S)
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             statuses[type(exc).__name__] += 1
             return
         statuses[status] += 1
+        if status == 429 and retry_after and job.get("honor_retry_after"):
+            await asyncio.sleep(retry_after)  # as the JS client does (a sender that waits its turn)
         if status == 201:
             responded[cmid] = time.monotonic()
 

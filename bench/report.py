@@ -12,6 +12,7 @@ FANIN_SOCKETS = 10_000  # idle sockets one gateway process holds
 FANIN_KIB = 40.0  # memory per idle socket
 REPLAY_MSGS_PER_S = 20_000.0  # offline catch-up
 CONSOLE_PAINT_MS = 1000.0  # the console shown with its thread list, after load on loopback
+FAIRNESS_FACTOR = 2.0  # issue 17: another tenant's p99 within 2x of alone while one floods
 CONSOLE_JS_KIB = 100.0  # the console's JavaScript, gzipped
 # "Without dropped frames": no more long frames while scrolling than the same page standing still
 # has (headless Chromium's own jitter), give or take this many percent of the frames.
@@ -47,6 +48,7 @@ def targets(results: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
     replay = results.get("catch_up") or {}
     search = results.get("latency_search") or {}
     con = results.get("console") or {}
+    fair = results.get("tenant_fairness") or {}
     still = _num(_get(con, "still_frames", "dropped_pct"))
     blank = _num(_get(con, "idle", "blank_page_cores"))
     # Checked where the offered load is within capacity (closed loop, probe, replay). An open-loop
@@ -92,6 +94,12 @@ def targets(results: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
           for key, label in (("list_scroll", f"{_num(con.get('threads')):,.0f}-thread list"),
                              ("history_scroll_loading", "history as pages load"),
                              ("history_fling_loaded", f"{_num(con.get('messages')):,.0f}-message history"))],
+        row("tenant B p99 while A floods at its limit", _num(_get(fair, "limited", "b", "latency", "p99_ms")), "ms",
+            _num(_get(fair, "alone", "latency", "p99_ms")), _num(_get(fair, "limited", "b_p99_ratio")),
+            f"<= {FAIRNESS_FACTOR:g} x B alone", _num(_get(fair, "limited", "b_p99_ratio")) <= FAIRNESS_FACTOR),
+        row("tenant B p99 while A floods, no limits", _num(_get(fair, "unlimited", "b", "latency", "p99_ms")), "ms",
+            _num(_get(fair, "alone", "latency", "p99_ms")), _num(_get(fair, "unlimited", "b_p99_ratio")),
+            "(reported)", True, evaluated=False),
         row("idle console CPU", _num(_get(con, "idle", "console_cores")), "cores", blank, None,
             f"<= blank page + {CONSOLE_IDLE_SLACK_CORES:g}, no requests",
             _num(_get(con, "idle", "console_cores")) <= blank + CONSOLE_IDLE_SLACK_CORES

@@ -32,7 +32,8 @@ from .stack import BenchStack, given_endpoints, start_endpoints
 # requests (their clients gave up) that would otherwise slow every scenario after it.
 # The latency scenarios before fan-in: 10,000 sockets leave the directory and presence 10,000 agents
 # bigger (and `quiet` waits out their disconnects before anything else is measured).
-SCENARIOS = ("baselines", "throughput", "catch_up", "console", "latency", "latency_search", "fan_in")
+SCENARIOS = ("baselines", "throughput", "catch_up", "console", "tenant_fairness", "latency", "latency_search",
+             "fan_in")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # A scenario starts once the stack is back within this many cores of its own idle level.
 SETTLE_MARGIN_CORES = 0.25

@@ -46,6 +46,9 @@ class Scale:
     console_idle_s: float
     console_settle_s: float  # a freshly loaded console is left this long before its idle CPU is measured
     console_loads: int  # page loads timed for the paint
+    fair_s: float = 20  # each measurement of the fairness scenario
+    fair_tenant_rate: int = 15  # the flooding tenant's send limit (msg/s): well below capacity here
+    fair_flood_concurrency: int = 64  # the flood's requests in flight (the issue's measurement)
 
 
 FULL = Scale(baseline_n=500, latency_pairs=20, latency_rate=200, latency_s=20, warmup_s=2, search_rates=(25, 35, 50, 70, 100, 140, 200, 280, 400),
@@ -59,7 +62,7 @@ QUICK = Scale(baseline_n=100, latency_pairs=3, latency_rate=50, latency_s=2, war
               search_s=1.5, throughput_procs=2, throughput_tenants=1, throughput_pairs=2, throughput_concurrency=4,
               throughput_s=2, fanin_sockets=100, probe_s=1.5, catchup_messages=200,
               console_threads=60, console_messages=150, console_scroll_s=1.5, console_idle_s=1, console_settle_s=1,
-              console_loads=2)
+              console_loads=2, fair_s=2, fair_flood_concurrency=8)
 
 
 class Bench:
@@ -265,6 +268,52 @@ class Bench:
         }
         self.say(f"  {out['sustained_delivered_per_s']} msg/s delivered ({delivered}/{accepted}, "
                  f"{out['in_flight']} in flight), closed-loop p99 {out['latency']['p99_ms']} ms")
+        return out
+
+    # --- 2b. fairness between tenants ---------------------------------------------------------------
+
+    async def tenant_fairness(self) -> dict[str, Any]:
+        """Tenant B sends 5 msg/s to an agent whose socket is open; its send -> frame latency alone,
+        then while tenant A floods (16 agents, requests in flight in a closed loop) with im-api's
+        per-tenant send limit well below what the stack serves, and again with no limits. Target:
+        B's p99 with the limited flood within 2x its p99 alone. The flood's senders wait out a
+        429's Retry-After, as the JS client does (a client that ignores it attacks the HTTP front:
+        per-address limits at the load balancer), and its 429s are reported."""
+        s = self.scale
+        b = await self.pairs(f"fair-b-{self.jobs}", 1)
+        a = await self.pairs(f"fair-a-{self.jobs}", 16)
+
+        def b_load(tag: str) -> dict[str, Any]:
+            return self.traffic(b, tag, mode="open", rate=5, duration_s=s.fair_s, warmup_s=s.warmup_s)
+
+        def flood(tag: str) -> dict[str, Any]:
+            return self.traffic(a, tag, mode="closed", concurrency=s.fair_flood_concurrency,
+                                duration_s=s.fair_s + 2 * s.warmup_s + 4, settle_s=60, honor_retry_after=True)
+
+        # A burst of one second's worth: the flood's opening burst is over before B is measured.
+        limited = {"IM_API_SEND_RATE_PER_TENANT": str(s.fair_tenant_rate),
+                   "IM_API_SEND_BURST_PER_TENANT": str(s.fair_tenant_rate)}
+        out: dict[str, Any] = {"b_rate_per_s": 5, "a_limit_per_s": s.fair_tenant_rate}
+        try:
+            await self.stack.restart_api(limited)
+            await self.drained()
+            alone = await self.load(b_load("fairalone"))
+            out["alone"] = _brief(alone)
+            for name, env in (("limited", None), ("unlimited", {})):
+                if env is not None:
+                    await self.stack.restart_api(env)
+                await self.drained()
+                flooding = asyncio.ensure_future(self.load(flood(f"fair{name}a")))
+                await asyncio.sleep(s.warmup_s + 2)  # the flood under way, its opening burst worked off
+                with_flood = await self.load(b_load(f"fair{name}b"))
+                a_result = await flooding
+                ratio = with_flood["latency"]["p99_ms"] / max(alone["latency"]["p99_ms"], 1e-3)
+                out[name] = {"b": _brief(with_flood), "a_accepted_per_s": a_result.get("accepted_per_s"),
+                             "a_statuses": a_result.get("statuses"), "b_p99_ratio": round(ratio, 2)}
+                self.say(f"  B alone p99 {alone['latency']['p99_ms']} ms; with A flooding ({name}) "
+                         f"p99 {with_flood['latency']['p99_ms']} ms = {out[name]['b_p99_ratio']}x")
+        finally:
+            await self.stack.restart_api({})  # the scenarios after this one measure without limits
         return out
 
     # --- 3. fan-in ---------------------------------------------------------------------------------

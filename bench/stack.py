@@ -131,6 +131,17 @@ class BenchStack(launcher.Stack):
         await asyncio.to_thread(self._wait_ready, name, proc, url)
         return f"ws://127.0.0.1:{port}/v1/stream", proc.pid
 
+    async def restart_api(self, env: dict[str, str]) -> int:
+        """im-api again on its port with `env` over the stack's (e.g. rate limits on): stopped
+        gracefully first, so its outbox leases pass to the new process at once; its new pid."""
+        await asyncio.to_thread(self.stop_service, "im-api")
+        proc = launcher._PythonService(name="im-api", log_path=self.config.run_dir / "logs" / "im-api.log")  # noqa: SLF001
+        proc.launch(["-m", "im_api"], {**self.env, **env})
+        url = f"http://{self.config.host}:{self.config.api_port}/readyz"
+        self.services.append(("im-api", proc, url))
+        await asyncio.to_thread(self._wait_ready, "im-api", proc, url)
+        return proc.pid
+
     def stop_service(self, name: str) -> None:
         for entry in list(self.services):
             if entry[0] == name:
