@@ -62,7 +62,7 @@ def test_gateways_get_a_stable_id_and_topics_and_indexes_are_created_by_jobs():
     env = {e["name"]: e for e in container["env"]}
     assert env["IM_DELIVERY_GATEWAY_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     job = of_kind("Job")["helpdesk-im-topics"]
-    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["imctl", "topics", "create"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["imctl", "topics", "create", "--acls"]
     migrate = of_kind("Job")["helpdesk-im-migrate"]
     assert migrate["spec"]["template"]["spec"]["containers"][0]["command"] == ["imctl", "migrate"]
 
@@ -91,3 +91,21 @@ def test_network_policies_let_only_helpdesk_im_pods_reach_kafka_and_mongodb():
     for doc in [*DEPLOYMENTS.values(), *of_kind("Job").values()]:
         labels = doc["spec"]["template"]["metadata"]["labels"]
         assert labels.items() >= ours.items(), doc["metadata"]["name"]
+
+
+def test_credentials_come_from_the_secret_and_each_service_is_the_kafka_principal_its_acls_name():
+    from imctl.acls import PRINCIPALS, principal_name
+
+    config = of_kind("ConfigMap")["helpdesk-im-config"]["data"]
+    assert "IM_MONGO_URI" not in config, "the URI carries credentials: it lives in the Secret"
+    assert config["IM_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    workloads = {**{n: d for n, d in DEPLOYMENTS.items()}, **of_kind("Job")}
+    for name, doc in workloads.items():
+        env = {e["name"]: e for e in doc["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["IM_MONGO_URI"]["valueFrom"]["secretKeyRef"]["name"] == "helpdesk-im-secrets", name
+    for service in PRINCIPALS:
+        env = {e["name"]: e for e in DEPLOYMENTS[service]["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["IM_KAFKA_USERNAME"]["value"] == principal_name(service)
+        assert env["IM_KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == f"kafka-password-{service}"
+    topics_job = of_kind("Job")["helpdesk-im-topics"]["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e for e in topics_job["env"]}["IM_KAFKA_USERNAME"]["value"] == "helpdesk-im-admin"

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer
 from im_contracts.codec import decode_record
+from im_contracts.topics import CONNECTIONS as CONNECTIONS_TOPIC
 from im_contracts.topics import MESSAGES
 from im_runtime.kafka import client_options
 from pydantic import SecretStr
@@ -96,3 +97,84 @@ async def messages_on(settings) -> list:
         return events
     finally:
         await consumer.stop()
+
+
+ACL_USERS = {"admin": "admin-secret-0123456789", "helpdesk-im-im-api": "api-secret-0123456789",
+             "helpdesk-im-delivery-gateway": "gateway-secret-0123456789"}
+
+
+@pytest.fixture
+def acl_kafka(workdir):
+    path = workdir / unique_name("kafka-acl-")
+    broker = local.ApacheKafka(name="kafka-acl", log_path=path / "kafka.log", data_dir=path, port=local.free_port(),
+                               scram_users=ACL_USERS, acls=True)
+    forget = on_abort(broker.stop)
+    try:
+        yield broker.start()
+    finally:
+        forget()
+        broker.stop()
+
+
+def as_user(settings, user: str):
+    return settings.model_copy(update={"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_username": user,
+                                       "kafka_password": SecretStr(ACL_USERS[user])})
+
+
+async def test_each_principal_gets_only_its_acls_a_gateway_cannot_write_the_inbox_nor_read_assistance(
+        acl_kafka, api_settings, monkeypatch):
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
+    from im_contracts.topics import ASSISTANCE_REQUESTS, INBOX
+    from imctl.acls import grant
+
+    bootstrap = acl_kafka.bootstrap
+    for name, value in {"IM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "IM_KAFKA_USERNAME": "admin",
+                        "IM_KAFKA_PASSWORD": ACL_USERS["admin"]}.items():
+        monkeypatch.setenv(name, value)
+    await create_topics(bootstrap, api_settings.topic_prefix, partitions=1)
+    base = api_settings.model_copy(update={"kafka_bootstrap": bootstrap})
+    admin = AIOKafkaAdminClient(**client_options(as_user(base, "admin")))
+    await admin.start()
+    try:
+        granted = await grant(admin, api_settings.topic_prefix, group_prefix=api_settings.topic_prefix,
+                              services=("im-api", "delivery-gateway"))
+    finally:
+        await admin.close()
+    assert granted > 0
+
+    # The gateway's principal: its own topics yes, the inbox no (only the worker writes it).
+    gateway = as_user(base, "helpdesk-im-delivery-gateway")
+    producer = AIOKafkaProducer(**client_options(gateway), enable_idempotence=False, request_timeout_ms=10_000)
+    await producer.start()
+    try:
+        await producer.send_and_wait(CONNECTIONS_TOPIC.name(api_settings.topic_prefix), b"{}", key=b"k")
+        with pytest.raises(TopicAuthorizationFailedError):
+            await producer.send_and_wait(INBOX.name(api_settings.topic_prefix), b"{}", key=b"k")
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(ASSISTANCE_REQUESTS.name(api_settings.topic_prefix), **client_options(gateway),
+                                group_id="im-api-assistance", auto_offset_reset="earliest")
+    with pytest.raises((TopicAuthorizationFailedError, GroupAuthorizationFailedError)):
+        await consumer.start()
+        await consumer.getmany(timeout_ms=5000)
+    await consumer.stop()
+
+    # im-api as its own principal does all it does: publishes, joins its assistance group, and
+    # reads presence.
+    async with running(as_user(base, "helpdesk-im-im-api")) as api:
+        async def ready() -> bool:
+            r = await api.http.get("/readyz")
+            return r.status_code == 200 and all(r.json()["checks"].values())
+
+        await api.add_agents(T, "alice", "bob")
+        c = await api.start(T, "alice", "bob")
+        assert (await api.send(T, "alice", c["id"], "with ACLs", "m-1")).status_code == 201
+        await eventually(ready, timeout=60, message="im-api never became ready under its ACLs")
+        outbox = api.app.state.services.store.outbox
+
+        async def published() -> bool:
+            return await outbox.count_documents({"sent_at": None}) == 0
+
+        await eventually(published, timeout=60, message="im-api could not publish under its ACLs")

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from . import launcher, tokens
+from . import acls, launcher, tokens
 from .topics import create_topics, describe_topics
 
 
@@ -98,12 +98,29 @@ def cmd_topics(args) -> int:
         created = asyncio.run(create_topics(args.bootstrap, args.prefix, args.partitions,
                                             progress=lambda m: print(m, file=sys.stderr)))
         print(f"{len(created)} topics created", file=sys.stderr)
+        if args.acls:
+            granted = asyncio.run(grant_acls(args.bootstrap, args.prefix))
+            print(f"{granted} ACLs granted to {', '.join(acls.principal_name(s) for s in acls.PRINCIPALS)}",
+                  file=sys.stderr)
         return 0
     rows = asyncio.run(describe_topics(args.bootstrap, args.prefix))
     for row in rows:
         state = f"{row['partitions']} partitions" if row["exists"] else "MISSING"
         print(f"{row['topic']:<45} {state:<16} key={row['key']} {row['config'] or ''}")
     return 0 if all(r["exists"] for r in rows) else 1
+
+
+async def grant_acls(bootstrap: str, prefix: str) -> int:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from .topics import kafka_options
+
+    admin = AIOKafkaAdminClient(**kafka_options(bootstrap))
+    await admin.start()
+    try:
+        return await acls.grant(admin, prefix, group_prefix=prefix)
+    finally:
+        await admin.close()
 
 
 def cmd_assist(args) -> int:
@@ -202,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     _bootstrap_arg(p)
     p.add_argument("--partitions", type=int, default=None,
                    help="override every topic's partition count (default: from contracts)")
+    p.add_argument("--acls", action="store_true",
+                   help="also grant each service's principal (helpdesk-im-<service>) its topics and groups; "
+                        "run as the admin principal (IM_KAFKA_USERNAME) on a broker that enforces ACLs")
     p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("assist", help="publish an assistance request, as a ticketing service would")

@@ -210,6 +210,9 @@ class ApacheKafka(ChildServer):
     # SCRAM-SHA-512 users (name -> password): when set, the client listener is SASL_PLAINTEXT and
     # only they get in (the first one is also the broker's own inter-broker identity).
     scram_users: dict[str, str] | None = None
+    # With SCRAM users: enforce ACLs (StandardAuthorizer); the first user is the super user. The
+    # controller listener (loopback, plaintext) is the broker talking to itself: super user too.
+    acls: bool = False
 
     @property
     def bootstrap(self) -> str:
@@ -233,6 +236,8 @@ class ApacheKafka(ChildServer):
             "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
             "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config="
             f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{name}" password="{password}";',
+            *(["authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+               f"super.users=User:{name};User:ANONYMOUS"] if self.acls else []),
         ]
 
     def _properties(self) -> str:
