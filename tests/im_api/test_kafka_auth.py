@@ -8,29 +8,28 @@ import asyncio
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from im_api_helpers import running
 from im_contracts.codec import decode_record
 from im_contracts.topics import CONNECTIONS as CONNECTIONS_TOPIC
 from im_contracts.topics import MESSAGES
 from im_runtime.kafka import client_options
-from pydantic import SecretStr
 from imctl import servers as local
 from imctl.topics import create_topics
-
+from pydantic import SecretStr
 from servers import unique_name
-from im_api_helpers import running
-from support.watchdog import on_abort
 from support.wait import eventually
+from support.watchdog import on_abort
 
 pytestmark = pytest.mark.integration
 T = "acme"
 USERS = {"admin": "admin-secret-0123456789", "im-api": "api-secret-0123456789"}
 
 
-@pytest.fixture
-def sasl_kafka(workdir):
+def own_broker(workdir, users: dict[str, str], acls: bool = False):
+    """An Apache Kafka of the test's own requiring SCRAM (and enforcing ACLs if asked)."""
     path = workdir / unique_name("kafka-sasl-")
     broker = local.ApacheKafka(name="kafka-sasl", log_path=path / "kafka.log", data_dir=path, port=local.free_port(),
-                               scram_users=USERS)
+                               scram_users=users, acls=acls)
     forget = on_abort(broker.stop)
     try:
         yield broker.start()
@@ -39,10 +38,16 @@ def sasl_kafka(workdir):
         broker.stop()
 
 
+@pytest.fixture
+def sasl_kafka(workdir):
+    yield from own_broker(workdir, USERS)
+
+
 async def test_services_authenticate_with_scram_and_a_client_without_credentials_is_refused(
         sasl_kafka, api_settings, monkeypatch):
     bootstrap = sasl_kafka.bootstrap
-    def metadata(credentials=None) -> bool:  # a fresh admin client's metadata request (in a thread: it runs a loop)
+
+    def metadata(credentials=None):  # a fresh admin client's metadata request (in a thread: it runs a loop)
         return asyncio.to_thread(local.kafka_metadata_ok, bootstrap, 5.0, credentials)
 
     assert await metadata(("im-api", USERS["im-api"]))
@@ -58,25 +63,29 @@ async def test_services_authenticate_with_scram_and_a_client_without_credentials
     settings = api_settings.model_copy(update={
         "kafka_bootstrap": bootstrap, "kafka_security_protocol": "SASL_PLAINTEXT",
         "kafka_username": "im-api", "kafka_password": SecretStr(USERS["im-api"])})
+    await serves_a_message(settings, "over SASL")
+    events = await messages_on(settings)
+    assert [e.message.body for e in events] == ["over SASL"]
+
+
+async def serves_a_message(settings, body: str) -> None:
+    """im-api on `settings` takes a message and publishes it, and is ready: its relay's producer,
+    its presence reader and its assistance consumer (FastStream, in its group) all got in."""
     async with running(settings) as api:
         async def ready() -> bool:
             r = await api.http.get("/readyz")
             return r.status_code == 200 and all(r.json()["checks"].values())
 
-        # Ready means: the relay's producer published, the presence reader caught up and the
-        # assistance consumer (FastStream) joined its group — each through SASL.
         await api.add_agents(T, "alice", "bob")
         c = await api.start(T, "alice", "bob")
-        assert (await api.send(T, "alice", c["id"], "over SASL", "m-1")).status_code == 201
-        await eventually(ready, timeout=60, message="im-api never became ready on the SASL broker")
+        assert (await api.send(T, "alice", c["id"], body, "m-1")).status_code == 201
+        await eventually(ready, timeout=60, message="im-api never became ready")
         outbox = api.app.state.services.store.outbox
 
-        async def published() -> bool:  # every outbox record sent (through SASL) before im-api stops
+        async def published() -> bool:  # every outbox record sent before im-api stops
             return await outbox.count_documents({"sent_at": None}) == 0
 
-        await eventually(published, timeout=60, message="the relay never published over SASL")
-    events = await messages_on(settings)
-    assert [e.message.body for e in events] == ["over SASL"]
+        await eventually(published, timeout=60, message="the relay never published")
 
 
 async def messages_on(settings) -> list:
@@ -105,15 +114,7 @@ ACL_USERS = {"admin": "admin-secret-0123456789", "helpdesk-im-im-api": "api-secr
 
 @pytest.fixture
 def acl_kafka(workdir):
-    path = workdir / unique_name("kafka-acl-")
-    broker = local.ApacheKafka(name="kafka-acl", log_path=path / "kafka.log", data_dir=path, port=local.free_port(),
-                               scram_users=ACL_USERS, acls=True)
-    forget = on_abort(broker.stop)
-    try:
-        yield broker.start()
-    finally:
-        forget()
-        broker.stop()
+    yield from own_broker(workdir, ACL_USERS, acls=True)
 
 
 def as_user(settings, user: str):
@@ -125,7 +126,10 @@ async def test_each_principal_gets_only_its_acls_a_gateway_cannot_write_the_inbo
         acl_kafka, api_settings, monkeypatch):
     from aiokafka import AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
+    from aiokafka.errors import (
+        GroupAuthorizationFailedError,
+        TopicAuthorizationFailedError,
+    )
     from im_contracts.topics import ASSISTANCE_REQUESTS, INBOX
     from imctl.acls import grant
 
@@ -163,18 +167,4 @@ async def test_each_principal_gets_only_its_acls_a_gateway_cannot_write_the_inbo
 
     # im-api as its own principal does all it does: publishes, joins its assistance group, and
     # reads presence.
-    async with running(as_user(base, "helpdesk-im-im-api")) as api:
-        async def ready() -> bool:
-            r = await api.http.get("/readyz")
-            return r.status_code == 200 and all(r.json()["checks"].values())
-
-        await api.add_agents(T, "alice", "bob")
-        c = await api.start(T, "alice", "bob")
-        assert (await api.send(T, "alice", c["id"], "with ACLs", "m-1")).status_code == 201
-        await eventually(ready, timeout=60, message="im-api never became ready under its ACLs")
-        outbox = api.app.state.services.store.outbox
-
-        async def published() -> bool:
-            return await outbox.count_documents({"sent_at": None}) == 0
-
-        await eventually(published, timeout=60, message="im-api could not publish under its ACLs")
+    await serves_a_message(as_user(base, "helpdesk-im-im-api"), "with ACLs")
