@@ -44,3 +44,9 @@ def test_memory_is_bounded_by_forgetting_the_least_recently_used():
 
 def test_retry_after_is_whole_seconds_rounded_up_and_never_zero():
     assert [retry_after_s(w) for w in (0.0, 0.01, 1.0, 1.2)] == [1, 1, 1, 2]
+
+
+def test_a_burst_below_one_action_still_lets_one_through_at_the_rate():
+    b = Buckets(Limit(rate=2, burst=0.5))
+    assert take([(b, "a")], now=0.0) == 0.0
+    assert take([(b, "a")], now=0.0) == pytest.approx(0.5)

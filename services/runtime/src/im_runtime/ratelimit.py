@@ -32,7 +32,8 @@ class Buckets:
     """Token buckets for one kind of key under one Limit."""
 
     def __init__(self, limit: Limit, max_keys: int = 100_000) -> None:
-        self.limit = limit
+        # A bucket smaller than one action would refuse every action for ever.
+        self.limit = limit if limit.unlimited or limit.burst >= 1 else Limit(limit.rate, 1.0)
         self.max_keys = max_keys
         self._state: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
 
