@@ -1,5 +1,6 @@
 """The console's pure logic in Node (clients/console/test/): the windowing arithmetic of its long
-lists. `make test` has installed the console's packages (`make console`)."""
+lists, and how a conversation.updated merges into the known thread. `make test` has installed the
+console's packages (`make console`)."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ import {
   type PresenceStatus,
   type QueuedFrame,
 } from "@helpdesk-im/client";
+import { mergeConversation } from "./merge.js";
 
 export interface ConsoleConfig extends HelpdeskImOptions {
   /** The signed-in agent's id (the token's `sub`). */
@@ -300,12 +301,11 @@ export class ConsoleStore extends EventTarget {
         this.clearTyping(frame.message.conversation_id, frame.message.sender_id);
         break;
       case "conversation.updated": {
-        // A message's update carries no participants (null: unchanged); keep the ones we know,
-        // or ask for them once if this thread is new to us.
-        const known = this.conversations.get(frame.conversation.id);
-        const participants = frame.conversation.participants ?? known?.participants;
-        this.conversations.set(frame.conversation.id, { ...frame.conversation, participants: participants ?? [] } as Conversation);
-        if (!participants) void this.loadParticipants(frame.conversation.id);
+        const id = frame.conversation.id;
+        const { conversation, needsParticipants } = mergeConversation(
+          this.conversations.get(id), frame.conversation as Conversation);
+        this.conversations.set(id, conversation);
+        if (needsParticipants) void this.loadParticipants(id);
         this.recountUnread();
         break;
       }
