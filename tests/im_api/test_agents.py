@@ -103,3 +103,26 @@ async def test_the_picker_lists_online_then_away_then_offline_by_name_with_filte
 
 async def _equals(value, expected) -> bool:
     return (await value) == expected
+
+
+async def test_an_agent_coming_online_while_the_list_is_read_is_still_listed(api):
+    """Presence changes between a request's reads (the cache is fed by Kafka meanwhile): an agent
+    read as offline-to-be when the online group was read, and online by the time the offline
+    group is walked, must still appear — the request works on one snapshot of presence."""
+    for agent in ("a1", "b2"):
+        assert (await api.http.put(f"/v1/agents/{agent}", json={"display_name": agent},
+                                   headers=api.admin(T))).status_code == 200
+    directory, presence = api.app.state.services.directory, api.app.state.presence
+    presence.apply(T, "a1", "online", None)  # the tenant's online set exists already
+    walk = directory._walk
+
+    async def walk_after_b2_comes_online(*args, **kwargs):
+        presence.apply(T, "b2", "online", None)  # lands while this request is under way
+        return await walk(*args, **kwargs)
+
+    directory._walk = walk_after_b2_comes_online
+    try:
+        r = await api.http.get("/v1/agents", headers=api.auth(T, "a1"))
+    finally:
+        directory._walk = walk
+    assert sorted(a["id"] for a in r.json()["items"]) == ["a1", "b2"]

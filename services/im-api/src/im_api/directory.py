@@ -104,7 +104,10 @@ class Directory:
         """
         pos = cursors.decode(cursor, {"g": int, "n": str, "i": str}) if cursor else None
         prefix = (q or "").casefold()
-        present = {s: self.presence.members(tenant_id, s) for s in ("online", "away")}
+        # A snapshot (a set copy, no read): the cache changes between this request's awaits, and an
+        # agent who came online after the online group was read would otherwise be left out of the
+        # offline group too, and missing from the list.
+        present = {s: frozenset(self.presence.members(tenant_id, s)) for s in ("online", "away")}
         budget = [self.scan_max]
         found: list[tuple[int, dict]] = []
         resume: tuple[int, str, str] | None = None
@@ -121,7 +124,7 @@ class Directory:
                 if not members:
                     continue
                 if len(members) <= self.by_id_max:
-                    found += [(group, d) for d in await self._present(tenant_id, prefix, set(members), after, need)]
+                    found += [(group, d) for d in await self._present(tenant_id, prefix, members, after, need)]
                     if len(found) > limit:
                         break
                     continue
@@ -141,7 +144,7 @@ class Directory:
             next_cursor = cursors.encode(g=resume[0], n=resume[1], i=resume[2])
         return [agent_view(d, self.presence) for _, d in found[:limit]], next_cursor
 
-    async def _present(self, tenant_id: str, prefix: str, ids: set[str], after: tuple[str, str] | None,
+    async def _present(self, tenant_id: str, prefix: str, ids: Set[str], after: tuple[str, str] | None,
                        need: int) -> list[dict]:
         docs = await self.store.agents_by_id(tenant_id, sorted(ids), active_only=True)
         rows = sorted((d for d in docs.values() if d["name_lc"].startswith(prefix)),

@@ -35,8 +35,7 @@ class PresenceCache:
         return self._status.get((tenant_id, agent_id), ("offline", None))
 
     def members(self, tenant_id: str, status: str) -> Set[str]:
-        """The live set (not a copy: tens of thousands online are not copied per request);
-        callers test membership, and copy before an await if they iterate."""
+        """The live set, not a copy: a caller that holds it across an await copies it first."""
         return self._by_status.get((tenant_id, status)) or frozenset()
 
     async def ready(self) -> bool:
