@@ -103,9 +103,13 @@ async def test_two_relays_never_publish_one_shard_at_once_and_a_takeover_continu
 
 
 async def test_a_relay_keeps_its_leases_while_a_publish_burst_hangs_on_a_dead_broker(private_kafka, api_settings):
-    # fast_settings: lease TTL 1.5 s, renewed every 0.3 s, but one burst may hang for 4 s: the
-    # leases must be renewed beside the burst, or a second relay could take the shards mid-send.
-    settings = await on_private_kafka(private_kafka, api_settings)
+    # A lease TTL of 3 s renewed every 0.3 s, and one burst that may hang for 8 s: the leases must
+    # be renewed beside the burst, or a second relay could take the shards mid-send. (With the
+    # fast settings' 1.5 s TTL a lease round slowed past 1.2 s by a busy database lapsed a lease
+    # without any bug: twice in this machine's CI runs. 2.7 s of slack, and the burst still
+    # outlasts two lifetimes.)
+    settings = (await on_private_kafka(private_kafka, api_settings)).model_copy(update={
+        "outbox_lease_ttl_s": 3.0, "outbox_lease_renew_s": 0.3, "outbox_publish_timeout_s": 8.0})
     async with running(settings) as api:
         await api.add_agents(T, "alice", "bob")
         c = await api.start(T, "alice", "bob")
