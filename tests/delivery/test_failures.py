@@ -156,8 +156,13 @@ async def test_a_stalled_client_is_closed_4429_and_does_not_delay_the_others(
     await eventually(lambda: _closed_4429(gw.port), timeout=20 + stall_s)
     await outbox.post(cid, "ben", 20)  # and after the close, ben goes on as before
     await eventually(lambda: len(ben.messages()) >= burst + 20, timeout=30)
-    appended = {d["cursor"]: d["created_at"].timestamp()
-                async for d in mongo[mongo_db_name]["delivery_queue"].find({"tenant_id": TENANT, "agent_id": "ben"})}
+    # Every entry written before it is read: the last message's conversation.updated may land in
+    # the queue (and reach ben) after its message.created — reading the queue at the moment the
+    # last message arrived missed it once, and ben's arrivals then held one more cursor.
+    queue = mongo[mongo_db_name]["delivery_queue"]
+    ben_queue = {"tenant_id": TENANT, "agent_id": "ben"}
+    await eventually(lambda: _count_is_where(queue, ben_queue, 1 + 2 * (burst + 20)), timeout=30)
+    appended = {d["cursor"]: d["created_at"].timestamp() async for d in queue.find(ben_queue)}
     await eventually(lambda: set(appended) <= set(arrival), timeout=10)
     watcher.cancel()
     assert set(appended) == set(arrival)
@@ -177,6 +182,10 @@ async def test_a_stalled_client_is_closed_4429_and_does_not_delay_the_others(
 
 async def _count_is(collection, n: int) -> bool:
     return await collection.count_documents({}) == n
+
+
+async def _count_is_where(collection, query: dict, n: int) -> bool:
+    return await collection.count_documents(query) == n
 
 
 async def _none_for(registry, agent: str) -> bool:
