@@ -57,7 +57,7 @@ say "Kafka 4.1.1 image (jars from Maven Central, cached)"
 libs=$("$py" -c 'from imctl.servers import ensure_kafka_jars; print(ensure_kafka_jars())')
 mkdir -p "$ctx/kafka"
 cp -r "$libs" "$ctx/kafka/libs" && rm -f "$ctx/kafka/libs/.complete"
-cp "$here/kafka-entrypoint.sh" "$here/kafka-broker-api-versions.sh" "$ctx/kafka/"
+cp "$here/../kafka/entrypoint.sh" "$here/kafka-broker-api-versions.sh" "$ctx/kafka/"
 podman build -q -t helpdesk-im-test/kafka:4.1.1 -f "$here/kafka.Dockerfile" "$ctx/kafka" >/dev/null
 
 say "SecantusDB image (tests only)"

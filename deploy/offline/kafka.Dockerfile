@@ -8,7 +8,7 @@ RUN apt-get update -qq \
  && useradd --system --uid 1000 --create-home appuser \
  && mkdir -p /opt/kafka/libs /var/lib/kafka/data && chown -R appuser /var/lib/kafka
 COPY libs/ /opt/kafka/libs/
-COPY kafka-entrypoint.sh /opt/kafka/entrypoint.sh
+COPY entrypoint.sh /opt/kafka/entrypoint.sh
 COPY kafka-broker-api-versions.sh /opt/kafka/bin/kafka-broker-api-versions.sh
 USER appuser
 VOLUME /var/lib/kafka/data

@@ -11,7 +11,12 @@ import secrets
 
 import httpx
 import websockets
+from aiokafka.admin import AIOKafkaAdminClient
+from im_runtime.kafka import client_options
+from im_runtime.settings import CommonSettings
+from imctl.compose import new_passwords
 from imctl.tokens import mint
+from pydantic import SecretStr
 
 # Tagged for tests only (helpdesk-im-test/...): never an operator's helpdesk-im image.
 TEST_IMAGE = "helpdesk-im-test/app:latest"
@@ -20,16 +25,45 @@ RECONNECT_PAUSE_S = 0.3
 
 
 def stack_env(ports: dict[str, int], engine: str) -> dict[str, str]:
-    """The environment of a test stack: its own free ports, a fresh secret, the test image."""
+    """The environment of a test stack: its own free ports, fresh secrets and passwords, the test image."""
+    passwords = new_passwords()
+    mongo_password = passwords["IM_MONGO_PASSWORD"]
     return {
         **{k: str(v) for k, v in ports.items()},
+        **passwords,
         "IM_JWT_SECRET": "compose-test-" + secrets.token_hex(16),
         "IM_STREAM_PUBLIC_URL": f"ws://127.0.0.1:{ports['IM_STREAM_PORT']}/v1/stream",
         "IM_CONSOLE_ORIGINS": f"http://127.0.0.1:{ports.get('IM_API_PORT', 8000)}",
         "IM_IMAGE": TEST_IMAGE,
-        "IM_TEST_COMPOSE_MONGO_URI": ("mongodb://mongo:27017/?replicaSet=rs0" if engine == "docker"
-                                      else "mongodb://mongo:27017/?directConnection=true"),
+        "IM_TEST_COMPOSE_MONGO_URI": f"mongodb://helpdesk-im:{mongo_password}@mongo:27017/?authSource=admin&"
+                                     + ("replicaSet=rs0" if engine == "docker" else "directConnection=true"),
     }
+
+
+def kafka_client_env(env: dict[str, str], principal: str, password: str | None = None) -> dict[str, str]:
+    """The IM_KAFKA_* settings of a client on the host that authenticates as helpdesk-im-<principal>
+    (the stack's password for it unless `password` says otherwise)."""
+    key = "IM_KAFKA_ADMIN_PASSWORD" if principal == "admin" else f"IM_KAFKA_PASSWORD_{principal.upper().replace('-', '_')}"
+    return {"IM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "IM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "IM_KAFKA_USERNAME": f"helpdesk-im-{principal}", "IM_KAFKA_PASSWORD": password or env[key]}
+
+
+def kafka_settings(bootstrap: str, client_env: dict[str, str]) -> CommonSettings:
+    return CommonSettings(kafka_bootstrap=bootstrap, kafka_security_protocol=client_env["IM_KAFKA_SECURITY_PROTOCOL"],
+                          kafka_sasl_mechanism=client_env["IM_KAFKA_SASL_MECHANISM"],
+                          kafka_username=client_env["IM_KAFKA_USERNAME"],
+                          kafka_password=SecretStr(client_env["IM_KAFKA_PASSWORD"]))
+
+
+async def broker_addresses(bootstrap: str, client_env: dict[str, str]) -> list[tuple[str, int]]:
+    """(host, port) of each broker in the cluster's metadata, asked as the given principal."""
+    admin = AIOKafkaAdminClient(**client_options(kafka_settings(bootstrap, client_env)), request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        cluster = await admin.describe_cluster()
+    finally:
+        await admin.close()
+    return [(b["host"], b["port"]) for b in cluster["brokers"]]
 
 
 class Tenant:

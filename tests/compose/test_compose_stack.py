@@ -10,21 +10,33 @@ on either gateway, exactly once and in order, and that the history holds seq 1..
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 
 import httpx
+import pymongo
 import pytest
 import websockets
-from compose_clients import Inbox, Tenant
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
+from compose_clients import (
+    Inbox,
+    Tenant,
+    broker_addresses,
+    kafka_client_env,
+    kafka_settings,
+)
+from im_contracts.topics import ASSISTANCE_REQUESTS, INBOX
+from im_runtime.kafka import client_options
+from imctl import servers as local
 from imctl.compose import APP_SERVICES
-from imctl.tokens import mint
 from playwright.async_api import async_playwright, expect
+from pymongo.errors import OperationFailure
 from support.wait import eventually
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
@@ -59,27 +71,82 @@ async def test_the_walking_path_works_through_the_published_ports(compose_stack)
 
         # Kafka as the host sees it: metadata names the published port, not the container's name.
         bootstrap = f"127.0.0.1:{env['KAFKA_PORT']}"
-        metadata = subprocess.run(["kcat", "-L", "-J", "-b", bootstrap], capture_output=True, text=True,
-                                  check=True, timeout=30)
-        brokers = json.loads(metadata.stdout)["brokers"]
-        assert [(b["name"].rsplit(":", 1)[0], b["name"].rsplit(":", 1)[1]) for b in brokers] == \
-            [("127.0.0.1", env["KAFKA_PORT"])]
+        producer_env = kafka_client_env(env, "assistance-producer")
+        assert await broker_addresses(bootstrap, producer_env) == [("127.0.0.1", int(env["KAFKA_PORT"]))]
 
-        # An assistance request from a Kafka client outside the containers (kcat, the host).
-        request = {"type": "AssistanceRequested", "tenant_id": acme.tenant, "request_id": uuid.uuid4().hex,
-                   "requested_by": "alice", "agent_ids": ["bob"], "related": {"type": "ticket", "id": "777"},
-                   "message": "need help with 777", "event_id": uuid.uuid4().hex, "schema_version": 1,
-                   "occurred_at": "2026-01-01T00:00:00.000Z"}
-        service_token = mint(env["IM_JWT_SECRET"], acme.tenant, "ticketing", "service", 300, audience="im-kafka")
-        subprocess.run(
-            ["kcat", "-P", "-b", bootstrap, "-t", "helpdesk.assistance-requests.v1",
-             "-k", f"{acme.tenant}:ticket:777", "-H", f"authorization=Bearer {service_token}"],
-            input=json.dumps(request).encode(), check=True, timeout=30,
-        )
+        # An assistance request from a Kafka client outside the containers (the host), as the help
+        # desk's producer principal: `imctl assist` publishes with the service token it mints.
+        published = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "imctl", "assist", "--bootstrap", bootstrap, "--tenant", acme.tenant,
+             "--from", "alice", "--to", "bob", "--ticket", "777", "need help with 777"],
+            env={**os.environ, **producer_env, "IM_JWT_SECRET": env["IM_JWT_SECRET"]},
+            capture_output=True, text=True, timeout=60)
+        assert published.returncode == 0, published.stderr
         await eventually(lambda: [m for m in bob.messages if m["body"] == "need help with 777"], timeout=60,
                          message="the assistance request's message never reached bob")
         (helped,) = [m for m in bob.messages if m["body"] == "need help with 777"]
         assert helped["sender_id"] == "alice" and helped["conversation_id"] != conv
+
+
+async def test_kafka_and_mongodb_let_in_only_clients_with_credentials_and_only_to_what_their_acls_allow(
+        compose_stack):
+    """Through the published ports, as an outsider would try: Kafka without credentials or with a
+    wrong password gets no metadata; the help desk's producer principal may write assistance
+    requests but not the inbox nor read the requests back; MongoDB answers nothing but a ping
+    without a user, and the services' user reaches its own database only."""
+    env = compose_stack.env
+    bootstrap = f"127.0.0.1:{env['KAFKA_PORT']}"
+
+    # Kafka's client listener speaks SASL only: kcat over plain TCP gets no metadata at all.
+    plain = await asyncio.to_thread(subprocess.run, ["kcat", "-L", "-m", "10", "-b", bootstrap],
+                                    capture_output=True, text=True, timeout=60)
+    assert plain.returncode != 0 and "Failed to acquire metadata" in plain.stderr, plain.stderr
+    assert not await asyncio.to_thread(local.kafka_metadata_ok, bootstrap, 10.0, None)
+    assert not await asyncio.to_thread(local.kafka_metadata_ok, bootstrap, 10.0,
+                                       ("helpdesk-im-im-api", "not-the-password-0123"))
+    assert await asyncio.to_thread(local.kafka_metadata_ok, bootstrap, 10.0,
+                                   ("helpdesk-im-im-api", env["IM_KAFKA_PASSWORD_IM_API"]))
+
+    options = client_options(kafka_settings(bootstrap, kafka_client_env(env, "assistance-producer")))
+    producer = AIOKafkaProducer(**options, request_timeout_ms=15_000)
+    await producer.start()
+    try:
+        with pytest.raises(TopicAuthorizationFailedError):
+            await producer.send_and_wait(INBOX.name(), b"{}", key=b"acme:x")
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(ASSISTANCE_REQUESTS.name(), **options, group_id="im-api-assistance",
+                                auto_offset_reset="earliest")
+    with pytest.raises((TopicAuthorizationFailedError, GroupAuthorizationFailedError)):
+        await consumer.start()
+        await consumer.getmany(timeout_ms=10_000)
+    await consumer.stop()
+
+    # The topics step granted each principal its ACLs as the admin.
+    (topics,) = compose_stack.containers("topics")
+    granted = compose_stack.container_tool("logs", topics).stderr + compose_stack.container_tool("logs", topics).stdout
+    assert "ACLs granted to helpdesk-im-im-api" in granted, granted[-2000:]
+
+    def mongo(credentials: str = "") -> pymongo.MongoClient:
+        return pymongo.MongoClient(f"mongodb://{credentials}127.0.0.1:{env['MONGO_PORT']}/?directConnection=true"
+                                   "&authSource=admin", serverSelectionTimeoutMS=10_000)
+
+    def mongo_checks() -> None:
+        with mongo() as anonymous:
+            anonymous.admin.command("ping")  # the handshake's ping needs no user; nothing else does
+            with pytest.raises(OperationFailure) as refused:
+                anonymous.helpdesk_im.list_collection_names()
+            assert refused.value.code == 13, refused.value  # Unauthorized
+        with mongo("helpdesk-im:not-the-password-0123@") as wrong, pytest.raises(OperationFailure) as refused:
+            wrong.helpdesk_im.list_collection_names()
+        assert refused.value.code == 18, refused.value  # AuthenticationFailed
+        with mongo(f"helpdesk-im:{env['IM_MONGO_PASSWORD']}@") as services:
+            assert "messages" in services.helpdesk_im.list_collection_names()
+            with pytest.raises(OperationFailure) as refused:
+                services.other_database.things.insert_one({"x": 1})
+            assert refused.value.code == 13, refused.value
+
+    await asyncio.to_thread(mongo_checks)
 
 
 async def test_the_console_built_into_the_image_is_served_and_works_in_a_browser(compose_stack):

@@ -37,19 +37,60 @@ def test_kafka_runs_the_official_image_in_kraft_mode_with_a_healthcheck():
     assert kafka["image"].endswith("apache/kafka:4.1.1}") or kafka["image"] == "apache/kafka:4.1.1"
     env = kafka["environment"]
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka:9093"
-    assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@127.0.0.1:9093"
+    assert "INTERNAL://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
     assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
     assert "kafka-broker-api-versions" in " ".join(kafka["healthcheck"]["test"])
     assert kafka["restart"] == "unless-stopped"
 
 
+def test_kafka_requires_scram_on_every_listener_a_client_can_reach_and_knows_each_principal():
+    from imctl.acls import PRINCIPALS, principal_name
+
+    kafka = SERVICES["kafka"]
+    env = kafka["environment"]
+    protocols = dict(pair.split(":") for pair in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    listeners = dict(item.split("://") for item in env["KAFKA_LISTENERS"].split(","))
+    for name, address in listeners.items():
+        if name == "CONTROLLER":  # the broker's own controller, over the container's loopback only
+            assert protocols[name] == "PLAINTEXT" and address.startswith("127.0.0.1:")
+        else:
+            assert protocols[name] == "SASL_PLAINTEXT", name
+    assert kafka["entrypoint"] == ["/bin/sh", "/opt/helpdesk-im/kafka-entrypoint.sh"]
+    assert "./deploy/kafka/entrypoint.sh:/opt/helpdesk-im/kafka-entrypoint.sh:ro" in kafka["volumes"]
+    assert "--command-config /tmp/client.properties" in " ".join(kafka["healthcheck"]["test"])
+    assert env["IM_KAFKA_ADMIN_USER"] == "helpdesk-im-admin"
+    assert re.fullmatch(r"\$\{IM_KAFKA_ADMIN_PASSWORD:\?.+\}", env["IM_KAFKA_ADMIN_PASSWORD"]), "no default"
+    users = dict(re.findall(r"(\S+)=(\$\{[^}]*\})", env["IM_KAFKA_SCRAM_USERS"]))
+    assert set(users) == {principal_name(p) for p in PRINCIPALS}
+    for principal in PRINCIPALS:
+        variable = "IM_KAFKA_PASSWORD_" + principal.upper().replace("-", "_")
+        assert re.fullmatch(rf"\$\{{{variable}:\?.+\}}", users[principal_name(principal)]), principal
+
+
 def test_mongo_runs_as_a_one_node_replica_set_so_transactions_work():
     mongo = SERVICES["mongo"]
     assert "mongo:7" in mongo["image"]
-    assert mongo["command"][:2] == ["--replSet", "rs0"]
+    assert mongo["command"][:3] == ["mongod", "--replSet", "rs0"]
     check = " ".join(mongo["healthcheck"]["test"])
     assert "rs.initiate" in check and "mongo:27017" in check
+
+
+def test_mongo_requires_authentication_and_the_services_user_is_not_root():
+    mongo = SERVICES["mongo"]
+    command = mongo["command"]
+    assert command[command.index("--keyFile") + 1] == "/data/db/helpdesk-im.keyfile"  # auth on a replica set
+    env = mongo["environment"]
+    assert env["MONGO_INITDB_ROOT_USERNAME"] == "root"
+    assert re.fullmatch(r"\$\{IM_MONGO_ROOT_PASSWORD:\?.+\}", env["MONGO_INITDB_ROOT_PASSWORD"])
+    assert env["IM_MONGO_USER"] == "helpdesk-im" and env["IM_MONGO_DB"] == "helpdesk_im"
+    assert "./deploy/mongo/create-app-user.js:/docker-entrypoint-initdb.d/10-helpdesk-im-user.js:ro" in mongo["volumes"]
+    assert "-u root" in " ".join(mongo["healthcheck"]["test"])
+    script = (ROOT / "deploy/mongo/create-app-user.js").read_text()
+    assert 'roles: [{role: "readWrite", db: database}]' in script
+    for name, svc in SERVICES.items():
+        if name not in ("kafka", "mongo"):
+            assert "IM_MONGO_ROOT_PASSWORD" not in str(svc), f"{name} must not hold MongoDB's root password"
 
 
 def test_topics_are_created_at_start_before_the_services():
@@ -70,7 +111,13 @@ def test_each_service_is_built_from_the_one_dockerfile_with_health_restart_and_e
     for var in NEEDED_ENV:
         assert var in env, (name, var)
     assert env["IM_KAFKA_BOOTSTRAP"] == "kafka:9092"
-    assert env["IM_MONGO_URI"].startswith("mongodb://mongo:27017/") and "replicaSet=rs0" in env["IM_MONGO_URI"]
+    assert env["IM_MONGO_URI"] == ("mongodb://helpdesk-im:${IM_MONGO_PASSWORD:?set IM_MONGO_PASSWORD}@mongo:27017/"
+                                   "?replicaSet=rs0&authSource=admin")
+    # Its own Kafka principal, and only its own password.
+    assert env["IM_KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    assert env["IM_KAFKA_USERNAME"] == f"helpdesk-im-{name}"
+    variable = "IM_KAFKA_PASSWORD_" + name.upper().replace("-", "_")
+    assert env["IM_KAFKA_PASSWORD"] == f"${{{variable}:?set {variable}}}"
     if name in VERIFIERS:
         assert re.fullmatch(r"\$\{IM_JWT_SECRET:\?.+\}", env["IM_JWT_SECRET"]), "no default secret"
     else:
@@ -92,6 +139,13 @@ def test_published_ports_are_the_documented_ones_on_loopback_unless_the_operator
 
 def test_the_topics_job_and_the_services_that_verify_no_token_get_no_secret():
     assert not any("SECRET" in var for var in SERVICES["topics"]["environment"])
+
+
+def test_the_topics_step_grants_the_acls_as_the_kafka_admin():
+    topics = SERVICES["topics"]
+    assert "--acls" in topics["command"]
+    assert topics["environment"]["IM_KAFKA_USERNAME"] == "helpdesk-im-admin"
+    assert topics["environment"]["IM_KAFKA_PASSWORD"] == "${IM_KAFKA_ADMIN_PASSWORD:?set IM_KAFKA_ADMIN_PASSWORD}"
 
 
 def test_the_dockerfile_is_multi_stage_non_root_with_a_base_image_argument():

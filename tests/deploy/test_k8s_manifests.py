@@ -94,7 +94,7 @@ def test_network_policies_let_only_helpdesk_im_pods_reach_kafka_and_mongodb():
 
 
 def test_credentials_come_from_the_secret_and_each_service_is_the_kafka_principal_its_acls_name():
-    from imctl.acls import PRINCIPALS, principal_name
+    from imctl.acls import SERVICES, principal_name
 
     config = of_kind("ConfigMap")["helpdesk-im-config"]["data"]
     assert "IM_MONGO_URI" not in config, "the URI carries credentials: it lives in the Secret"
@@ -103,7 +103,7 @@ def test_credentials_come_from_the_secret_and_each_service_is_the_kafka_principa
     for name, doc in workloads.items():
         env = {e["name"]: e for e in doc["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["IM_MONGO_URI"]["valueFrom"]["secretKeyRef"]["name"] == "helpdesk-im-secrets", name
-    for service in PRINCIPALS:
+    for service in SERVICES:
         env = {e["name"]: e for e in DEPLOYMENTS[service]["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["IM_KAFKA_USERNAME"]["value"] == principal_name(service)
         assert env["IM_KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == f"kafka-password-{service}"

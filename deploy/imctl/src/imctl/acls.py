@@ -1,6 +1,6 @@
 """Kafka ACLs for Helpdesk IM's principals: each service reads and writes only its own topics and
 joins only its own consumer groups (a gateway cannot write the inbox; only im-api reads the
-assistance requests). `imctl kafka-acls` grants them as the admin principal.
+assistance requests). `imctl topics create --acls` grants them as the admin principal.
 
 aiokafka speaks only CreateAcls v0–v1, which Kafka 4 no longer accepts: v2 (the same fields in
 the flexible encoding) is declared here with aiokafka's own protocol types.
@@ -54,7 +54,14 @@ PRINCIPALS: dict[str, Access] = {
                               groups=("delivery-fanout", "delivery-queue", "delivery-gateways")),
     "delivery-gateway": Access(read=(DELIVERY_SIGNALS,), write=(CONNECTIONS, TYPING, GATEWAYS)),
     "presence": Access(read=(CONNECTIONS, GATEWAYS), write=(PRESENCE, DEAD_LETTERS), groups=("im-presence",)),
+    # Not a service of ours: the help desk's services that ask for assistance (README: Kafka
+    # authentication). They may write requests and nothing else.
+    "assistance-producer": Access(write=(ASSISTANCE_REQUESTS,)),
 }
+
+
+HELP_DESK = "assistance-producer"
+SERVICES = tuple(name for name in PRINCIPALS if name != HELP_DESK)  # the workloads of ours
 
 
 def principal_name(service: str) -> str:

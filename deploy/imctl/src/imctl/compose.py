@@ -14,6 +14,8 @@ at start-up (IM_CONNECT_TIMEOUT_S), so a broker that comes back later costs them
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -35,6 +37,42 @@ ONE_SHOT_SERVICES = ("topics",)
 APP_SERVICES = ("im-api", "delivery-gateway", "delivery-worker", "presence")
 PROJECT_LABELS = ("com.docker.compose.project", "io.podman.compose.project")
 _BUILT: set[tuple[str, str]] = set()  # (engine, image) built by this process
+
+# The stack's passwords (docker-compose.yml says who uses each): Kafka's admin and one SCRAM
+# principal per service (and the help desk's producer of assistance requests), MongoDB's root and
+# the services' user.
+PASSWORDS = ("IM_KAFKA_ADMIN_PASSWORD", "IM_KAFKA_PASSWORD_IM_API", "IM_KAFKA_PASSWORD_DELIVERY_WORKER",
+             "IM_KAFKA_PASSWORD_DELIVERY_GATEWAY", "IM_KAFKA_PASSWORD_PRESENCE",
+             "IM_KAFKA_PASSWORD_ASSISTANCE_PRODUCER", "IM_MONGO_ROOT_PASSWORD", "IM_MONGO_PASSWORD")
+# They go unescaped into a MongoDB URI, a JAAS line and kafka-storage's --add-scram argument.
+PASSWORD_SHAPE = re.compile(r"[A-Za-z0-9._-]{16,}")
+PASSWORDS_FILE = "compose-passwords.env"
+
+
+def new_passwords() -> dict[str, str]:
+    return {name: secrets.token_urlsafe(24) for name in PASSWORDS}
+
+
+def compose_passwords(run_dir: Path, say) -> dict[str, str]:
+    """Each of PASSWORDS from the environment when set, else made once and kept (0600) in
+    run_dir/compose-passwords.env: the data volumes hold the users they created on first start, so
+    a later `compose up` must bring the same ones."""
+    path = run_dir / PASSWORDS_FILE
+    kept: dict[str, str] = {}
+    if path.exists():
+        kept = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    made = {name: kept.get(name) or value for name, value in new_passwords().items()}
+    if made != kept:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text("".join(f"{k}={v}\n" for k, v in made.items()))
+        say(f"passwords of the stack's Kafka and MongoDB users kept in {path} (set them in the environment to choose)")
+    return {name: os.environ.get(name) or made[name] for name in PASSWORDS}
+
+
+def password_problems(passwords: dict[str, str]) -> list[str]:
+    return [f"{name}: use 16 or more letters, digits, '.', '_' or '-'"
+            for name, value in passwords.items() if not PASSWORD_SHAPE.fullmatch(value)]
 
 
 class ComposeError(RuntimeError):
@@ -316,7 +354,13 @@ def compose_up(project: str = "helpdesk-im") -> int:
     if problem:
         print(f"error: IM_JWT_SECRET is not usable: {problem} (use 32+ random characters)", file=sys.stderr)
         return 1
+    passwords = compose_passwords(config.run_dir, print)
+    for problem in password_problems(passwords):
+        print(f"error: {problem}", file=sys.stderr)
+    if password_problems(passwords):
+        return 1
     env = {
+        **passwords,
         "IM_JWT_SECRET": secret,
         "IM_API_PORT": str(config.api_port),
         "IM_STREAM_PORT": str(config.stream_port),
@@ -343,8 +387,9 @@ Helpdesk IM is up in containers ({stack.engine}, compose project {project}).
   Console         http://{host}:{config.api_port}/console/   (sign in with an agent token, below)
   HTTP API        http://{host}:{config.api_port}        (docs: http://{host}:{config.api_port}/docs)
   WebSocket       ws://{host}:{config.stream_port}/v1/stream
-  Kafka           {host}:{config.kafka_port}
-  MongoDB         mongodb://{host}:{config.mongo_port}/?directConnection=true
+  Kafka           {host}:{config.kafka_port}   (SASL_PLAINTEXT, SCRAM-SHA-512: user helpdesk-im-admin, password
+                  IM_KAFKA_ADMIN_PASSWORD in {config.run_dir / PASSWORDS_FILE} unless set)
+  MongoDB         mongodb://helpdesk-im:$IM_MONGO_PASSWORD@{host}:{config.mongo_port}/?directConnection=true&authSource=admin
   logs            {stack.tool} logs {project}{'_' if stack.engine == 'podman' else '-'}im-api{'_' if stack.engine == 'podman' else '-'}1   (and the other services)
 
 Mint dev tokens:
@@ -357,8 +402,8 @@ In the console, paste the token (echo "$ALICE") under "With a token"; or follow 
 
 
 def compose_down(project: str = "helpdesk-im", volumes: bool = False) -> int:
-    # docker-compose.yml refuses to load without a secret; stopping needs none.
-    env = {"IM_JWT_SECRET": os.environ.get("IM_JWT_SECRET", "unused-for-down-0123456789")}
+    # docker-compose.yml refuses to load without its secrets; stopping needs none of them.
+    env = {name: os.environ.get(name, "unused-for-down-0123456789") for name in ("IM_JWT_SECRET", *PASSWORDS)}
     try:
         stack = ComposeStack(project=project, env=env)
     except ComposeError as exc:

@@ -25,7 +25,7 @@ class CommonSettings(BaseSettings):
                                   description="Kafka bootstrap servers, comma-separated.")
     # How the services authenticate to Kafka: PLAINTEXT for the local dev broker and tests;
     # a deployment uses SASL_SSL (or SASL_PLAINTEXT on a private network) with one SCRAM
-    # principal per service, whose ACLs `imctl kafka-acls` grants (README: Operating).
+    # principal per service, whose ACLs `imctl topics create --acls` grants (README: Operating).
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = shared(
         "IM_KAFKA_SECURITY_PROTOCOL", default="PLAINTEXT")
     kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = shared(
