@@ -85,7 +85,7 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
         relay = Relay(store, client, settings, lambda: make_producer(
             settings, request_timeout_ms=int(settings.outbox_publish_timeout_s * 1000)), owner)
         uow = UnitOfWork(client, store, settings, on_commit=relay.wake)
-        committer = Committer(uow, store, settings.commit_batch_max)
+        committer = Committer(uow, store, settings.commit_batch_max, settings.commit_lanes)
         conversations = Conversations(store, uow, committer, settings)
         app.state.services = Services(
             settings, store, verifier, Directory(store, uow, presence, scan_max=settings.agent_list_scan_max),

@@ -1,6 +1,11 @@
-"""Group commit of sends: every message posted by this process goes through one task that commits
-all sends queued meanwhile in ONE transaction (one seq allocation per conversation), so a busy
-thread never turns into a storm of conflicting, retried transactions."""
+"""Group commit of sends: every message posted by this process goes through the committer, which
+commits one tenant's sends queued meanwhile in ONE transaction (one seq allocation per
+conversation), so a busy thread never turns into a storm of conflicting, retried transactions.
+
+Tenants are served round robin, each in a lane of its own: up to `lanes` tenants' transactions run
+at once, one per tenant. A tenant flooding the process therefore delays another tenant's send by
+at most one turn, never by its backlog nor by its batch in progress (tenants share no document,
+so their transactions cannot conflict)."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import Any
 from im_contracts.events import MessagePosted
 from im_contracts.models import Message
 from im_contracts.topics import MESSAGES, conversation_key
+from im_runtime.lanes import TenantLanes
 from im_runtime.logs import log, trace_id
 from im_runtime.shutdown import raise_if_cancelled
 from pymongo.errors import DuplicateKeyError
@@ -69,11 +75,14 @@ def _replay(send: Send, original: dict) -> tuple[dict, bool] | ApiError:
 
 
 class Committer:
-    def __init__(self, uow: UnitOfWork, store: Store, batch_max: int) -> None:
+    def __init__(self, uow: UnitOfWork, store: Store, batch_max: int, lanes: int = 1) -> None:
         self.uow = uow
         self.store = store
         self.batch_max = batch_max
-        self.queue: asyncio.Queue[Send] = asyncio.Queue()
+        self.lanes = lanes
+        self.pending: TenantLanes[str, Send] = TenantLanes()
+        self._changed = asyncio.Event()
+        self._in_flight: set[asyncio.Task] = set()
         self.batches = 0  # observability: transactions committed (tests/benchmarks read it)
 
     async def send(self, tenant_id: str, conversation_id: str, sender_id: str, body: str,
@@ -81,30 +90,44 @@ class Committer:
                    also: Callable[[Transaction, dict], Awaitable[None]] | None = None) -> tuple[dict, bool]:
         """Post one message; (stored message, created?) once its transaction committed."""
         item = Send(tenant_id, conversation_id, sender_id, body, client_msg_id, trace=trace_id.get(), also=also)
-        self.queue.put_nowait(item)
+        self.pending.put(tenant_id, item)
+        self._changed.set()
         return await asyncio.shield(item.future)
 
     async def run(self) -> None:
-        while True:
-            raise_if_cancelled()
-            batch = [await self.queue.get()]
-            while len(batch) < self.batch_max and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            try:
-                await self._commit(batch)
-            except Exception as exc:  # noqa: BLE001 - each caller gets the failure; the loop goes on
-                log(logger, logging.WARNING, "send batch failed", size=len(batch), error=type(exc).__name__)
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+        try:
+            while True:
+                raise_if_cancelled()
+                self._changed.clear()
+                while len(self._in_flight) < self.lanes and (taken := self.pending.take(self.batch_max)):
+                    task = asyncio.create_task(self._lane(*taken), name=f"commit-{taken[0]}")
+                    self._in_flight.add(task)
+                    task.add_done_callback(self._in_flight.discard)
+                await self._changed.wait()
+        finally:
+            # Stopping: the transactions under way finish (their senders are waiting for them);
+            # `drain` then commits what is still queued.
+            if self._in_flight:
+                await asyncio.shield(asyncio.gather(*self._in_flight, return_exceptions=True))
+
+    async def _lane(self, tenant_id: str, batch: list[Send]) -> None:
+        try:
+            await self._commit(batch)
+        except Exception as exc:  # noqa: BLE001 - each caller gets the failure; the lanes go on
+            log(logger, logging.WARNING, "send batch failed", size=len(batch), error=type(exc).__name__)
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+        finally:
+            self.pending.done(tenant_id)
+            self._changed.set()
 
     async def drain(self) -> None:
         """Commit what is queued (graceful shutdown)."""
-        while not self.queue.empty():
-            batch = []
-            while len(batch) < self.batch_max and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            await self._commit(batch)
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        while (taken := self.pending.take(self.batch_max)) is not None:
+            await self._lane(*taken)
 
     async def _commit(self, batch: list[Send]) -> None:
         leaders: dict[tuple, Send] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 from im_runtime.settings import CommonSettings
 
@@ -51,6 +52,9 @@ class ApiSettings(CommonSettings):
     rate_limit_max_keys: int = 100_000
     # Group commit: at most this many sends in one MongoDB transaction (bounds txn size).
     commit_batch_max: int = 256
+    # Tenants whose group commits run at once (one transaction per tenant, tenants served round
+    # robin): a tenant flooding this process delays another's send by at most one turn.
+    commit_lanes: int = Field(default=4, ge=1)
     # Outbox relay: 16 shards lets up to 16 im-api processes share publishing.
     outbox_shards: int = 16
     # A lease outlives a few missed renewals; a dead holder's shards move after this long.
