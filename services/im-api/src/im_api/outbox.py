@@ -145,28 +145,28 @@ class UnitOfWork:
     the same object serves HTTP and the Kafka consumers (assistance requests)."""
 
     def __init__(self, client: AsyncMongoClient, store: Store, settings: ApiSettings,
-                 on_commit: Callable[[], None]) -> None:
+                 on_commit: Callable[[set[int]], None]) -> None:
         self.client = client
         self.store = store
         self.settings = settings
         self.on_commit = on_commit
 
     async def run(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
-        published = False
+        shards: set[int] = set()
 
         async def callback(session: Any) -> T:
-            nonlocal published
+            nonlocal shards
             tx = Transaction(session, self.settings.outbox_shards, self.settings.max_record_bytes)
             result = await work(tx)
             if tx.records:
                 await self.store.outbox.insert_many(tx.records, session=session)
-            published = bool(tx.records)
+            shards = {r["shard"] for r in tx.records}
             return result
 
         async with self.client.start_session() as session:
             result = await session.with_transaction(callback)
-        if published:
-            self.on_commit()
+        if shards:
+            self.on_commit(shards)
         return result
 
 
@@ -202,9 +202,32 @@ class Relay:
     kafka_ok: bool = False
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
+    # What the next round reads: the shards local commits wrote to since the last round, or every
+    # held shard (`_all`) — at start, after a failed round, on a newly acquired shard, and at least
+    # every outbox_poll_s for other processes' records. A round then costs a query per shard that
+    # has work, not one per held shard (16 per local commit, most of them empty, before).
+    _dirty: set[int] = field(default_factory=set)
+    _all: bool = True
+    _next_full: float = 0.0
 
-    def wake(self) -> None:
+    def wake(self, shards: set[int] | None = None) -> None:
+        """Local commits wrote to `shards` (None: look at every held shard)."""
+        if shards is None:
+            self._all = True
+        else:
+            self._dirty.update(shards)
         self._wake.set()
+
+    def _round_shards(self) -> list[int]:
+        now_s = time.monotonic()
+        if self._all or now_s >= self._next_full:
+            self._all = False
+            self._dirty.clear()
+            self._next_full = now_s + self.settings.outbox_poll_s
+            return list(self.held)
+        shards = [shard for shard in self.held if shard in self._dirty]
+        self._dirty.clear()
+        return shards
 
     def halt(self) -> None:
         """Ends both loops at their next round: a stop that does not depend on the cancellation
@@ -246,13 +269,15 @@ class Relay:
                         producer = self.make_producer()
                         async with asyncio.timeout(self.settings.outbox_publish_timeout_s):
                             await producer.start()
-                    busy = await self._publish_held(producer)
+                    busy = await self._publish_held(producer, self._round_shards())
                     self.kafka_ok = True
                     delay = self.settings.retry_initial_s
                 except (LeaseLost, PyMongoError) as exc:
                     log(logger, logging.WARNING, "outbox round failed", error=type(exc).__name__)
+                    self._all = True  # the shards of the failed round still have their records
                     busy = False
                 except Exception as exc:  # noqa: BLE001 - Kafka down/timeouts: rebuild the producer, back off
+                    self._all = True
                     self.kafka_ok = False
                     log(logger, logging.WARNING, "publishing failed; retrying", error=type(exc).__name__,
                         retry_in_s=round(delay, 3))
@@ -370,7 +395,7 @@ class Relay:
         self.held[shard] = doc["token"]
         self.valid_until[shard] = started + self.settings.outbox_lease_ttl_s - self.settings.outbox_lease_renew_s
         log(logger, logging.INFO, "outbox shard acquired", shard=shard, token=doc["token"])
-        self._wake.set()  # its pending records are published at once, not at the next poll
+        self.wake()  # its pending records are published at once, not at the next poll
 
     def _drop(self, shard: int) -> None:
         self.held.pop(shard, None)
@@ -378,10 +403,11 @@ class Relay:
 
     # --- publishing -----------------------------------------------------------------------
 
-    async def _publish_held(self, producer: AIOKafkaProducer) -> bool:
+    async def _publish_held(self, producer: AIOKafkaProducer, shards: list[int]) -> bool:
         busy = False
-        for shard, token in list(self.held.items()):
-            if self.valid_until.get(shard, 0) <= time.monotonic():
+        for shard in shards:
+            token = self.held.get(shard)
+            if token is None or self.valid_until.get(shard, 0) <= time.monotonic():
                 continue
             pending = await (self.store.outbox.find(self.store.pending_query(shard))
                              .sort([("conversation_id", 1), ("order", 1)])
@@ -410,7 +436,9 @@ class Relay:
             for r in pending:
                 if r["_id"] not in set_aside:
                     OUTBOX_PUBLISHED.labels(r["topic"]).inc()
-            busy = busy or len(pending) >= self.settings.outbox_batch
+            if len(pending) >= self.settings.outbox_batch:
+                self._dirty.add(shard)  # more behind this burst: the next round, at once
+                busy = True
         return busy
 
     async def _send(self, producer: AIOKafkaProducer,
