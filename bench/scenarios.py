@@ -4,6 +4,7 @@ separate processes (`bench.load`) and returns its figures as a dict."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -297,24 +298,52 @@ class Bench:
         try:
             await self.stack.restart_api(limited)
             await self.drained()
-            alone = await self.load(b_load("fairalone"))
+            async with self.db_probe() as probe:
+                alone = await self.load(b_load("fairalone"))
             out["alone"] = _brief(alone)
+            out["alone"]["db_probe"] = summary_ms(probe)
             for name, env in (("limited", None), ("unlimited", {})):
                 if env is not None:
                     await self.stack.restart_api(env)
                 await self.drained()
                 flooding = asyncio.ensure_future(self.load(flood(f"fair{name}a")))
                 await asyncio.sleep(s.warmup_s + 2)  # the flood under way, its opening burst worked off
-                with_flood = await self.load(b_load(f"fair{name}b"))
+                async with self.db_probe() as probe:
+                    with_flood = await self.load(b_load(f"fair{name}b"))
                 a_result = await flooding
                 ratio = with_flood["latency"]["p99_ms"] / max(alone["latency"]["p99_ms"], 1e-3)
+                db = summary_ms(probe)
+                db_ratio = db["p99_ms"] / max(out["alone"]["db_probe"]["p99_ms"], 1e-3)
                 out[name] = {"b": _brief(with_flood), "a_accepted_per_s": a_result.get("accepted_per_s"),
-                             "a_statuses": a_result.get("statuses"), "b_p99_ratio": round(ratio, 2)}
+                             "a_statuses": a_result.get("statuses"), "b_p99_ratio": round(ratio, 2),
+                             "db_probe": db, "db_probe_p99_ratio": round(db_ratio, 2)}
                 self.say(f"  B alone p99 {alone['latency']['p99_ms']} ms; with A flooding ({name}) "
-                         f"p99 {with_flood['latency']['p99_ms']} ms = {out[name]['b_p99_ratio']}x")
+                         f"p99 {with_flood['latency']['p99_ms']} ms = {out[name]['b_p99_ratio']}x; "
+                         f"one MongoDB read p99 {db['p99_ms']} ms = {out[name]['db_probe_p99_ratio']}x alone")
         finally:
             await self.stack.restart_api({})  # the scenarios after this one measure without limits
         return out
+
+    @contextlib.asynccontextmanager
+    async def db_probe(self, interval_s: float = 0.05):
+        """Latencies (s) of one indexed single-document read, every `interval_s` while the block
+        runs: what any one command of the pipeline waits at the database under that load."""
+        samples: list[float] = []
+        await self.db.bench_probe.update_one({"_id": 1}, {"$set": {"v": 1}}, upsert=True)
+
+        async def probe() -> None:
+            while True:
+                began = time.perf_counter()
+                await self.db.bench_probe.find_one({"_id": 1})
+                samples.append(time.perf_counter() - began)  # seconds, as summary_ms takes them
+                await asyncio.sleep(interval_s)
+
+        task = asyncio.create_task(probe())
+        try:
+            yield samples
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     # --- 3. fan-in ---------------------------------------------------------------------------------
 
