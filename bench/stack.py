@@ -128,7 +128,7 @@ class BenchStack(launcher.Stack):
                     {**self.env, "IM_STREAM_PORT": str(port), "IM_DELIVERY_GATEWAY_ID": name, **(env or {})})
         url = f"http://127.0.0.1:{port}/readyz"
         self.services.append((name, proc, url))
-        await asyncio.to_thread(self._wait_ready, name, proc, url)
+        await asyncio.to_thread(self.wait_ready, name, proc, url)
         return f"ws://127.0.0.1:{port}/v1/stream", proc.pid
 
     async def restart_api(self, env: dict[str, str]) -> int:
@@ -139,7 +139,7 @@ class BenchStack(launcher.Stack):
         proc.launch(["-m", "im_api"], {**self.env, **env})
         url = f"http://{self.config.host}:{self.config.api_port}/readyz"
         self.services.append(("im-api", proc, url))
-        await asyncio.to_thread(self._wait_ready, "im-api", proc, url)
+        await asyncio.to_thread(self.wait_ready, "im-api", proc, url)
         return proc.pid
 
     def stop_service(self, name: str) -> None:

@@ -13,8 +13,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
+from imctl.ready import NotReady, wait_ready_blocking
 from imctl.servers import free_port
 from support.stack import start_stack
 
@@ -49,18 +49,11 @@ class Control:
         old.kill()
         new = self.services.start("gateway0", ["-m", "im_delivery.gateway"], old.env, old.ready_url)
         self.stack.procs["gateway0"] = new
-        with httpx.Client(timeout=2.0) as http:
-            for _ in range(600):  # up to ~60 s: the condition, polled
-                if new.proc.poll() is not None:
-                    raise RuntimeError(f"gateway exited:\n{new.tail()}")
-                try:
-                    if http.get(new.ready_url).status_code == 200:
-                        self.restarts += 1
-                        return
-                except httpx.HTTPError:
-                    pass
-                threading.Event().wait(0.1)
-        raise TimeoutError("the restarted gateway never became ready")
+        try:
+            wait_ready_blocking(new.ready_url, 60, alive=lambda: new.proc.poll() is None, interval=0.1)
+        except NotReady as exc:
+            raise RuntimeError(f"the restarted gateway never became ready: {exc}\n{new.tail()}") from None
+        self.restarts += 1
 
     def serve(self) -> ThreadingHTTPServer:
         control = self

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from imctl.ready import NotReady, wait_ready
 
 
 @dataclass
@@ -40,21 +38,10 @@ class ServiceProcess:
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Polls the service's /readyz until it answers 200 (the condition, not a sleep)."""
         assert self.ready_url, f"{self.name} has no readiness URL"
-        deadline = time.monotonic() + timeout
-        last = ""
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.proc is None or self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.name} exited:\n{self.tail()}")
-                try:
-                    r = await client.get(self.ready_url)
-                    if r.status_code == 200:
-                        return
-                    last = f"{r.status_code} {r.text[:300]}"
-                except httpx.HTTPError as exc:
-                    last = repr(exc)
-                await asyncio.sleep(0.05)
-        raise TimeoutError(f"{self.name} not ready in {timeout}s: {last}\n{self.tail()}")
+        try:
+            await wait_ready(self.ready_url, timeout, alive=lambda: self.proc is not None and self.proc.poll() is None)
+        except NotReady as exc:
+            raise TimeoutError(f"{self.name}: {exc}\n{self.tail()}") from None
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:

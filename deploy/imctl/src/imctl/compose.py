@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 
+from .ready import NotReady, wait_ready_blocking
 from .servers import REPO_ROOT
 
 OFFLINE = REPO_ROOT / "deploy" / "offline"
@@ -318,15 +318,10 @@ class ComposeStack:
 
 
 def wait_http_ready(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise ComposeError(f"{url} not ready within {timeout}s")
+    try:
+        wait_ready_blocking(url, timeout, interval=0.5)
+    except NotReady as exc:
+        raise ComposeError(str(exc)) from None
 
 
 def secret_problem(secret: str) -> str | None:

@@ -13,13 +13,12 @@ import secrets
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 
 from . import servers
+from .ready import NotReady, wait_ready_blocking
 from .topics import create_topics
 
 DEV_SECRET_FILE = "dev-jwt-secret"
@@ -144,21 +143,14 @@ class Stack:
             proc.launch(argv, self.env)
             self.services.append((name, proc, f"http://{c.host}:{port}/readyz"))
         for name, proc, url in self.services:
-            self._wait_ready(name, proc, url)
+            self.wait_ready(name, proc, url)
             self.say(f"  {name} ready ({url.removesuffix('/readyz')}, pid {proc.pid})")
 
-    def _wait_ready(self, name: str, proc: servers.ChildServer, url: str) -> None:
-        deadline = time.monotonic() + self.config.ready_timeout_s
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                raise servers.ServerError(f"{name} exited:\n{proc.tail()}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise servers.ServerError(f"{name} not ready within {self.config.ready_timeout_s}s:\n{proc.tail()}")
+    def wait_ready(self, name: str, proc: servers.ChildServer, url: str) -> None:
+        try:
+            wait_ready_blocking(url, self.config.ready_timeout_s, alive=proc.alive, interval=0.1)
+        except NotReady as exc:
+            raise servers.ServerError(f"{name}: {exc}\n{proc.tail()}") from None
 
     def stop(self) -> None:
         for name, proc, _ in reversed(self.services):
