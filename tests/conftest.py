@@ -13,13 +13,11 @@ import pytest
 from imctl.topics import create_topics
 from pymongo import AsyncMongoClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from servers import Endpoints, session_workdir, start_endpoints, unique_name  # noqa: E402
-from support.processes import ServiceProcess, ServiceRunner  # noqa: E402
-from support.tasks import no_task_ignores_cancellation  # noqa: E402,F401
+from servers import Endpoints, session_workdir, start_endpoints, unique_name
+from support.processes import ServiceProcess, ServiceRunner
+from support.tasks import no_task_ignores_cancellation  # noqa: F401
 # The watchdog's hooks: a hung test ends the run with a diagnosis instead of stalling CI.
-from support.watchdog import (  # noqa: E402,F401
+from support.watchdog import (  # noqa: F401
     on_abort,
     pytest_configure,
     pytest_runtest_logreport,
@@ -187,7 +185,7 @@ def private_mongo(workdir: Path) -> Iterator:
 @pytest.fixture
 async def own_mongo(private_mongo) -> AsyncIterator[tuple]:
     """(server, client) of this test's own MongoDB, for tests that SIGKILL a process in the middle
-    of a transaction: SecantusDB has wedged around such an abandoned transaction (issue 15), and it
+    of a transaction: SecantusDB has wedged around such an abandoned transaction, and it
     must never be the session's server, which every later test needs."""
     client: AsyncMongoClient = AsyncMongoClient(private_mongo.uri, tz_aware=True,
                                                 socketTimeoutMS=TEST_MONGO_SOCKET_TIMEOUT_MS)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.bench]
+pytestmark = [pytest.mark.e2e, pytest.mark.bench]  # the whole stack, as `make bench` starts it
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ("baselines", "latency", "latency_search", "throughput", "catch_up", "console", "fan_in")
