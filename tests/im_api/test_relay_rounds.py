@@ -5,7 +5,7 @@ least once per poll interval — not all sixteen on every local commit."""
 from __future__ import annotations
 
 import pytest
-from im_api.outbox import Relay
+from im_api.relay import Relay
 from im_api.settings import ApiSettings
 
 pytestmark = pytest.mark.unit

@@ -31,7 +31,8 @@ from .errors import install_error_handlers
 from .limits import RateLimits
 from .handlers.assistance import assistance_subscription
 from .metrics import DEAD_LETTERED
-from .outbox import Relay, UnitOfWork
+from .outbox import UnitOfWork
+from .relay import Relay
 from .presence_cache import PresenceCache
 from .service import Conversations
 from .settings import ApiSettings

@@ -1,0 +1,424 @@
+"""The outbox relay: publishes pending outbox records to Kafka, sharded by ordering key under
+fenced leases, in (conversation, order) order; a record Kafka can never take is set aside."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    KafkaConnectionError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
+from bson import ObjectId
+from im_contracts.codec import dead_letter_for
+from im_contracts.events import DeadLetter
+from im_contracts.topics import ALL_TOPICS, DEAD_LETTERS
+from im_runtime.logs import log
+from im_runtime.shutdown import raise_if_cancelled
+from pymongo import AsyncMongoClient
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from .metrics import DEAD_LETTERED, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, OUTBOX_SHARDS_HELD
+from .settings import ApiSettings
+from .store import Store, now
+
+logger = logging.getLogger("im_api.relay")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+TOPICS_BY_BASE = {t.base_name: t for t in ALL_TOPICS}
+# What no retry of the same record can fix: it is too large for the producer or the topic. Such a
+# record is set aside (dead-lettered) and the shard goes on. A record over the producer's batch
+# size travels alone in its batch, so the refusal is its own, never a batch-mate's. Everything
+# else is transient and the whole burst is retried — including errors that look permanent but
+# are about the batch or the deployment, not the record (a timestamp refused because this host's
+# clock drifted, a message format the topic's configuration refuses): setting records aside for
+# those would silently drop acknowledged messages.
+PERMANENT_PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
+RELAY_CONSUMER = "im-api-outbox-relay"
+
+
+async def _abort(producer: AIOKafkaProducer) -> None:
+    """Kill a producer whose stop() could not flush: otherwise its sender keeps retrying the old
+    batches and lands them when the broker returns, beside the next producer's resend of the same
+    records. aiokafka has no public "close without flush", so this reaches into it (pinned version)."""
+    with contextlib.suppress(Exception):
+        producer._message_accumulator.fail_all(KafkaConnectionError("producer discarded"))
+        sender = producer._sender
+        if sender is not None:
+            if sender.sender_task is not None:
+                # Its done-callback trips over aiokafka's idempotence bookkeeping when cancelled.
+                sender.sender_task.remove_done_callback(sender._fail_all)
+            async with asyncio.timeout(2.0):
+                await sender.close()
+        async with asyncio.timeout(2.0):
+            await producer.client.close()
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+class LeaseLost(Exception):
+    pass
+
+
+@dataclass
+class Burst:
+    """One publish round of one shard: tests check no two owners overlap on a shard."""
+
+    shard: int
+    owner: str
+    token: int
+    started: float
+    ended: float = 0.0
+    count: int = 0
+
+
+@dataclass
+class Relay:
+    """Holds a fair share of the outbox shards through leases and publishes their pending records
+    in (conversation, order) order; woken by local commits, polls for other processes' records."""
+
+    store: Store
+    client: AsyncMongoClient
+    settings: ApiSettings
+    make_producer: Callable[[], AIOKafkaProducer]
+    owner: str
+    held: dict[int, int] = field(default_factory=dict)  # shard -> fencing token
+    valid_until: dict[int, float] = field(default_factory=dict)  # shard -> monotonic deadline
+    bursts: collections.deque = field(default_factory=lambda: collections.deque(maxlen=10_000))
+    kafka_ok: bool = False
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: bool = False
+    # What the next round reads: the shards local commits wrote to since the last round, or every
+    # held shard (`_all`) — at start, after a failed round, on a newly acquired shard, and at least
+    # every outbox_poll_s for other processes' records. A round costs a query per shard that has
+    # work, not one per held shard (sixteen per local commit, most of them empty).
+    _dirty: set[int] = field(default_factory=set)
+    _all: bool = True
+    _next_full: float = 0.0
+
+    def wake(self, shards: set[int] | None = None) -> None:
+        """Local commits wrote to `shards` (None: look at every held shard)."""
+        if shards is None:
+            self._all = True
+        else:
+            self._dirty.update(shards)
+        self._wake.set()
+
+    def _round_shards(self) -> list[int]:
+        now_s = time.monotonic()
+        if self._all or now_s >= self._next_full:
+            self._all = False
+            self._dirty.clear()
+            self._next_full = now_s + self.settings.outbox_poll_s
+            return list(self.held)
+        shards = [shard for shard in self.held if shard in self._dirty]
+        self._dirty.clear()
+        return shards
+
+    def halt(self) -> None:
+        """Ends both loops at their next round: a stop that does not depend on the cancellation
+        getting through (see im_runtime.shutdown.raise_if_cancelled)."""
+        self._stopping = True
+        self._wake.set()
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        # Leases are renewed by their own task, so a long produce burst (Kafka slow or down) never
+        # lets a live relay's leases lapse under it and a second relay publish the same shard.
+        leases = asyncio.create_task(self._lease_loop(), name="outbox-leases")
+        try:
+            await self._publish_loop()
+        finally:
+            leases.cancel()
+            await asyncio.gather(leases, return_exceptions=True)
+
+    async def _lease_loop(self) -> None:
+        while not self._stopping:
+            raise_if_cancelled()
+            try:
+                await self._lease_round()
+                await self._measure_backlog()
+            except Exception:  # noqa: BLE001 - a bug here must not stop renewals (publishing would stop)
+                logger.exception("lease round failed")
+            await asyncio.sleep(self.settings.outbox_lease_renew_s)  # the renewal period itself
+
+    async def _publish_loop(self) -> None:
+        producer: AIOKafkaProducer | None = None
+        delay = self.settings.retry_initial_s
+        try:
+            while not self._stopping:
+                raise_if_cancelled()
+                self._wake.clear()
+                try:
+                    if producer is None:
+                        producer = self.make_producer()
+                        async with asyncio.timeout(self.settings.outbox_publish_timeout_s):
+                            await producer.start()
+                    busy = await self._publish_held(producer, self._round_shards())
+                    self.kafka_ok = True
+                    delay = self.settings.retry_initial_s
+                except (LeaseLost, PyMongoError) as exc:
+                    log(logger, logging.WARNING, "outbox round failed", error=type(exc).__name__)
+                    self._all = True  # the shards of the failed round still have their records
+                    busy = False
+                except Exception as exc:  # noqa: BLE001 - Kafka down/timeouts: rebuild the producer, back off
+                    self._all = True
+                    self.kafka_ok = False
+                    log(logger, logging.WARNING, "publishing failed; retrying", error=type(exc).__name__,
+                        retry_in_s=round(delay, 3))
+                    await self._discard(producer)
+                    producer = None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.settings.retry_max_s)
+                    continue
+                if busy:
+                    continue
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+                try:
+                    async with asyncio.timeout(self.settings.outbox_poll_s):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            if producer is not None:
+                await self._discard(producer, flush=True)
+
+    async def _measure_backlog(self) -> None:
+        """Backlog and age of the oldest unsent record, over the shards held (sums across relays)."""
+        OUTBOX_SHARDS_HELD.set(len(self.held))
+        try:
+            backlog, oldest = await self.store.outbox_backlog(sorted(self.held))
+        except PyMongoError:
+            return  # the lease round has logged it; the gauges keep their last value
+        OUTBOX_BACKLOG.set(backlog)
+        age = (now() - _aware(oldest)).total_seconds() if oldest else 0.0
+        OUTBOX_OLDEST_AGE.set(max(0.0, age))
+
+    async def stop(self) -> None:
+        """Called after the task ended: hand the shards over at once instead of waiting for expiry."""
+        self._stopping = True
+        try:
+            for shard, token in list(self.held.items()):
+                await self.store.outbox_leases.update_one(
+                    {"_id": shard, "owner": self.owner, "token": token}, {"$set": {"expires_at": EPOCH}})
+            await self.store.outbox_relays.delete_one({"_id": self.owner})
+        except PyMongoError as exc:
+            log(logger, logging.WARNING, "could not release outbox leases", error=type(exc).__name__)
+        self.held.clear()
+
+    async def _discard(self, producer: AIOKafkaProducer | None, flush: bool = False) -> None:
+        if producer is None:
+            return
+        try:
+            async with asyncio.timeout(self.settings.outbox_publish_timeout_s if flush else 2.0):
+                await producer.stop()
+        except Exception as exc:  # noqa: BLE001 - a dead broker cannot be flushed; the records stay pending
+            log(logger, logging.INFO, "producer stopped uncleanly", error=type(exc).__name__)
+            await _abort(producer)
+
+    # --- leases ---------------------------------------------------------------------------
+
+    async def _lease_round(self) -> None:
+        s = self.settings
+        try:
+            started = time.monotonic()
+            t = now()
+            ttl = timedelta(seconds=s.outbox_lease_ttl_s)
+            await self.store.outbox_relays.update_one(
+                {"_id": self.owner}, {"$set": {"expires_at": t + ttl}}, upsert=True)
+            live = await self.store.outbox_relays.count_documents({"expires_at": {"$gt": t}})
+            fair = math.ceil(s.outbox_shards / max(live, 1))
+            # One single-document write per held lease, never one update_many over them all:
+            # SecantusDB's multi-document update keeps the collection lock while it retries write
+            # conflicts without end, and deadlocked against _mark_sent's transactional update of a
+            # lease row (every client of the server hung). Owner ids are unique per
+            # process start, so a lease taken over by anyone else no longer matches.
+            for shard, token in list(self.held.items()):
+                renewed = await self.store.outbox_leases.update_one(
+                    {"_id": shard, "owner": self.owner, "token": token}, {"$set": {"expires_at": t + ttl}})
+                if renewed.matched_count:
+                    self.valid_until[shard] = started + s.outbox_lease_ttl_s - s.outbox_lease_renew_s
+                else:
+                    self._drop(shard)
+            for shard in sorted(self.held, reverse=True)[: max(0, len(self.held) - fair)]:
+                await self.store.outbox_leases.update_one(
+                    {"_id": shard, "owner": self.owner, "token": self.held[shard]},
+                    {"$set": {"expires_at": EPOCH}})
+                self._drop(shard)
+            start = zlib.crc32(self.owner.encode()) % s.outbox_shards
+            for i in range(s.outbox_shards):
+                if len(self.held) >= fair:
+                    break
+                shard = (start + i) % s.outbox_shards
+                if shard not in self.held:
+                    await self._claim(shard, t, ttl, started)
+        except PyMongoError as exc:
+            log(logger, logging.WARNING, "lease round failed", error=type(exc).__name__)
+        for shard in [sh for sh, until in self.valid_until.items() if until < time.monotonic()]:
+            self._drop(shard)
+
+    async def _claim(self, shard: int, t: datetime, ttl: timedelta, started: float) -> None:
+        # update + read rather than findAndModify: the same outcome (owner ids are unique per process
+        # start, so the row still owned by us carries the token we were given), and SecantusDB's
+        # findAndModify retried a write conflict with a killed process's open transaction while
+        # holding the collection, wedging the server for every client.
+        claimed = await self.store.outbox_leases.update_one(
+            {"_id": shard, "expires_at": {"$lt": t}},
+            {"$set": {"owner": self.owner, "expires_at": t + ttl}, "$inc": {"token": 1}})
+        doc = None
+        if claimed.matched_count:
+            doc = await self.store.outbox_leases.find_one({"_id": shard, "owner": self.owner}, {"token": 1})
+            if doc is None:
+                return  # taken over already (our new lease expired meanwhile)
+        else:
+            try:
+                await self.store.outbox_leases.insert_one(
+                    {"_id": shard, "owner": self.owner, "token": 1, "expires_at": t + ttl})
+                doc = {"token": 1}
+            except DuplicateKeyError:
+                return  # held by another relay
+        self.held[shard] = doc["token"]
+        self.valid_until[shard] = started + self.settings.outbox_lease_ttl_s - self.settings.outbox_lease_renew_s
+        log(logger, logging.INFO, "outbox shard acquired", shard=shard, token=doc["token"])
+        self.wake()  # its pending records are published at once, not at the next poll
+
+    def _drop(self, shard: int) -> None:
+        self.held.pop(shard, None)
+        self.valid_until.pop(shard, None)
+
+    # --- publishing -----------------------------------------------------------------------
+
+    async def _publish_held(self, producer: AIOKafkaProducer, shards: list[int]) -> bool:
+        busy = False
+        for shard in shards:
+            token = self.held.get(shard)
+            if token is None or self.valid_until.get(shard, 0) <= time.monotonic():
+                continue
+            pending = await (self.store.outbox.find(self.store.pending_query(shard))
+                             .sort([("conversation_id", 1), ("order", 1)])
+                             .limit(self.settings.outbox_batch).to_list())
+            if not pending:
+                continue
+            burst = Burst(shard, self.owner, token, time.monotonic(), count=len(pending))
+            self.bursts.append(burst)
+            try:
+                refused, failed = await self._send(producer, pending)
+                for r, exc in refused:
+                    await self._set_aside(producer, r, exc)
+            finally:
+                burst.ended = time.monotonic()
+            set_aside = {r["_id"]: _reason(exc) for r, exc in refused}
+            if failed:
+                # Typically the records behind a broker's refusal on its partition: an idempotent
+                # producer's sequence is broken there (OutOfOrderSequenceNumber for each) until it
+                # is rebuilt. The refused ones are put aside now, so the retry of the burst by a new
+                # producer (at-least-once, as after any failed burst) never meets them again.
+                if set_aside:
+                    await self._mark_sent(shard, token, list(set_aside), set_aside)
+                raise failed[0]
+            await self._mark_sent(shard, token, [r["_id"] for r in pending], set_aside)
+            set_aside = {r["_id"] for r, _ in refused}
+            for r in pending:
+                if r["_id"] not in set_aside:
+                    OUTBOX_PUBLISHED.labels(r["topic"]).inc()
+            if len(pending) >= self.settings.outbox_batch:
+                self._dirty.add(shard)  # more behind this burst: the next round, at once
+                busy = True
+        return busy
+
+    async def _send(self, producer: AIOKafkaProducer,
+                    records: list[dict]) -> tuple[list[tuple[dict, BaseException]], list[BaseException]]:
+        """Publishes `records`: (those refused for good (PERMANENT_PUBLISH_ERRORS), the other
+        failures). With no other failure, every record not refused landed."""
+        prefix = self.settings.topic_prefix
+
+        async def send_all() -> tuple[list[tuple[dict, BaseException]], list[BaseException]]:
+            sent: list[tuple[dict, Any]] = []
+            for r in records:
+                topic = TOPICS_BY_BASE[r["topic"]].name(prefix)
+                headers = [(k, bytes(v)) for k, v in r["headers"]]
+                try:
+                    sent.append((r, await producer.send(topic, bytes(r["value"]), key=bytes(r["key"]),
+                                                        headers=headers)))
+                except PERMANENT_PUBLISH_ERRORS as exc:  # refused before it left (max_request_size)
+                    sent.append((r, exc))
+            # Wait for every one (never resend while an earlier attempt may still land).
+            futures = [f for _, f in sent if isinstance(f, asyncio.Future)]
+            results = iter(await asyncio.gather(*futures, return_exceptions=True))
+            outcomes = [(r, next(results) if isinstance(f, asyncio.Future) else f) for r, f in sent]
+            refused = [(r, x) for r, x in outcomes if isinstance(x, PERMANENT_PUBLISH_ERRORS)]
+            failed = [x for _, x in outcomes
+                      if isinstance(x, BaseException) and not isinstance(x, PERMANENT_PUBLISH_ERRORS)]
+            return refused, failed
+
+        async with asyncio.timeout(self.settings.outbox_publish_timeout_s):
+            return await send_all()
+
+    async def _set_aside(self, producer: AIOKafkaProducer, record: dict, exc: BaseException) -> None:
+        """A record Kafka will never take goes to the dead-letter topic (bounded, with its size and
+        digest; partition and offset -1: it never had a place) instead of blocking its shard."""
+        reason = _reason(exc)
+        topic = TOPICS_BY_BASE[record["topic"]].name(self.settings.topic_prefix)
+        letter = dead_letter_for(
+            topic=topic, partition=-1, offset=-1, key=bytes(record["key"]), value=bytes(record["value"]),
+            headers=[(k, bytes(v)) for k, v in record["headers"]], reason=reason,
+            detail=f"Kafka refused the outbox record: {type(exc).__name__}", consumer=RELAY_CONSUMER,
+            tenant_id=record["tenant_id"],
+            # The letter must fit where the record did not: base64 grows by 4/3, so half the limit.
+            keep_bytes=min(DeadLetter.KEPT_VALUE_BYTES, self.settings.max_record_bytes // 2))
+        # Bounded like a burst: an idempotent producer never expires a batch on its own, and a
+        # dead-letter partition without a leader must not hold every shard of this relay.
+        async with asyncio.timeout(self.settings.outbox_publish_timeout_s):
+            await producer.send_and_wait(DEAD_LETTERS.name(self.settings.topic_prefix), letter.to_bytes(),
+                                         key=bytes(record["key"]))
+        DEAD_LETTERED.labels(topic, reason).inc()
+        log(logger, logging.ERROR, "outbox record set aside", tenant_id=record["tenant_id"], topic=topic,
+            reason=reason, error=type(exc).__name__, bytes=len(record["value"]),
+            conversation_id=record["conversation_id"], order=record["order"])
+
+    async def _mark_sent(self, shard: int, token: int, ids: list[ObjectId],
+                         set_aside: dict[ObjectId, str] | None = None) -> None:
+        """Fenced: writes the lease row in the same transaction, so a takeover conflicts with it.
+        `set_aside`: records dead-lettered instead (id → reason), kept marked for operators."""
+
+        async def callback(session: Any) -> None:
+            r = await self.store.outbox_leases.update_one(
+                {"_id": shard, "owner": self.owner, "token": token},
+                {"$set": {"last_sent_at": now()}}, session=session)
+            if not r.matched_count:
+                raise LeaseLost(f"shard {shard}")
+            await self.store.outbox.update_many(
+                {"_id": {"$in": ids}, "shard": shard}, {"$set": {"sent_at": now()}}, session=session)
+            for record_id, reason in (set_aside or {}).items():
+                await self.store.outbox.update_one(
+                    {"_id": record_id, "shard": shard}, {"$set": {"dead_letter": reason}}, session=session)
+
+        try:
+            async with self.client.start_session() as session:
+                await session.with_transaction(callback)
+        except LeaseLost:
+            self._drop(shard)
+            raise
+
+
+def _reason(exc: BaseException) -> str:
+    return "record_too_large"
