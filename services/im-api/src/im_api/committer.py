@@ -23,13 +23,14 @@ from im_contracts.models import Message
 from im_contracts.topics import MESSAGES, conversation_key
 from im_runtime.lanes import TenantLanes
 from im_runtime.logs import log, trace_id
+from im_runtime.mongo import field_name
 from im_runtime.shutdown import raise_if_cancelled
 from pymongo.errors import DuplicateKeyError
 
 from .errors import ApiError, Conflict, NotFound, RecordTooLarge
 from .metrics import COMMIT_BATCH, COMMIT_SECONDS, MESSAGES_ACCEPTED
 from .outbox import Transaction, UnitOfWork
-from .store import Store, list_key, now, read_key
+from .store import Store, list_key, now
 
 logger = logging.getLogger("im_api.committer")
 
@@ -212,7 +213,7 @@ class Committer:
                 messages.append(doc)
                 if item.also is not None:
                     await item.also(tx, doc)
-                read_moves[read_key(item.sender_id)] = seq
+                read_moves[field_name(item.sender_id)] = seq
                 outcomes.append((item, (doc, True)))
                 tx.publish(MESSAGES, event, key=key, order_key=conversation_id, order=order, trace=item.trace,
                            field="body")

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from im_contracts.events import ConversationStarted, MessagePosted, ParticipantsChanged, ReadMarkerMoved
 from im_contracts.models import BODY_MAX_CHARS, ConversationSnapshot, Participant, Related
 from im_contracts.topics import CONVERSATIONS, MESSAGES, conversation_key
+from im_runtime.mongo import field_name
 from pymongo.errors import DuplicateKeyError
 
 from . import cursors
@@ -21,7 +22,7 @@ from .committer import Committer, StaleConversation, message_model
 from .errors import NotFound, RecordTooLarge, Unprocessable
 from .outbox import Transaction, UnitOfWork, event_fits
 from .settings import ApiSettings
-from .store import Store, list_key, now, read_key, related_key
+from .store import Store, list_key, now, related_key
 
 T = TypeVar("T")
 # Extra writes in a new message's own transaction: (transaction, stored message).
@@ -55,7 +56,7 @@ class Conversations:
         names = await self.store.display_names(tenant_id, {p for d in docs for p in d["participants"]})
         out = []
         for d in docs:
-            read = d.get("read", {}).get(read_key(me), 0)
+            read = d.get("read", {}).get(field_name(me), 0)
             out.append({
                 "id": d["_id"],
                 "participants": [{"id": p, "display_name": names.get(p, p)} for p in d["participants"]],
@@ -222,9 +223,9 @@ class Conversations:
                    "seq": seq, "sender_id": actor, "body": text, "kind": "system", "client_msg_id": None,
                    "created_at": at}
             # New participants read the history over HTTP; only the "added you" message is unread.
-            marks = {f"read.{read_key(a)}": seq - 1 for a in added if a != actor}
+            marks = {f"read.{field_name(a)}": seq - 1 for a in added if a != actor}
             if actor in after:
-                marks[f"read.{read_key(actor)}"] = seq
+                marks[f"read.{field_name(actor)}"] = seq
             updated = {**conv, "participants": after, "last_seq": seq, "last_message": msg, "last_message_at": at}
             result = await self.store.conversations.update_one(
                 {"_id": conversation_id, "tenant_id": tenant_id, "last_seq": conv["last_seq"],
@@ -260,13 +261,13 @@ class Conversations:
             conv = await self.store.conversation(tenant_id, conversation_id, session=tx.session)
             if conv is None or me not in conv["participants"]:
                 raise NotFound("no such conversation", field="conversation_id")
-            old = conv.get("read", {}).get(read_key(me), 0)
+            old = conv.get("read", {}).get(field_name(me), 0)
             target = min(seq, conv["last_seq"])  # nobody has read what was not posted yet
             if target > old:
                 order = conv.get("outbox_seq", 0) + 1
                 result = await self.store.conversations.update_one(
                     {"_id": conversation_id, "tenant_id": tenant_id, "outbox_seq": order - 1},
-                    {"$max": {f"read.{read_key(me)}": target}, "$set": {"outbox_seq": order}},
+                    {"$max": {f"read.{field_name(me)}": target}, "$set": {"outbox_seq": order}},
                     session=tx.session)
                 if not result.matched_count:
                     raise StaleConversation(conversation_id)
@@ -286,7 +287,7 @@ class Conversations:
         `capped` says the count stopped there."""
         cap = self.settings.unread_scan_max
         rows = await self.store.unread_rows(tenant_id, me, cap + 1)
-        counts = [max(0, r["last_seq"] - r.get("read", {}).get(read_key(me), 0)) for r in rows[:cap]]
+        counts = [max(0, r["last_seq"] - r.get("read", {}).get(field_name(me), 0)) for r in rows[:cap]]
         return {"total": sum(counts), "conversations": sum(1 for c in counts if c), "capped": len(rows) > cap}
 
     # --- lists ----------------------------------------------------------------------------

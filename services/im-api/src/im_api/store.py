@@ -1,26 +1,27 @@
 """MongoDB for im-api: its collections, their indexes (tenant_id first) and the queries on them.
 
 Collections owned by im-api:
-- `agents`: `{_id: "<tenant>:<agent>", tenant_id, agent_id, display_name, name_lc, email, role,
+- `agents`: `{_id: compound_id(tenant, agent), tenant_id, agent_id, display_name, name_lc, email, role,
   active, outbox_seq, created_at, updated_at}` — the directory; `name_lc` serves the prefix search.
 - `conversations`: `{_id, tenant_id, participants: [agent ids], start_key, related, created_by,
-  created_at, last_seq, last_message, last_message_at, read: {<agent>: last_read_seq},
+  created_at, last_seq, last_message, last_message_at, read: {field_name(agent): last_read_seq},
   outbox_seq, list_key, related_key}` — `start_key` (sorted starting agents + related) is unique per tenant, so two
-  concurrent starts yield one thread; `read` keys escape "." as "%2E".
+  concurrent starts yield one thread; `read` keys are `im_runtime.mongo.field_name`.
 - `messages`: `{_id, tenant_id, conversation_id, seq, sender_id, body, kind, client_msg_id,
   created_at}` — unique per (conversation, seq) and per (conversation, sender, client_msg_id).
 - `outbox`: `{tenant_id, shard, conversation_id (the ordering key: a conversation id, or
-  "agent:<tenant>:<agent>"), order, topic (base name), key, value, headers, trace_id,
-  created_at, sent_at}` and `outbox_leases` `{_id: shard, owner, token, expires_at}` plus
-  `outbox_relays` `{_id: owner, expires_at}`. EXCEPTION to "tenant_id first": these indexes are
+  "agent:<tenant>:<agent>"), order, topic (base name), key, value, headers (the trace id among
+  them), created_at, sent_at, dead_letter (a reason, when set aside)}` and `outbox_leases`
+  `{_id: shard, owner, token, expires_at}` plus `outbox_relays` `{_id: owner, expires_at}`. EXCEPTION to "tenant_id first": these indexes are
   keyed by shard, because the relay publishes across tenants; the records still carry tenant_id.
-- `assistance_requests`: `{_id: "<tenant>:<request_id>", tenant_id, request_id, fingerprint,
+- `assistance_requests`: `{_id: compound_id(tenant, request_id), tenant_id, request_id, fingerprint,
   requested_by, conversation_id, message_id, source: {topic, partition, offset}, created_at}` —
   one per processed AssistanceRequested, written in the transaction of the message it posted;
   unique per (tenant, request_id); kept (a few hundred bytes each, and the audit of what was asked;
   no TTL, since a TTL index cannot lead with tenant_id).
-Read-only, owned by delivery: `delivery_heads` `{_id: "<tenant>:<agent>", cursor}` (the
-`stream_cursor` of the thread list, brief-interfaces #1).
+Read-only, owned by delivery: `delivery_heads` `{_id: compound_id(tenant, agent), tenant_id,
+agent_id, cursor}` (the `stream_cursor` of the thread list, read by its tenant_id and agent_id).
+`compound_id` length-prefixes each part, so ids that contain ":" never make two keys meet.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
-from im_runtime.mongo import compound_id
+from im_runtime.mongo import compound_id, field_name
 from pymongo.asynchronous.database import AsyncDatabase
 
 
@@ -39,11 +40,6 @@ def now() -> datetime:
     """UTC now at MongoDB's millisecond precision, so cursors and stored times compare equal."""
     t = datetime.now(UTC)
     return t.replace(microsecond=t.microsecond // 1000 * 1000)
-
-
-def read_key(agent_id: str) -> str:
-    """The field name of an agent's read marker ("." would split the path; "%" is not allowed in ids)."""
-    return agent_id.replace(".", "%2E")
 
 
 def list_key(last_message_at: datetime, conversation_id: str) -> str:
@@ -96,7 +92,7 @@ class Store:
                        partialFilterExpression={"client_msg_id": {"$type": "string"}}),
             # The same keys, whole: what the send path's idempotency read uses. A server may only
             # use a partial index when it can prove the query implies its filter; SecantusDB cannot
-            # for `$type` (nor for `$in`), so that read was a COLLSCAN of every message (issue 8).
+            # for `$type` (nor for `$in`), so that read would be a COLLSCAN of every message.
             # (`seq` last: a key pattern of its own, as some MongoDB versions refuse a second index
             # on the same keys that differs only by being whole.)
             IndexModel([("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("sender_id", ASCENDING),
@@ -187,7 +183,7 @@ class Store:
     async def unread_rows(self, tenant_id: str, agent_id: str, limit: int) -> list[dict]:
         """The agent's `limit` most recently active threads (last_seq and the agent's read marker)."""
         cursor = (self.conversations.find({"tenant_id": tenant_id, "participants": agent_id},
-                                          projection={"last_seq": 1, f"read.{read_key(agent_id)}": 1})
+                                          projection={"last_seq": 1, f"read.{field_name(agent_id)}": 1})
                   .sort(self.THREAD_ORDER).limit(limit).hint("thread_list"))
         return await cursor.to_list()
 
@@ -228,8 +224,8 @@ class Store:
     @staticmethod
     def client_id_queries(keys: list[tuple[str, str, str, str]]) -> list[dict]:
         """One query per (tenant, conversation, sender) with `$in` on client_msg_id: an index range
-        on `idempotency_lookup`. (A `$or` of the keys was a COLLSCAN of every message on SecantusDB
-        — ~440 ms at 20,000 messages, on every group commit; issue 8.)"""
+        on `idempotency_lookup`. (A `$or` of the keys is a COLLSCAN of every message on SecantusDB
+        — ~440 ms at 20,000 messages, on every group commit.)"""
         groups: dict[tuple[str, str, str], set[str]] = {}
         for t, c, s, m in keys:
             groups.setdefault((t, c, s), set()).add(m)
@@ -244,8 +240,8 @@ class Store:
 
     async def outbox_backlog(self, shards: list[int]) -> tuple[int, datetime | None]:
         """Unsent outbox records over `shards` and the oldest one's created_at: per shard, on the
-        `pending_by_shard` index (a `$in` over the shards was a COLLSCAN of the whole outbox — sent
-        records included — on SecantusDB, every lease round; issue 8)."""
+        `pending_by_shard` index (a `$in` over the shards is a COLLSCAN of the whole outbox — sent
+        records included — on SecantusDB, every lease round)."""
         async def one(shard: int) -> tuple[int, datetime | None]:
             query = self.pending_query(shard)
             count = await self.outbox.count_documents(query)

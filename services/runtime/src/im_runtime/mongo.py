@@ -39,6 +39,13 @@ def compound_id(*parts: str) -> str:
     return "".join(f"{len(part)}:{part};" for part in parts)
 
 
+def field_name(id_: str) -> str:
+    """An id (an agent's) as a MongoDB field name in a map keyed by id: "." would split the path and
+    "$" starts an operator, so both are escaped, with "%" as the escape character — the one
+    escape every service uses, so the keys one writes are the keys another reads."""
+    return id_.replace("%", "%25").replace(".", "%2E").replace("$", "%24")
+
+
 async def reachable(client: AsyncMongoClient) -> bool:
     try:
         await client.admin.command("ping")

@@ -26,10 +26,11 @@ from im_contracts.events import (
 )
 from im_runtime.kafka import TransientError, is_transient
 from im_runtime.logs import log
+from im_runtime.mongo import field_name
 
 from ..bus import DeliveryBus, Item, event_scope
 from ..store import QueueStore
-from .projections import Projections, marker_key
+from .projections import Projections
 
 logger = logging.getLogger("im_delivery.fanout")
 
@@ -61,7 +62,7 @@ def for_reader(frame: dict[str, Any], markers: dict[str, int], agent_id: str) ->
     """The `conversation.updated` one recipient gets: its own `last_read_seq` and `unread_count`
     (API.md: unread_count = last_seq - last_read_seq; a sender has read its own message)."""
     conversation = frame["conversation"]
-    last_read = min(int(markers.get(marker_key(agent_id), 0)), int(conversation.get("last_seq") or 0))
+    last_read = min(int(markers.get(field_name(agent_id), 0)), int(conversation.get("last_seq") or 0))
     unread = max(0, int(conversation.get("last_seq") or 0) - last_read)
     return {**frame, "conversation": {**conversation, "last_read_seq": last_read, "unread_count": unread}}
 
@@ -251,7 +252,7 @@ class FanOut:
         updated = conversation_frame(conv)
         # Sending a message moves the sender's read marker to it (API.md).
         markers = dict(conv.get("read_markers") or {})
-        sender = marker_key(m.sender_id)
+        sender = field_name(m.sender_id)
         markers[sender] = max(int(markers.get(sender, 0)), m.seq)
         created_key = dedupe_key("msg", m.conversation_id, m.seq)
         for agent in dict.fromkeys(event.recipients):

@@ -18,16 +18,11 @@ from typing import Any
 
 from im_contracts.events import AgentChanged, MessagePosted
 from im_contracts.models import ConversationSnapshot
-from im_runtime.mongo import compound_id
+from im_runtime.mongo import compound_id, field_name
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from ..store import utcnow
-
-
-def marker_key(agent_id: str) -> str:
-    """An agent id as a MongoDB field name ('.' and '$' are not allowed there; '%' escapes)."""
-    return agent_id.replace("%", "%25").replace(".", "%2E").replace("$", "%24")
 
 
 def conversation_id_of(tenant_id: str, conversation_id: str) -> dict[str, str]:
@@ -119,7 +114,7 @@ class Projections:
         message = m.model_dump(mode="json")
         markers: dict[str, int] = {}
         for event in events:
-            key = f"read_markers.{marker_key(event.message.sender_id)}"
+            key = f"read_markers.{field_name(event.message.sender_id)}"
             markers[key] = max(markers.get(key, 0), event.message.seq)
         await self.conversations.update_one(
             {**conversation_id_of(last.tenant_id, m.conversation_id), "last_seq": {"$lt": m.seq}},
@@ -131,7 +126,7 @@ class Projections:
         """Per-agent read markers (only forward): each recipient's conversation.updated carries its own."""
         await self.conversations.update_one(
             conversation_id_of(tenant_id, conversation_id),
-            {"$max": {f"read_markers.{marker_key(agent_id)}": seq}},
+            {"$max": {f"read_markers.{field_name(agent_id)}": seq}},
         )  # no upsert: ReadMarkerMoved follows its ConversationStarted on the same partition
 
     async def accept_gap(self, tenant_id: str, conversation_id: str, seq: int) -> None:
