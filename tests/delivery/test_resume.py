@@ -64,7 +64,7 @@ async def test_offline_agent_receives_all_1000_messages_in_order_then_live_ones_
 async def test_cursor_gaps_wider_than_a_replay_batch_are_read_through_in_replay_and_live(
     stack, outbox, tokens, mongo, mongo_db_name
 ):
-    """Reads are bounded cursor ranges (issue 8): a range holding only a gap (cursors allocated by
+    """Reads are bounded cursor ranges: a range holding only a gap (cursors allocated by
     an append that was then refused) must neither stop the replay nor strand later entries. The
     safety poll is off here, so only the replay and the signals can find them."""
     await stack.start_worker()

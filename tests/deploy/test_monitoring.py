@@ -1,5 +1,5 @@
 """The Prometheus configuration, alert rules and Grafana dashboard under deploy/monitoring/ name
-only series the services really export, and cover every metric issue 7 asks for."""
+only series the services really export, and cover every metric the operating guide names."""
 
 from __future__ import annotations
 

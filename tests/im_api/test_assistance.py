@@ -1,4 +1,4 @@
-"""Assistance requests over Kafka (issue 6): the related thread opened or reused, the message posted
+"""Assistance requests over Kafka: the related thread opened or reused, the message posted
 as the requester once per request_id, every bad record dead-lettered with its reason, and a MongoDB
 outage retried — against the real Kafka and MongoDB, through the in-process app's real consumer."""
 

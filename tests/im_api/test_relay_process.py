@@ -23,7 +23,7 @@ FAST = {"IM_API_OUTBOX_LEASE_TTL_S": "2", "IM_API_OUTBOX_LEASE_RENEW_S": "0.4", 
 async def test_a_killed_im_api_process_leaves_no_message_unpublished_and_order_holds(
         services, service_env, kafka_topics, jwt_secret, private_mongo, mongo_db_name):
     # A MongoDB server of its own: SIGKILL leaves a transaction open on the server until it is
-    # aborted, and SecantusDB has wedged around such a transaction (issue 15) — never the
+    # aborted, and SecantusDB has wedged around such a transaction — never the
     # session's server, which every later test needs.
     mongo = AsyncMongoClient(private_mongo.uri, tz_aware=True, socketTimeoutMS=120_000)
     try:

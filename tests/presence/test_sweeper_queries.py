@@ -1,4 +1,4 @@
-"""The sweeper's every-second reads stay on their indexes (issue 8): one bounded range per
+"""The sweeper's every-second reads stay on their indexes: one bounded range per
 partition. A `$in` over the partitions made SecantusDB fetch and filter every agent of them —
 with 10,000 agents that alone kept the database busy at ~1 core while nothing happened."""
 

@@ -121,7 +121,7 @@ class QueueStore:
         A compare-and-set from the head the writer last saw (`known`, else read now): one update
         that matches only if nobody moved the head since, so the new head is known + n without
         reading it back. findAndModify would say the same in one command, but on SecantusDB it
-        walks the whole collection (~100 ms at 20,000 heads; issue 8). When the head moved (another
+        walks the whole collection (~100 ms at 20,000 heads). When the head moved (another
         writer before a rebalance, a repair, a restore), it is read again and the set retried."""
         filter_ = self.head_filter(tenant_id, agent_id)
         for _ in range(3):

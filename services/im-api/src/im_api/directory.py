@@ -51,7 +51,7 @@ class Directory:
             t = now()
             # update + read in the transaction rather than findAndModify: the same atomic result,
             # and findAndModify walks the whole collection on SecantusDB (~100 ms at 20,000
-            # agents: making 10,000 agents took minutes; issue 8).
+            # agents: making 10,000 agents takes minutes).
             key = {"_id": agent_doc_id(tenant_id, agent_id)}
             await self.store.agents.update_one(
                 key,

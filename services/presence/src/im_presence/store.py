@@ -116,7 +116,7 @@ class PresenceStore:
     # The sweeper's reads run every second: one indexed range per partition, not a `$in` over the
     # partitions. SecantusDB serves `{partition: {$in}, x: ...}` by fetching every agent of those
     # partitions and filtering in Python — 10,000 agents decoded twice a second kept it at ~1 core
-    # with nothing happening (issue 8). `$lte` alone also leaves out null deadlines (type bracketing).
+    # with nothing happening. `$lte` alone also leaves out null deadlines (type bracketing).
 
     @staticmethod
     def due_query(partition: int, now: datetime) -> dict:

@@ -204,8 +204,8 @@ class Subscription:
     settings: CommonSettings
     max_records: int = 500
     # FastStream's batch poll SLEEPS this long after every empty poll, so a record arriving then
-    # waits up to this long per consumer hop (100 ms here put ~200 ms on every idle-time message:
-    # issue 8, bench/RESULTS.md). Busy polls return at once whatever it is; 5 ms costs ~100
+    # waits up to this long per consumer hop (100 ms puts ~200 ms on every idle-time message over
+    # two hops: bench/RESULTS.md). Busy polls return at once whatever it is; 5 ms costs ~100
     # wake-ups/s per idle consumer.
     batch_timeout_ms: int = 5
     # Called before each record with its raw form: e.g. to check an authorization header.

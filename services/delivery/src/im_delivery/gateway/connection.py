@@ -47,7 +47,7 @@ class CloseConnection(Exception):
 class StreamConnection:
     """An idle connection holds no task, event, lock or buffer of its own: a pump task exists only
     while there is something to send (a signal, a live frame, the hub's safety poll), and the
-    live buffer, unacked window and room event are created on first use (issue 8: memory/socket)."""
+    live buffer, unacked window and room event are created on first use: memory per idle socket."""
 
     connection_id: str
     tenant_id: str
@@ -60,7 +60,7 @@ class StreamConnection:
     # The highest cursor a QueueAdvanced signal announced: the queue writer signals after its
     # insert, so every entry up to it is written (cursors without one are gaps) and a read up to it
     # is complete. Reads are bounded ranges of cursors, never "everything after": on a long queue an
-    # open range costs the database the whole rest of the queue per read (issue 8: replay).
+    # open range costs the database the whole rest of the queue per read.
     durable: int = 0
     acked: int = 0  # the highest cursor this socket acknowledged (a repeat writes nothing)
     live: deque | None = None

@@ -3,8 +3,8 @@
 
 Why: FastAPI's routing, exception middlewares and per-request exit stacks live as long as the
 request, and a socket's request lives for hours. Measured with tracemalloc on 1,000 idle sockets
-they held ~12 KiB per socket, a quarter of the gateway's memory per idle connection (issue 8,
-bench/RESULTS.md). The handler only needs a Starlette `WebSocket`, so nothing is lost.
+they held ~12 KiB per socket, a quarter of the gateway's memory per idle connection
+(bench/RESULTS.md). The handler only needs a Starlette `WebSocket`, so nothing is lost.
 """
 
 from __future__ import annotations

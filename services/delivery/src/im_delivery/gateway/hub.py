@@ -138,8 +138,8 @@ class Hub:
 
     async def safety_poll(self) -> None:
         """One read of the heads per tenant (in chunks) instead of one pump per connection: with
-        10,000 idle sockets the per-connection re-read was 10,000 queries every round, which
-        saturated MongoDB and starved live deliveries (issue 8). Only connections whose head is
+        10,000 idle sockets a per-connection re-read is 10,000 queries every round, which
+        saturates MongoDB and starves live deliveries. Only connections whose head is
         past their last sent cursor (new entries) or whose queue was pruned past it (4409) wake."""
         by_tenant: dict[str, list[str]] = defaultdict(list)
         for tenant_id, agent_id in list(self.by_agent):

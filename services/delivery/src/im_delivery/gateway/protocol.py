@@ -2,7 +2,7 @@
 
 Why sans-I/O: the legacy `websockets` implementation keeps three tasks per socket (transfer,
 keep-alive, close) plus its stream reader; sans-I/O keeps none (its keep-alive is a timer). On
-this machine that is ~6.6 KiB less per idle socket (issue 8: ≤ 40 KiB per idle socket).
+this machine that is ~6.6 KiB less per idle socket, of a budget of 40 KiB.
 
 The fix: sans-I/O makes every ASGI send, the close included, wait until the transport is under
 its high-water mark. A client that stopped reading keeps it above for good, so the 4429 close the

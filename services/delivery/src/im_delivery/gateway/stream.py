@@ -194,7 +194,7 @@ async def resume(store: QueueStore, caller: Caller, asked: int | None) -> tuple[
 
     API.md: the asked cursor; else this device's last ack; else the agent's latest ack on any
     device; else the start of the retained queue. Two reads (the head, the agent's devices) for
-    everything a connect needs to know (issue 8: a connect used to cost ~8 round trips).
+    everything a connect needs to know, so 10,000 sockets reconnecting cost 20,000 reads.
 
     4409 when the cursor is no longer retained (pruned past it), and when an asked `?cursor=` is
     above the head: it names nothing this queue ever held (another agent's, a forged or corrupted
