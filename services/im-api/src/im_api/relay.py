@@ -10,7 +10,7 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -91,6 +91,35 @@ class Burst:
 
 
 @dataclass
+class Rounds:
+    """Which held shards the next relay round reads: those local commits wrote to since the last
+    round, or every held one — at start, after a failed round, on a newly acquired shard, and at
+    least every `poll_s` for other processes' records. A round costs a query per shard that has
+    work, not one per held shard (sixteen per local commit, most of them empty)."""
+
+    poll_s: float
+    dirty: set[int] = field(default_factory=set)
+    everything: bool = True
+    next_full: float = 0.0
+
+    def wrote(self, shards: set[int] | None) -> None:
+        if shards is None:
+            self.everything = True
+        else:
+            self.dirty.update(shards)
+
+    def next(self, held: Iterable[int], now: float) -> list[int]:
+        if self.everything or now >= self.next_full:
+            self.everything = False
+            self.dirty.clear()
+            self.next_full = now + self.poll_s
+            return list(held)
+        shards = [shard for shard in held if shard in self.dirty]
+        self.dirty.clear()
+        return shards
+
+
+@dataclass
 class Relay:
     """Holds a fair share of the outbox shards through leases and publishes their pending records
     in (conversation, order) order; woken by local commits, polls for other processes' records."""
@@ -106,32 +135,15 @@ class Relay:
     kafka_ok: bool = False
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
-    # What the next round reads: the shards local commits wrote to since the last round, or every
-    # held shard (`_all`) — at start, after a failed round, on a newly acquired shard, and at least
-    # every outbox_poll_s for other processes' records. A round costs a query per shard that has
-    # work, not one per held shard (sixteen per local commit, most of them empty).
-    _dirty: set[int] = field(default_factory=set)
-    _all: bool = True
-    _next_full: float = 0.0
+    rounds: Rounds = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rounds = Rounds(self.settings.outbox_poll_s)
 
     def wake(self, shards: set[int] | None = None) -> None:
         """Local commits wrote to `shards` (None: look at every held shard)."""
-        if shards is None:
-            self._all = True
-        else:
-            self._dirty.update(shards)
+        self.rounds.wrote(shards)
         self._wake.set()
-
-    def _round_shards(self) -> list[int]:
-        now_s = time.monotonic()
-        if self._all or now_s >= self._next_full:
-            self._all = False
-            self._dirty.clear()
-            self._next_full = now_s + self.settings.outbox_poll_s
-            return list(self.held)
-        shards = [shard for shard in self.held if shard in self._dirty]
-        self._dirty.clear()
-        return shards
 
     def halt(self) -> None:
         """Ends both loops at their next round: a stop that does not depend on the cancellation
@@ -173,15 +185,15 @@ class Relay:
                         producer = self.make_producer()
                         async with asyncio.timeout(self.settings.outbox_publish_timeout_s):
                             await producer.start()
-                    busy = await self._publish_held(producer, self._round_shards())
+                    busy = await self._publish_held(producer, self.rounds.next(self.held, time.monotonic()))
                     self.kafka_ok = True
                     delay = self.settings.retry_initial_s
                 except (LeaseLost, PyMongoError) as exc:
                     log(logger, logging.WARNING, "outbox round failed", error=type(exc).__name__)
-                    self._all = True  # the shards of the failed round still have their records
+                    self.rounds.wrote(None)  # the shards of the failed round still have their records
                     busy = False
                 except Exception as exc:  # noqa: BLE001 - Kafka down/timeouts: rebuild the producer, back off
-                    self._all = True
+                    self.rounds.wrote(None)
                     self.kafka_ok = False
                     log(logger, logging.WARNING, "publishing failed; retrying", error=type(exc).__name__,
                         retry_in_s=round(delay, 3))
@@ -341,7 +353,7 @@ class Relay:
                 if r["_id"] not in set_aside:
                     OUTBOX_PUBLISHED.labels(r["topic"]).inc()
             if len(pending) >= self.settings.outbox_batch:
-                self._dirty.add(shard)  # more behind this burst: the next round, at once
+                self.rounds.wrote({shard})  # more behind this burst: the next round, at once
                 busy = True
         return busy
 
