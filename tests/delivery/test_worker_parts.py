@@ -260,10 +260,10 @@ async def test_a_signal_during_connection_setup_starts_no_pump_before_the_resume
     conn = StreamConnection("conn-1", "acme", "ana", "laptop", socket, store,  # type: ignore[arg-type]
                             settings_for(kafka_bootstrap, "unused"))
     conn.signal(3)  # routed, not started: nothing may be read yet
-    assert conn._pump is None and socket.sent == []
+    assert not conn.pumping and socket.sent == []
     conn.last_sent = 2  # the resume cursor (the device acknowledged 2)
     conn.start()
-    await eventually(lambda: conn._pump is None and socket.sent, timeout=10)
+    await eventually(lambda: not conn.pumping and socket.sent, timeout=10)
     assert [f["cursor"] for f in socket.sent] == [3]
 
 
@@ -286,7 +286,7 @@ async def test_a_signalled_range_that_was_pruned_meanwhile_closes_4409_instead_o
     conn.last_sent, conn.poll_due = 2, False
     conn.start()
     conn.signal(10)
-    await eventually(lambda: conn._pump is None and conn.closing is not None, timeout=10)
+    await eventually(lambda: not conn.pumping and conn.closing is not None, timeout=10)
     assert socket.closed == 4409 and socket.sent == []
 
 

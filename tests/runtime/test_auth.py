@@ -92,7 +92,7 @@ async def test_unknown_key_ids_never_make_a_request_fetch_and_refetch_at_most_on
     for i in range(200):
         with pytest.raises(AuthError):
             verifier.verify(jwt.encode(claims(), rotated, algorithm="RS256", headers={"kid": f"made-up-{i}"}))
-    await verifier.keyset._pending  # the one refresh the storm caused
+    await verifier.keyset.refreshing  # the one refresh the storm caused
     assert len(hits) == 2, hits
     assert verifier.verify(jwt.encode(claims(), rotated, algorithm="RS256", headers={"kid": "k2"})).subject == "alice"
     for i in range(50):
@@ -112,10 +112,10 @@ async def test_a_token_is_answered_while_the_key_server_has_not_answered_yet(jwk
     verifier.keyset.fetched_at = -float("inf")
     with pytest.raises(AuthError):
         verifier.verify(jwt.encode(claims(), key, algorithm="RS256", headers={"kid": "k9"}))
-    assert not verifier.keyset._pending.done(), "the fetch is still waiting on the key server"
+    assert not verifier.keyset.refreshing.done(), "the fetch is still waiting on the key server"
     assert verifier.verify(jwt.encode(claims(), key, algorithm="RS256", headers={"kid": "k1"})).subject == "alice"
     state["gate"].set()
-    await verifier.keyset._pending
+    await verifier.keyset.refreshing
     assert len(hits) == 2
 
 

@@ -111,6 +111,11 @@ class KeySet:
             await asyncio.sleep(self.refresh_s)
             await self.refresh()
 
+    @property
+    def refreshing(self) -> asyncio.Task | None:
+        """The refresh an unknown key id started, while it runs (None when none did)."""
+        return self._pending
+
     def get(self, kid: str | None) -> jwt.PyJWK:
         key = self.keys.get(kid or "")
         if key is not None:

@@ -76,6 +76,11 @@ class StreamConnection:
     _again: bool = False  # woken while the pump ran: it makes one more pass
     _room: asyncio.Event | None = None  # exists only while the pump waits for acks
 
+    @property
+    def pumping(self) -> bool:
+        """A pump task is sending (an idle connection has none)."""
+        return self._pump is not None
+
     def signal(self, cursor: int = 0) -> None:
         if cursor > self.durable:
             self.durable = cursor
