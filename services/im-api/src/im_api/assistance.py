@@ -63,10 +63,6 @@ class Assistance:
         if len(named) > cap:  # before any read: a request naming thousands costs nothing
             raise RejectedRecord("too_many_participants",
                                  f"a thread holds at most {cap} agents; the request names {len(named)}", tenant_id)
-        active = await self.store.agents_by_id(tenant_id, named, active_only=True)
-        missing = [a for a in named if a not in active]
-        if missing:
-            raise RejectedRecord("unknown_agent", f"unknown or deactivated agents: {', '.join(missing)}", tenant_id)
 
         record = {"_id": compound_id(tenant_id, request_id), "tenant_id": tenant_id, "request_id": request_id,
                   "fingerprint": fingerprint(request), "requested_by": request.requested_by,
