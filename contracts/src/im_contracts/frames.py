@@ -8,6 +8,7 @@ frames carry none and are never replayed.
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -122,15 +123,25 @@ ClientFrame = Annotated[Ack | Typing | Idle | Active, Field(discriminator="type"
 SERVER_FRAMES: TypeAdapter = TypeAdapter(ServerFrame)
 CLIENT_FRAMES: TypeAdapter = TypeAdapter(ClientFrame)
 
-# WebSocket close codes of the stream (API.md): what a client does on each.
-CLOSE_CODES = {
-    1012: "server restarting: reconnect with your cursor",
-    4400: "bad request: a query parameter or a client frame the stream cannot read (a frame must be a JSON object"
-          " with a string type); fix the client, do not retry as is",
-    4401: "authentication: get a fresh token, then reconnect",
-    4403: "origin not allowed: this page's origin is not in the gateway's allow-list (do not retry)",
-    4409: "cursor no longer retained: reload over HTTP, reconnect with its stream_cursor",
-    4429: "too slow, too many frames, or too many sockets: reconnect with your cursor, after a pause",
+class CloseCode(IntEnum):
+    """The WebSocket close codes of the stream (API.md); CLOSE_CODES says what a client does on each."""
+
+    RESTART = 1012
+    BAD_REQUEST = 4400
+    AUTH = 4401
+    ORIGIN = 4403
+    NOT_RETAINED = 4409
+    TOO_SLOW = 4429
+
+
+CLOSE_CODES: dict[CloseCode, str] = {
+    CloseCode.RESTART: "server restarting: reconnect with your cursor",
+    CloseCode.BAD_REQUEST: "bad request: a query parameter or a client frame the stream cannot read (a frame must be"
+                           " a JSON object with a string type); fix the client, do not retry as is",
+    CloseCode.AUTH: "authentication: get a fresh token, then reconnect",
+    CloseCode.ORIGIN: "origin not allowed: this page's origin is not in the gateway's allow-list (do not retry)",
+    CloseCode.NOT_RETAINED: "cursor no longer retained: reload over HTTP, reconnect with its stream_cursor",
+    CloseCode.TOO_SLOW: "too slow, too many frames, or too many sockets: reconnect with your cursor, after a pause",
 }
 
 
@@ -145,6 +156,6 @@ def frames_schema() -> dict:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "Helpdesk IM stream frames",
         "description": "GET /v1/stream: server → client frames (ServerFrame) and client → server frames (ClientFrame).",
-        "x-close-codes": {str(k): v for k, v in CLOSE_CODES.items()},
+        "x-close-codes": {str(int(k)): v for k, v in CLOSE_CODES.items()},
         "$defs": dict(sorted(defs.items())),
     }

@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from im_contracts.frames import CloseCode
 from im_runtime.logs import log, trace_id
 from prometheus_client import Counter
 from pymongo.errors import PyMongoError
@@ -29,11 +30,6 @@ FRAMES_SENT = Counter("im_delivery_frames_sent_total", "Queue frames sent to cli
                       ["gateway"])
 CLOSED = Counter("im_delivery_connections_closed_total", "Connections closed by the gateway", ["code"])
 
-CLOSE_AUTH = 4401
-CLOSE_ORIGIN = 4403
-CLOSE_NOT_RETAINED = 4409
-CLOSE_TOO_SLOW = 4429
-CLOSE_RESTART = 1012
 
 
 class CloseConnection(Exception):
@@ -118,7 +114,7 @@ class StreamConnection:
         try:
             await asyncio.wait_for(self._wait_room(), self.settings.send_timeout_s)
         except TimeoutError:
-            raise CloseConnection(CLOSE_TOO_SLOW, "too many unacknowledged frames") from None
+            raise CloseConnection(CloseCode.TOO_SLOW, "too many unacknowledged frames") from None
         finally:
             self._room = None
         return self.settings.max_unacked - len(self.unacked or ())
@@ -132,7 +128,7 @@ class StreamConnection:
         if self.live is None:
             self.live = deque()
         if len(self.live) >= self.settings.live_buffer:
-            self.close_soon(CLOSE_TOO_SLOW, "too slow")
+            self.close_soon(CloseCode.TOO_SLOW, "too slow")
             return
         self.live.append(frame)
         self._wake()
@@ -204,7 +200,7 @@ class StreamConnection:
             # MongoDB away: drop this socket; the client reconnects with its cursor and loses nothing.
             log(logger, logging.WARNING, "queue read failed", connection_id=self.connection_id,
                 error=type(exc).__name__)
-            await self.close(CLOSE_RESTART, "try again")
+            await self.close(CloseCode.RESTART, "try again")
         finally:
             self._pump = None
             if self.live is not None and not self.live:
@@ -245,14 +241,14 @@ class StreamConnection:
     async def ensure_retained(self) -> None:
         head = await self.store.head(self.tenant_id, self.agent_id)
         if self.last_sent < int(head.get("pruned_through", 0)):
-            raise CloseConnection(CLOSE_NOT_RETAINED, "cursor no longer retained")
+            raise CloseConnection(CloseCode.NOT_RETAINED, "cursor no longer retained")
 
     async def send(self, frame: dict[str, Any]) -> None:
         text = json.dumps(frame, separators=(",", ":"))
         try:
             await asyncio.wait_for(self.websocket.send_text(text), self.settings.send_timeout_s)
         except TimeoutError:
-            raise CloseConnection(CLOSE_TOO_SLOW, "too slow") from None
+            raise CloseConnection(CloseCode.TOO_SLOW, "too slow") from None
         except Exception:
             if self.closing is not None:  # closed by another path while this send waited to write
                 raise CloseConnection(self.closing, "closed") from None

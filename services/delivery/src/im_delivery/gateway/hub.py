@@ -11,6 +11,7 @@ from collections import defaultdict
 from aiokafka import AIOKafkaProducer
 from im_contracts import topics
 from im_contracts.codec import event_headers
+from im_contracts.frames import CloseCode
 from im_contracts.events import (
     ConnectionActive,
     ConnectionClosed,
@@ -31,7 +32,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from ..settings import DeliverySettings
 from ..store import QueueStore
-from .connection import CLOSE_AUTH, CLOSE_RESTART, StreamConnection
+from .connection import StreamConnection
 
 logger = logging.getLogger("im_delivery.hub")
 
@@ -98,7 +99,7 @@ class Hub:
                     conn.signal(event.cursor)
             elif isinstance(event, LiveFrame):
                 if event.frame.get("type") == "auth.revoked":
-                    conn.close_soon(CLOSE_AUTH, "agent deactivated")
+                    conn.close_soon(CloseCode.AUTH, "agent deactivated")
                 else:
                     conn.push_live(event.frame)
 
@@ -182,7 +183,7 @@ class Hub:
                 async for doc in found:
                     for conn in list(self.by_agent.get((tenant_id, doc["agent_id"]), ())):
                         REVOKED_BY_CHECK.inc()
-                        conn.close_soon(CLOSE_AUTH, "agent deactivated")
+                        conn.close_soon(CloseCode.AUTH, "agent deactivated")
 
     def beat(self, count: int) -> GatewayHeartbeat:
         """The same few hundred bytes at any socket count: a beat that listed its connection ids
@@ -229,5 +230,5 @@ class Hub:
 
     async def close_all(self) -> None:
         """Graceful shutdown: every client is told 1012 (reconnect) before the process exits."""
-        await asyncio.gather(*(c.close(CLOSE_RESTART, "server restarting") for c in self.connections()),
+        await asyncio.gather(*(c.close(CloseCode.RESTART, "server restarting") for c in self.connections()),
                              return_exceptions=True)

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 
 from fastapi import APIRouter, WebSocket
+from im_contracts.frames import CloseCode
 from im_runtime.auth import AuthError, TokenVerifier
 from im_runtime.logs import log
 from prometheus_client import Counter
@@ -21,15 +22,7 @@ from pymongo.errors import PyMongoError
 from ..settings import DeliverySettings
 from ..store import QueueStore
 from ..worker.projections import agent_is_active
-from .connection import (
-    CLOSE_AUTH,
-    CLOSE_NOT_RETAINED,
-    CLOSE_ORIGIN,
-    CLOSE_RESTART,
-    CLOSE_TOO_SLOW,
-    CloseConnection,
-    StreamConnection,
-)
+from .connection import CloseConnection, StreamConnection
 from .hub import Hub
 
 logger = logging.getLogger("im_delivery.stream")
@@ -38,7 +31,6 @@ FRAMES_LIMITED = Counter("im_delivery_client_frames_limited_total",
                          "Sockets closed 4429 for sending frames above their agent's or tenant's rate")
 
 SUBPROTOCOL = "im.v1"
-CLOSE_BAD_REQUEST = 4400
 
 
 @dataclass(frozen=True)
@@ -78,20 +70,20 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
         if origin is not None and not settings.origin_allowed(origin):
             # Accepted, then closed with a code: a browser shows the reason, not an opaque 1006.
             log(logger, logging.INFO, "stream refused", reason="origin not allowed", origin=origin[:200])
-            await websocket.close(CLOSE_ORIGIN, "origin not allowed")
+            await websocket.close(CloseCode.ORIGIN, "origin not allowed")
             return
         try:
             caller = await authenticate(websocket, verifier, store, settings)
             await require_active_agent(db, caller, settings)
         except AuthError as exc:
             log(logger, logging.INFO, "stream refused", reason=exc.message)
-            await websocket.close(CLOSE_AUTH, "unauthorized")
+            await websocket.close(CloseCode.AUTH, "unauthorized")
             return
         except PyMongoError as exc:
             # MongoDB away or overloaded: the client is told to come back (1012), not dropped with
             # an error the server logs as a crash (seen with 10,000 sockets connecting at once).
             log(logger, logging.WARNING, "stream set-up failed", stage="auth", error=type(exc).__name__)
-            await websocket.close(CLOSE_RESTART, "try again")
+            await websocket.close(CloseCode.RESTART, "try again")
             return
         raw_cursor = websocket.query_params.get("cursor")
         try:
@@ -99,14 +91,14 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
             if asked is not None and asked < 0:
                 raise ValueError
         except ValueError:
-            await websocket.close(CLOSE_BAD_REQUEST, "cursor must be a non-negative integer")
+            await websocket.close(CloseCode.BAD_REQUEST, "cursor must be a non-negative integer")
             return
 
         full = hub.too_many(caller.tenant_id, caller.agent_id)
         if full:
             log(logger, logging.WARNING, "stream refused", reason=full, tenant_id=caller.tenant_id,
                 agent_id=caller.agent_id)
-            await websocket.close(CLOSE_TOO_SLOW, full)
+            await websocket.close(CloseCode.TOO_SLOW, full)
             return
 
         conn = StreamConnection(uuid.uuid4().hex, caller.tenant_id, caller.agent_id, caller.device_id,
@@ -136,7 +128,7 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
             log(logger, logging.INFO, "stream opened", connection_id=conn.connection_id,
                 tenant_id=conn.tenant_id, agent_id=conn.agent_id, device_id=conn.device_id, cursor=conn.last_sent)
             expiry = asyncio.get_running_loop().call_later(
-                max(0.0, caller.token_expires_at - time.time()), conn.close_soon, CLOSE_AUTH, "token expired"
+                max(0.0, caller.token_expires_at - time.time()), conn.close_soon, CloseCode.AUTH, "token expired"
             )
             # This task reads the client; a pump task sends, and exists only while there is
             # something to send (idle sockets must stay small: no task of their own).
@@ -148,7 +140,7 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
                 # MongoDB away while recording an ack: the client reconnects with its cursor.
                 log(logger, logging.WARNING, "ack not recorded", connection_id=conn.connection_id,
                     error=type(exc).__name__)
-                await conn.close(CLOSE_RESTART, "try again")
+                await conn.close(CloseCode.RESTART, "try again")
             except asyncio.CancelledError:
                 if conn.closing is None:
                     raise  # a real cancellation (shutdown), not the gateway closing the socket
@@ -156,7 +148,7 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
         except PyMongoError as exc:  # registering or resuming: as above, the client comes back
             log(logger, logging.WARNING, "stream set-up failed", stage="resume", connection_id=conn.connection_id,
                 error=type(exc).__name__)
-            await conn.close(CLOSE_RESTART, "try again")
+            await conn.close(CloseCode.RESTART, "try again")
         finally:
             conn.stop()
             if expiry is not None:
@@ -207,7 +199,7 @@ async def resume(store: QueueStore, caller: Caller, asked: int | None) -> tuple[
     count = 0
     if asked is not None:
         if asked > int(head.get("cursor", 0)):
-            raise CloseConnection(CLOSE_NOT_RETAINED, "cursor beyond the queue head")
+            raise CloseConnection(CloseCode.NOT_RETAINED, "cursor beyond the queue head")
         cursor = asked
     else:
         devices = await store.device_cursors(caller.tenant_id, caller.agent_id)
@@ -218,7 +210,7 @@ async def resume(store: QueueStore, caller: Caller, asked: int | None) -> tuple[
         else:  # a new device holds nothing yet: after the agent's latest ack, or the retained start
             cursor = max(max(devices.values(), default=0), retained)
     if cursor < retained:
-        raise CloseConnection(CLOSE_NOT_RETAINED, "cursor no longer retained")
+        raise CloseConnection(CloseCode.NOT_RETAINED, "cursor no longer retained")
     return cursor, known, count
 
 
@@ -247,7 +239,7 @@ async def read_client(conn: StreamConnection, hub: Hub, store: QueueStore) -> No
             return
         frame = read_frame(message.get("text") or message.get("bytes") or b"")
         if frame is None:
-            await conn.close(CLOSE_BAD_REQUEST, "a client frame must be a JSON object with a string type")
+            await conn.close(CloseCode.BAD_REQUEST, "a client frame must be a JSON object with a string type")
             return
         kind = frame["type"]
         # An ack that moves this socket's cursor forward is not counted: there is at most one per
@@ -257,7 +249,7 @@ async def read_client(conn: StreamConnection, hub: Hub, store: QueueStore) -> No
                      and min(frame["cursor"], conn.last_sent) > conn.acked)
         if not advancing and not hub.frame_allowed(conn):
             FRAMES_LIMITED.inc()
-            await conn.close(CLOSE_TOO_SLOW, "too many frames")
+            await conn.close(CloseCode.TOO_SLOW, "too many frames")
             return
         if kind == "ack" and isinstance(frame.get("cursor"), int) and frame["cursor"] >= 0:
             # Bounded by what this connection sent: an ack above it would mark entries the device
