@@ -10,7 +10,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.partitioner import murmur2
 from im_contracts import topics
@@ -70,20 +70,6 @@ def event_scope(event: Event, record: ConsumerRecord | None = None) -> Iterator[
         trace_id.reset(trace)
 
 
-class GroupMembership(ConsumerRebalanceListener):
-    """Readiness: the consumer has joined its group (a rebalance completed; possibly with no
-    partitions, when there are more workers than partitions — that worker is still healthy)."""
-
-    def __init__(self) -> None:
-        self.joined = False
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        return None
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.joined = True
-
-
 @dataclass
 class BatchSubscription(Subscription):
     """`Subscription` (decode, dead-letter, pause with backoff, commit) whose handler gets a whole
@@ -95,7 +81,6 @@ class BatchSubscription(Subscription):
     """
 
     handle_batch: BatchHandler | None = None
-    membership: GroupMembership = field(default_factory=GroupMembership)
     # Per partition, the highest offset this process dead-lettered: a rewind (a transient failure
     # later in the same batch pauses the partition at the batch's first record) re-reads a bad
     # record, and it must not be dead-lettered twice. Only a crash between the dead letter and the
@@ -106,7 +91,6 @@ class BatchSubscription(Subscription):
     def __post_init__(self) -> None:
         super().__post_init__()
         assert self.handle_batch is not None
-        self.consumer_options = {**self.consumer_options, "listener": self.membership}
 
     async def process(self, raw: Any, consumer: Any) -> None:
         records: tuple[ConsumerRecord, ...] = raw if isinstance(raw, tuple) else (raw,)

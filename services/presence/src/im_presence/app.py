@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 
-from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 from im_contracts.events import utcnow
 from im_contracts.topics import CONNECTIONS
 from im_runtime.health import Readiness, health_router
-from im_runtime.kafka import DeadLetters, broker_security, make_producer, start_with_retry
+from im_runtime.kafka import DeadLetters, broker_security
 from im_runtime.logs import log
-from im_runtime.mongo import connect, reachable
-from im_runtime.shutdown import Shutdown
+from im_runtime.process import Process
 from prometheus_client import Counter
-from pymongo import AsyncMongoClient
 
 from .bus import PresencePublisher
 from .handlers.connections import connection_subscription
@@ -34,32 +28,34 @@ DEAD_LETTERED = Counter("im_presence_dead_letters_total", "Records dead-lettered
 
 
 class PresenceProcess:
-    """Everything one presence process runs: consumers, the sweeper, the store and the publisher."""
+    """Everything one presence process runs: consumers, the sweeper, the store and the publisher,
+    started and stopped through the one process skeleton (`im_runtime.process.Process`)."""
 
     def __init__(self, settings: PresenceSettings) -> None:
         self.settings = settings
-        self.readiness = Readiness()
-        self.mongo: AsyncMongoClient | None = None
-        self.producer: AIOKafkaProducer | None = None
-        self.broker: KafkaBroker | None = None
+        self.process = Process("presence", settings, logger, settings.shutdown_timeout_s)
         self.ownership: ConsumerOwnership | None = None
         self.service: PresenceService | None = None
-        self._sweeper: asyncio.Task | None = None
+
+    @property
+    def readiness(self) -> Readiness:
+        return self.process.readiness
 
     async def start(self) -> None:
-        settings = self.settings
-        self.mongo, db = await connect(settings)
+        # Stopped in the reverse order: the sweeper, then the consumers finish the batch in hand
+        # (which may still publish) and leave the group, then the producer and MongoDB close.
+        settings, process = self.settings, self.process
+        _, db = await process.connect_mongo()
         store = PresenceStore(db)
-        await start_with_retry(store.ensure_indexes, "mongodb indexes", settings)
-        self.producer = make_producer(settings)
-        await start_with_retry(self.producer.start, "kafka producer", settings)
+        await process.start("mongodb indexes", store.ensure_indexes)
+        producer = await process.start_producer(flush=False)
         dead_letters = DeadLetters(
-            self.producer, settings, "im-presence",
+            producer, settings, "im-presence",
             on_dead_letter=lambda topic, reason: DEAD_LETTERED.labels(topic, reason).inc(),
         )
-        self.service = service = PresenceService(store, PresencePublisher(self.producer, settings), settings)
+        self.service = service = PresenceService(store, PresencePublisher(producer, settings), settings)
 
-        self.broker = KafkaBroker(
+        broker = KafkaBroker(
             settings.kafka_bootstrap,
             logger=logging.getLogger("im_presence.faststream"),  # rebalances at INFO
             log_level=logging.DEBUG,  # "Received"/"Processed" per record: too much at INFO
@@ -67,57 +63,33 @@ class PresenceProcess:
             security=broker_security(settings),
         )
         # The sweeper needs the group consumer: its assignment is the agents this process owns.
-        subscriber = connection_subscription(service, dead_letters, settings).register(self.broker)
-        register_heartbeats(self.broker, service, dead_letters, settings)
-        await start_with_retry(self.broker.start, "kafka consumers", settings)
+        subscriber = connection_subscription(service, dead_letters, settings).register(broker)
+        register_heartbeats(broker, service, dead_letters, settings)
+        await process.start("kafka consumers", broker.start, stop=broker.stop)
         service.listening_since = utcnow()
 
-        self.ownership = ConsumerOwnership(subscriber, CONNECTIONS.name(settings.topic_prefix))
-        self._sweeper = asyncio.create_task(
-            run_sweeper(service, self.ownership, settings.sweep_interval_s), name="presence-sweeper"
-        )
-        self.readiness.add("mongodb", lambda: reachable(self.mongo))
-        self.readiness.add("kafka", self._kafka_reachable)
-        self.readiness.add("consumer_assigned", self._assigned)
+        self.ownership = ownership = ConsumerOwnership(subscriber, CONNECTIONS.name(settings.topic_prefix))
+        process.supervise("presence-sweeper", lambda: run_sweeper(service, ownership, settings.sweep_interval_s))
+
+        async def kafka_reachable() -> bool:
+            return bool(await producer.client.force_metadata_update())
+
+        async def assigned() -> bool:
+            return bool(ownership.owned())
+
+        process.check("kafka", kafka_reachable)
+        process.check("consumer_assigned", assigned)
         log(logger, logging.INFO, "presence started", group=f"{settings.topic_prefix}{settings.consumer_group}")
 
-    async def _kafka_reachable(self) -> bool:
-        return self.producer is not None and bool(await self.producer.client.force_metadata_update())
-
-    async def _assigned(self) -> bool:
-        return self.ownership is not None and bool(self.ownership.owned())
-
     async def stop(self) -> None:
-        self.readiness.draining = True
-        sweeper, broker, producer, mongo = self._sweeper, self.broker, self.producer, self.mongo
-        self._sweeper = self.broker = self.producer = self.mongo = None
-        stop = Shutdown("presence", logger, self.settings.shutdown_timeout_s)
-        if sweeper is not None:
-            await stop.cancel("sweeper", [sweeper])
-        # The broker first: it finishes the batch in hand (which may still publish) and leaves the group.
-        if broker is not None:
-            await stop.drain("kafka consumers", broker.stop)
-        if producer is not None:
-            await stop.close("kafka producer", producer.stop)
-        if mongo is not None:
-            await stop.close("mongodb client", mongo.close)
-        stop.finished()
+        await self.process.stop()
 
 
 def create_app(settings: PresenceSettings | None = None) -> FastAPI:
     """The HTTP face of a presence process (health only) with the process in its lifespan."""
     settings = settings or PresenceSettings()
-    process = PresenceProcess(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await process.start()
-        try:
-            yield
-        finally:
-            await process.stop()
-
-    app = FastAPI(title="Helpdesk IM presence", lifespan=lifespan)
-    app.include_router(health_router(process.readiness))
-    app.state.process = process
+    presence = PresenceProcess(settings)
+    app = FastAPI(title="Helpdesk IM presence", lifespan=presence.process.lifespan(presence.start))
+    app.include_router(health_router(presence.readiness))
+    app.state.process = presence
     return app

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.helpers import create_ssl_context
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from faststream import AckPolicy
@@ -192,6 +192,21 @@ async def _raw(msg: Any) -> None:
     return None
 
 
+class GroupMembership(ConsumerRebalanceListener):
+    """Readiness of a consumer group member: it has joined its group (a rebalance completed,
+    possibly with no partitions — a process beyond the partition count is still healthy). Latched:
+    a later rebalance (another process starting) must not take every member out of service."""
+
+    def __init__(self) -> None:
+        self.joined = False
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.joined = True
+
+
 @dataclass
 class Subscription:
     """One consumer group on some topics, with one handler per record."""
@@ -217,10 +232,12 @@ class Subscription:
     on_processed: Callable[[str, float], None] | None = None  # (topic, seconds) → metrics
     # More options for `broker.subscriber` (session timeout, heartbeat, rebalance listener, ...).
     consumer_options: dict[str, Any] = field(default_factory=dict)
+    membership: GroupMembership = field(default_factory=GroupMembership)
     _backoff: _Backoff = field(init=False)
 
     def __post_init__(self) -> None:
         self._backoff = _Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        self.consumer_options = {**self.consumer_options, "listener": self.membership}
         self._by_name = {t.name(self.settings.topic_prefix): t for t in self.topics}
 
     def register(self, broker: KafkaBroker):

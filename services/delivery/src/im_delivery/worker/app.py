@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 from im_contracts import topics
-from im_runtime.health import Readiness, health_router
-from im_runtime.kafka import DeadLetters, broker_security, make_producer, start_with_retry
+from im_runtime.health import health_router
+from im_runtime.kafka import DeadLetters, broker_security
 from im_runtime.logs import log
-from im_runtime.mongo import connect, reachable
-from im_runtime.shutdown import Shutdown
+from im_runtime.process import Process
 
 from ..bus import BatchSubscription, DeliveryBus, count_dead_letters
 from ..settings import DeliverySettings
@@ -30,16 +26,17 @@ FANOUT_TOPICS = (topics.MESSAGES, topics.CONVERSATIONS, topics.AGENTS, topics.PR
 
 
 def create_app(settings: DeliverySettings) -> FastAPI:
-    readiness = Readiness()
+    process = Process("delivery worker", settings, logger, settings.shutdown_grace_s)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        mongo, db = await connect(settings)
+    async def start() -> None:
+        # Stopped in the reverse order: the pruning job, then the consumers finish their batch in
+        # hand (records confirmed, offsets committed) and leave their groups, then the producer
+        # flushes, then the clients close.
+        _, db = await process.connect_mongo()
         store, projections = QueueStore(db), Projections(db)
         await store.ensure_indexes()
         await projections.ensure_indexes()
-        producer = make_producer(settings)
-        await start_with_retry(producer.start, "kafka producer", settings)
+        producer = await process.start_producer()
         bus = DeliveryBus(producer, settings)  # each consuming task confirms its own records
         fanout = FanOut(projections, store, bus, settings.hold_back_s, settings.epoch_resweep_s,
                         settings.presence_threads_max, settings.presence_partners_max)
@@ -66,8 +63,8 @@ def create_app(settings: DeliverySettings) -> FastAPI:
         ]
         for sub in subscriptions:
             sub.register(broker)
-        await start_with_retry(broker.start, "kafka consumers", settings)
-        pruning = asyncio.create_task(Pruning(store, fanout, settings).run_forever(), name="pruning")
+        await process.start("kafka consumers", broker.start, stop=broker.stop)
+        process.supervise("pruning", Pruning(store, fanout, settings).run_forever)
 
         async def kafka_ok() -> bool:
             return await broker.ping(timeout=2.0)
@@ -75,25 +72,10 @@ def create_app(settings: DeliverySettings) -> FastAPI:
         async def groups_joined() -> bool:
             return all(s.membership.joined for s in subscriptions)
 
-        readiness.add("mongodb", lambda: reachable(mongo))
-        readiness.add("kafka", kafka_ok)
-        readiness.add("consumer_groups_joined", groups_joined)
+        process.check("kafka", kafka_ok)
+        process.check("consumer_groups_joined", groups_joined)
         log(logger, logging.INFO, "delivery worker started", groups=[s.group_id for s in subscriptions])
-        try:
-            yield
-        finally:
-            # SIGTERM: not ready; no new sweep; the consumers finish their batch in hand (records
-            # confirmed, offsets committed) and leave their groups; then the producer flushes;
-            # then the clients close.
-            readiness.draining = True
-            stop = Shutdown("delivery worker", logger, settings.shutdown_grace_s)
-            await stop.cancel("pruning", [pruning])
-            await stop.drain("kafka consumers", broker.stop)
-            await stop.drain("kafka producer flush", producer.flush)
-            await stop.close("kafka producer", producer.stop)
-            await stop.close("mongodb client", mongo.close)
-            stop.finished()
 
-    app = FastAPI(title="Helpdesk IM delivery worker", lifespan=lifespan)
-    app.include_router(health_router(readiness))
+    app = FastAPI(title="Helpdesk IM delivery worker", lifespan=process.lifespan(start))
+    app.include_router(health_router(process.readiness))
     return app
