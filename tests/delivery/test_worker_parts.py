@@ -17,7 +17,7 @@ from im_delivery.gateway.signals import SignalReader
 from im_delivery.settings import DeliverySettings
 from im_delivery.store import NewEntry, QueueStore, device_doc_id
 from im_delivery.worker.fanout import dedupe_key
-from im_delivery.worker.projections import Projections, agent_is_active
+from im_delivery.worker.projections import Projections
 from im_delivery.worker.queue_writer import QueueWriter
 
 from support.wait import eventually
@@ -93,8 +93,8 @@ async def test_ids_with_colons_in_two_tenants_never_share_a_queue_head_device_or
 
     await projections.save_agent(AgentChanged(tenant_id="a:b", agent_id="c", display_name="C", active=False))
     await projections.save_agent(AgentChanged(tenant_id="a", agent_id="b:c", display_name="BC", active=True))
-    assert await agent_is_active(db, "a:b", "c") is False
-    assert await agent_is_active(db, "a", "b:c") is True
+    assert await store.agent_active("a:b", "c") is False
+    assert await store.agent_active("a", "b:c") is True
     assert await db["delivery_agents"].count_documents({}) == 2
     # im-api reads the public head by its fields (brief-interfaces #1).
     assert (await db["delivery_heads"].find_one({"tenant_id": "a", "agent_id": "b:c"}))["cursor"] == 1

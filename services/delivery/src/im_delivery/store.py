@@ -90,6 +90,21 @@ class QueueStore:
         self.connections = db["delivery_connections"]
         self.tickets = db["delivery_tickets"]
         self.gateways = db["delivery_gateways"]
+        # Read only, here: the directory projection the worker keeps (worker/projections.py), which
+        # the gateways consult to let in and keep only active agents.
+        self._agents = db["delivery_agents"]
+
+    async def agent_active(self, tenant_id: str, agent_id: str) -> bool | None:
+        """What the directory projection says of an agent: True/False, or None if it never heard of it."""
+        doc = await self._agents.find_one({"_id": compound_id(tenant_id, agent_id), "tenant_id": tenant_id},
+                                          {"active": 1})
+        return None if doc is None else doc.get("active") is not False
+
+    async def deactivated(self, tenant_id: str, agent_ids: list[str]) -> list[str]:
+        """Those of `agent_ids` the projection says are deactivated (one indexed read)."""
+        found = self._agents.find({"_id": {"$in": [compound_id(tenant_id, a) for a in agent_ids]},
+                                   "tenant_id": tenant_id, "active": False}, {"agent_id": 1})
+        return [doc["agent_id"] async for doc in found]
 
     async def ensure_indexes(self) -> None:
         await self.queue.create_index(

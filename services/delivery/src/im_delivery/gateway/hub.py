@@ -24,11 +24,9 @@ from im_contracts.events import (
     Typing,
 )
 from im_runtime.logs import log
-from im_runtime.mongo import compound_id
 from im_runtime.ratelimit import Buckets, Limit, take
 from im_runtime.shutdown import raise_if_cancelled
 from prometheus_client import Counter, Gauge
-from pymongo.asynchronous.database import AsyncDatabase
 
 from ..settings import DeliverySettings
 from ..store import QueueStore
@@ -158,7 +156,7 @@ class Hub:
                         if moved > conn.last_sent:
                             conn.safety_poll()
 
-    async def revocation_check_forever(self, db: AsyncDatabase) -> None:
+    async def revocation_check_forever(self) -> None:
         """Every revocation_check_s: closes the sockets of agents the directory projection says are
         deactivated. The live auth.revoked signal closes them at once; this is the bound when it
         is missed (a restarting signal reader, a socket registered just after its lookup)."""
@@ -166,22 +164,19 @@ class Hub:
             raise_if_cancelled()
             await asyncio.sleep(self.settings.revocation_check_s)
             try:
-                await self.check_revocations(db)
+                await self.check_revocations()
             except Exception as exc:  # noqa: BLE001 - MongoDB away: the next round tries again
                 log(logger, logging.WARNING, "revocation check failed", error=type(exc).__name__)
 
-    async def check_revocations(self, db: AsyncDatabase) -> None:
+    async def check_revocations(self) -> None:
         """One indexed read per tenant per 1,000 agents held here, returning only the deactivated."""
         by_tenant: dict[str, list[str]] = defaultdict(list)
         for tenant_id, agent_id in list(self.by_agent):
             by_tenant[tenant_id].append(agent_id)
         for tenant_id, agent_ids in by_tenant.items():
             for i in range(0, len(agent_ids), 1000):
-                ids = [compound_id(tenant_id, a) for a in agent_ids[i:i + 1000]]
-                found = db["delivery_agents"].find({"_id": {"$in": ids}, "tenant_id": tenant_id, "active": False},
-                                                   {"agent_id": 1})
-                async for doc in found:
-                    for conn in list(self.by_agent.get((tenant_id, doc["agent_id"]), ())):
+                for agent_id in await self.store.deactivated(tenant_id, agent_ids[i:i + 1000]):
+                    for conn in list(self.by_agent.get((tenant_id, agent_id), ())):
                         REVOKED_BY_CHECK.inc()
                         conn.close_soon(CloseCode.AUTH, "agent deactivated")
 

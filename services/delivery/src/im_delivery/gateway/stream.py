@@ -9,19 +9,18 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from fastapi import APIRouter, WebSocket
+from fastapi import WebSocket
 from im_contracts.frames import CloseCode
 from im_runtime.auth import AuthError, TokenVerifier
 from im_runtime.logs import log
 from prometheus_client import Counter
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from ..settings import DeliverySettings
 from ..store import QueueStore
-from ..worker.projections import agent_is_active
 from .connection import CloseConnection, StreamConnection
 from .hub import Hub
 
@@ -58,11 +57,9 @@ async def authenticate(websocket: WebSocket, verifier: TokenVerifier, store: Que
     return Caller(principal.tenant_id, principal.agent_id, device, principal.expires_at)
 
 
-def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: TokenVerifier,
-                  settings: DeliverySettings) -> APIRouter:
-    router = APIRouter()
+def stream_endpoint(hub: Hub, store: QueueStore, verifier: TokenVerifier, settings: DeliverySettings) -> Callable[[WebSocket], Awaitable[None]]:
+    """The handler of one `/v1/stream` socket (the app routes it; `direct.DirectStream` calls it)."""
 
-    @router.websocket("/v1/stream")
     async def stream(websocket: WebSocket) -> None:
         offered = websocket.scope.get("subprotocols") or []
         await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
@@ -74,7 +71,7 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
             return
         try:
             caller = await authenticate(websocket, verifier, store, settings)
-            await require_active_agent(db, caller, settings)
+            await require_active_agent(store, caller, settings)
         except AuthError as exc:
             log(logger, logging.INFO, "stream refused", reason=exc.message)
             await websocket.close(CloseCode.AUTH, "unauthorized")
@@ -161,16 +158,16 @@ def stream_router(hub: Hub, store: QueueStore, db: AsyncDatabase, verifier: Toke
             log(logger, logging.INFO, "stream closed", connection_id=conn.connection_id,
                 code=conn.closing, cursor=conn.last_sent)
 
-    return router
+    return stream
 
 
-async def require_active_agent(db: AsyncDatabase, caller: Caller, settings: DeliverySettings) -> None:
+async def require_active_agent(store: QueueStore, caller: Caller, settings: DeliverySettings) -> None:
     """API.md: a token is accepted only while its agent exists and is active. An agent created a
     moment ago may not be projected yet (AgentChanged travels through Kafka): wait for it up to
     `unknown_agent_wait_s`, polling the projection, before refusing."""
     deadline = time.monotonic() + settings.unknown_agent_wait_s
     while True:
-        active = await agent_is_active(db, caller.tenant_id, caller.agent_id)
+        active = await store.agent_active(caller.tenant_id, caller.agent_id)
         if active is False:
             raise AuthError("agent deactivated")
         if active:

@@ -185,9 +185,3 @@ class Projections:
                       "display_name": event.display_name, "role": event.role, "active": event.active}},
             upsert=True,
         )
-
-
-async def agent_is_active(db: AsyncDatabase, tenant_id: str, agent_id: str) -> bool | None:
-    """What the directory projection says of an agent: True/False, or None if it never heard of it."""
-    doc = await db["delivery_agents"].find_one(agent_id_of(tenant_id, agent_id), {"active": 1})
-    return None if doc is None else doc.get("active") is not False
