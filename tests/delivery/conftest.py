@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import jwt
 import pytest
 import websockets
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -30,6 +29,7 @@ from im_contracts.models import ConversationSnapshot, Message, Participant
 from im_runtime.auth import Principal, TokenVerifier
 from im_runtime.settings import CommonSettings
 from imctl.servers import free_port
+from imctl.tokens import mint
 from pydantic import ValidationError
 from support.wait import eventually
 
@@ -262,8 +262,7 @@ class Tokens:
         self.verifier = TokenVerifier(CommonSettings(jwt_secret=secret))
 
     def jwt(self, agent: str, ttl_s: float = 3600, tenant: str = TENANT) -> str:
-        claims = {"tid": tenant, "sub": agent, "role": "agent", "exp": int(time.time() + ttl_s)}
-        return jwt.encode(claims, self.secret, algorithm="HS256")
+        return mint(self.secret, tenant, agent, ttl_s=ttl_s)
 
     def ticket(self, agent: str, device: str = "laptop", token_ttl_s: float = 3600, tenant: str = TENANT) -> str:
         principal = Principal(tenant, agent, "agent", time.time() + token_ttl_s)

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Any
 
-import jwt
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 from im_contracts.topics import ASSISTANCE_REQUESTS
+from imctl.tokens import mint
 
 
 def service_token(secret: str, tenant: str, role: str = "service", subject: str = "ticketing",
                   audience: str | None = "im-kafka") -> str:
     """A token for a Kafka record's header (the `im-kafka` audience; None: an HTTP token)."""
-    now = int(time.time())
-    claims = {"tid": tenant, "sub": subject, "role": role, "iat": now, "exp": now + 600}
-    if audience:
-        claims["aud"] = audience
-    return jwt.encode(claims, secret,
-                      algorithm="HS256")
+    return mint(secret, tenant, subject, role, ttl_s=600, audience=audience)
 
 
 def request_doc(tenant: str, requested_by: str, agent_ids: list[str], ticket: str = "T-1",

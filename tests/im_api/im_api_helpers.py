@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import jwt
 from aiokafka import AIOKafkaConsumer
 from im_api.app import create_app
 from im_api.settings import ApiSettings
+from imctl.tokens import mint
 from im_contracts.codec import decode_record
 from im_contracts.topics import Topic
 
@@ -30,9 +30,7 @@ def fast_settings(**overrides: Any) -> ApiSettings:
 
 
 def token(secret: str, tenant: str, subject: str, role: str = "agent", ttl_s: int = 3600, **claims: Any) -> str:
-    now = int(time.time())
-    return jwt.encode({"tid": tenant, "sub": subject, "role": role, "iat": now, "exp": now + ttl_s, **claims},
-                      secret, algorithm="HS256")
+    return mint(secret, tenant, subject, role, ttl_s, **claims)
 
 
 @dataclass

@@ -8,7 +8,6 @@ import gzip
 import re
 from pathlib import Path
 
-import httpx
 import pytest
 from im_api.settings import ApiSettings
 from im_api_helpers import running

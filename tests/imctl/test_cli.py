@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from im_contracts.codec import RejectedRecord, decode_record, header
 from im_contracts.events import AssistanceRequested
-from im_contracts.topics import ALL_TOPICS, ASSISTANCE_REQUESTS, DEAD_LETTERS
+from im_contracts.topics import ALL_TOPICS, ASSISTANCE_REQUESTS
 from im_runtime.kafka import DeadLetters
 from im_runtime.settings import CommonSettings
 
