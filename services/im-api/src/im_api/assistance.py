@@ -52,11 +52,11 @@ class Assistance:
     async def handle(self, request: AssistanceRequested, source: Source) -> None:
         """Process one request; raise RejectedRecord for what can never succeed (dead-lettered)."""
         tenant_id, request_id = request.tenant_id, request.request_id
-        done = await self.store.assistance_requests.find_one({"tenant_id": tenant_id, "request_id": request_id})
+        done = await self.store.assistance_request(tenant_id, request_id)
         if done is not None:
             self._duplicate(request, done)
             return
-        if await self.store.agents.find_one({"tenant_id": tenant_id}, projection={"_id": 1}) is None:
+        if not await self.store.has_agents(tenant_id):
             raise RejectedRecord("unknown_tenant", f"tenant {tenant_id} has no agents in the directory", tenant_id)
         named = list(dict.fromkeys([request.requested_by, *request.agent_ids]))
         cap = self.conversations.settings.max_participants
@@ -70,7 +70,7 @@ class Assistance:
 
         async def remember(tx: Transaction, message: dict) -> None:
             # In the message's own transaction: either both exist or neither (a redelivery re-runs).
-            await self.store.assistance_requests.insert_one(
+            await self.store.record_assistance_request(
                 {**record, "conversation_id": message["conversation_id"], "message_id": message["_id"],
                  "created_at": now()}, session=tx.session)
 
@@ -91,14 +91,13 @@ class Assistance:
         """Normally written with the message. If the message existed already (its client_msg_id was
         sent before without a record), the send was a replay: record the request now."""
         tenant_id = record["tenant_id"]
-        if await self.store.assistance_requests.find_one({"_id": record["_id"], "tenant_id": tenant_id},
-                                                         projection={"_id": 1}):
+        if await self.store.assistance_request(tenant_id, record["request_id"]) is not None:
             return
         found = await self.store.messages_by_client_ids(
             [(tenant_id, conversation_id, record["requested_by"], client_msg_id)])
         message = next(iter(found.values()), None)
         try:
-            await self.store.assistance_requests.insert_one(
+            await self.store.record_assistance_request(
                 {**record, "conversation_id": conversation_id, "message_id": message["_id"] if message else None,
                  "created_at": now()})
         except DuplicateKeyError:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,14 +22,13 @@ from im_contracts.models import Message
 from im_contracts.topics import MESSAGES, conversation_key
 from im_runtime.lanes import TenantLanes
 from im_runtime.logs import log, trace_id
-from im_runtime.mongo import field_name
 from im_runtime.shutdown import raise_if_cancelled
 from pymongo.errors import DuplicateKeyError
 
 from .errors import ApiError, Conflict, NotFound, RecordTooLarge
 from .metrics import COMMIT_BATCH, COMMIT_SECONDS, MESSAGES_ACCEPTED
 from .outbox import Transaction, UnitOfWork
-from .store import Store, list_key, now
+from .store import Store, message_doc, now
 
 logger = logging.getLogger("im_api.committer")
 
@@ -196,9 +194,8 @@ class Committer:
             read_moves: dict[str, int] = {}
             last = None
             for item in accepted:
-                doc = {"_id": uuid.uuid4().hex, "tenant_id": tenant_id, "conversation_id": conversation_id,
-                       "seq": seq + 1, "sender_id": item.sender_id, "body": item.body, "kind": item.kind,
-                       "client_msg_id": item.client_msg_id, "created_at": at}
+                doc = message_doc(tenant_id, conversation_id, seq + 1, item.sender_id, item.body, item.kind,
+                                  item.client_msg_id, at)
                 event = MessagePosted(tenant_id=tenant_id, message=message_model(doc),
                                       recipients=list(conv["participants"]))
                 key = conversation_key(conversation_id)
@@ -213,25 +210,17 @@ class Committer:
                 messages.append(doc)
                 if item.also is not None:
                     await item.also(tx, doc)
-                read_moves[field_name(item.sender_id)] = seq
+                read_moves[item.sender_id] = seq
                 outcomes.append((item, (doc, True)))
                 tx.publish(MESSAGES, event, key=key, order_key=conversation_id, order=order, trace=item.trace,
                            field="body")
                 last = doc  # the newest message of this conversation
             if last is None:
                 continue
-            result = await self.store.conversations.update_one(
-                {"_id": conversation_id, "tenant_id": tenant_id, "last_seq": conv["last_seq"],
-                 "outbox_seq": conv.get("outbox_seq", 0)},
-                {"$set": {"last_seq": seq, "outbox_seq": order, "last_message": last, "last_message_at": at,
-                          "list_key": list_key(at, conversation_id)},
-                 "$max": {f"read.{k}": v for k, v in read_moves.items()}},
-                session=tx.session,
-            )
-            if not result.matched_count:
+            if not await self.store.advance(conv, last, outbox_seq=order, read=read_moves, session=tx.session):
                 raise StaleConversation(conversation_id)
         if messages:
-            await self.store.messages.insert_many(messages, session=tx.session)
+            await self.store.insert_messages(messages, session=tx.session)
         return outcomes
 
 

@@ -13,11 +13,9 @@ from im_contracts.topics import AGENTS, agent_key
 from . import cursors
 from .errors import NotFound
 from .outbox import Transaction, UnitOfWork
-from .store import Store, agent_doc_id, now
+from .store import Store, now
 
 STATUS_ORDER = ("online", "away", "offline")
-# The highest code point: every string with the prefix sorts below prefix + this.
-_PREFIX_END = "\U0010ffff"
 
 
 class PresenceView(Protocol):
@@ -48,19 +46,9 @@ class Directory:
         """Create or update (and reactivate) an agent; AgentChanged goes out in the same transaction."""
 
         async def work(tx: Transaction) -> dict:
-            t = now()
-            # update + read in the transaction rather than findAndModify: the same atomic result,
-            # and findAndModify walks the whole collection on SecantusDB (~100 ms at 20,000
-            # agents: making 10,000 agents takes minutes).
-            key = {"_id": agent_doc_id(tenant_id, agent_id)}
-            await self.store.agents.update_one(
-                key,
-                {"$set": {"tenant_id": tenant_id, "agent_id": agent_id, "display_name": display_name,
-                          "name_lc": display_name.casefold(), "email": email, "role": role, "active": True,
-                          "updated_at": t},
-                 "$setOnInsert": {"created_at": t}, "$inc": {"outbox_seq": 1}},
-                upsert=True, session=tx.session)
-            doc = await self.store.agents.find_one(key, session=tx.session)
+            doc = await self.store.save_agent(
+                tenant_id, agent_id, {"display_name": display_name, "name_lc": display_name.casefold(),
+                                      "email": email, "role": role, "active": True}, now(), tx.session)
             self._publish(tx, doc)
             return doc
 
@@ -68,12 +56,10 @@ class Directory:
 
     async def deactivate(self, tenant_id: str, agent_id: str) -> None:
         async def work(tx: Transaction) -> None:
-            key = {"_id": agent_doc_id(tenant_id, agent_id), "tenant_id": tenant_id}
-            result = await self.store.agents.update_one(
-                key, {"$set": {"active": False, "updated_at": now()}, "$inc": {"outbox_seq": 1}}, session=tx.session)
-            if not result.matched_count:
+            doc = await self.store.deactivate_agent(tenant_id, agent_id, now(), tx.session)
+            if doc is None:
                 raise NotFound("no such agent", field="agent_id")
-            self._publish(tx, await self.store.agents.find_one(key, session=tx.session))
+            self._publish(tx, doc)
 
         await self.uow.run(work)
 
@@ -161,14 +147,7 @@ class Directory:
         out: list[dict] = []
         while budget[0] > 0:
             chunk = min(self.scan_chunk, budget[0])
-            query: dict[str, Any] = {"tenant_id": tenant_id, "active": True}
-            if prefix:
-                query["name_lc"] = {"$gte": prefix, "$lt": prefix + _PREFIX_END}
-            if after is not None:
-                name, agent = after
-                query["$or"] = [{"name_lc": {"$gt": name}}, {"name_lc": name, "agent_id": {"$gt": agent}}]
-            docs = await (self.store.agents.find(query).sort([("name_lc", 1), ("agent_id", 1)])
-                          .limit(chunk).to_list())
+            docs = await self.store.active_agents_page(tenant_id, prefix, after, chunk)
             budget[0] -= max(1, len(docs))
             for d in docs:
                 if keep(d["agent_id"]):

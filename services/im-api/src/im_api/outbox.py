@@ -105,7 +105,7 @@ class UnitOfWork:
             tx = Transaction(session, self.settings.outbox_shards, self.settings.max_record_bytes)
             result = await work(tx)
             if tx.records:
-                await self.store.outbox.insert_many(tx.records, session=session)
+                await self.store.insert_outbox(tx.records, session=session)
             shards = {r["shard"] for r in tx.records}
             return result
 

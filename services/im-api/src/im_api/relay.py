@@ -29,14 +29,13 @@ from im_contracts.topics import ALL_TOPICS, DEAD_LETTERS
 from im_runtime.logs import log
 from im_runtime.shutdown import raise_if_cancelled
 from pymongo import AsyncMongoClient
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import PyMongoError
 
 from .metrics import DEAD_LETTERED, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED, OUTBOX_SHARDS_HELD
 from .settings import ApiSettings
 from .store import Store, now
 
 logger = logging.getLogger("im_api.relay")
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TOPICS_BY_BASE = {t.base_name: t for t in ALL_TOPICS}
 # What no retry of the same record can fix: it is too large for the producer or the topic. Such a
 # record is set aside (dead-lettered) and the shard goes on. A record over the producer's batch
@@ -230,9 +229,8 @@ class Relay:
         self._stopping = True
         try:
             for shard, token in list(self.held.items()):
-                await self.store.outbox_leases.update_one(
-                    {"_id": shard, "owner": self.owner, "token": token}, {"$set": {"expires_at": EPOCH}})
-            await self.store.outbox_relays.delete_one({"_id": self.owner})
+                await self.store.release_lease(shard, self.owner, token)
+            await self.store.relay_gone(self.owner)
         except PyMongoError as exc:
             log(logger, logging.WARNING, "could not release outbox leases", error=type(exc).__name__)
         self.held.clear()
@@ -255,26 +253,16 @@ class Relay:
             started = time.monotonic()
             t = now()
             ttl = timedelta(seconds=s.outbox_lease_ttl_s)
-            await self.store.outbox_relays.update_one(
-                {"_id": self.owner}, {"$set": {"expires_at": t + ttl}}, upsert=True)
-            live = await self.store.outbox_relays.count_documents({"expires_at": {"$gt": t}})
+            await self.store.relay_alive(self.owner, t + ttl)
+            live = await self.store.live_relays(t)
             fair = math.ceil(s.outbox_shards / max(live, 1))
-            # One single-document write per held lease, never one update_many over them all:
-            # SecantusDB's multi-document update keeps the collection lock while it retries write
-            # conflicts without end, and deadlocked against _mark_sent's transactional update of a
-            # lease row (every client of the server hung). Owner ids are unique per
-            # process start, so a lease taken over by anyone else no longer matches.
             for shard, token in list(self.held.items()):
-                renewed = await self.store.outbox_leases.update_one(
-                    {"_id": shard, "owner": self.owner, "token": token}, {"$set": {"expires_at": t + ttl}})
-                if renewed.matched_count:
+                if await self.store.renew_lease(shard, self.owner, token, t + ttl):
                     self.valid_until[shard] = started + s.outbox_lease_ttl_s - s.outbox_lease_renew_s
                 else:
                     self._drop(shard)
             for shard in sorted(self.held, reverse=True)[: max(0, len(self.held) - fair)]:
-                await self.store.outbox_leases.update_one(
-                    {"_id": shard, "owner": self.owner, "token": self.held[shard]},
-                    {"$set": {"expires_at": EPOCH}})
+                await self.store.release_lease(shard, self.owner, self.held[shard])
                 self._drop(shard)
             start = zlib.crc32(self.owner.encode()) % s.outbox_shards
             for i in range(s.outbox_shards):
@@ -289,28 +277,12 @@ class Relay:
             self._drop(shard)
 
     async def _claim(self, shard: int, t: datetime, ttl: timedelta, started: float) -> None:
-        # update + read rather than findAndModify: the same outcome (owner ids are unique per process
-        # start, so the row still owned by us carries the token we were given), and SecantusDB's
-        # findAndModify retried a write conflict with a killed process's open transaction while
-        # holding the collection, wedging the server for every client.
-        claimed = await self.store.outbox_leases.update_one(
-            {"_id": shard, "expires_at": {"$lt": t}},
-            {"$set": {"owner": self.owner, "expires_at": t + ttl}, "$inc": {"token": 1}})
-        doc = None
-        if claimed.matched_count:
-            doc = await self.store.outbox_leases.find_one({"_id": shard, "owner": self.owner}, {"token": 1})
-            if doc is None:
-                return  # taken over already (our new lease expired meanwhile)
-        else:
-            try:
-                await self.store.outbox_leases.insert_one(
-                    {"_id": shard, "owner": self.owner, "token": 1, "expires_at": t + ttl})
-                doc = {"token": 1}
-            except DuplicateKeyError:
-                return  # held by another relay
-        self.held[shard] = doc["token"]
+        token = await self.store.claim_lease(shard, self.owner, t, t + ttl)
+        if token is None:
+            return  # held by another relay
+        self.held[shard] = token
         self.valid_until[shard] = started + self.settings.outbox_lease_ttl_s - self.settings.outbox_lease_renew_s
-        log(logger, logging.INFO, "outbox shard acquired", shard=shard, token=doc["token"])
+        log(logger, logging.INFO, "outbox shard acquired", shard=shard, token=token)
         self.wake()  # its pending records are published at once, not at the next poll
 
     def _drop(self, shard: int) -> None:
@@ -325,9 +297,7 @@ class Relay:
             token = self.held.get(shard)
             if token is None or self.valid_until.get(shard, 0) <= time.monotonic():
                 continue
-            pending = await (self.store.outbox.find(self.store.pending_query(shard))
-                             .sort([("conversation_id", 1), ("order", 1)])
-                             .limit(self.settings.outbox_batch).to_list())
+            pending = await self.store.pending(shard, self.settings.outbox_batch)
             if not pending:
                 continue
             burst = Burst(shard, self.owner, token, time.monotonic(), count=len(pending))
@@ -413,16 +383,8 @@ class Relay:
         `set_aside`: records dead-lettered instead (id → reason), kept marked for operators."""
 
         async def callback(session: Any) -> None:
-            r = await self.store.outbox_leases.update_one(
-                {"_id": shard, "owner": self.owner, "token": token},
-                {"$set": {"last_sent_at": now()}}, session=session)
-            if not r.matched_count:
+            if not await self.store.mark_sent(shard, self.owner, token, ids, set_aside or {}, session):
                 raise LeaseLost(f"shard {shard}")
-            await self.store.outbox.update_many(
-                {"_id": {"$in": ids}, "shard": shard}, {"$set": {"sent_at": now()}}, session=session)
-            for record_id, reason in (set_aside or {}).items():
-                await self.store.outbox.update_one(
-                    {"_id": record_id, "shard": shard}, {"$set": {"dead_letter": reason}}, session=session)
 
         try:
             async with self.client.start_session() as session:

@@ -22,7 +22,7 @@ from .committer import Committer, StaleConversation, message_model
 from .errors import NotFound, RecordTooLarge, Unprocessable
 from .outbox import Transaction, UnitOfWork, event_fits
 from .settings import ApiSettings
-from .store import Store, list_key, now, related_key
+from .store import Store, list_key, message_doc, now, related_key
 
 T = TypeVar("T")
 # Extra writes in a new message's own transaction: (transaction, stored message).
@@ -109,14 +109,14 @@ class Conversations:
             self._message_fits(tenant_id, me, ids, first_body, first_message.get("client_msg_id"),
                                "first_message.body")
         key = json.dumps([ids, related["type"] if related else None, related["id"] if related else None])
-        doc = await self.store.conversations.find_one({"tenant_id": tenant_id, "start_key": key})
+        doc = await self.store.conversation_by_start_key(tenant_id, key)
         created = False
         if doc is None:
             try:
                 doc = await self.uow.run(lambda tx: self._create(tx, tenant_id, me, ids, related, key))
                 created = True
             except DuplicateKeyError:  # a concurrent start won: its thread is ours
-                doc = await self.store.conversations.find_one({"tenant_id": tenant_id, "start_key": key})
+                doc = await self.store.conversation_by_start_key(tenant_id, key)
         if me not in doc["participants"]:  # a starter who left comes back by starting it again
             await self._change(tenant_id, me, doc["_id"], add=[me], remove=[], require_member=False)
         if first_message:
@@ -143,7 +143,7 @@ class Conversations:
                "last_message_at": t, "read": {}, "outbox_seq": 1}
         doc["list_key"] = list_key(t, doc["_id"])
         doc["related_key"] = related_key(related["type"], related["id"]) if related else None
-        await self.store.conversations.insert_one(doc, session=tx.session)
+        await self.store.insert_conversation(doc, session=tx.session)
         event = ConversationStarted(tenant_id=tenant_id, conversation=await self._snapshot(tenant_id, doc, tx.session),
                                     recipients=ids)
         tx.publish(CONVERSATIONS, event, key=conversation_key(doc["_id"]), order_key=doc["_id"], order=1)
@@ -218,23 +218,16 @@ class Conversations:
             else:
                 text = f"{names.get(actor, actor)} added {_join([names.get(a, a) for a in added])}"
             seq, at, order = conv["last_seq"] + 1, now(), conv.get("outbox_seq", 0)
-            msg = {"_id": uuid.uuid4().hex, "tenant_id": tenant_id, "conversation_id": conversation_id,
-                   "seq": seq, "sender_id": actor, "body": text, "kind": "system", "client_msg_id": None,
-                   "created_at": at}
+            msg = message_doc(tenant_id, conversation_id, seq, actor, text, "system", None, at)
             # New participants read the history over HTTP; only the "added you" message is unread.
-            marks = {f"read.{field_name(a)}": seq - 1 for a in added if a != actor}
+            marks = {a: seq - 1 for a in added if a != actor}
             if actor in after:
-                marks[f"read.{field_name(actor)}"] = seq
+                marks[actor] = seq
             updated = {**conv, "participants": after, "last_seq": seq, "last_message": msg, "last_message_at": at}
-            result = await self.store.conversations.update_one(
-                {"_id": conversation_id, "tenant_id": tenant_id, "last_seq": conv["last_seq"],
-                 "outbox_seq": order},
-                {"$set": {"participants": after, "last_seq": seq, "last_message": msg, "last_message_at": at,
-                          "list_key": list_key(at, conversation_id), "outbox_seq": order + 2}, **({"$max": marks} if marks else {})},
-                session=tx.session)
-            if not result.matched_count:
+            if not await self.store.advance(conv, msg, outbox_seq=order + 2, read=marks,
+                                            also={"participants": after}, session=tx.session):
                 raise StaleConversation(conversation_id)
-            await self.store.messages.insert_one(msg, session=tx.session)
+            await self.store.insert_messages([msg], session=tx.session)
             snapshot = await self._snapshot(tenant_id, updated, tx.session)
             key = conversation_key(conversation_id)
             tx.publish(CONVERSATIONS, ParticipantsChanged(
@@ -264,11 +257,7 @@ class Conversations:
             target = min(seq, conv["last_seq"])  # nobody has read what was not posted yet
             if target > old:
                 order = conv.get("outbox_seq", 0) + 1
-                result = await self.store.conversations.update_one(
-                    {"_id": conversation_id, "tenant_id": tenant_id, "outbox_seq": order - 1},
-                    {"$max": {f"read.{field_name(me)}": target}, "$set": {"outbox_seq": order}},
-                    session=tx.session)
-                if not result.matched_count:
+                if not await self.store.move_read_marker(conv, me, target, order, session=tx.session):
                     raise StaleConversation(conversation_id)
                 tx.publish(CONVERSATIONS, ReadMarkerMoved(
                     tenant_id=tenant_id, conversation_id=conversation_id, agent_id=me, seq=target,

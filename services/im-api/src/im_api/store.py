@@ -27,6 +27,7 @@ agent_id, cursor}` (the `stream_cursor` of the thread list, read by its tenant_i
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +35,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from im_runtime.mongo import compound_id, field_name
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 
 def now() -> datetime:
@@ -46,6 +48,18 @@ def list_key(last_message_at: datetime, conversation_id: str) -> str:
     """The thread list's one sort key, (last_message_at, _id) as sortable text: a keyset walk on a
     single field is a plain index range (an $or of two bounds made SecantusDB scan the collection)."""
     return last_message_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z|" + conversation_id
+
+
+def message_doc(tenant_id: str, conversation_id: str, seq: int, sender_id: str, body: str, kind: str,
+                client_msg_id: str | None, at: datetime) -> dict[str, Any]:
+    """A new message as stored (the one place its shape is written)."""
+    return {"_id": uuid.uuid4().hex, "tenant_id": tenant_id, "conversation_id": conversation_id, "seq": seq,
+            "sender_id": sender_id, "body": body, "kind": kind, "client_msg_id": client_msg_id, "created_at": at}
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The highest code point: every string with the prefix sorts below prefix + this.
+PREFIX_END = "\U0010ffff"
 
 
 def related_key(related_type: str, related_id: str) -> str:
@@ -143,6 +157,155 @@ class Store:
 
     async def conversation(self, tenant_id: str, conversation_id: str, session: Any = None) -> dict | None:
         return await self.conversations.find_one({"_id": conversation_id, "tenant_id": tenant_id}, session=session)
+
+    async def advance(self, conv: dict, last: dict, *, outbox_seq: int, read: dict[str, int],
+                      also: dict[str, Any] | None = None, session: Any) -> bool:
+        """A conversation moves to its new `last` message, in the caller's transaction: a
+        compare-and-set on the (last_seq, outbox_seq) the transaction read; read markers only move
+        forward (`read`: agent id -> seq); `also` sets more fields. False when the conversation
+        changed meanwhile (nothing written: re-run the transaction)."""
+        at, conversation_id = last["created_at"], conv["_id"]
+        result = await self.conversations.update_one(
+            {"_id": conversation_id, "tenant_id": conv["tenant_id"], "last_seq": conv["last_seq"],
+             "outbox_seq": conv.get("outbox_seq", 0)},
+            {"$set": {"last_seq": last["seq"], "outbox_seq": outbox_seq, "last_message": last, "last_message_at": at,
+                      "list_key": list_key(at, conversation_id), **(also or {})},
+             **({"$max": {f"read.{field_name(a)}": seq for a, seq in read.items()}} if read else {})},
+            session=session)
+        return bool(result.matched_count)
+
+    async def conversation_by_start_key(self, tenant_id: str, start_key: str) -> dict | None:
+        return await self.conversations.find_one({"tenant_id": tenant_id, "start_key": start_key})
+
+    async def insert_conversation(self, doc: dict, session: Any) -> None:
+        """A new thread (a concurrent start of the same identity raises DuplicateKeyError)."""
+        await self.conversations.insert_one(doc, session=session)
+
+    async def move_read_marker(self, conv: dict, agent_id: str, seq: int, outbox_seq: int, session: Any) -> bool:
+        """An agent's read marker forward to `seq` (never back), by a compare-and-set on the
+        outbox_seq the transaction read; False when the conversation changed meanwhile."""
+        result = await self.conversations.update_one(
+            {"_id": conv["_id"], "tenant_id": conv["tenant_id"], "outbox_seq": conv.get("outbox_seq", 0)},
+            {"$max": {f"read.{field_name(agent_id)}": seq}, "$set": {"outbox_seq": outbox_seq}}, session=session)
+        return bool(result.matched_count)
+
+    # --- the directory --------------------------------------------------------------------
+
+    async def save_agent(self, tenant_id: str, agent_id: str, fields: dict[str, Any], at: datetime,
+                         session: Any) -> dict:
+        """Creates or updates (`fields`) an agent and counts the change (outbox_seq); the stored
+        agent. Update + read rather than findAndModify: the same atomic result in the transaction,
+        and findAndModify walks the whole collection on SecantusDB (~100 ms at 20,000 agents)."""
+        key = {"_id": agent_doc_id(tenant_id, agent_id)}
+        await self.agents.update_one(
+            key, {"$set": {"tenant_id": tenant_id, "agent_id": agent_id, **fields, "updated_at": at},
+                  "$setOnInsert": {"created_at": at}, "$inc": {"outbox_seq": 1}},
+            upsert=True, session=session)
+        return await self.agents.find_one(key, session=session)
+
+    async def deactivate_agent(self, tenant_id: str, agent_id: str, at: datetime, session: Any) -> dict | None:
+        """The agent, deactivated (and its change counted); None when there is no such agent."""
+        key = {"_id": agent_doc_id(tenant_id, agent_id), "tenant_id": tenant_id}
+        result = await self.agents.update_one(
+            key, {"$set": {"active": False, "updated_at": at}, "$inc": {"outbox_seq": 1}}, session=session)
+        if not result.matched_count:
+            return None
+        return await self.agents.find_one(key, session=session)
+
+    async def has_agents(self, tenant_id: str) -> bool:
+        return await self.agents.find_one({"tenant_id": tenant_id}, projection={"_id": 1}) is not None
+
+    async def active_agents_page(self, tenant_id: str, prefix: str | None, after: tuple[str, str] | None,
+                                 limit: int) -> list[dict]:
+        """Active agents in (name_lc, agent_id) order after `after`, names starting with `prefix`."""
+        query: dict[str, Any] = {"tenant_id": tenant_id, "active": True}
+        if prefix:
+            query["name_lc"] = {"$gte": prefix, "$lt": prefix + PREFIX_END}
+        if after is not None:
+            name, agent = after
+            query["$or"] = [{"name_lc": {"$gt": name}}, {"name_lc": name, "agent_id": {"$gt": agent}}]
+        return await self.agents.find(query).sort([("name_lc", 1), ("agent_id", 1)]).limit(limit).to_list()
+
+    # --- assistance requests --------------------------------------------------------------
+
+    async def assistance_request(self, tenant_id: str, request_id: str) -> dict | None:
+        return await self.assistance_requests.find_one({"tenant_id": tenant_id, "request_id": request_id})
+
+    async def record_assistance_request(self, record: dict, session: Any = None) -> None:
+        """The processed request (DuplicateKeyError when another consumer recorded it first)."""
+        await self.assistance_requests.insert_one(record, session=session)
+
+    async def insert_outbox(self, records: list[dict], session: Any) -> None:
+        await self.outbox.insert_many(records, session=session)
+
+    # --- the relay's leases and the records it publishes ------------------------------------
+    # One single-document write per lease, never one update_many over several: SecantusDB's
+    # multi-document update keeps the collection lock while it retries write conflicts without end,
+    # and deadlocked against the transactional update of a lease row in mark_sent (every client of
+    # the server hung). Owner ids are unique per process start, so a lease taken over by anyone
+    # else no longer matches the owner's filters.
+
+    async def relay_alive(self, owner: str, until: datetime) -> None:
+        await self.outbox_relays.update_one({"_id": owner}, {"$set": {"expires_at": until}}, upsert=True)
+
+    async def live_relays(self, at: datetime) -> int:
+        return await self.outbox_relays.count_documents({"expires_at": {"$gt": at}})
+
+    async def relay_gone(self, owner: str) -> None:
+        await self.outbox_relays.delete_one({"_id": owner})
+
+    async def renew_lease(self, shard: int, owner: str, token: int, until: datetime) -> bool:
+        renewed = await self.outbox_leases.update_one({"_id": shard, "owner": owner, "token": token},
+                                                      {"$set": {"expires_at": until}})
+        return bool(renewed.matched_count)
+
+    async def release_lease(self, shard: int, owner: str, token: int) -> None:
+        """Expired at once, so another relay may take the shard without waiting."""
+        await self.outbox_leases.update_one({"_id": shard, "owner": owner, "token": token},
+                                            {"$set": {"expires_at": EPOCH}})
+
+    async def claim_lease(self, shard: int, owner: str, at: datetime, until: datetime) -> int | None:
+        """The fencing token of the shard's lease, taken if it expired before `at` (or never
+        existed); None when another relay holds it. Update + read rather than findAndModify: the
+        same outcome (the row still owned by us carries the token we were given), and SecantusDB's
+        findAndModify retried a write conflict with a killed process's open transaction while
+        holding the collection, wedging the server for every client."""
+        claimed = await self.outbox_leases.update_one(
+            {"_id": shard, "expires_at": {"$lt": at}},
+            {"$set": {"owner": owner, "expires_at": until}, "$inc": {"token": 1}})
+        if claimed.matched_count:
+            doc = await self.outbox_leases.find_one({"_id": shard, "owner": owner}, {"token": 1})
+            return None if doc is None else doc["token"]  # None: taken over already (ours expired)
+        try:
+            await self.outbox_leases.insert_one({"_id": shard, "owner": owner, "token": 1, "expires_at": until})
+        except DuplicateKeyError:
+            return None
+        return 1
+
+    async def pending(self, shard: int, limit: int) -> list[dict]:
+        """A shard's unsent records in (conversation, order) order."""
+        return await (self.outbox.find(self.pending_query(shard)).sort([("conversation_id", 1), ("order", 1)])
+                      .limit(limit).to_list())
+
+    async def mark_sent(self, shard: int, owner: str, token: int, ids: list[Any],
+                        set_aside: dict[Any, str], session: Any) -> bool:
+        """Fenced, in the caller's transaction: the lease row is written too, so a takeover
+        conflicts with it; False (nothing written) when the lease is no longer ours. `set_aside`:
+        records dead-lettered instead (id → reason), kept marked for operators."""
+        held = await self.outbox_leases.update_one({"_id": shard, "owner": owner, "token": token},
+                                                   {"$set": {"last_sent_at": now()}}, session=session)
+        if not held.matched_count:
+            return False
+        await self.outbox.update_many({"_id": {"$in": ids}, "shard": shard}, {"$set": {"sent_at": now()}},
+                                      session=session)
+        for record_id, reason in set_aside.items():
+            await self.outbox.update_one({"_id": record_id, "shard": shard}, {"$set": {"dead_letter": reason}},
+                                         session=session)
+        return True
+
+    async def insert_messages(self, messages: list[dict], session: Any) -> None:
+        """New messages (`message_doc`), in the transaction that advanced their conversations."""
+        await self.messages.insert_many(messages, session=session)
 
     def thread_list_query(self, tenant_id: str, agent_id: str, snapshot: datetime,
                           after: str | None) -> dict[str, Any]:
