@@ -275,7 +275,7 @@ async def test_a_signalled_range_that_was_pruned_meanwhile_closes_4409_instead_o
     store = QueueStore(mongo[mongo_db_name])
     await store.ensure_indexes()
     await store.append("acme", "ana", [NewEntry(f"k{i}", {"type": "x", "n": i}) for i in range(1, 11)])
-    # The pruning job marks the head first, then deletes (worker/pruning.py).
+    # The pruning job marks the head first, then deletes (worker/maintenance.py).
     await store.heads.update_one(store.head_filter("acme", "ana"), {"$max": {"pruned_through": 6}})
     await store.queue.delete_many({"tenant_id": "acme", "agent_id": "ana", "cursor": {"$lte": 6}})
     socket = _RecordingSocket()

@@ -22,6 +22,7 @@ Projections of the fan-out worker live in `worker/projections.py`. Ids made of s
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -105,6 +106,41 @@ class QueueStore:
         found = self._agents.find({"_id": {"$in": [compound_id(tenant_id, a) for a in agent_ids]},
                                    "tenant_id": tenant_id, "active": False}, {"agent_id": 1})
         return [doc["agent_id"] async for doc in found]
+
+    # --- what the maintenance job reads and trims -----------------------------------------
+
+    async def queue_owners(self) -> AsyncIterator[tuple[str, str]]:
+        """(tenant, agent) of every queue (every head)."""
+        async for head in self.heads.find({}, {"tenant_id": 1, "agent_id": 1}):
+            yield head["tenant_id"], head["agent_id"]
+
+    async def device_acks(self, tenant_id: str, agent_id: str) -> dict[str, int]:
+        """Each remembered device's acknowledged cursor, by device document id."""
+        found = self.devices.find({"tenant_id": tenant_id, "agent_id": agent_id}, {"cursor": 1})
+        return {d["_id"]: d["cursor"] async for d in found}
+
+    async def queue_length(self, tenant_id: str, agent_id: str) -> int:
+        return await self.queue.count_documents({"tenant_id": tenant_id, "agent_id": agent_id})
+
+    async def cursor_at(self, tenant_id: str, agent_id: str, index: int) -> int | None:
+        """The cursor of the queue's `index`-th entry (0: the oldest), None past its end."""
+        doc = await self.queue.find_one({"tenant_id": tenant_id, "agent_id": agent_id}, {"cursor": 1},
+                                        sort=[("cursor", ASCENDING)], skip=index)
+        return None if doc is None else int(doc["cursor"])
+
+    async def last_cursor_where(self, tenant_id: str, agent_id: str, condition: dict[str, Any]) -> int | None:
+        """The highest cursor of the entries that meet `condition` (None: none does)."""
+        doc = await self.queue.find_one({"tenant_id": tenant_id, "agent_id": agent_id, **condition}, {"cursor": 1},
+                                        sort=[("cursor", DESCENDING)])
+        return None if doc is None else int(doc["cursor"])
+
+    async def prune_through(self, tenant_id: str, agent_id: str, through: int) -> int:
+        """Deletes the entries up to `through`; the head is marked first, so a gateway reading in
+        between answers 4409 rather than skipping silently. How many entries went."""
+        await self.heads.update_one(self.head_filter(tenant_id, agent_id), {"$max": {"pruned_through": through}})
+        result = await self.queue.delete_many({"tenant_id": tenant_id, "agent_id": agent_id,
+                                               "cursor": {"$lte": through}})
+        return result.deleted_count
 
     async def ensure_indexes(self) -> None:
         await self.queue.create_index(

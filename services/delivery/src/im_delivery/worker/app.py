@@ -17,7 +17,7 @@ from ..settings import DeliverySettings
 from ..store import QueueStore
 from .fanout import FanOut
 from .projections import Projections
-from .pruning import Pruning
+from .maintenance import Maintenance
 from .queue_writer import QueueWriter
 
 logger = logging.getLogger("im_delivery.worker")
@@ -64,7 +64,7 @@ def create_app(settings: DeliverySettings) -> FastAPI:
         for sub in subscriptions:
             sub.register(broker)
         await process.start("kafka consumers", broker.start, stop=broker.stop)
-        process.supervise("pruning", Pruning(store, fanout, settings).run_forever)
+        process.supervise("maintenance", Maintenance(store, fanout, settings).run_forever)
 
         async def kafka_ok() -> bool:
             return await broker.ping(timeout=2.0)
