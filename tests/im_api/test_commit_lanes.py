@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 from im_api_helpers import running
+from support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -56,3 +57,34 @@ async def test_a_send_of_tenant_b_commits_while_tenant_as_transaction_is_held(ap
         # acme's later sends waited for its held batch: one acme transaction at a time, in order.
         assert max(acme_batches_at_once) == 1
         assert answers[0].json()["seq"] == 1 and sorted(a.json()["seq"] for a in answers) == [1, 2, 3, 4]
+
+
+async def test_sends_queued_behind_a_batch_commit_without_any_later_send_to_wake_the_committer(api_settings):
+    """Every lane busy (one here), sends queue up; when the batch ends they must commit on their
+    own — not wait for some new send to arrive (a freed lane once went unnoticed until then)."""
+    async with running(api_settings.model_copy(update={"commit_lanes": 1})) as api:
+        await api.add_agents("acme", "ann", "ben")
+        acme = (await api.start("acme", "ann", "ben"))["id"]
+        store = api.app.state.committer.store
+        read_conversation = store.conversation
+        inside, release = asyncio.Event(), asyncio.Event()
+
+        async def conversation(tenant_id, conversation_id, **kw):
+            if not release.is_set():
+                inside.set()
+                await release.wait()
+            return await read_conversation(tenant_id, conversation_id, **kw)
+
+        store.conversation = conversation
+        try:
+            first = asyncio.create_task(api.send("acme", "ann", acme, "the batch in progress", "q1"))
+            await asyncio.wait_for(inside.wait(), 30)
+            queued = [asyncio.create_task(api.send("acme", "ann", acme, f"queued {i}", f"q{i + 2}")) for i in range(3)]
+            await eventually(lambda: len(api.app.state.committer.pending) == 3, timeout=30,
+                             message="the three sends queued behind the batch")
+        finally:
+            release.set()
+            store.conversation = read_conversation
+        answers = await asyncio.wait_for(asyncio.gather(first, *queued), 30)
+        assert [a.status_code for a in answers] == [201] * 4
+        assert sorted(a.json()["seq"] for a in answers) == [1, 2, 3, 4]

@@ -118,6 +118,12 @@ class Committer:
                 if not item.future.done():
                     item.future.set_exception(exc)
         finally:
+            # The slot is free before run() wakes: its done-callback would come after run() had
+            # looked, found every lane busy and gone back to sleep — leaving the queued sends
+            # waiting for some new send to wake it.
+            task = asyncio.current_task()
+            if task is not None:
+                self._in_flight.discard(task)
             self.pending.done(tenant_id)
             self._changed.set()
 
