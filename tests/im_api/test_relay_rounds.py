@@ -38,3 +38,16 @@ def test_a_wake_without_shards_or_a_due_poll_reads_them_all_again():
     assert rounds.next(HELD, now=0.5) == [2]
     assert rounds.next(HELD, now=1.1) == list(HELD), "the poll interval passed: other processes' records"
     assert rounds.next(HELD, now=1.2) == []
+
+
+def test_the_idle_wait_never_runs_past_the_next_full_round():
+    """Partial rounds (local commits) must not push the full round out: other processes' records
+    wait at most one poll interval."""
+    rounds = Rounds(poll_s=1.0)
+    rounds.next(HELD, now=0.0)  # a full round: the next is due at 1.0
+    assert rounds.wait_s(now=0.0) == 1.0
+    rounds.wrote({4})
+    assert rounds.next(HELD, now=0.95) == [4]
+    assert rounds.wait_s(now=0.95) == pytest.approx(0.05), "not a fresh second after the partial round"
+    assert rounds.wait_s(now=1.2) == 0.0
+    assert rounds.next(HELD, now=1.2) == list(HELD)

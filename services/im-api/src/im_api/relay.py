@@ -107,6 +107,11 @@ class Rounds:
         else:
             self.dirty.update(shards)
 
+    def wait_s(self, now: float) -> float:
+        """How long the loop may sleep without a wake: never past the next full round's due time,
+        so other processes' records wait at most `poll_s` whatever partial rounds ran meanwhile."""
+        return max(0.0, min(self.poll_s, self.next_full - now))
+
     def next(self, held: Iterable[int], now: float) -> list[int]:
         if self.everything or now >= self.next_full:
             self.everything = False
@@ -205,7 +210,7 @@ class Relay:
                     continue
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
                 try:
-                    async with asyncio.timeout(self.settings.outbox_poll_s):
+                    async with asyncio.timeout(self.rounds.wait_s(time.monotonic())):
                         await self._wake.wait()
                 except TimeoutError:
                     pass
