@@ -94,14 +94,16 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
                              graceful_timeout=settings.shutdown_grace_s / 2,
                              security=broker_security(settings))
         subscription = assistance_subscription(Assistance(store, conversations), verifier, dead_letters, settings)
-        subscription.register(broker)
+        subscriber = subscription.register(broker)
         await process.start("kafka consumer (assistance requests)", broker.start, stop=broker.stop)
 
         async def kafka_ok() -> bool:
             return relay.kafka_ok
 
         async def assistance_joined() -> bool:
-            return subscription.membership.joined
+            # Latched once joined (a later rebalance must not take every im-api out of service);
+            # the consumer itself must still exist.
+            return subscriber.consumer is not None and subscription.membership.joined
 
         process.check("kafka", kafka_ok)
         process.check("presence_cache", presence.ready)

@@ -63,6 +63,12 @@ class Assistance:
         if len(named) > cap:  # before any read: a request naming thousands costs nothing
             raise RejectedRecord("too_many_participants",
                                  f"a thread holds at most {cap} agents; the request names {len(named)}", tenant_id)
+        # Before start's other rules: a request naming an unknown agent is `unknown_agent` whatever
+        # else is wrong with it (start checks the body and a thread with oneself first).
+        try:
+            await self.conversations.require_active(tenant_id, named, named, "agent_ids")
+        except ApiError as exc:
+            raise RejectedRecord("unknown_agent", exc.message, tenant_id) from None
 
         record = {"_id": compound_id(tenant_id, request_id), "tenant_id": tenant_id, "request_id": request_id,
                   "fingerprint": fingerprint(request), "requested_by": request.requested_by,

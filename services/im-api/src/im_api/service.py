@@ -104,7 +104,7 @@ class Conversations:
                                 code="self_only_conversation", field="participant_ids")
         self._within_cap(len(ids), "participant_ids")
         first_body = clean_body(first_message["body"], "first_message.body") if first_message else None
-        await self._require_active(tenant_id, ids, participant_ids, "participant_ids")
+        await self.require_active(tenant_id, ids, participant_ids, "participant_ids")
         if first_body is not None:
             self._message_fits(tenant_id, me, ids, first_body, first_message.get("client_msg_id"),
                                "first_message.body")
@@ -170,14 +170,14 @@ class Conversations:
                                agent_ids: list[str]) -> dict[str, Any]:
         await self._visible(tenant_id, me, conversation_id)
         wanted = list(dict.fromkeys(agent_ids))
-        await self._require_active(tenant_id, wanted, agent_ids, "agent_ids")
+        await self.require_active(tenant_id, wanted, agent_ids, "agent_ids")
         await self._change(tenant_id, me, conversation_id, add=wanted, remove=[])
         return await self.view(tenant_id, me, conversation_id)
 
-    async def _require_active(self, tenant_id: str, wanted: list[str], given: list[str], field: str) -> None:
+    async def require_active(self, tenant_id: str, wanted: list[str], given: list[str], field: str) -> None:
         """422 `unknown_agents` naming each of `wanted` that is not an active agent of the tenant,
-        by its index in the caller's `given` list (one directory read). The assistance intake goes
-        through `start`, so its dead letter says the same."""
+        by its index in the caller's `given` list (one directory read). The assistance intake
+        calls it first too, and dead-letters the same refusal as `unknown_agent`."""
         active = await self.store.agents_by_id(tenant_id, wanted, active_only=True)
         missing = [a for a in wanted if a not in active]
         if missing:
