@@ -67,4 +67,11 @@ if [ ! -f "$data/meta.properties" ]; then
   java -cp "$CP" kafka.tools.StorageTool format -t "${CLUSTER_ID:-5L6g3nShT-eMCtK--X86sw}" -c "$PROPS" \
     --ignore-formatted "$@" >/dev/null
 fi
-exec java ${KAFKA_HEAP_OPTS:--Xmx512m} -cp "$CP" kafka.Kafka "$PROPS"
+# apache/kafka ships its logging configuration (console and files); without it log4j2 prints
+# errors only. The offline image has none and logs errors only, as before.
+log_opts=""
+if [ -f /opt/kafka/config/log4j2.yaml ]; then
+  log_opts="-Dlog4j2.configurationFile=/opt/kafka/config/log4j2.yaml -Dkafka.logs.dir=/tmp/kafka-logs"
+fi
+# shellcheck disable=SC2086 # the options are words on purpose
+exec java ${KAFKA_HEAP_OPTS:--Xmx512m} $log_opts -cp "$CP" kafka.Kafka "$PROPS"
