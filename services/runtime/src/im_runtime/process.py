@@ -22,7 +22,6 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from .health import Check, Readiness
 from .kafka import make_producer, start_with_retry
-from .logs import log
 from .mongo import connect, reachable
 from .settings import CommonSettings
 from .shutdown import Shutdown, raise_if_cancelled
@@ -93,8 +92,10 @@ class Process:
                 except Exception as exc:
                     if not restart:
                         raise
-                    log(self.logger, logging.ERROR, "background loop failed; restarting", loop=name,
-                        error=type(exc).__name__, retry_in_s=round(delay, 3))
+                    # With the traceback: a loop only gets here through a bug of its own.
+                    self.logger.error("background loop failed; restarting", exc_info=True,
+                                      extra={"fields": {"loop": name, "error": type(exc).__name__,
+                                                        "retry_in_s": round(delay, 3)}})
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.settings.retry_max_s)
 
