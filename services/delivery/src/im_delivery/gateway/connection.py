@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket
 
 from ..settings import DeliverySettings
 from ..store import QueueStore
+from .ranges import more_to_send, must_check_retention, signalled_through
 
 logger = logging.getLogger("im_delivery.connection")
 
@@ -170,10 +171,7 @@ class StreamConnection:
                     await self.ensure_retained()
                 limit = min(self.settings.replay_batch, await self.window())
                 entries, through = await self.read(limit)
-                if (entries[0].cursor != self.last_sent + 1) if entries else through > self.last_sent:
-                    # Not the next cursor, or a signalled range with nothing in it: a gap (allowed)
-                    # or entries pruned under us while this connection was replaying; the head
-                    # says which (pruning marks it first).
+                if must_check_retention(self.last_sent, entries[0].cursor if entries else None, through):
                     await self.ensure_retained()
                 if entries:
                     wire = [e.wire() for e in entries]
@@ -188,7 +186,7 @@ class StreamConnection:
                     self.log_sent(entries)
                 if through > self.last_sent:
                     self.last_sent = through  # read through a gap: nothing is missing below `through`
-                if len(entries) == limit or self.durable > self.last_sent:
+                if more_to_send(len(entries), limit, self.durable, self.last_sent):
                     continue  # more to replay: no waiting
                 while self.live and self.closing is None:
                     await self.send(self.live.popleft())
@@ -217,8 +215,8 @@ class StreamConnection:
         cursors are read; if fewer come back — the tail of the queue, or a gap — one open read
         finds what lies beyond (few entries at a tail; a gap costs one longer read)."""
         start = self.last_sent
-        if self.durable > start:
-            through = min(self.durable, start + limit)
+        through = signalled_through(start, self.durable, limit)
+        if through is not None:
             return await self.store.entries_after(self.tenant_id, self.agent_id, start, limit, through=through), through
         entries = await self.store.entries_after(self.tenant_id, self.agent_id, start, limit, through=start + limit)
         if len(entries) < limit:

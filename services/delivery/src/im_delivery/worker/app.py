@@ -16,6 +16,7 @@ from ..bus import BatchSubscription, DeliveryBus, count_dead_letters
 from ..settings import DeliverySettings
 from ..store import QueueStore
 from .fanout import FanOut
+from .gateways import GatewayHeartbeats
 from .projections import Projections
 from .maintenance import Maintenance
 from .queue_writer import QueueWriter
@@ -38,8 +39,9 @@ def create_app(settings: DeliverySettings) -> FastAPI:
         await projections.ensure_indexes()
         producer = await process.start_producer()
         bus = DeliveryBus(producer, settings)  # each consuming task confirms its own records
-        fanout = FanOut(projections, store, bus, settings.hold_back_s, settings.epoch_resweep_s,
-                        settings.presence_threads_max, settings.presence_partners_max)
+        fanout = FanOut(projections, store, bus, settings.hold_back_s, settings.presence_threads_max,
+                        settings.presence_partners_max)
+        heartbeats = GatewayHeartbeats(store, settings.epoch_resweep_s)
         writer = QueueWriter(store, bus)
         # graceful_timeout: on SIGTERM the batch in hand finishes (its records confirmed, its offsets
         # committed) before the consumers leave their groups.
@@ -59,7 +61,7 @@ def create_app(settings: DeliverySettings) -> FastAPI:
             subscription("delivery-queue", settings.queue_group, (topics.INBOX,), writer.handle_batch),
             # Heartbeats in a group of their own: never held up behind a paused message partition,
             # so a busy fan-out never makes a live gateway look silent.
-            subscription("delivery-gateways", settings.gateways_group, (topics.GATEWAYS,), fanout.handle_batch),
+            subscription("delivery-gateways", settings.gateways_group, (topics.GATEWAYS,), heartbeats.handle_batch),
         ]
         for sub in subscriptions:
             sub.register(broker)

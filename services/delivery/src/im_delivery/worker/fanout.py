@@ -17,7 +17,6 @@ from im_contracts.events import (
     AgentPresence,
     ConversationStarted,
     Event,
-    GatewayHeartbeat,
     MessagePosted,
     ParticipantsChanged,
     ReadMarkerMoved,
@@ -78,27 +77,23 @@ def scope_of(event: Event) -> tuple[str, ...]:
             return ("conversation", event.tenant_id, event.conversation_id)
         case AgentChanged() | AgentPresence():
             return ("agent", event.tenant_id, event.agent_id)
-        case GatewayHeartbeat():
-            return ("gateway", event.gateway_id)
     return ("other", event.type)
 
 
 class FanOut:
     def __init__(self, projections: Projections, queue: QueueStore, bus: DeliveryBus, hold_back_s: float,
-                 epoch_resweep_s: float = 60.0, presence_threads: int = 500, presence_partners: int = 2_000) -> None:
+                 presence_threads: int = 500, presence_partners: int = 2_000) -> None:
         self.projections = projections
         self.presence_threads = presence_threads
         self.presence_partners = presence_partners
         self.queue = queue
         self.bus = bus
         self.hold_back_s = hold_back_s
-        self.epoch_resweep_s = epoch_resweep_s
         self._waiting_since: dict[tuple[str, str], float] = {}
         # Threads for which this process parked messages: only they need a look for successors
         # (rare, so kept for the process's life; what an earlier process parked is released by
         # the overdue sweep).
         self._holding: set[tuple[str, str]] = set()
-        self._epochs_swept: dict[str, tuple[str, float]] = {}  # gateway -> (epoch, when) of its last sweep
 
     async def handle_batch(self, items: list[Item]) -> None:
         # Topics are not ordered among each other: within a poll, take the directory and thread
@@ -189,16 +184,6 @@ class FanOut:
                 others = await self.projections.co_participants(event.tenant_id, event.agent_id,
                                                                 self.presence_threads, self.presence_partners)
                 await self.live(event.tenant_id, sorted(others), frame)
-            case GatewayHeartbeat():
-                # The sweep of an earlier boot's registrations scans the gateway's registrations
-                # (10,000 per beat at 10,000 sockets: a core's worth on SecantusDB): once per new
-                # epoch, and again every `epoch_resweep_s` in case a late straggler registered.
-                swept = self._epochs_swept.get(event.gateway_id)
-                now = time.monotonic()
-                sweep = swept is None or swept[0] != event.epoch or now - swept[1] >= self.epoch_resweep_s
-                await self.queue.gateway_seen(event.gateway_id, event.epoch, event.occurred_at, sweep=sweep)
-                if sweep:
-                    self._epochs_swept[event.gateway_id] = (event.epoch, now)
             case Typing():
                 conv = await self.projections.conversation(event.tenant_id, event.conversation_id)
                 if conv is None or event.agent_id not in conv.get("participant_ids", []):
