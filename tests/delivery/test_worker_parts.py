@@ -89,7 +89,7 @@ async def test_ids_with_colons_in_two_tenants_never_share_a_queue_head_device_or
     await store.acknowledge("a", "b:c", "d", 1)
     await store.acknowledge("a", "b", "c:d", 0)  # device ids may hold ':' too
     for ids, cursor in ((("a:b", "c", "d"), 2), (("a", "b:c", "d"), 1), (("a", "b", "c:d"), 0)):
-        assert (await store.devices.find_one({"_id": device_doc_id(*ids), "tenant_id": ids[0]}))["cursor"] == cursor
+        assert (await db["delivery_devices"].find_one({"_id": device_doc_id(*ids), "tenant_id": ids[0]}))["cursor"] == cursor
 
     await projections.save_agent(AgentChanged(tenant_id="a:b", agent_id="c", display_name="C", active=False))
     await projections.save_agent(AgentChanged(tenant_id="a", agent_id="b:c", display_name="BC", active=True))
@@ -179,7 +179,7 @@ class _Commands(monitoring.CommandListener):
 async def test_the_queue_writer_appends_a_batch_in_two_commands_per_agent_and_a_reconsumed_one_changes_nothing(
     mongo_uri, mongo_db_name
 ):
-    """Issue 8: an append is one head compare-and-set + one insert per agent (plus one head read the
+    """An append is one head compare-and-set + one insert per agent (plus one head read the
     first time the writer sees the agent), and the routing lookup is one read per tenant for the
     whole batch; the dedupe keys are read only after a collision."""
     commands = _Commands()
@@ -209,7 +209,7 @@ async def test_the_queue_writer_appends_a_batch_in_two_commands_per_agent_and_a_
         assert sorted(bus.signals) == [("acme", "gw-1", "ana", 3), ("acme", "gw-2", "ben", 2)]
         assert (await store.head("globex", "ana"))["cursor"] == 4
         # Another writer moved a head meanwhile (e.g. before a rebalance): read again, nothing collides.
-        await store.heads.update_one(store.head_filter("acme", "ben"), {"$inc": {"cursor": 5}})
+        await client[mongo_db_name]["delivery_heads"].update_one(store.head_filter("acme", "ben"), {"$inc": {"cursor": 5}})
         await writer.handle_batch(batch({("acme", "ben"): ["m9"]}))
         assert [(e.cursor, e.frame["k"]) for e in await store.entries_after("acme", "ben", 0, 100)] == \
             [(1, "m0"), (2, "m1"), (8, "m9")]
@@ -276,8 +276,7 @@ async def test_a_signalled_range_that_was_pruned_meanwhile_closes_4409_instead_o
     await store.ensure_indexes()
     await store.append("acme", "ana", [NewEntry(f"k{i}", {"type": "x", "n": i}) for i in range(1, 11)])
     # The pruning job marks the head first, then deletes (worker/maintenance.py).
-    await store.heads.update_one(store.head_filter("acme", "ana"), {"$max": {"pruned_through": 6}})
-    await store.queue.delete_many({"tenant_id": "acme", "agent_id": "ana", "cursor": {"$lte": 6}})
+    await store.prune_through("acme", "ana", 6)
     socket = _RecordingSocket()
     conn = StreamConnection("conn-1", "acme", "ana", "laptop", socket, store,  # type: ignore[arg-type]
                             settings_for(kafka_bootstrap, "unused", replay_batch=4))

@@ -57,11 +57,12 @@ async def test_the_send_paths_idempotency_read_and_the_outbox_reads_use_indexes(
     assert len(queries) == 2  # one per (thread, sender)
     found = await store.messages_by_client_ids(keys)
     assert sorted(k[3] for k in found) == ["m0", "m2"]
-    plans = {f"idempotency {q['sender_id']}": store.messages.find(q) for q in queries}
+    db = mongo[mongo_db_name]
+    plans = {f"idempotency {q['sender_id']}": db["messages"].find(q) for q in queries}
     for shard in (0, 7):
         pending = store.pending_query(shard)
-        plans[f"outbox pending {shard}"] = store.outbox.find(pending).sort([("conversation_id", 1), ("order", 1)])
-        plans[f"outbox oldest {shard}"] = store.outbox.find(pending).sort([("created_at", 1)]).limit(1)
+        plans[f"outbox pending {shard}"] = db["outbox"].find(pending).sort([("conversation_id", 1), ("order", 1)])
+        plans[f"outbox oldest {shard}"] = db["outbox"].find(pending).sort([("created_at", 1)]).limit(1)
     for name, cursor in plans.items():
         explained = await cursor.explain()
         stages_found = stages(explained)

@@ -16,6 +16,7 @@ from im_runtime.kafka import client_options
 from imctl import servers as local
 from imctl.topics import create_topics
 from pydantic import SecretStr
+from pymongo import AsyncMongoClient
 from servers import unique_name
 from support.wait import eventually
 from support.watchdog import on_abort
@@ -80,12 +81,16 @@ async def serves_a_message(settings, body: str) -> None:
         c = await api.start(T, "alice", "bob")
         assert (await api.send(T, "alice", c["id"], body, "m-1")).status_code == 201
         await eventually(ready, timeout=60, message="im-api never became ready")
-        outbox = api.app.state.services.store.outbox
+        mongo = AsyncMongoClient(settings.mongo_uri, tz_aware=True)
+        outbox = mongo[settings.mongo_db]["outbox"]
 
         async def published() -> bool:  # every outbox record sent before im-api stops
             return await outbox.count_documents({"sent_at": None}) == 0
 
-        await eventually(published, timeout=60, message="the relay never published")
+        try:
+            await eventually(published, timeout=60, message="the relay never published")
+        finally:
+            await mongo.close()
 
 
 async def messages_on(settings) -> list:

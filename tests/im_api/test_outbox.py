@@ -31,7 +31,7 @@ async def on_private_kafka(private_kafka, api_settings):
                                            "kafka_idempotence": private_kafka.idempotence})
 
 
-async def test_messages_sent_while_kafka_is_down_all_arrive_once_in_seq_order(private_kafka, api_settings):
+async def test_messages_sent_while_kafka_is_down_all_arrive_once_in_seq_order(private_kafka, api_settings, mongo):
     # The production publish timeout, not the shortened one: publishing is at-least-once (DESIGN.md),
     # and a first produce to a broker that is still starting can take longer than a few seconds on a
     # busy machine, land, and be re-sent after the relay gave up on it (seen in CI: seq 1 twice).
@@ -46,7 +46,7 @@ async def test_messages_sent_while_kafka_is_down_all_arrive_once_in_seq_order(pr
             r = await api.send(T, "alice" if i % 2 else "bob", c["id"], f"m{i}", f"m{i}")
             assert r.status_code == 201 and r.json()["seq"] == i
         # Acknowledged and durable: all 100 wait in the outbox while the broker is away.
-        outbox = api.app.state.services.store.outbox
+        outbox = mongo[api_settings.mongo_db]["outbox"]
         assert await outbox.count_documents({"topic": MESSAGES.base_name, "sent_at": None}) == 100
         await asyncio.to_thread(private_kafka.start)
         events = await read_events(private_kafka.bootstrap, MESSAGES, settings.topic_prefix, 100, timeout=60,
@@ -102,7 +102,8 @@ async def test_two_relays_never_publish_one_shard_at_once_and_a_takeover_continu
     assert any(b.owner == relay_two.owner and b.shard in held_by_one for b in bursts)
 
 
-async def test_a_relay_keeps_its_leases_while_a_publish_burst_hangs_on_a_dead_broker(private_kafka, api_settings):
+async def test_a_relay_keeps_its_leases_while_a_publish_burst_hangs_on_a_dead_broker(private_kafka, api_settings,
+                                                                                    mongo):
     # A lease TTL of 3 s renewed every 0.3 s, and one burst that may hang for 8 s: the leases must
     # be renewed beside the burst, or a second relay could take the shards mid-send. (With the
     # fast settings' 1.5 s TTL a lease round slowed past 1.2 s by a busy database lapsed a lease
@@ -114,7 +115,7 @@ async def test_a_relay_keeps_its_leases_while_a_publish_burst_hangs_on_a_dead_br
         await api.add_agents(T, "alice", "bob")
         c = await api.start(T, "alice", "bob")
         relay = api.app.state.relay
-        leases = api.app.state.services.store.outbox_leases
+        leases = mongo[api_settings.mongo_db]["outbox_leases"]
         await eventually(lambda: len(relay.held) == settings.outbox_shards, timeout=15)
         await asyncio.to_thread(private_kafka.stop)
         assert (await api.send(T, "alice", c["id"], "while down", "down-1")).status_code == 201

@@ -19,7 +19,8 @@ async def test_due_deadlines_and_unpublished_changes_are_read_per_partition_on_t
     store = PresenceStore(mongo[mongo_db_name])
     await store.ensure_indexes()
     now = datetime.now(UTC)
-    await store.agents.insert_many([
+    agents = mongo[mongo_db_name]["presence_agents"]
+    await agents.insert_many([
         {"_id": f"a{i}", "tenant_id": "acme", "agent_id": f"a{i}", "partition": i % 3,
          "grace_deadline": (now - timedelta(seconds=1)) if i % 4 == 0 else (now + timedelta(hours=1)) if i % 4 == 1
          else None, "dirty": i % 5 == 0}
@@ -29,7 +30,7 @@ async def test_due_deadlines_and_unpublished_changes_are_read_per_partition_on_t
     assert all(deadline <= now for _, _, _, deadline in due)
     assert sorted(a for _, a in await store.unpublished([1])) == sorted(f"a{i}" for i in range(60) if i % 5 == 0 and i % 3 == 1)
     for name, query in (("due", store.due_query(1, now)), ("unpublished", store.unpublished_query(1))):
-        explained = await store.agents.find(query).explain()
+        explained = await agents.find(query).explain()
         found = stages(explained)
         assert "IXSCAN" in found, f"{name}: {json.dumps(explained.get('queryPlanner'), default=str)[:800]}"
         assert "COLLSCAN" not in found, name

@@ -85,12 +85,12 @@ class NewEntry:
 
 class QueueStore:
     def __init__(self, db: AsyncDatabase) -> None:
-        self.queue = db["delivery_queue"]
-        self.heads = db["delivery_heads"]
-        self.devices = db["delivery_devices"]
-        self.connections = db["delivery_connections"]
-        self.tickets = db["delivery_tickets"]
-        self.gateways = db["delivery_gateways"]
+        self._queue = db["delivery_queue"]
+        self._heads = db["delivery_heads"]
+        self._devices = db["delivery_devices"]
+        self._connections = db["delivery_connections"]
+        self._tickets = db["delivery_tickets"]
+        self._gateways = db["delivery_gateways"]
         # Read only, here: the directory projection the worker keeps (worker/projections.py), which
         # the gateways consult to let in and keep only active agents.
         self._agents = db["delivery_agents"]
@@ -111,56 +111,56 @@ class QueueStore:
 
     async def queue_owners(self) -> AsyncIterator[tuple[str, str]]:
         """(tenant, agent) of every queue (every head)."""
-        async for head in self.heads.find({}, {"tenant_id": 1, "agent_id": 1}):
+        async for head in self._heads.find({}, {"tenant_id": 1, "agent_id": 1}):
             yield head["tenant_id"], head["agent_id"]
 
     async def device_acks(self, tenant_id: str, agent_id: str) -> dict[str, int]:
         """Each remembered device's acknowledged cursor, by device document id."""
-        found = self.devices.find({"tenant_id": tenant_id, "agent_id": agent_id}, {"cursor": 1})
+        found = self._devices.find({"tenant_id": tenant_id, "agent_id": agent_id}, {"cursor": 1})
         return {d["_id"]: d["cursor"] async for d in found}
 
     async def queue_length(self, tenant_id: str, agent_id: str) -> int:
-        return await self.queue.count_documents({"tenant_id": tenant_id, "agent_id": agent_id})
+        return await self._queue.count_documents({"tenant_id": tenant_id, "agent_id": agent_id})
 
     async def cursor_at(self, tenant_id: str, agent_id: str, index: int) -> int | None:
         """The cursor of the queue's `index`-th entry (0: the oldest), None past its end."""
-        doc = await self.queue.find_one({"tenant_id": tenant_id, "agent_id": agent_id}, {"cursor": 1},
+        doc = await self._queue.find_one({"tenant_id": tenant_id, "agent_id": agent_id}, {"cursor": 1},
                                         sort=[("cursor", ASCENDING)], skip=index)
         return None if doc is None else int(doc["cursor"])
 
     async def last_cursor_where(self, tenant_id: str, agent_id: str, condition: dict[str, Any]) -> int | None:
         """The highest cursor of the entries that meet `condition` (None: none does)."""
-        doc = await self.queue.find_one({"tenant_id": tenant_id, "agent_id": agent_id, **condition}, {"cursor": 1},
+        doc = await self._queue.find_one({"tenant_id": tenant_id, "agent_id": agent_id, **condition}, {"cursor": 1},
                                         sort=[("cursor", DESCENDING)])
         return None if doc is None else int(doc["cursor"])
 
     async def prune_through(self, tenant_id: str, agent_id: str, through: int) -> int:
         """Deletes the entries up to `through`; the head is marked first, so a gateway reading in
         between answers 4409 rather than skipping silently. How many entries went."""
-        await self.heads.update_one(self.head_filter(tenant_id, agent_id), {"$max": {"pruned_through": through}})
-        result = await self.queue.delete_many({"tenant_id": tenant_id, "agent_id": agent_id,
+        await self._heads.update_one(self.head_filter(tenant_id, agent_id), {"$max": {"pruned_through": through}})
+        result = await self._queue.delete_many({"tenant_id": tenant_id, "agent_id": agent_id,
                                                "cursor": {"$lte": through}})
         return result.deleted_count
 
     async def ensure_indexes(self) -> None:
-        await self.queue.create_index(
+        await self._queue.create_index(
             [("tenant_id", ASCENDING), ("agent_id", ASCENDING), ("cursor", ASCENDING)], unique=True
         )
-        await self.queue.create_index(
+        await self._queue.create_index(
             [("tenant_id", ASCENDING), ("agent_id", ASCENDING), ("dedupe_key", ASCENDING)], unique=True
         )
-        await self.heads.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING)])
-        await self.devices.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING), ("cursor", DESCENDING)])
-        await self.devices.create_index([("updated_at", ASCENDING)])  # the pruning job's expiry
-        await self.connections.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING)])
-        await self.connections.create_index([("tenant_id", ASCENDING), ("gateway_id", ASCENDING)])
-        await self.tickets.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
+        await self._heads.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING)])
+        await self._devices.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING), ("cursor", DESCENDING)])
+        await self._devices.create_index([("updated_at", ASCENDING)])  # the pruning job's expiry
+        await self._connections.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING)])
+        await self._connections.create_index([("tenant_id", ASCENDING), ("gateway_id", ASCENDING)])
+        await self._tickets.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
 
     # --- the queue writer (single writer per agent) ---------------------------------------------
 
     async def existing_keys(self, tenant_id: str, agent_id: str, keys: list[str]) -> dict[str, int]:
         """The entries already queued among `keys`: dedupe key -> its cursor."""
-        cursor = self.queue.find(
+        cursor = self._queue.find(
             {"tenant_id": tenant_id, "agent_id": agent_id, "dedupe_key": {"$in": keys}},
             {"dedupe_key": 1, "cursor": 1, "_id": 0},
         )
@@ -177,18 +177,18 @@ class QueueStore:
         filter_ = self.head_filter(tenant_id, agent_id)
         for _ in range(3):
             if known is None:
-                doc = await self.heads.find_one(filter_, {"cursor": 1})
+                doc = await self._heads.find_one(filter_, {"cursor": 1})
                 known = 0 if doc is None else int(doc.get("cursor", 0))
             try:
                 # Upsert: a first append creates the head (cursor known + n, from the filter's value).
-                result = await self.heads.update_one({**filter_, "cursor": known}, {"$inc": {"cursor": n}},
+                result = await self._heads.update_one({**filter_, "cursor": known}, {"$inc": {"cursor": n}},
                                                      upsert=True)
                 if result.matched_count or result.upserted_id is not None:
                     return known + n
             except DuplicateKeyError:
                 pass  # the head exists with another cursor: the upsert collided with it
             known = None
-        head = await self.heads.find_one_and_update(filter_, {"$inc": {"cursor": n}}, upsert=True,
+        head = await self._heads.find_one_and_update(filter_, {"$inc": {"cursor": n}}, upsert=True,
                                                     return_document=ReturnDocument.AFTER)
         return int(head["cursor"])
 
@@ -203,7 +203,7 @@ class QueueStore:
             for i, item in enumerate(items)
         ]
         try:
-            await self.queue.insert_many(docs, ordered=True)
+            await self._queue.insert_many(docs, ordered=True)
         except BulkWriteError as exc:
             # Cursors allocated but not used are gaps, which readers allow (brief-interfaces #1).
             errors = exc.details.get("writeErrors") or []
@@ -218,23 +218,23 @@ class QueueStore:
         return {"_id": agent_doc_id(tenant_id, agent_id), "tenant_id": tenant_id, "agent_id": agent_id}
 
     async def head(self, tenant_id: str, agent_id: str) -> dict[str, Any]:
-        doc = await self.heads.find_one(self.head_filter(tenant_id, agent_id))
+        doc = await self._heads.find_one(self.head_filter(tenant_id, agent_id))
         return doc or {"cursor": 0, "pruned_through": 0}
 
     async def heads_of(self, tenant_id: str, agent_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The heads of many agents of one tenant in one query (index tenant_id, agent_id): the
         gateway's safety poll, which must not cost one query per held connection."""
-        found = self.heads.find({"tenant_id": tenant_id, "agent_id": {"$in": agent_ids}},
+        found = self._heads.find({"tenant_id": tenant_id, "agent_id": {"$in": agent_ids}},
                                 {"agent_id": 1, "cursor": 1, "pruned_through": 1})
         return {doc["agent_id"]: doc async for doc in found}
 
     async def repair_head(self, tenant_id: str, agent_id: str) -> None:
         """The head is behind the queue (it was lost or restored from an older backup): move it to
         the highest cursor present, so new cursors never collide with existing ones."""
-        top = await self.queue.find_one({"tenant_id": tenant_id, "agent_id": agent_id}, {"cursor": 1},
+        top = await self._queue.find_one({"tenant_id": tenant_id, "agent_id": agent_id}, {"cursor": 1},
                                         sort=[("cursor", DESCENDING)])
         if top is not None:
-            await self.heads.update_one(self.head_filter(tenant_id, agent_id),
+            await self._heads.update_one(self.head_filter(tenant_id, agent_id),
                                         {"$max": {"cursor": int(top["cursor"])}}, upsert=True)
 
     # --- readers (gateways) ---------------------------------------------------------------------
@@ -246,7 +246,7 @@ class QueueStore:
         bounds: dict[str, int] = {"$gt": cursor}
         if through is not None:
             bounds["$lte"] = through
-        found = self.queue.find(
+        found = self._queue.find(
             {"tenant_id": tenant_id, "agent_id": agent_id, "cursor": bounds},
             {"cursor": 1, "frame": 1, "trace_id": 1, "_id": 0},
         ).sort("cursor", ASCENDING).limit(limit)
@@ -254,27 +254,27 @@ class QueueStore:
 
     async def device_cursors(self, tenant_id: str, agent_id: str) -> dict[str, int]:
         """Every device of the agent and its acknowledged cursor (an agent has a few devices)."""
-        found = self.devices.find({"tenant_id": tenant_id, "agent_id": agent_id}, {"device_id": 1, "cursor": 1})
+        found = self._devices.find({"tenant_id": tenant_id, "agent_id": agent_id}, {"device_id": 1, "cursor": 1})
         return {doc["device_id"]: int(doc["cursor"]) async for doc in found}
 
     async def forget_devices(self, tenant_id: str, agent_id: str, keep: int) -> list[str]:
         """Forgets all but the agent's `keep` most recently acknowledging devices; their ids."""
-        found = self.devices.find({"tenant_id": tenant_id, "agent_id": agent_id}, {"device_id": 1, "updated_at": 1})
+        found = self._devices.find({"tenant_id": tenant_id, "agent_id": agent_id}, {"device_id": 1, "updated_at": 1})
         docs = sorted([d async for d in found], key=lambda d: d.get("updated_at") or datetime.min.replace(tzinfo=UTC),
                       reverse=True)
         old = docs[keep:]
         if old:
-            await self.devices.delete_many({"_id": {"$in": [d["_id"] for d in old]}, "tenant_id": tenant_id})
+            await self._devices.delete_many({"_id": {"$in": [d["_id"] for d in old]}, "tenant_id": tenant_id})
         return [d["device_id"] for d in old]
 
     async def expire_devices(self, unused_for_s: float) -> int:
         """The maintenance job: forgets every device (of any tenant) silent for `unused_for_s`."""
         cutoff = utcnow() - timedelta(seconds=unused_for_s)
-        return (await self.devices.delete_many({"updated_at": {"$lt": cutoff}})).deleted_count
+        return (await self._devices.delete_many({"updated_at": {"$lt": cutoff}})).deleted_count
 
     async def acknowledge(self, tenant_id: str, agent_id: str, device_id: str, cursor: int) -> None:
         """Moves the device's cursor forward only ($max); creates the device on first sight."""
-        await self.devices.update_one(
+        await self._devices.update_one(
             {"_id": device_doc_id(tenant_id, agent_id, device_id), "tenant_id": tenant_id, "agent_id": agent_id,
              "device_id": device_id},
             {"$max": {"cursor": cursor}, "$set": {"updated_at": utcnow()}},
@@ -285,7 +285,7 @@ class QueueStore:
         """True the first time a ticket id is seen, False on every replay."""
         until = datetime.fromtimestamp(expires_at, UTC) + timedelta(seconds=keep_s)
         try:
-            await self.tickets.insert_one({"_id": compound_id(tenant_id, ticket_id), "tenant_id": tenant_id,
+            await self._tickets.insert_one({"_id": compound_id(tenant_id, ticket_id), "tenant_id": tenant_id,
                                            "expires_at": until})
         except DuplicateKeyError:
             return False
@@ -296,7 +296,7 @@ class QueueStore:
     async def register(self, connection_id: str, tenant_id: str, agent_id: str, device_id: str,
                        gateway_id: str, epoch: str) -> None:
         # An upsert: the heartbeat's re-assertion may have written this connection already.
-        await self.connections.update_one(
+        await self._connections.update_one(
             {"_id": connection_id},
             {"$set": {"tenant_id": tenant_id, "agent_id": agent_id, "device_id": device_id,
                       "gateway_id": gateway_id, "epoch": epoch},
@@ -306,50 +306,50 @@ class QueueStore:
 
     async def registered_here(self, gateway_id: str, tenant_ids: list[str]) -> set[str]:
         """Connection ids the registry holds for this gateway (index (tenant_id, gateway_id))."""
-        found = self.connections.find({"tenant_id": {"$in": tenant_ids}, "gateway_id": gateway_id}, {"_id": 1})
+        found = self._connections.find({"tenant_id": {"$in": tenant_ids}, "gateway_id": gateway_id}, {"_id": 1})
         return {doc["_id"] async for doc in found}
 
     async def count_registered_here(self, gateway_id: str, tenant_ids: list[str]) -> int:
-        return await self.connections.count_documents({"tenant_id": {"$in": tenant_ids}, "gateway_id": gateway_id})
+        return await self._connections.count_documents({"tenant_id": {"$in": tenant_ids}, "gateway_id": gateway_id})
 
     async def unregister(self, connection_id: str, tenant_id: str) -> None:
-        await self.connections.delete_one({"_id": connection_id, "tenant_id": tenant_id})
+        await self._connections.delete_one({"_id": connection_id, "tenant_id": tenant_id})
 
     async def forget_gateway(self, gateway_id: str) -> None:
         """At boot: registrations a previous process with this gateway id left behind (a crash)."""
-        await self.connections.delete_many({"gateway_id": gateway_id})
+        await self._connections.delete_many({"gateway_id": gateway_id})
 
     async def gateway_seen(self, gateway_id: str, epoch: str, seen_at: datetime, sweep: bool = True) -> None:
         """A heartbeat; with `sweep`, registrations an earlier boot (another epoch) opened before it
         are dropped (a scan of the gateway's registrations: the caller does it when the epoch is new
         to it, and now and then)."""
-        await self.gateways.update_one(
+        await self._gateways.update_one(
             {"_id": gateway_id},
             {"$set": {"tenant_id": SYSTEM_TENANT}, "$max": {"seen_at": seen_at}},
             upsert=True,
         )
         if sweep:
-            await self.connections.delete_many(
+            await self._connections.delete_many(
                 {"gateway_id": gateway_id, "epoch": {"$ne": epoch}, "opened_at": {"$lt": seen_at}}
             )
 
     async def expire_gateways(self, silent_for_s: float) -> list[str]:
         """Gateways silent for `silent_for_s` by the heartbeat clock (the newest beat seen from any
         gateway, so a lagging worker expires nobody): drop their registrations."""
-        newest = await self.gateways.find_one({}, {"seen_at": 1}, sort=[("seen_at", DESCENDING)])
+        newest = await self._gateways.find_one({}, {"seen_at": 1}, sort=[("seen_at", DESCENDING)])
         if newest is None:
             return []
         # Silent by both clocks: the heartbeat stream's own and the wall clock.
         cutoff = min(newest["seen_at"], utcnow()) - timedelta(seconds=silent_for_s)
-        gone = [doc["_id"] async for doc in self.gateways.find({"seen_at": {"$lt": cutoff}}, {"_id": 1})]
+        gone = [doc["_id"] async for doc in self._gateways.find({"seen_at": {"$lt": cutoff}}, {"_id": 1})]
         for gateway_id in gone:
-            await self.connections.delete_many({"gateway_id": gateway_id})
-            await self.gateways.delete_one({"_id": gateway_id, "seen_at": {"$lt": cutoff}})
+            await self._connections.delete_many({"gateway_id": gateway_id})
+            await self._gateways.delete_one({"_id": gateway_id, "seen_at": {"$lt": cutoff}})
         return gone
 
     async def gateways_holding(self, tenant_id: str, agent_ids: list[str]) -> set[tuple[str, str]]:
         """(agent_id, gateway_id) pairs for the agents' live connections."""
-        found = self.connections.find(
+        found = self._connections.find(
             {"tenant_id": tenant_id, "agent_id": {"$in": agent_ids}}, {"agent_id": 1, "gateway_id": 1}
         )
         return {(doc["agent_id"], doc["gateway_id"]) async for doc in found}

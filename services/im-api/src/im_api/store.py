@@ -72,25 +72,25 @@ def agent_doc_id(tenant_id: str, agent_id: str) -> str:
 
 class Store:
     def __init__(self, db: AsyncDatabase, *, outbox_retention_s: int) -> None:
-        self.db = db
-        self.agents = db["agents"]
-        self.conversations = db["conversations"]
-        self.messages = db["messages"]
-        self.outbox = db["outbox"]
-        self.outbox_leases = db["outbox_leases"]
-        self.outbox_relays = db["outbox_relays"]
-        self.delivery_heads = db["delivery_heads"]
-        self.assistance_requests = db["assistance_requests"]
+        self._db = db
+        self._agents = db["agents"]
+        self._conversations = db["conversations"]
+        self._messages = db["messages"]
+        self._outbox = db["outbox"]
+        self._outbox_leases = db["outbox_leases"]
+        self._outbox_relays = db["outbox_relays"]
+        self._delivery_heads = db["delivery_heads"]
+        self._assistance_requests = db["assistance_requests"]
         self._retention = outbox_retention_s
 
     async def create_indexes(self) -> None:
         """Idempotent: creating an existing index with the same spec is a no-op."""
-        await self.agents.create_indexes([
+        await self._agents.create_indexes([
             IndexModel([("tenant_id", ASCENDING), ("agent_id", ASCENDING)], unique=True, name="agent"),
             IndexModel([("tenant_id", ASCENDING), ("active", ASCENDING), ("name_lc", ASCENDING),
                         ("agent_id", ASCENDING)], name="directory_by_name"),
         ])
-        await self.conversations.create_indexes([
+        await self._conversations.create_indexes([
             IndexModel([("tenant_id", ASCENDING), ("start_key", ASCENDING)], unique=True, name="start_identity"),
             IndexModel([("tenant_id", ASCENDING), ("participants", ASCENDING), ("list_key", DESCENDING)],
                        name="thread_list"),
@@ -98,7 +98,7 @@ class Store:
             IndexModel([("tenant_id", ASCENDING), ("related_key", ASCENDING), ("list_key", DESCENDING)],
                        name="related"),
         ])
-        await self.messages.create_indexes([
+        await self._messages.create_indexes([
             IndexModel([("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("seq", ASCENDING)],
                        unique=True, name="history"),
             IndexModel([("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("sender_id", ASCENDING),
@@ -112,27 +112,27 @@ class Store:
             IndexModel([("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("sender_id", ASCENDING),
                         ("client_msg_id", ASCENDING), ("seq", ASCENDING)], name="idempotency_lookup"),
         ])
-        await self.outbox.create_indexes([
+        await self._outbox.create_indexes([
             IndexModel([("shard", ASCENDING), ("sent_at", ASCENDING), ("conversation_id", ASCENDING),
                         ("order", ASCENDING)], name="pending_by_shard"),
             # Only sent records expire (sent_at is null until then, and TTL ignores nulls).
             IndexModel([("sent_at", ASCENDING)], expireAfterSeconds=self._retention, name="sent_ttl"),
         ])
-        await self.assistance_requests.create_indexes([
+        await self._assistance_requests.create_indexes([
             IndexModel([("tenant_id", ASCENDING), ("request_id", ASCENDING)], unique=True, name="request"),
         ])
         # A relay that died without saying goodbye drops out of the fair-share count by expires_at;
         # the TTL only tidies the rows up later.
-        await self.outbox_relays.create_index([("expires_at", ASCENDING)], expireAfterSeconds=3600,
+        await self._outbox_relays.create_index([("expires_at", ASCENDING)], expireAfterSeconds=3600,
                                               name="relay_ttl")
 
     # --- agents ---------------------------------------------------------------------------
 
     async def agent(self, tenant_id: str, agent_id: str, session: Any = None) -> dict | None:
-        return await self.agents.find_one({"tenant_id": tenant_id, "agent_id": agent_id}, session=session)
+        return await self._agents.find_one({"tenant_id": tenant_id, "agent_id": agent_id}, session=session)
 
     async def is_active_agent(self, tenant_id: str, agent_id: str) -> bool:
-        doc = await self.agents.find_one(
+        doc = await self._agents.find_one(
             {"tenant_id": tenant_id, "agent_id": agent_id}, projection={"active": 1, "_id": 0}
         )
         return bool(doc and doc.get("active"))
@@ -142,12 +142,12 @@ class Store:
         query: dict[str, Any] = {"tenant_id": tenant_id, "agent_id": {"$in": list(agent_ids)}}
         if active_only:
             query["active"] = True
-        return {d["agent_id"]: d async for d in self.agents.find(query, session=session)}
+        return {d["agent_id"]: d async for d in self._agents.find(query, session=session)}
 
     async def display_names(self, tenant_id: str, agent_ids: set[str]) -> dict[str, str]:
         if not agent_ids:
             return {}
-        cursor = self.agents.find(
+        cursor = self._agents.find(
             {"tenant_id": tenant_id, "agent_id": {"$in": sorted(agent_ids)}},
             projection={"agent_id": 1, "display_name": 1, "_id": 0},
         )
@@ -156,7 +156,7 @@ class Store:
     # --- conversations --------------------------------------------------------------------
 
     async def conversation(self, tenant_id: str, conversation_id: str, session: Any = None) -> dict | None:
-        return await self.conversations.find_one({"_id": conversation_id, "tenant_id": tenant_id}, session=session)
+        return await self._conversations.find_one({"_id": conversation_id, "tenant_id": tenant_id}, session=session)
 
     async def advance(self, conv: dict, last: dict, *, outbox_seq: int, read: dict[str, int],
                       also: dict[str, Any] | None = None, session: Any) -> bool:
@@ -165,7 +165,7 @@ class Store:
         forward (`read`: agent id -> seq); `also` sets more fields. False when the conversation
         changed meanwhile (nothing written: re-run the transaction)."""
         at, conversation_id = last["created_at"], conv["_id"]
-        result = await self.conversations.update_one(
+        result = await self._conversations.update_one(
             {"_id": conversation_id, "tenant_id": conv["tenant_id"], "last_seq": conv["last_seq"],
              "outbox_seq": conv.get("outbox_seq", 0)},
             {"$set": {"last_seq": last["seq"], "outbox_seq": outbox_seq, "last_message": last, "last_message_at": at,
@@ -175,16 +175,16 @@ class Store:
         return bool(result.matched_count)
 
     async def conversation_by_start_key(self, tenant_id: str, start_key: str) -> dict | None:
-        return await self.conversations.find_one({"tenant_id": tenant_id, "start_key": start_key})
+        return await self._conversations.find_one({"tenant_id": tenant_id, "start_key": start_key})
 
     async def insert_conversation(self, doc: dict, session: Any) -> None:
         """A new thread (a concurrent start of the same identity raises DuplicateKeyError)."""
-        await self.conversations.insert_one(doc, session=session)
+        await self._conversations.insert_one(doc, session=session)
 
     async def move_read_marker(self, conv: dict, agent_id: str, seq: int, outbox_seq: int, session: Any) -> bool:
         """An agent's read marker forward to `seq` (never back), by a compare-and-set on the
         outbox_seq the transaction read; False when the conversation changed meanwhile."""
-        result = await self.conversations.update_one(
+        result = await self._conversations.update_one(
             {"_id": conv["_id"], "tenant_id": conv["tenant_id"], "outbox_seq": conv.get("outbox_seq", 0)},
             {"$max": {f"read.{field_name(agent_id)}": seq}, "$set": {"outbox_seq": outbox_seq}}, session=session)
         return bool(result.matched_count)
@@ -197,23 +197,23 @@ class Store:
         agent. Update + read rather than findAndModify: the same atomic result in the transaction,
         and findAndModify walks the whole collection on SecantusDB (~100 ms at 20,000 agents)."""
         key = {"_id": agent_doc_id(tenant_id, agent_id)}
-        await self.agents.update_one(
+        await self._agents.update_one(
             key, {"$set": {"tenant_id": tenant_id, "agent_id": agent_id, **fields, "updated_at": at},
                   "$setOnInsert": {"created_at": at}, "$inc": {"outbox_seq": 1}},
             upsert=True, session=session)
-        return await self.agents.find_one(key, session=session)
+        return await self._agents.find_one(key, session=session)
 
     async def deactivate_agent(self, tenant_id: str, agent_id: str, at: datetime, session: Any) -> dict | None:
         """The agent, deactivated (and its change counted); None when there is no such agent."""
         key = {"_id": agent_doc_id(tenant_id, agent_id), "tenant_id": tenant_id}
-        result = await self.agents.update_one(
+        result = await self._agents.update_one(
             key, {"$set": {"active": False, "updated_at": at}, "$inc": {"outbox_seq": 1}}, session=session)
         if not result.matched_count:
             return None
-        return await self.agents.find_one(key, session=session)
+        return await self._agents.find_one(key, session=session)
 
     async def has_agents(self, tenant_id: str) -> bool:
-        return await self.agents.find_one({"tenant_id": tenant_id}, projection={"_id": 1}) is not None
+        return await self._agents.find_one({"tenant_id": tenant_id}, projection={"_id": 1}) is not None
 
     async def active_agents_page(self, tenant_id: str, prefix: str | None, after: tuple[str, str] | None,
                                  limit: int) -> list[dict]:
@@ -224,19 +224,19 @@ class Store:
         if after is not None:
             name, agent = after
             query["$or"] = [{"name_lc": {"$gt": name}}, {"name_lc": name, "agent_id": {"$gt": agent}}]
-        return await self.agents.find(query).sort([("name_lc", 1), ("agent_id", 1)]).limit(limit).to_list()
+        return await self._agents.find(query).sort([("name_lc", 1), ("agent_id", 1)]).limit(limit).to_list()
 
     # --- assistance requests --------------------------------------------------------------
 
     async def assistance_request(self, tenant_id: str, request_id: str) -> dict | None:
-        return await self.assistance_requests.find_one({"tenant_id": tenant_id, "request_id": request_id})
+        return await self._assistance_requests.find_one({"tenant_id": tenant_id, "request_id": request_id})
 
     async def record_assistance_request(self, record: dict, session: Any = None) -> None:
         """The processed request (DuplicateKeyError when another consumer recorded it first)."""
-        await self.assistance_requests.insert_one(record, session=session)
+        await self._assistance_requests.insert_one(record, session=session)
 
     async def insert_outbox(self, records: list[dict], session: Any) -> None:
-        await self.outbox.insert_many(records, session=session)
+        await self._outbox.insert_many(records, session=session)
 
     # --- the relay's leases and the records it publishes ------------------------------------
     # One single-document write per lease, never one update_many over several: SecantusDB's
@@ -246,22 +246,22 @@ class Store:
     # else no longer matches the owner's filters.
 
     async def relay_alive(self, owner: str, until: datetime) -> None:
-        await self.outbox_relays.update_one({"_id": owner}, {"$set": {"expires_at": until}}, upsert=True)
+        await self._outbox_relays.update_one({"_id": owner}, {"$set": {"expires_at": until}}, upsert=True)
 
     async def live_relays(self, at: datetime) -> int:
-        return await self.outbox_relays.count_documents({"expires_at": {"$gt": at}})
+        return await self._outbox_relays.count_documents({"expires_at": {"$gt": at}})
 
     async def relay_gone(self, owner: str) -> None:
-        await self.outbox_relays.delete_one({"_id": owner})
+        await self._outbox_relays.delete_one({"_id": owner})
 
     async def renew_lease(self, shard: int, owner: str, token: int, until: datetime) -> bool:
-        renewed = await self.outbox_leases.update_one({"_id": shard, "owner": owner, "token": token},
+        renewed = await self._outbox_leases.update_one({"_id": shard, "owner": owner, "token": token},
                                                       {"$set": {"expires_at": until}})
         return bool(renewed.matched_count)
 
     async def release_lease(self, shard: int, owner: str, token: int) -> None:
         """Expired at once, so another relay may take the shard without waiting."""
-        await self.outbox_leases.update_one({"_id": shard, "owner": owner, "token": token},
+        await self._outbox_leases.update_one({"_id": shard, "owner": owner, "token": token},
                                             {"$set": {"expires_at": EPOCH}})
 
     async def claim_lease(self, shard: int, owner: str, at: datetime, until: datetime) -> int | None:
@@ -270,21 +270,21 @@ class Store:
         same outcome (the row still owned by us carries the token we were given), and SecantusDB's
         findAndModify retried a write conflict with a killed process's open transaction while
         holding the collection, wedging the server for every client."""
-        claimed = await self.outbox_leases.update_one(
+        claimed = await self._outbox_leases.update_one(
             {"_id": shard, "expires_at": {"$lt": at}},
             {"$set": {"owner": owner, "expires_at": until}, "$inc": {"token": 1}})
         if claimed.matched_count:
-            doc = await self.outbox_leases.find_one({"_id": shard, "owner": owner}, {"token": 1})
+            doc = await self._outbox_leases.find_one({"_id": shard, "owner": owner}, {"token": 1})
             return None if doc is None else doc["token"]  # None: taken over already (ours expired)
         try:
-            await self.outbox_leases.insert_one({"_id": shard, "owner": owner, "token": 1, "expires_at": until})
+            await self._outbox_leases.insert_one({"_id": shard, "owner": owner, "token": 1, "expires_at": until})
         except DuplicateKeyError:
             return None
         return 1
 
     async def pending(self, shard: int, limit: int) -> list[dict]:
         """A shard's unsent records in (conversation, order) order."""
-        return await (self.outbox.find(self.pending_query(shard)).sort([("conversation_id", 1), ("order", 1)])
+        return await (self._outbox.find(self.pending_query(shard)).sort([("conversation_id", 1), ("order", 1)])
                       .limit(limit).to_list())
 
     async def mark_sent(self, shard: int, owner: str, token: int, ids: list[Any],
@@ -292,20 +292,20 @@ class Store:
         """Fenced, in the caller's transaction: the lease row is written too, so a takeover
         conflicts with it; False (nothing written) when the lease is no longer ours. `set_aside`:
         records dead-lettered instead (id → reason), kept marked for operators."""
-        held = await self.outbox_leases.update_one({"_id": shard, "owner": owner, "token": token},
+        held = await self._outbox_leases.update_one({"_id": shard, "owner": owner, "token": token},
                                                    {"$set": {"last_sent_at": now()}}, session=session)
         if not held.matched_count:
             return False
-        await self.outbox.update_many({"_id": {"$in": ids}, "shard": shard}, {"$set": {"sent_at": now()}},
+        await self._outbox.update_many({"_id": {"$in": ids}, "shard": shard}, {"$set": {"sent_at": now()}},
                                       session=session)
         for record_id, reason in set_aside.items():
-            await self.outbox.update_one({"_id": record_id, "shard": shard}, {"$set": {"dead_letter": reason}},
+            await self._outbox.update_one({"_id": record_id, "shard": shard}, {"$set": {"dead_letter": reason}},
                                          session=session)
         return True
 
     async def insert_messages(self, messages: list[dict], session: Any) -> None:
         """New messages (`message_doc`), in the transaction that advanced their conversations."""
-        await self.messages.insert_many(messages, session=session)
+        await self._messages.insert_many(messages, session=session)
 
     def thread_list_query(self, tenant_id: str, agent_id: str, snapshot: datetime,
                           after: str | None) -> dict[str, Any]:
@@ -320,7 +320,7 @@ class Store:
     # Queries name their index: with two candidate indexes SecantusDB's planner falls back to a
     # collection scan (seen in explain()); the hint keeps every hot query on its index.
     def thread_cursor(self, tenant_id: str, agent_id: str, snapshot: datetime, after: str | None, limit: int):
-        return (self.conversations.find(self.thread_list_query(tenant_id, agent_id, snapshot, after))
+        return (self._conversations.find(self.thread_list_query(tenant_id, agent_id, snapshot, after))
                 .sort(self.THREAD_ORDER).limit(limit).hint("thread_list"))
 
     async def thread_page(self, tenant_id: str, agent_id: str, snapshot: datetime,
@@ -336,7 +336,7 @@ class Store:
 
     def related_cursor(self, tenant_id: str, related_type: str, related_id: str, agent_id: str | None,
                        limit: int):
-        return (self.conversations.find(self.related_query(tenant_id, related_type, related_id, agent_id))
+        return (self._conversations.find(self.related_query(tenant_id, related_type, related_id, agent_id))
                 .sort(self.THREAD_ORDER).limit(limit).hint("related"))
 
     async def related(self, tenant_id: str, related_type: str, related_id: str, agent_id: str | None,
@@ -345,14 +345,14 @@ class Store:
 
     async def unread_rows(self, tenant_id: str, agent_id: str, limit: int) -> list[dict]:
         """The agent's `limit` most recently active threads (last_seq and the agent's read marker)."""
-        cursor = (self.conversations.find({"tenant_id": tenant_id, "participants": agent_id},
+        cursor = (self._conversations.find({"tenant_id": tenant_id, "participants": agent_id},
                                           projection={"last_seq": 1, f"read.{field_name(agent_id)}": 1})
                   .sort(self.THREAD_ORDER).limit(limit).hint("thread_list"))
         return await cursor.to_list()
 
     async def stream_cursor(self, tenant_id: str, agent_id: str) -> int:
         """Delivery's last appended cursor for the agent (absent = 0); read-only, owned by delivery."""
-        doc = await self.delivery_heads.find_one({"tenant_id": tenant_id, "agent_id": agent_id},
+        doc = await self._delivery_heads.find_one({"tenant_id": tenant_id, "agent_id": agent_id},
                                                  projection={"cursor": 1})
         value = doc.get("cursor") if doc else 0
         return value if isinstance(value, int) else 0
@@ -376,7 +376,7 @@ class Store:
         query = self.history_query(tenant_id, conversation_id, before_seq, after_seq)
         # after_seq alone walks forward from it; otherwise the newest `limit` below before_seq.
         forward = after_seq is not None and before_seq is None
-        return self.messages.find(query).sort("seq", ASCENDING if forward else DESCENDING).limit(limit).hint("history")
+        return self._messages.find(query).sort("seq", ASCENDING if forward else DESCENDING).limit(limit).hint("history")
 
     async def history(self, tenant_id: str, conversation_id: str, before_seq: int | None,
                       after_seq: int | None, limit: int) -> list[dict]:
@@ -397,7 +397,7 @@ class Store:
 
     async def messages_by_client_ids(self, keys: list[tuple[str, str, str, str]]) -> dict[tuple, dict]:
         """(tenant, conversation, sender, client_msg_id) -> the stored message, for those that exist."""
-        found = await asyncio.gather(*(self.messages.find(q).to_list() for q in self.client_id_queries(keys)))
+        found = await asyncio.gather(*(self._messages.find(q).to_list() for q in self.client_id_queries(keys)))
         return {(d["tenant_id"], d["conversation_id"], d["sender_id"], d["client_msg_id"]): d
                 for docs in found for d in docs}
 
@@ -407,10 +407,10 @@ class Store:
         records included — on SecantusDB, every lease round)."""
         async def one(shard: int) -> tuple[int, datetime | None]:
             query = self.pending_query(shard)
-            count = await self.outbox.count_documents(query)
+            count = await self._outbox.count_documents(query)
             oldest = None
             if count:
-                doc = await self.outbox.find_one(query, projection={"created_at": 1}, sort=[("created_at", 1)])
+                doc = await self._outbox.find_one(query, projection={"created_at": 1}, sort=[("created_at", 1)])
                 oldest = None if doc is None else doc["created_at"]
             return count, oldest
 

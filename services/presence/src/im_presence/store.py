@@ -65,28 +65,28 @@ def agent_doc_id(tenant_id: str, agent_id: str) -> str:
 
 class PresenceStore:
     def __init__(self, db: AsyncDatabase) -> None:
-        self.agents = db[AGENTS]
-        self.gateways = db[GATEWAYS]
+        self._agents = db[AGENTS]
+        self._gateways = db[GATEWAYS]
 
     async def ensure_indexes(self) -> None:
-        await self.agents.create_index(
+        await self._agents.create_index(
             [("tenant_id", ASCENDING), ("agent_id", ASCENDING)], unique=True, name="tenant_agent"
         )
-        await self.agents.create_index(
+        await self._agents.create_index(
             [("partition", ASCENDING), ("grace_deadline", ASCENDING)], name="sweep_deadlines"
         )
-        await self.agents.create_index(
+        await self._agents.create_index(
             [("partition", ASCENDING), ("connections.gateway_id", ASCENDING)], name="sweep_gateways"
         )
-        await self.agents.create_index([("partition", ASCENDING), ("dirty", ASCENDING)], name="sweep_unpublished")
-        await self.gateways.create_index(
+        await self._agents.create_index([("partition", ASCENDING), ("dirty", ASCENDING)], name="sweep_unpublished")
+        await self._gateways.create_index(
             [("tenant_id", ASCENDING), ("gateway_id", ASCENDING)], unique=True, name="tenant_gateway"
         )
 
     # --- agents -----------------------------------------------------------------------------
 
     async def load(self, tenant_id: str, agent_id: str) -> AgentRecord | None:
-        doc = await self.agents.find_one({"_id": agent_doc_id(tenant_id, agent_id), "tenant_id": tenant_id})
+        doc = await self._agents.find_one({"_id": agent_doc_id(tenant_id, agent_id), "tenant_id": tenant_id})
         return None if doc is None else _record(doc)
 
     async def save(self, record: AgentRecord) -> bool:
@@ -94,9 +94,9 @@ class PresenceStore:
         doc = _doc(record, record.version + 1)
         try:
             if record.version == 0:
-                await self.agents.insert_one(doc)
+                await self._agents.insert_one(doc)
             else:
-                result = await self.agents.replace_one(
+                result = await self._agents.replace_one(
                     {"_id": record.key, "tenant_id": record.state.tenant_id, "version": record.version}, doc
                 )
                 if result.matched_count == 0:
@@ -108,7 +108,7 @@ class PresenceStore:
 
     async def mark_published(self, record: AgentRecord) -> None:
         # Only if nothing was written since: a newer change stays dirty and is published too.
-        await self.agents.update_one(
+        await self._agents.update_one(
             {"_id": record.key, "tenant_id": record.state.tenant_id, "version": record.version},
             {"$set": {"dirty": False}},
         )
@@ -140,11 +140,11 @@ class PresenceStore:
     async def _per_partition(self, partitions: Iterable[int], query: Callable[[int], dict],
                              projection: dict) -> list[dict]:
         """One indexed read per partition (see above), results in partition order."""
-        return [d for p in sorted(partitions) async for d in self.agents.find(query(p), projection)]
+        return [d for p in sorted(partitions) async for d in self._agents.find(query(p), projection)]
 
     async def count_by_status(self, partitions: Iterable[int]) -> dict[str, int]:
         """Agents per status over `partitions` (the owned ones: summed across processes, no overlap)."""
-        cursor = await self.agents.aggregate([
+        cursor = await self._agents.aggregate([
             {"$match": {"partition": {"$in": list(partitions)}}},
             {"$group": {"_id": "$status", "n": {"$sum": 1}}},
         ])
@@ -157,7 +157,7 @@ class PresenceStore:
         match: dict = {"gateway_id": gateway_id}
         if epochs is not None:
             match["epoch"] = {"$in": sorted(epochs)}
-        cursor = self.agents.find(
+        cursor = self._agents.find(
             {"partition": {"$in": list(partitions)}, "connections": {"$elemMatch": match}},
             {"tenant_id": 1, "agent_id": 1},
         )
@@ -172,11 +172,11 @@ class PresenceStore:
         event may be a replay of an old boot, and must never retire the boot that is live now.
         """
         for _ in range(10):
-            doc = await self.gateways.find_one({"_id": gateway_id, "tenant_id": SYSTEM_TENANT})
+            doc = await self._gateways.find_one({"_id": gateway_id, "tenant_id": SYSTEM_TENANT})
             if doc is None:
                 try:
                     # Known from now on, so it is judged silent if it never beats at all.
-                    await self.gateways.insert_one(
+                    await self._gateways.insert_one(
                         {
                             "_id": gateway_id,
                             "tenant_id": SYSTEM_TENANT,
@@ -191,7 +191,7 @@ class PresenceStore:
                     continue
             if doc["epoch"] == epoch:
                 if heartbeat:
-                    await self.gateways.update_one(
+                    await self._gateways.update_one(
                         {"_id": gateway_id, "tenant_id": SYSTEM_TENANT}, {"$max": {"last_heartbeat_at": now}}
                     )
                 return "current"
@@ -199,7 +199,7 @@ class PresenceStore:
                 return "retired"
             if not heartbeat:
                 return "unconfirmed"  # its first beat, seconds away, will retire the old boot
-            result = await self.gateways.update_one(
+            result = await self._gateways.update_one(
                 {"_id": gateway_id, "tenant_id": SYSTEM_TENANT, "epoch": doc["epoch"]},
                 {
                     "$set": {"epoch": epoch, "last_heartbeat_at": now},
@@ -212,13 +212,13 @@ class PresenceStore:
 
     async def forget_gateways(self, silent_since: datetime) -> int:
         """Drop gateways silent since long before: their connections have all been expired."""
-        result = await self.gateways.delete_many(
+        result = await self._gateways.delete_many(
             {"tenant_id": SYSTEM_TENANT, "last_heartbeat_at": {"$lt": silent_since}}
         )
         return result.deleted_count
 
     async def all_gateways(self) -> list[GatewayRecord]:
-        cursor = self.gateways.find({"tenant_id": SYSTEM_TENANT})
+        cursor = self._gateways.find({"tenant_id": SYSTEM_TENANT})
         return [
             GatewayRecord(d["gateway_id"], d["epoch"], tuple(d.get("retired_epochs", [])), d["last_heartbeat_at"])
             async for d in cursor

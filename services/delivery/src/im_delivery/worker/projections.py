@@ -40,30 +40,30 @@ def agent_id_of(tenant_id: str, agent_id: str) -> dict[str, str]:
 
 class Projections:
     def __init__(self, db: AsyncDatabase) -> None:
-        self.conversations = db["delivery_conversations"]
-        self.agents = db["delivery_agents"]
-        self.held = db["delivery_held"]
+        self._conversations = db["delivery_conversations"]
+        self._agents = db["delivery_agents"]
+        self._held = db["delivery_held"]
 
     async def ensure_indexes(self) -> None:
-        await self.conversations.create_index([("tenant_id", ASCENDING), ("participant_ids", ASCENDING)])
-        await self.conversations.create_index(
+        await self._conversations.create_index([("tenant_id", ASCENDING), ("participant_ids", ASCENDING)])
+        await self._conversations.create_index(
             [("tenant_id", ASCENDING), ("participant_ids", ASCENDING), ("last_message_at", DESCENDING)],
             name="recent_by_participant")
-        await self.agents.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING)])
-        await self.held.create_index(
+        await self._agents.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING)])
+        await self._held.create_index(
             [("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("seq", ASCENDING)]
         )
-        await self.held.create_index([("tenant_id", ASCENDING), ("held_at", ASCENDING)])
+        await self._held.create_index([("tenant_id", ASCENDING), ("held_at", ASCENDING)])
 
     # --- conversations --------------------------------------------------------------------------
 
     async def conversation(self, tenant_id: str, conversation_id: str) -> dict[str, Any] | None:
-        return await self.conversations.find_one(conversation_id_of(tenant_id, conversation_id))
+        return await self._conversations.find_one(conversation_id_of(tenant_id, conversation_id))
 
     async def save_snapshot(self, tenant_id: str, snapshot: ConversationSnapshot) -> dict[str, Any]:
         """Participants and related from a conversation event; last_* only ever from messages."""
         doc = snapshot.model_dump(mode="json")
-        await self.conversations.update_one(
+        await self._conversations.update_one(
             conversation_id_of(tenant_id, snapshot.id),
             {
                 "$set": {
@@ -85,7 +85,7 @@ class Projections:
     async def assume_conversation(self, event: MessagePosted) -> dict[str, Any]:
         """A message whose ConversationStarted never came: what the message itself tells."""
         m = event.message
-        await self.conversations.update_one(
+        await self._conversations.update_one(
             conversation_id_of(event.tenant_id, m.conversation_id),
             {
                 "$setOnInsert": {
@@ -116,7 +116,7 @@ class Projections:
         for event in events:
             key = f"read_markers.{field_name(event.message.sender_id)}"
             markers[key] = max(markers.get(key, 0), event.message.seq)
-        await self.conversations.update_one(
+        await self._conversations.update_one(
             {**conversation_id_of(last.tenant_id, m.conversation_id), "last_seq": {"$lt": m.seq}},
             {"$set": {"last_seq": m.seq, "last_message": message, "last_message_at": message["created_at"]},
              "$max": markers},
@@ -124,14 +124,14 @@ class Projections:
 
     async def read_marker_moved(self, tenant_id: str, conversation_id: str, agent_id: str, seq: int) -> None:
         """Per-agent read markers (only forward): each recipient's conversation.updated carries its own."""
-        await self.conversations.update_one(
+        await self._conversations.update_one(
             conversation_id_of(tenant_id, conversation_id),
             {"$max": {f"read_markers.{field_name(agent_id)}": seq}},
         )  # no upsert: ReadMarkerMoved follows its ConversationStarted on the same partition
 
     async def accept_gap(self, tenant_id: str, conversation_id: str, seq: int) -> None:
         """Gives up waiting for the messages before `seq` (they never came within hold_back_s)."""
-        await self.conversations.update_one(
+        await self._conversations.update_one(
             {**conversation_id_of(tenant_id, conversation_id), "last_seq": {"$lt": seq - 1}},
             {"$set": {"last_seq": seq - 1}},
         )
@@ -141,7 +141,7 @@ class Projections:
         `threads` most recently active threads, at most `partners` of them — one presence change
         costs a bounded read and fan-out however many threads the agent was ever in (partners of
         older threads see its presence when they next load the agent list)."""
-        found = (self.conversations.find({"tenant_id": tenant_id, "participant_ids": agent_id},
+        found = (self._conversations.find({"tenant_id": tenant_id, "participant_ids": agent_id},
                                          {"participant_ids": 1})
                  .sort("last_message_at", DESCENDING).limit(threads).hint("recent_by_participant"))
         out: set[str] = set()
@@ -157,7 +157,7 @@ class Projections:
 
     async def hold(self, event: MessagePosted) -> None:
         m = event.message
-        await self.held.update_one(
+        await self._held.update_one(
             held_id_of(event.tenant_id, m.conversation_id, m.seq),
             {"$setOnInsert": {"tenant_id": event.tenant_id, "conversation_id": m.conversation_id,
                               "seq": m.seq, "event": event.model_dump(mode="json"), "held_at": utcnow()}},
@@ -165,21 +165,21 @@ class Projections:
         )
 
     async def held_next(self, tenant_id: str, conversation_id: str, seq: int) -> MessagePosted | None:
-        doc = await self.held.find_one({"tenant_id": tenant_id, "conversation_id": conversation_id, "seq": seq})
+        doc = await self._held.find_one({"tenant_id": tenant_id, "conversation_id": conversation_id, "seq": seq})
         return None if doc is None else MessagePosted.model_validate(doc["event"])
 
     async def release(self, tenant_id: str, conversation_id: str, seq: int) -> None:
-        await self.held.delete_one(held_id_of(tenant_id, conversation_id, seq))
+        await self._held.delete_one(held_id_of(tenant_id, conversation_id, seq))
 
     async def held_too_long(self, older_than_s: float, limit: int = 100) -> list[MessagePosted]:
         cutoff: datetime = utcnow() - timedelta(seconds=older_than_s)
-        found = self.held.find({"held_at": {"$lt": cutoff}}).sort([("held_at", ASCENDING)]).limit(limit)
+        found = self._held.find({"held_at": {"$lt": cutoff}}).sort([("held_at", ASCENDING)]).limit(limit)
         return [MessagePosted.model_validate(doc["event"]) async for doc in found]
 
     # --- agents ---------------------------------------------------------------------------------
 
     async def save_agent(self, event: AgentChanged) -> None:
-        await self.agents.update_one(
+        await self._agents.update_one(
             agent_id_of(event.tenant_id, event.agent_id),
             {"$set": {"tenant_id": event.tenant_id, "agent_id": event.agent_id,
                       "display_name": event.display_name, "role": event.role, "active": event.active}},
