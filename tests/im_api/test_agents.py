@@ -112,17 +112,17 @@ async def test_an_agent_coming_online_while_the_list_is_read_is_still_listed(api
     for agent in ("a1", "b2"):
         assert (await api.http.put(f"/v1/agents/{agent}", json={"display_name": agent},
                                    headers=api.admin(T))).status_code == 200
-    directory, presence = api.app.state.services.directory, api.app.state.presence
+    store, presence = api.app.state.services.store, api.app.state.presence
     presence.apply(T, "a1", "online", None)  # the tenant's online set exists already
-    walk = directory._walk
+    read_page = store.active_agents_page
 
-    async def walk_after_b2_comes_online(*args, **kwargs):
+    async def page_after_b2_comes_online(*args, **kwargs):
         presence.apply(T, "b2", "online", None)  # lands while this request is under way
-        return await walk(*args, **kwargs)
+        return await read_page(*args, **kwargs)
 
-    directory._walk = walk_after_b2_comes_online
+    store.active_agents_page = page_after_b2_comes_online
     try:
         r = await api.http.get("/v1/agents", headers=api.auth(T, "a1"))
     finally:
-        directory._walk = walk
+        store.active_agents_page = read_page
     assert sorted(a["id"] for a in r.json()["items"]) == ["a1", "b2"]
