@@ -305,7 +305,7 @@ async def test_a_presence_change_reads_a_bounded_number_of_threads_of_an_agent_i
         projections = Projections(client[mongo_db_name])
         await projections.ensure_indexes()
         start = datetime(2026, 1, 1, tzinfo=UTC)
-        await projections.conversations.insert_many([
+        await client[mongo_db_name]["delivery_conversations"].insert_many([
             {"_id": f"c{i}", "tenant_id": "acme", "conversation_id": f"c{i}", "participant_ids": ["ana", f"p{i:05d}"],
              "last_message_at": (start + timedelta(seconds=i)).isoformat()} for i in range(20_000)])
         with reads.counting():

@@ -72,7 +72,7 @@ async def test_the_send_paths_idempotency_read_and_the_outbox_reads_use_indexes(
     quiet = Store(mongo[f"{mongo_db_name}_b"], outbox_retention_s=60)
     try:
         t0 = now()
-        await quiet.outbox.insert_many(
+        await mongo[f"{mongo_db_name}_b"]["outbox"].insert_many(
             [{"shard": shard, "sent_at": None, "created_at": t0 + timedelta(seconds=age), "conversation_id": "c",
               "order": i} for i, (shard, age) in enumerate([(1, 5), (1, 2), (3, 9), (9, 1)])]
             + [{"shard": 1, "sent_at": t0, "created_at": t0 - timedelta(seconds=60), "conversation_id": "c", "order": 9}])
