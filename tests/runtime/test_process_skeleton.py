@@ -31,7 +31,7 @@ async def test_stop_runs_every_step_in_the_reverse_order_they_were_registered_in
 
     p.on_stop("close", "client", step("client"))
     p.on_stop("drain", "producer flush", step("flush"))
-    forever = p.supervise("loop", lambda: asyncio.sleep(3600))
+    forever = p.supervise("loop", asyncio.Event().wait)  # runs until cancelled
     p.on_stop("drain", "consumers", step("consumers"))
     assert await p.stop() == []
     assert done == ["consumers", "flush", "client"]
@@ -47,7 +47,7 @@ async def test_a_supervised_loop_that_fails_is_started_again_and_one_that_must_n
         runs.append(1)
         if len(runs) < 3:
             raise RuntimeError("a bug in a rare path")
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # the third run stays up until the stop cancels it
 
     p.supervise("flaky", flaky)
     await eventually(lambda: len(runs) == 3, timeout=10, message="restarted after each failure")
