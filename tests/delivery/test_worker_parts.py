@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 from pymongo import AsyncMongoClient, monitoring
@@ -13,12 +14,13 @@ from im_contracts import topics
 from im_contracts.events import AgentChanged, QueueAdvanced, QueueAppend
 from im_delivery.bus import DeliveryBus
 from im_delivery.gateway.connection import StreamConnection
-from im_delivery.gateway.signals import SignalReader
+from im_delivery.gateway.signals import signal_reader
 from im_delivery.settings import DeliverySettings
 from im_delivery.store import NewEntry, QueueStore, device_doc_id
 from im_delivery.worker.fanout import dedupe_key
 from im_delivery.worker.projections import Projections
 from im_delivery.worker.queue_writer import QueueWriter
+from im_runtime.process import Process
 
 from support.wait import eventually
 
@@ -114,9 +116,10 @@ async def test_a_crashed_signal_reader_is_restarted_and_reports_not_ready_while_
             raise RuntimeError("a bug in signal handling")  # crashes the reader once
         got.append(event.cursor)
 
-    reader = SignalReader(settings, on_signal)
-    await reader.start()
-    task = asyncio.create_task(reader.run_forever(lambda: restarts.append(True)))
+    reader = signal_reader(settings, on_signal, on_restart=lambda: restarts.append(True))
+    await reader.open()
+    process = Process("gateway", settings, logging.getLogger("test.signals"), grace_s=5.0)
+    task = process.supervise("signals", reader.run)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
     await producer.start()
     name = topics.DELIVERY_SIGNALS.name(kafka_topics)
@@ -134,9 +137,8 @@ async def test_a_crashed_signal_reader_is_restarted_and_reports_not_ready_while_
         await signal(2)
         await eventually(lambda: got == [2], timeout=10, message="signals after the restart never arrived")
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await reader.stop()
+        await process.stop()
+        await reader.close()
         await producer.stop()
 
 

@@ -60,7 +60,7 @@ async def test_presence_killed_mid_flight_and_restarted_keeps_every_status_and_f
     async with httpx.AsyncClient(timeout=5.0) as client:
         assert (await client.get(f"{base}/healthz")).json() == {"status": "ok"}
         ready = (await client.get(f"{base}/readyz")).json()
-        assert ready["checks"] == {"mongodb": True, "kafka": True, "consumer_assigned": True}
+        assert ready["checks"] == {"mongodb": True, "kafka": True, "consumer_assigned": True, "gateway_heartbeats": True}
         metrics = (await client.get(f"{base}/metrics")).text
         assert 'im_presence_published_total{status="offline"} 1.0' in metrics
 

@@ -3,21 +3,16 @@ partition (no consumer group) into (tenant, agent) -> status, ready once caught 
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections import defaultdict
 from collections.abc import Set
 from datetime import datetime
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from im_contracts.codec import RejectedRecord, decode_record
+from aiokafka import ConsumerRecord
+from im_contracts.events import AgentPresence, Event
 from im_contracts.topics import PRESENCE
-from im_runtime.logs import log
-from im_runtime.kafka import client_options
+from im_runtime.reader import TopicReader
 
 from .settings import ApiSettings
-
-logger = logging.getLogger("im_api.presence")
 
 
 class PresenceCache:
@@ -26,8 +21,10 @@ class PresenceCache:
         self.topic = PRESENCE.name(settings.topic_prefix)
         self._status: dict[tuple[str, str], tuple[str, datetime | None]] = {}
         self._by_status: dict[tuple[str, str], set[str]] = defaultdict(set)  # (tenant, status) -> agents
-        self._targets: dict[TopicPartition, int] | None = None  # end offsets seen at start
-        self._caught_up = False
+        # Not ours to dead-letter what the contract refuses: the presence service owns the topic.
+        self._reader = TopicReader(settings, PRESENCE, self._record, start_at="beginning",
+                                   poll_timeout_ms=500,
+                                   metadata_max_age_ms=int(settings.presence_metadata_refresh_s * 1000))
 
     # --- reads (the agent picker) ---------------------------------------------------------
 
@@ -39,7 +36,8 @@ class PresenceCache:
         return self._by_status.get((tenant_id, status)) or frozenset()
 
     async def ready(self) -> bool:
-        return self._caught_up
+        """Served from only once the whole table, as it was at start, has been read."""
+        return self._reader.caught_up
 
     # --- the consumer ---------------------------------------------------------------------
 
@@ -54,66 +52,17 @@ class PresenceCache:
             self._status[key] = (status, seen)
 
     async def run(self) -> None:
-        delay = self.settings.retry_initial_s
-        while True:
-            # No group: subscribing assigns every partition to this process (every im-api reads all).
-            consumer = AIOKafkaConsumer(self.topic, **client_options(self.settings), group_id=None,
-                                        enable_auto_commit=False, auto_offset_reset="earliest",
-                                        metadata_max_age_ms=int(self.settings.presence_metadata_refresh_s * 1000))
-            try:
-                await consumer.start()
-                await self._consume(consumer)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Kafka away: start over (the topic is compacted)
-                log(logger, logging.WARNING, "presence consumer failed; restarting", error=type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.retry_max_s)
-            finally:
-                try:
-                    await asyncio.wait_for(consumer.stop(), 5)
-                except Exception:  # noqa: BLE001
-                    pass
+        """The reader, until cancelled (the process skeleton restarts it after a failure; each
+        start reads the compacted topic from the beginning again)."""
+        await self._reader.run()
 
-    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        tps = consumer.assignment()
-        while not tps:  # the topic does not exist yet: the metadata refresh will find it
-            await asyncio.sleep(self.settings.retry_initial_s)
-            tps = consumer.assignment()
-        tps = sorted(tps)
-        await consumer.seek_to_beginning(*tps)
-        if self._targets is None:
-            self._targets = await consumer.end_offsets(tps)
-        await self._check(consumer)
-        while True:
-            batches = await consumer.getmany(timeout_ms=500, max_records=1000)
-            for records in batches.values():
-                for record in records:
-                    self._record(record)
-            await self._check(consumer)
-
-    def _record(self, record) -> None:
-        if record.value is None:  # a tombstone: the agent's presence was forgotten
+    def _record(self, event: Event | None, record: ConsumerRecord) -> None:
+        if event is None:  # a tombstone: the agent's presence was forgotten
             try:
                 tenant_id, agent_id = record.key.decode().split(":", 1)
                 self.apply(tenant_id, agent_id, None, None)
             except (AttributeError, ValueError):
                 pass
             return
-        try:
-            event = decode_record(PRESENCE, record.value)
-        except RejectedRecord as rejected:
-            # Not ours to dead-letter (the presence service owns the topic); skip and say why.
-            log(logger, logging.WARNING, "presence record skipped", reason=rejected.reason,
-                partition=record.partition, offset=record.offset)
-            return
+        assert isinstance(event, AgentPresence)
         self.apply(event.tenant_id, event.agent_id, event.status, event.last_seen_at)
-
-    async def _check(self, consumer: AIOKafkaConsumer) -> None:
-        if self._caught_up or self._targets is None:
-            return
-        for tp, end in self._targets.items():
-            if await consumer.position(tp) < end:
-                return
-        self._caught_up = True
-        log(logger, logging.INFO, "presence cache caught up", agents=len(self._status))

@@ -16,7 +16,7 @@ from prometheus_client import Counter
 
 from .bus import PresencePublisher
 from .handlers.connections import connection_subscription
-from .handlers.gateways import register_heartbeats
+from .handlers.gateways import heartbeat_reader
 from .handlers.sweeper import ConsumerOwnership, run_sweeper
 from .service import PresenceService
 from .settings import PresenceSettings
@@ -64,7 +64,9 @@ class PresenceProcess:
         )
         # The sweeper needs the group consumer: its assignment is the agents this process owns.
         subscriber = connection_subscription(service, dead_letters, settings).register(broker)
-        register_heartbeats(broker, service, dead_letters, settings)
+        heartbeats = heartbeat_reader(service, dead_letters, settings)
+        await process.start("gateway heartbeats", heartbeats.open, stop=heartbeats.close)
+        process.supervise("gateway-heartbeats", heartbeats.run)
         await process.start("kafka consumers", broker.start, stop=broker.stop)
         service.listening_since = utcnow()
 
@@ -79,6 +81,7 @@ class PresenceProcess:
 
         process.check("kafka", kafka_reachable)
         process.check("consumer_assigned", assigned)
+        process.check("gateway_heartbeats", heartbeats.reading)
         log(logger, logging.INFO, "presence started", group=f"{settings.topic_prefix}{settings.consumer_group}")
 
     async def stop(self) -> None:

@@ -13,7 +13,7 @@ from im_runtime.process import Process
 from ..settings import DeliverySettings
 from ..store import QueueStore
 from .hub import Hub
-from .signals import SignalReader
+from .signals import signal_reader
 from .direct import STREAM_PATH
 from .stream import stream_endpoint
 
@@ -37,10 +37,10 @@ def create_app(settings: DeliverySettings) -> FastAPI:
         producer = await process.start_producer()
         await verifier.start()
         hub = Hub(settings, producer, store)
-        signals = SignalReader(settings, hub.on_signal)
-        await process.start("delivery signals", signals.start, stop=signals.stop)
-        # Not restarted: a reader that fails turns the gateway unready (`signals` below).
-        reading = process.supervise("signals", lambda: signals.run_forever(hub.wake_all), restart=False)
+        signals = signal_reader(settings, hub.on_signal, on_restart=hub.wake_all)
+        await process.start("delivery signals", signals.open, stop=signals.close)
+        # Restarted after a failure; the gateway is unready until it reads again (`signals` below).
+        process.supervise("signals", signals.run)
         process.supervise("heartbeat", hub.heartbeat_forever)
         process.supervise("safety-poll", hub.safety_poll_forever)
         process.supervise("revocation-check", hub.revocation_check_forever)
@@ -51,14 +51,11 @@ def create_app(settings: DeliverySettings) -> FastAPI:
         app.state.stream_endpoint = endpoint  # what DirectStream calls, past FastAPI's routing
         process.on_stop("drain", "open sockets", hub.close_all)
 
-        async def signals_ok() -> bool:
-            return signals.ready and not reading.done()
-
         async def kafka_ok() -> bool:
             return bool(await producer.client.force_metadata_update())
 
         process.check("kafka", kafka_ok)
-        process.check("signals", signals_ok)
+        process.check("signals", signals.reading)
         log(logger, logging.INFO, "gateway started", gateway_id=settings.gateway_id, epoch=hub.epoch)
 
     app = FastAPI(title="Helpdesk IM delivery gateway", lifespan=process.lifespan(start))

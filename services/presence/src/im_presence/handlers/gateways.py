@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from faststream import AckPolicy
-from faststream.kafka import KafkaBroker, KafkaMessage
-from im_contracts.codec import RejectedRecord, decode_record
-from im_contracts.events import GatewayHeartbeat
+from aiokafka import ConsumerRecord
+from im_contracts.events import Event, GatewayHeartbeat
 from im_contracts.topics import GATEWAYS
 from im_runtime.kafka import DeadLetters, is_transient
 from im_runtime.logs import log
+from im_runtime.reader import TopicReader
 
 from ..service import PresenceService
 from ..settings import PresenceSettings
@@ -19,30 +17,11 @@ from ..settings import PresenceSettings
 logger = logging.getLogger("im_presence.gateways")
 
 
-async def _raw(msg: Any) -> None:
-    return None  # decoded below with the contract, to dead-letter what is malformed
+def heartbeat_reader(service: PresenceService, dead_letters: DeadLetters, settings: PresenceSettings) -> TopicReader:
+    """Every presence process needs every beat to judge every gateway. Liveness is "heard
+    recently": old beats say nothing (the store keeps the last one heard), so it reads from the end."""
 
-
-def register_heartbeats(
-    broker: KafkaBroker, service: PresenceService, dead_letters: DeadLetters, settings: PresenceSettings
-) -> None:
-    subscriber = broker.subscriber(
-        GATEWAYS.name(settings.topic_prefix),
-        group_id=None,  # every process needs every beat to judge every gateway
-        # Liveness is "heard recently": old beats say nothing; the store keeps the last one heard.
-        auto_offset_reset="latest",
-        ack_policy=AckPolicy.MANUAL,
-        decoder=_raw,
-    )
-
-    @subscriber
-    async def on_heartbeat(msg: KafkaMessage) -> None:
-        record = msg.raw_message
-        try:
-            heartbeat = decode_record(GATEWAYS, record.value)
-        except RejectedRecord as rejected:
-            await dead_letters.publish(record, rejected)
-            return
+    async def on_heartbeat(heartbeat: Event | None, record: ConsumerRecord) -> None:
         assert isinstance(heartbeat, GatewayHeartbeat)
         try:
             await service.on_heartbeat(heartbeat)
@@ -52,3 +31,5 @@ def register_heartbeats(
             # The next beat, a few seconds later, records it again: nothing is lost by skipping this one.
             log(logger, logging.WARNING, "heartbeat not recorded", gateway_id=heartbeat.gateway_id,
                 error=type(exc).__name__)
+
+    return TopicReader(settings, GATEWAYS, on_heartbeat, start_at="end", on_rejected=dead_letters.publish)
