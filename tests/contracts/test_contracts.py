@@ -3,6 +3,8 @@
 import base64
 import hashlib
 import json
+import re
+import typing
 
 import pytest
 from im_api import openapi
@@ -21,7 +23,7 @@ from im_contracts.events import (
     MessagePosted,
     to_rfc3339,
 )
-from im_contracts.frames import CLIENT_FRAMES, SERVER_FRAMES
+from im_contracts.frames import CLIENT_FRAMES, SERVER_FRAMES, ClientFrame, CloseCode, ServerFrame
 from im_contracts.models import Message
 from im_contracts.topics import (
     ALL_TOPICS,
@@ -204,3 +206,22 @@ def test_every_stream_frame_validates_and_unknown_fields_are_ignored():
             CLIENT_FRAMES.validate_python(bad)
     with pytest.raises(ValidationError):  # a queued frame without its cursor
         SERVER_FRAMES.validate_python({"type": "read.updated", "conversation_id": "c", "agent_id": "a", "seq": 1})
+
+
+def test_the_asyncapi_document_describes_every_stream_frame_and_close_code():
+    doc = schema.asyncapi()
+    stream = doc["channels"]["stream"]
+    sent = {m["$ref"].rsplit("/", 1)[1] for m in doc["operations"]["send_stream"]["messages"]}
+    received = {m["$ref"].rsplit("/", 1)[1] for m in doc["operations"]["receive_stream"]["messages"]}
+    frame_types = {
+        "send": {f"Stream{cls.__name__}" for cls in typing.get_args(typing.get_args(ServerFrame)[0])},
+        "receive": {f"Stream{cls.__name__}" for cls in typing.get_args(typing.get_args(ClientFrame)[0])},
+    }
+    assert sent == frame_types["send"] and received == frame_types["receive"]
+    assert set(stream["messages"]) == sent | received
+    for name in sent | received:
+        payload = doc["components"]["messages"][name]["payload"]["$ref"].rsplit("/", 1)[1]
+        assert payload in doc["components"]["schemas"], f"{name}: its schema is missing"
+    refs = re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(doc))
+    assert set(refs) <= set(doc["components"]["schemas"]), "every $ref resolves"
+    assert set(stream["x-close-codes"]) == {str(int(code)) for code in CloseCode}

@@ -11,6 +11,12 @@ from im_delivery.worker.fanout import conversation_frame
 pytestmark = pytest.mark.unit
 
 
+def message(seq: int) -> dict:
+    """A message as the fan-out's projection holds it (every field, as JSON)."""
+    return {"id": f"m{seq}", "conversation_id": "c1", "seq": seq, "sender_id": "ana", "body": "hi", "kind": "text",
+            "client_msg_id": None, "created_at": "2026-01-02T00:00:00.000Z"}
+
+
 @pytest.mark.parametrize("partitions", [1, 3, 12])
 def test_a_gateway_reads_the_partition_the_producer_writes_its_signals_to(partitions):
     every = list(range(partitions))
@@ -22,12 +28,12 @@ def test_a_gateway_reads_the_partition_the_producer_writes_its_signals_to(partit
 def test_the_conversation_frame_carries_the_newest_last_message_known():
     projection = {"conversation_id": "c1", "participants": [{"id": "ana", "display_name": "Ana"}],
                   "related": None, "created_by": "ana", "created_at": "2026-01-01T00:00:00.000Z",
-                  "last_seq": 7, "last_message": {"seq": 7}, "last_message_at": "2026-01-02T00:00:00.000Z"}
-    older_snapshot = {**projection, "id": "c1", "last_seq": 5, "last_message": {"seq": 5}}
-    frame = conversation_frame(projection, older_snapshot)
+                  "last_seq": 7, "last_message": message(7), "last_message_at": "2026-01-02T00:00:00.000Z"}
+    older_snapshot = {**projection, "id": "c1", "last_seq": 5, "last_message": message(5)}
+    frame = conversation_frame(projection, older_snapshot).model_dump(mode="json")
     assert frame["type"] == "conversation.updated"
-    assert frame["conversation"]["last_seq"] == 7 and frame["conversation"]["last_message"] == {"seq": 7}
-    assert conversation_frame({**projection, "last_seq": 0, "last_message": None})["conversation"]["last_seq"] == 0
+    assert frame["conversation"]["last_seq"] == 7 and frame["conversation"]["last_message"] == message(7)
+    assert conversation_frame({**projection, "last_seq": 0, "last_message": None}).conversation.last_seq == 0
 
 
 def test_a_messages_update_is_the_same_size_in_a_thread_of_two_or_of_a_hundred():
@@ -44,13 +50,13 @@ def test_a_messages_update_is_the_same_size_in_a_thread_of_two_or_of_a_hundred()
                 "related": None, "created_by": "agent-000", "created_at": "2026-01-01T00:00:00.000Z",
                 "last_seq": 7, "last_message": None, "last_message_at": "2026-01-02T00:00:00.000Z"}
 
-    small, big = (json.dumps(conversation_frame(projection(n))) for n in (2, 100))
+    small, big = (conversation_frame(projection(n)).model_dump_json() for n in (2, 100))
     assert len(small) == len(big)
     assert json.loads(big)["conversation"]["participants"] is None
     SERVER_FRAMES.validate_python({**json.loads(big), "cursor": 1})
     snapshot = {**projection(100), "id": "c1"}
     started = conversation_frame(projection(100), snapshot)
-    assert len(started["conversation"]["participants"]) == 100, "a start (or a change) lists them"
+    assert len(started.conversation.participants) == 100, "a start (or a change) lists them"
 
 
 def test_a_gateway_heartbeat_stays_small_at_any_socket_count():

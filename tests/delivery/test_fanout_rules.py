@@ -12,6 +12,11 @@ from im_runtime.mongo import field_name
 pytestmark = pytest.mark.unit
 
 
+def message(seq: int) -> dict:
+    return {"id": f"m{seq}", "conversation_id": "c1", "seq": seq, "sender_id": "ana", "body": "hi",
+            "created_at": "2026-01-01T00:00:09.000Z"}
+
+
 def test_entry_keys_of_ids_that_hold_colons_or_percents_never_meet():
     assert dedupe_key("msg", "c1", 7) == "msg:c1:7"
     assert dedupe_key("read", "a:b", "c") != dedupe_key("read", "a", "b:c")
@@ -20,20 +25,21 @@ def test_entry_keys_of_ids_that_hold_colons_or_percents_never_meet():
 
 def test_each_reader_gets_its_own_read_state_and_never_more_read_than_posted():
     conv = {"conversation_id": "c1", "related": None, "created_by": "ana",
-            "created_at": "2026-01-01T00:00:00.000Z", "last_seq": 9, "last_message": {"seq": 9},
+            "created_at": "2026-01-01T00:00:00.000Z", "last_seq": 9, "last_message": message(9),
             "last_message_at": "2026-01-01T00:00:09.000Z"}
     frame = conversation_frame(conv)
     markers = {field_name("ana.b"): 9, field_name("ben"): 4, field_name("cy"): 12}
-    ana = for_reader(frame, markers, "ana.b")["conversation"]
-    ben = for_reader(frame, markers, "ben")["conversation"]
-    cy = for_reader(frame, markers, "cy")["conversation"]
-    dee = for_reader(frame, markers, "dee")["conversation"]
-    assert (ana["last_read_seq"], ana["unread_count"]) == (9, 0)
-    assert (ben["last_read_seq"], ben["unread_count"]) == (4, 5)
-    assert (cy["last_read_seq"], cy["unread_count"]) == (9, 0), "a marker past last_seq reads as last_seq"
-    assert (dee["last_read_seq"], dee["unread_count"]) == (0, 9), "no marker: nothing read"
-    assert frame["conversation"]["participants"] is None, "a message's update leaves participants unchanged"
-    assert "last_read_seq" not in frame["conversation"], "the shared frame is not changed per reader"
+    ana = for_reader(frame, markers, "ana.b").conversation
+    ben = for_reader(frame, markers, "ben").conversation
+    cy = for_reader(frame, markers, "cy").conversation
+    dee = for_reader(frame, markers, "dee").conversation
+    assert (ana.last_read_seq, ana.unread_count) == (9, 0)
+    assert (ben.last_read_seq, ben.unread_count) == (4, 5)
+    assert (cy.last_read_seq, cy.unread_count) == (9, 0), "a marker past last_seq reads as last_seq"
+    assert (dee.last_read_seq, dee.unread_count) == (0, 9), "no marker: nothing read"
+    assert frame.conversation.participants is None, "a message's update leaves participants unchanged"
+    assert (frame.conversation.last_read_seq, frame.conversation.unread_count) == (0, 0), \
+        "the shared frame is not changed per reader"
 
 
 def test_a_threads_events_stay_in_order_together_and_an_agents_apart_from_threads():

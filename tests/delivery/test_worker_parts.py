@@ -12,6 +12,7 @@ from pymongo import AsyncMongoClient, monitoring
 from aiokafka import AIOKafkaProducer
 from im_contracts import topics
 from im_contracts.events import AgentChanged, QueueAdvanced, QueueAppend
+from im_contracts.frames import ReadUpdatedBody
 from im_delivery.bus import DeliveryBus
 from im_delivery.gateway.connection import StreamConnection
 from im_delivery.gateway.signals import signal_reader
@@ -54,7 +55,8 @@ async def test_each_consuming_task_waits_only_for_its_own_records_before_it_comm
         async def fanout_batch() -> bool:
             async with bus.confirmed():
                 for i in range(20):
-                    await bus.append("acme", f"agent-{i}", f"msg:c:{i}", {"type": "message.created"})
+                    await bus.append("acme", f"agent-{i}", f"msg:c:{i}",
+                                     ReadUpdatedBody(conversation_id="c", agent_id="ana", seq=i))
                 # Every record is queued, none acknowledged yet (linger 50 ms).
                 fanout_sent.extend(produced[asyncio.current_task()])
                 fanout_may_finish.set()

@@ -44,25 +44,39 @@ Cursor = Annotated[int, Field(ge=1, description="The frame's position in the age
 
 
 # --- server → client: queued (carry a cursor, replayed on resume) -------------------------------
+# The fan-out queues each frame's body (`...Body`); the gateway adds the cursor the queue gave it
+# when it sends the frame.
 
-class MessageCreated(Frame):
+class MessageCreatedBody(Frame):
     type: Literal["message.created"] = "message.created"
-    cursor: Cursor
     message: Message
 
 
-class ConversationUpdated(Frame):
+class ConversationUpdatedBody(Frame):
     type: Literal["conversation.updated"] = "conversation.updated"
-    cursor: Cursor
     conversation: Conversation
 
 
-class ReadUpdated(Frame):
+class ReadUpdatedBody(Frame):
     type: Literal["read.updated"] = "read.updated"
-    cursor: Cursor
     conversation_id: str
     agent_id: str = Field(description="Whose read marker moved.")
     seq: int = Field(ge=0)
+
+
+QueuedBody = MessageCreatedBody | ConversationUpdatedBody | ReadUpdatedBody
+
+
+class MessageCreated(MessageCreatedBody):
+    cursor: Cursor
+
+
+class ConversationUpdated(ConversationUpdatedBody):
+    cursor: Cursor
+
+
+class ReadUpdated(ReadUpdatedBody):
+    cursor: Cursor
 
 
 QueuedFrame = Annotated[MessageCreated | ConversationUpdated | ReadUpdated, Field(discriminator="type")]
@@ -91,6 +105,16 @@ class TypingStarted(Frame):
     conversation_id: str
     agent_id: str
 
+
+class AuthRevoked(Frame):
+    """Never sent to a client: tells the gateways holding the agent's sockets that the agent was
+    deactivated, and they close them with 4401 at once."""
+
+    type: Literal["auth.revoked"] = "auth.revoked"
+
+
+# What the fan-out sends the gateways as a live frame (im.delivery-signals.v1, `LiveFrame`).
+LiveBody = PresenceChanged | TypingStarted | AuthRevoked
 
 ServerFrame = Annotated[MessageCreated | ConversationUpdated | ReadUpdated | Batch | PresenceChanged | TypingStarted,
                         Field(discriminator="type")]

@@ -56,6 +56,8 @@ def asyncapi() -> dict[str, Any]:
         schemas.update(defs)
         schemas[name] = schema
     text = json.dumps(schemas).replace("#/$defs/", "#/components/schemas/")
+    stream_channel(channels, operations, messages)
+    schemas = {**json.loads(text), **stream_schemas()}
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -65,8 +67,52 @@ def asyncapi() -> dict[str, Any]:
         },
         "channels": channels,
         "operations": operations,
-        "components": {"messages": messages, "schemas": json.loads(text)},
+        "components": {"messages": messages, "schemas": schemas},
     }
+
+
+# Frame schemas share names with events (`Typing`, `Message`): in AsyncAPI they carry this prefix.
+STREAM_PREFIX = "Stream"
+
+
+def stream_schemas() -> dict[str, Any]:
+    defs = frames_schema()["$defs"]
+    text = json.dumps(defs).replace('"#/$defs/', f'"#/components/schemas/{STREAM_PREFIX}')
+    return {f"{STREAM_PREFIX}{name}": schema for name, schema in json.loads(text).items()}
+
+
+def stream_channel(channels: dict[str, Any], operations: dict[str, Any], messages: dict[str, Any]) -> None:
+    """The WebSocket stream as an AsyncAPI channel: what the server sends (`ServerFrame`) and what
+    it receives (`ClientFrame`), one message per frame type, the close codes beside them."""
+    document = frames_schema()
+    refs: dict[str, dict[str, list[dict[str, str]]]] = {"send": {}, "receive": {}}
+    for action, union in (("send", "ServerFrame"), ("receive", "ClientFrame")):
+        for option in document["$defs"][union]["oneOf"]:
+            name = option["$ref"].removeprefix("#/$defs/")
+            message = f"{STREAM_PREFIX}{name}"
+            messages[message] = {
+                "name": name,
+                "title": document["$defs"][name].get("description", name).split("\n")[0],
+                "contentType": "application/json",
+                "payload": {"$ref": f"#/components/schemas/{message}"},
+            }
+            refs[action][message] = {"$ref": f"#/components/messages/{message}"}
+    channels["stream"] = {
+        "address": "/v1/stream",
+        "title": "The agent's WebSocket stream",
+        "description": "GET /v1/stream?ticket=…&cursor=…: queued frames (with a cursor, replayed on resume) and "
+                       "live frames (none, never replayed) to the client; acks and activity from it. "
+                       "`x-close-codes` says what a client does on each close code.",
+        "messages": {**refs["send"], **refs["receive"]},
+        "bindings": {"ws": {"method": "GET", "bindingVersion": "0.1.0"}},
+        "x-close-codes": document["x-close-codes"],
+    }
+    for action in ("send", "receive"):
+        operations[f"{action}_stream"] = {
+            "action": action,
+            "channel": {"$ref": "#/channels/stream"},
+            "messages": [{"$ref": f"#/channels/stream/messages/{m}"} for m in refs[action]],
+        }
 
 
 def rendered() -> dict[str, str]:

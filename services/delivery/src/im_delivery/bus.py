@@ -16,6 +16,7 @@ from aiokafka.partitioner import murmur2
 from im_contracts import topics
 from im_contracts.codec import RejectedRecord, decode_record, event_headers, header
 from im_contracts.events import Event, LiveFrame, QueueAdvanced, QueueAppend
+from im_contracts.frames import LiveBody, QueuedBody
 from im_runtime.kafka import Subscription, is_transient
 from im_runtime.logs import log, trace_id
 from prometheus_client import Counter
@@ -204,16 +205,18 @@ class DeliveryBus:
         else:
             pending.append(future)
 
-    async def append(self, tenant_id: str, agent_id: str, dedupe_key: str, frame: dict[str, Any]) -> None:
-        event = QueueAppend(tenant_id=tenant_id, agent_id=agent_id, dedupe_key=dedupe_key, frame=frame)
+    async def append(self, tenant_id: str, agent_id: str, dedupe_key: str, frame: QueuedBody) -> None:
+        event = QueueAppend(tenant_id=tenant_id, agent_id=agent_id, dedupe_key=dedupe_key,
+                            frame=frame.model_dump(mode="json"))
         await self._send(topics.INBOX, topics.agent_key(tenant_id, agent_id), event)
 
     async def advanced(self, tenant_id: str, gateway_id: str, agent_id: str, cursor: int) -> None:
         event = QueueAdvanced(tenant_id=tenant_id, gateway_id=gateway_id, agent_id=agent_id, cursor=cursor)
         await self._send(topics.DELIVERY_SIGNALS, topics.gateway_key(gateway_id), event)
 
-    async def live(self, tenant_id: str, gateway_id: str, agent_id: str, frame: dict[str, Any]) -> None:
-        event = LiveFrame(tenant_id=tenant_id, gateway_id=gateway_id, agent_id=agent_id, frame=frame)
+    async def live(self, tenant_id: str, gateway_id: str, agent_id: str, frame: LiveBody) -> None:
+        event = LiveFrame(tenant_id=tenant_id, gateway_id=gateway_id, agent_id=agent_id,
+                          frame=frame.model_dump(mode="json"))
         await self._send(topics.DELIVERY_SIGNALS, topics.gateway_key(gateway_id), event)
 
 

@@ -11,7 +11,7 @@ from collections import defaultdict
 from aiokafka import AIOKafkaProducer
 from im_contracts import topics
 from im_contracts.codec import event_headers
-from im_contracts.frames import CloseCode
+from im_contracts.frames import AuthRevoked, CloseCode
 from im_contracts.events import (
     ConnectionActive,
     ConnectionClosed,
@@ -33,6 +33,8 @@ from ..store import QueueStore
 from .connection import StreamConnection
 
 logger = logging.getLogger("im_delivery.hub")
+
+AUTH_REVOKED = AuthRevoked.model_fields["type"].default
 
 OPEN = Gauge("im_delivery_connections_open", "WebSocket connections open on this gateway")
 REVOKED_BY_CHECK = Counter("im_delivery_revocations_by_check_total",
@@ -96,7 +98,7 @@ class Hub:
                 if event.cursor > conn.last_sent:
                     conn.signal(event.cursor)
             elif isinstance(event, LiveFrame):
-                if event.frame.get("type") == "auth.revoked":
+                if event.frame.get("type") == AUTH_REVOKED:
                     conn.close_soon(CloseCode.AUTH, "agent deactivated")
                 else:
                     conn.push_live(event.frame)

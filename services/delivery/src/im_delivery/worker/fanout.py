@@ -21,7 +21,16 @@ from im_contracts.events import (
     ParticipantsChanged,
     ReadMarkerMoved,
     Typing,
-    to_rfc3339,
+)
+from im_contracts.frames import (
+    AuthRevoked,
+    Conversation,
+    ConversationUpdatedBody,
+    LiveBody,
+    MessageCreatedBody,
+    PresenceChanged,
+    ReadUpdatedBody,
+    TypingStarted,
 )
 from im_runtime.kafka import TransientError, is_transient
 from im_runtime.logs import log
@@ -33,7 +42,7 @@ from .projections import Projections
 
 logger = logging.getLogger("im_delivery.fanout")
 
-AUTH_REVOKED = {"type": "auth.revoked"}
+AUTH_REVOKED = AuthRevoked()
 
 
 def dedupe_key(kind: str, *parts: object) -> str:
@@ -42,10 +51,11 @@ def dedupe_key(kind: str, *parts: object) -> str:
     return ":".join([kind, *(str(p).replace("%", "%25").replace(":", "%3A") for p in parts)])
 
 
-def conversation_frame(conv: dict[str, Any], snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
+def conversation_frame(conv: dict[str, Any], snapshot: dict[str, Any] | None = None) -> ConversationUpdatedBody:
     """`conversation.updated`: the event's snapshot with the projection's last message; without a
     snapshot (a message's update) the participants are null — unchanged — so that a message costs
-    each recipient a frame of the same size whatever the thread's size."""
+    each recipient a frame of the same size whatever the thread's size. Validated once, shared by
+    every recipient (`for_reader` copies it with each one's read state)."""
     base = dict(snapshot) if snapshot else {
         "id": conv["conversation_id"], "participants": None, "related": conv["related"],
         "created_by": conv["created_by"], "created_at": conv["created_at"],
@@ -54,16 +64,17 @@ def conversation_frame(conv: dict[str, Any], snapshot: dict[str, Any] | None = N
     if conv.get("last_seq", 0) >= base.get("last_seq", 0) and conv.get("last_message") is not None:
         base.update(last_seq=conv["last_seq"], last_message=conv["last_message"],
                     last_message_at=conv["last_message_at"])
-    return {"type": "conversation.updated", "conversation": base}
+    return ConversationUpdatedBody(conversation=Conversation.model_validate(base))
 
 
-def for_reader(frame: dict[str, Any], markers: dict[str, int], agent_id: str) -> dict[str, Any]:
+def for_reader(frame: ConversationUpdatedBody, markers: dict[str, int], agent_id: str) -> ConversationUpdatedBody:
     """The `conversation.updated` one recipient gets: its own `last_read_seq` and `unread_count`
     (API.md: unread_count = last_seq - last_read_seq; a sender has read its own message)."""
-    conversation = frame["conversation"]
-    last_read = min(int(markers.get(field_name(agent_id), 0)), int(conversation.get("last_seq") or 0))
-    unread = max(0, int(conversation.get("last_seq") or 0) - last_read)
-    return {**frame, "conversation": {**conversation, "last_read_seq": last_read, "unread_count": unread}}
+    conversation = frame.conversation
+    last_read = min(int(markers.get(field_name(agent_id), 0)), conversation.last_seq)
+    unread = max(0, conversation.last_seq - last_read)
+    return frame.model_copy(update={"conversation": conversation.model_copy(
+        update={"last_read_seq": last_read, "unread_count": unread})})
 
 
 def scope_of(event: Event) -> tuple[str, ...]:
@@ -161,7 +172,7 @@ class FanOut:
                 await self.on_message(event)
             case ConversationStarted() | ParticipantsChanged():
                 conv = await self.projections.save_snapshot(event.tenant_id, event.conversation)
-                frame = conversation_frame(conv, event.conversation.model_dump(mode="json"))
+                frame = conversation_frame(conv, event.conversation.model_dump())
                 key = dedupe_key("conv", event.conversation.id, event.event_id)
                 markers = conv.get("read_markers") or {}
                 for agent in dict.fromkeys(event.recipients):
@@ -169,8 +180,8 @@ class FanOut:
             case ReadMarkerMoved():
                 await self.projections.read_marker_moved(event.tenant_id, event.conversation_id,
                                                          event.agent_id, event.seq)
-                frame = {"type": "read.updated", "conversation_id": event.conversation_id,
-                         "agent_id": event.agent_id, "seq": event.seq}
+                frame = ReadUpdatedBody(conversation_id=event.conversation_id, agent_id=event.agent_id,
+                                        seq=event.seq)
                 key = dedupe_key("read", event.conversation_id, event.agent_id, event.seq)
                 for agent in dict.fromkeys(event.recipients):
                     await self.bus.append(event.tenant_id, agent, key, frame)
@@ -179,8 +190,8 @@ class FanOut:
                 if not event.active:
                     await self.live(event.tenant_id, [event.agent_id], AUTH_REVOKED)
             case AgentPresence():
-                frame = {"type": "presence.changed", "agent_id": event.agent_id, "status": event.status,
-                         "last_seen_at": None if event.last_seen_at is None else to_rfc3339(event.last_seen_at)}
+                frame = PresenceChanged(agent_id=event.agent_id, status=event.status,
+                                        last_seen_at=event.last_seen_at)
                 others = await self.projections.co_participants(event.tenant_id, event.agent_id,
                                                                 self.presence_threads, self.presence_partners)
                 await self.live(event.tenant_id, sorted(others), frame)
@@ -189,10 +200,10 @@ class FanOut:
                 if conv is None or event.agent_id not in conv.get("participant_ids", []):
                     return  # typing in a thread one is not part of goes nowhere
                 others = [a for a in conv["participant_ids"] if a != event.agent_id]
-                frame = {"type": "typing", "conversation_id": event.conversation_id, "agent_id": event.agent_id}
+                frame = TypingStarted(conversation_id=event.conversation_id, agent_id=event.agent_id)
                 await self.live(event.tenant_id, others, frame)
 
-    async def live(self, tenant_id: str, agent_ids: list[str], frame: dict[str, Any]) -> None:
+    async def live(self, tenant_id: str, agent_ids: list[str], frame: LiveBody) -> None:
         """Live-only frames go straight to the gateways that hold the agent (never queued)."""
         if not agent_ids:
             return
@@ -230,10 +241,10 @@ class FanOut:
     async def deliver(self, event: MessagePosted, conv: dict[str, Any], save: bool = True) -> dict[str, Any]:
         """Fans one message out; returns the projection as it is after it (what `save` writes)."""
         m = event.message
-        message = m.model_dump(mode="json")
         if m.seq >= conv.get("last_seq", 0):
+            message = m.model_dump(mode="json")
             conv = {**conv, "last_seq": m.seq, "last_message": message, "last_message_at": message["created_at"]}
-        created = {"type": "message.created", "message": message}
+        created = MessageCreatedBody(message=m)
         updated = conversation_frame(conv)
         # Sending a message moves the sender's read marker to it (API.md).
         markers = dict(conv.get("read_markers") or {})
