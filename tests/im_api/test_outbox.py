@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import math
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
@@ -22,6 +25,35 @@ from support.wait import eventually
 
 pytestmark = pytest.mark.integration
 T = "acme"
+
+
+@dataclass
+class Burst:
+    """One publish round of one shard, from the relay's DEBUG log lines; `started` and `ended` are
+    the positions of its two lines among everything logged (ended is inf while it runs)."""
+
+    shard: int
+    owner: str
+    token: int
+    started: float
+    ended: float = math.inf
+
+
+def bursts(records: list[logging.LogRecord], owner: str | None = None) -> list[Burst]:
+    """Every relay's bursts (or one owner's), in the order they started."""
+    out: list[Burst] = []
+    running_now: dict[tuple[str, int], Burst] = {}
+    for i, record in enumerate(records):
+        if record.name != "im_api.relay":
+            continue
+        fields = record.fields
+        if record.getMessage() == "outbox burst started":
+            burst = Burst(fields["shard"], fields["owner"], fields["token"], i)
+            running_now[(burst.owner, burst.shard)] = burst
+            out.append(burst)
+        elif record.getMessage() == "outbox burst ended":
+            running_now.pop((fields["owner"], fields["shard"])).ended = i
+    return [b for b in out if owner is None or b.owner == owner]
 
 
 async def on_private_kafka(private_kafka, api_settings):
@@ -61,7 +93,9 @@ async def test_messages_sent_while_kafka_is_down_all_arrive_once_in_seq_order(pr
     assert {e.message.conversation_id for _, e, _ in events} == {c["id"]}
 
 
-async def test_two_relays_never_publish_one_shard_at_once_and_a_takeover_continues_in_order(api_settings, endpoints):
+async def test_two_relays_never_publish_one_shard_at_once_and_a_takeover_continues_in_order(api_settings, endpoints,
+                                                                                          caplog):
+    caplog.set_level(logging.DEBUG, logger="im_api.relay")
     async with running(api_settings) as one, running(api_settings) as two:
         await one.add_agents(T, "alice", "bob", *[f"a{i}" for i in range(12)])
         threads = [(await one.start(T, "alice", f"a{i}"))["id"] for i in range(12)]
@@ -85,25 +119,26 @@ async def test_two_relays_never_publish_one_shard_at_once_and_a_takeover_continu
                          message="the survivor took over the dead relay's shards")
         events = await read_events(endpoints.kafka_bootstrap, MESSAGES, api_settings.topic_prefix, 12 * 6,
                                    timeout=30, settle_s=0.5)
-        bursts = sorted([*relay_one.bursts, *relay_two.bursts], key=lambda b: b.started)
+        published = bursts(caplog.records)
     seqs: dict[str, list[int]] = defaultdict(list)
     for _, e, _ in events:
         if e.message.seq not in seqs[e.message.conversation_id]:
             seqs[e.message.conversation_id].append(e.message.seq)
     assert seqs == {cid: [1, 2, 3, 4, 5, 6] for cid in threads}
     by_shard = defaultdict(list)
-    for b in bursts:
+    for b in published:
         by_shard[b.shard].append(b)
     for shard, items in by_shard.items():
         for earlier, later in zip(items, items[1:]):
             if earlier.owner != later.owner:
                 assert earlier.ended <= later.started, f"shard {shard} published by two relays at once"
                 assert later.token > earlier.token, "a takeover always carries a newer fencing token"
-    assert any(b.owner == relay_two.owner and b.shard in held_by_one for b in bursts)
+    assert any(b.owner == relay_two.owner and b.shard in held_by_one for b in published)
 
 
 async def test_a_relay_keeps_its_leases_while_a_publish_burst_hangs_on_a_dead_broker(private_kafka, api_settings,
-                                                                                    mongo):
+                                                                                    mongo, caplog):
+    caplog.set_level(logging.DEBUG, logger="im_api.relay")
     # A lease TTL of 3 s renewed every 0.3 s, and one burst that may hang for 8 s: the leases must
     # be renewed beside the burst, or a second relay could take the shards mid-send. (With the
     # fast settings' 1.5 s TTL a lease round slowed past 1.2 s by a busy database lapsed a lease
@@ -119,7 +154,8 @@ async def test_a_relay_keeps_its_leases_while_a_publish_burst_hangs_on_a_dead_br
         await eventually(lambda: len(relay.held) == settings.outbox_shards, timeout=15)
         await asyncio.to_thread(private_kafka.stop)
         assert (await api.send(T, "alice", c["id"], "while down", "down-1")).status_code == 201
-        await eventually(lambda: relay.bursts and relay.bursts[-1].ended == 0.0, timeout=10,
+        await eventually(lambda: (mine := bursts(caplog.records, relay.owner)) and mine[-1].ended == math.inf,
+                         timeout=10,
                          message="a burst is under way against the dead broker")
         loop = asyncio.get_running_loop()
         watch_until = loop.time() + 2 * settings.outbox_lease_ttl_s

@@ -4,7 +4,6 @@ fenced leases, in (conversation, order) order; a record Kafka can never take is 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import math
@@ -55,7 +54,9 @@ RELAY_CONSUMER = "im-api-outbox-relay"
 async def _abort(producer: AIOKafkaProducer) -> None:
     """Kill a producer whose stop() could not flush: otherwise its sender keeps retrying the old
     batches and lands them when the broker returns, beside the next producer's resend of the same
-    records. aiokafka has no public "close without flush", so this reaches into it (pinned version)."""
+    records (test_outbox's Kafka-outage test then sees a message twice). aiokafka has no public
+    "close without flush" — its stop() waits for the broker forever (aio-libs/aiokafka#1101,
+    #1013) — so this reaches into it (the version is pinned)."""
     with contextlib.suppress(Exception):
         producer._message_accumulator.fail_all(KafkaConnectionError("producer discarded"))
         sender = producer._sender
@@ -75,18 +76,6 @@ def _aware(at: datetime) -> datetime:
 
 class LeaseLost(Exception):
     pass
-
-
-@dataclass
-class Burst:
-    """One publish round of one shard: tests check no two owners overlap on a shard."""
-
-    shard: int
-    owner: str
-    token: int
-    started: float
-    ended: float = 0.0
-    count: int = 0
 
 
 @dataclass
@@ -135,7 +124,6 @@ class Relay:
     owner: str
     held: dict[int, int] = field(default_factory=dict)  # shard -> fencing token
     valid_until: dict[int, float] = field(default_factory=dict)  # shard -> monotonic deadline
-    bursts: collections.deque = field(default_factory=lambda: collections.deque(maxlen=10_000))
     kafka_ok: bool = False
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
@@ -305,14 +293,16 @@ class Relay:
             pending = await self.store.pending(shard, self.settings.outbox_batch)
             if not pending:
                 continue
-            burst = Burst(shard, self.owner, token, time.monotonic(), count=len(pending))
-            self.bursts.append(burst)
+            # Which relay published which shard under which fencing token, and when: what to read
+            # when two relays are suspected of publishing one shard at once.
+            log(logger, logging.DEBUG, "outbox burst started", shard=shard, owner=self.owner, token=token,
+                records=len(pending))
             try:
                 refused, failed = await self._send(producer, pending)
                 for r, exc in refused:
                     await self._set_aside(producer, r, exc)
             finally:
-                burst.ended = time.monotonic()
+                log(logger, logging.DEBUG, "outbox burst ended", shard=shard, owner=self.owner, token=token)
             set_aside = {r["_id"]: _reason(exc) for r, exc in refused}
             if failed:
                 # Typically the records behind a broker's refusal on its partition: an idempotent
