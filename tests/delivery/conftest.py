@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import websockets
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from im_contracts import topics
 from im_contracts.codec import event_headers
 from im_contracts.events import (
@@ -129,53 +129,6 @@ async def stack(request, mongo, services, service_env, kafka_topics, outbox) -> 
     if report is not None and report.failed:  # the services' last log lines explain a failure
         for proc in services.started:
             print(f"--- {proc.name} (last lines)\n{proc.tail(40)}")
-
-
-async def read_topic(bootstrap: str, topic: topics.Topic, prefix: str, until, timeout: float = 20.0) -> list:
-    """Decoded events of `topic` from the beginning, until `until(events)` holds."""
-    from im_contracts.codec import decode_record
-
-    consumer = AIOKafkaConsumer(topic.name(prefix), bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    events: list = []
-    try:
-        deadline = time.monotonic() + timeout
-        while not until(events):
-            assert time.monotonic() < deadline, f"{topic.base_name}: condition not met; got {events!r}"[:2000]
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                events.extend(decode_record(topic, r.value) for r in records)
-    finally:
-        await consumer.stop()
-    return events
-
-
-async def read_all(bootstrap: str, topic: topics.Topic, prefix: str) -> list:
-    """Every event of `topic` up to its end as it stands now."""
-    from im_contracts.codec import decode_record
-
-    return [decode_record(topic, r.value) for r in await read_all_records(bootstrap, topic.name(prefix))]
-
-
-async def read_all_records(bootstrap: str, name: str) -> list:
-    """Every record of topic `name` up to its end as it stands now."""
-    from aiokafka import TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - topic metadata for assign()
-        parts = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        records: list = []
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                records.extend(batch)
-        return records
-    finally:
-        await consumer.stop()
 
 
 class Outbox:

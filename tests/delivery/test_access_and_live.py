@@ -9,7 +9,8 @@ import pytest
 from im_contracts import topics
 from im_contracts.events import AgentPresence, QueueAppend
 
-from conftest import TENANT, StreamClient, read_all
+from conftest import TENANT, StreamClient
+from support.topics import read_events
 from support.wait import eventually
 
 pytestmark = pytest.mark.e2e
@@ -258,7 +259,7 @@ async def test_bad_records_are_dead_lettered_once_even_when_re_read_and_never_st
     assert sorted(ana.messages()) == sorted([(orphan, 1), (cid, 1), (cid, 2)])
 
     # Every dead letter is written before the record after it is handled: the topic is complete now.
-    letters = await read_all(kafka_bootstrap, topics.DEAD_LETTERS, kafka_topics)
+    letters = await read_events(topics.DEAD_LETTERS, kafka_topics, bootstrap=kafka_bootstrap, to_end=True)
     got = sorted((d.original_topic.removeprefix(kafka_topics), d.reason, d.consumer) for d in letters)
     fanout, queue = f"{kafka_topics}fanout", f"{kafka_topics}queue"  # the test's own groups (conftest)
     assert got == sorted([

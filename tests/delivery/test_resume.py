@@ -9,7 +9,8 @@ import time
 import pytest
 from im_contracts import topics
 
-from conftest import TENANT, StreamClient, assert_exactly_once_in_order, read_topic
+from conftest import TENANT, StreamClient, assert_exactly_once_in_order
+from support.topics import read_events
 from support.wait import eventually
 
 pytestmark = pytest.mark.e2e
@@ -188,11 +189,11 @@ async def test_sigterm_closes_sockets_1012_reports_them_closed_and_exits_0_in_ti
     assert await client.closed_with() == 1012
     assert code == 0 and stopped_in < 5, f"gateway exit {code} after {stopped_in:.1f}s"
     kinds = lambda evs: [e.type for e in evs if getattr(e, "agent_id", None) == "ana"]  # noqa: E731
-    events = await read_topic(kafka_bootstrap, topics.CONNECTIONS, kafka_topics,
-                              lambda evs: "ConnectionClosed" in kinds(evs))
+    events = await read_events(topics.CONNECTIONS, kafka_topics, bootstrap=kafka_bootstrap, timeout=20,
+                               until=lambda evs: "ConnectionClosed" in kinds(evs))
     assert kinds(events) == ["ConnectionOpened", "ConnectionIdle", "ConnectionActive", "ConnectionClosed"]
     assert {e.device_id for e in events} == {"laptop"} and {e.gateway_id for e in events} == {gw.gateway_id}
-    beats = await read_topic(kafka_bootstrap, topics.GATEWAYS, kafka_topics, lambda evs: len(evs) >= 1)
+    beats = await read_events(topics.GATEWAYS, kafka_topics, bootstrap=kafka_bootstrap, count=1, timeout=20)
     assert beats[0].gateway_id == gw.gateway_id and beats[0].tenant_id == "_system"
     logged = gw.proc.log_path.read_text(errors="replace")
     messages = [json.loads(line)["msg"] for line in logged.splitlines() if line.startswith("{")]

@@ -16,7 +16,8 @@ import pytest
 import websockets
 from im_contracts import topics
 
-from conftest import FAST, StreamClient, assert_exactly_once_in_order, read_all_records
+from conftest import FAST, StreamClient, assert_exactly_once_in_order
+from support.topics import read_topic
 from support.stack import start_stack
 from support.wait import eventually
 
@@ -100,8 +101,8 @@ async def test_300_messages_sent_over_http_by_concurrent_senders_reach_every_rec
 
     # The trace id each MessagePosted record carries (im-api's X-Request-Id) reaches the gateway's
     # frame-send log line.
-    records = await read_all_records(env["IM_KAFKA_BOOTSTRAP"], topics.MESSAGES.name(prefix))
-    carried = {dict(r.headers).get("trace-id", b"").decode() for r in records}
+    reads = await read_topic(topics.MESSAGES, prefix, bootstrap=env["IM_KAFKA_BOOTSTRAP"], to_end=True)
+    carried = {r.headers.get("trace-id", b"").decode() for r in reads}
     assert carried and carried <= set(request_ids) | {""}, "records carry trace ids that are no request ids"
     carried.discard("")
     gateway_log = stack.procs["gateway0"].log_path

@@ -7,11 +7,10 @@ import asyncio
 
 import pytest
 import websockets
-from aiokafka import AIOKafkaConsumer
-from im_contracts.codec import decode_record
 from im_contracts.events import MessagePosted
 from im_contracts.topics import MESSAGES
 from imctl.topics import create_topics
+from support.topics import read_topic
 from support.wait import eventually
 
 from support.stack import Stack, frames, start_stack
@@ -59,14 +58,9 @@ async def walk(stack: Stack, tenant: str = "acme") -> None:
 
     # And the message went over Kafka as the contract's MessagePosted, with its recipients.
     env = stack.env
-    consumer = AIOKafkaConsumer(MESSAGES.name(env["IM_TOPIC_PREFIX"]), bootstrap_servers=env["IM_KAFKA_BOOTSTRAP"],
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        record = await asyncio.wait_for(consumer.getone(), 20)
-    finally:
-        await consumer.stop()
-    event = decode_record(MESSAGES, record.value)
+    (read,) = await read_topic(MESSAGES, env["IM_TOPIC_PREFIX"], bootstrap=env["IM_KAFKA_BOOTSTRAP"], count=1,
+                               timeout=20)
+    record, event = read.record, read.event
     assert isinstance(event, MessagePosted)
     assert event.message.id == sent["id"] and sorted(event.recipients) == ["alice", "bob"]
     assert record.key == conv["id"].encode()

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer
 from im_api.app import create_app
 from im_api.settings import ApiSettings
 from imctl.tokens import mint
-from im_contracts.codec import decode_record
+from im_contracts.events import Event
 from im_contracts.topics import Topic
 
-from support.wait import eventually
+from support.topics import read_topic
 
 
 def fast_settings(**overrides: Any) -> ApiSettings:
@@ -77,30 +75,8 @@ async def running(settings: ApiSettings, **mongo_options: Any) -> AsyncIterator[
 
 
 async def read_events(bootstrap: str, topic: Topic, prefix: str, count: int, timeout: float = 30.0,
-                      settle_s: float = 0.0) -> list:
-    """Every event on `topic` from the beginning, once at least `count` arrived (then `settle_s`
-    more, to catch duplicates), in partition order."""
-    name = topic.name(prefix)
-    # No group: subscribing assigns every partition of the topic to this consumer.
-    consumer = AIOKafkaConsumer(name, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        tps = await eventually(lambda: consumer.assignment(), timeout=10)
-        await consumer.seek_to_beginning(*tps)
-        events: list = []
-        deadline = time.monotonic() + timeout
-        settle_until = None
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                events += [(r.key, decode_record(topic, r.value), dict(r.headers)) for r in records]
-            if len(events) >= count and settle_until is None:
-                settle_until = time.monotonic() + settle_s
-            if settle_until is not None and time.monotonic() >= settle_until:
-                break
-        assert len(events) >= count, f"{len(events)} of {count} events on {name}"
-        return events
-    finally:
-        await consumer.stop()
-
+                      settle_s: float = 0.0) -> list[tuple[bytes, Event, dict[str, bytes]]]:
+    """(key, event, headers) of every record on `topic` from the beginning, once at least `count`
+    arrived (then `settle_s` more, to catch duplicates), in partition order."""
+    reads = await read_topic(topic, prefix, bootstrap=bootstrap, count=count, timeout=timeout, settle_s=settle_s)
+    return [(r.record.key, r.event, r.headers) for r in reads]

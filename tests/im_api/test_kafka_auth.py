@@ -9,7 +9,6 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer
 from im_api_helpers import running
-from im_contracts.codec import decode_record
 from im_contracts.topics import CONNECTIONS as CONNECTIONS_TOPIC
 from im_contracts.topics import MESSAGES
 from im_runtime.kafka import client_options
@@ -18,6 +17,7 @@ from imctl.topics import create_topics
 from pydantic import SecretStr
 from pymongo import AsyncMongoClient
 from servers import unique_name
+from support.topics import read_events
 from support.wait import eventually
 from support.watchdog import on_abort
 
@@ -95,22 +95,7 @@ async def serves_a_message(settings, body: str) -> None:
 
 async def messages_on(settings) -> list:
     """What im.messages holds, read with the service's own client options (credentials too)."""
-    consumer = AIOKafkaConsumer(MESSAGES.name(settings.topic_prefix), **client_options(settings), group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        await eventually(lambda: consumer.assignment(), timeout=10)
-        events = []
-
-        async def one() -> bool:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                events.extend(decode_record(MESSAGES, r.value) for r in records)
-            return bool(events)
-
-        await eventually(one, timeout=30, message="no message on the SASL broker")
-        return events
-    finally:
-        await consumer.stop()
+    return await read_events(MESSAGES, settings.topic_prefix, options=client_options(settings), count=1, timeout=30)
 
 
 ACL_USERS = {"admin": "admin-secret-0123456789", "helpdesk-im-im-api": "api-secret-0123456789",

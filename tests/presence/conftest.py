@@ -11,13 +11,13 @@ from im_contracts.topics import DEAD_LETTERS, PRESENCE
 from im_presence.app import PresenceProcess
 from im_presence.settings import PresenceSettings
 from imctl.servers import free_port
+from support.topics import TopicTail
 from presence_kit import (
     GATEWAY_TIMEOUT_S,
     GRACE_S,
     SWEEP_INTERVAL_S,
     GatewayDouble,
     PresenceReader,
-    TopicReader,
     short_timings,
     start_in_process,
 )
@@ -62,8 +62,8 @@ async def presence_out(kafka_bootstrap, kafka_topics) -> AsyncIterator[PresenceR
 
 
 @pytest.fixture
-async def dead_letters(kafka_bootstrap, kafka_topics) -> AsyncIterator[TopicReader]:
-    reader = await TopicReader(kafka_bootstrap, kafka_topics, DEAD_LETTERS).start()
+async def dead_letters(kafka_bootstrap, kafka_topics) -> AsyncIterator[TopicTail]:
+    reader = await TopicTail(kafka_bootstrap, kafka_topics, DEAD_LETTERS).start()
     try:
         yield reader
     finally:

@@ -7,8 +7,8 @@ import contextlib
 import uuid
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from im_contracts.codec import decode_record, event_headers
+from aiokafka import AIOKafkaProducer
+from im_contracts.codec import event_headers
 from im_contracts.events import (
     AgentPresence,
     ConnectionActive,
@@ -18,9 +18,10 @@ from im_contracts.events import (
     Event,
     GatewayHeartbeat,
 )
-from im_contracts.topics import CONNECTIONS, GATEWAYS, Topic, agent_key
+from im_contracts.topics import CONNECTIONS, GATEWAYS, agent_key
 from im_presence.app import PresenceProcess
 from im_presence.settings import PresenceSettings
+from support.topics import TopicTail
 from support.wait import eventually
 
 # Short enough for a fast suite, long enough that a reload (close + reopen) fits well inside.
@@ -41,35 +42,7 @@ def short_timings() -> dict[str, str]:
     }
 
 
-class TopicReader:
-    """A real consumer (no group) reading a topic from its start, decoding with the contract."""
-
-    def __init__(self, bootstrap: str, prefix: str, topic: Topic) -> None:
-        self.topic = topic
-        self.consumer = AIOKafkaConsumer(
-            topic.name(prefix), bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-        )
-        self.events: list[Event] = []
-        self._task: asyncio.Task | None = None
-
-    async def start(self) -> TopicReader:
-        await self.consumer.start()
-        self._task = asyncio.create_task(self._read())
-        return self
-
-    async def _read(self) -> None:
-        async for record in self.consumer:
-            self.events.append(decode_record(self.topic, record.value))
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.consumer.stop()
-
-
-class PresenceReader(TopicReader):
+class PresenceReader(TopicTail):
     """Every AgentPresence published, per agent, in order."""
 
     def history(self, tenant_id: str, agent_id: str) -> list[AgentPresence]:

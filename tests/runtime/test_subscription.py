@@ -4,18 +4,16 @@ Bad records go to im.dead-letters.v1 with their reason and the consumer moves on
 failure pauses only its partition, retries with backoff, and loses nothing.
 """
 
-import asyncio
 import base64
 import json
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from faststream.kafka import KafkaBroker
-from im_contracts.codec import decode_record
 from im_contracts.events import Typing
 from im_contracts.topics import DEAD_LETTERS, TYPING, conversation_key
 from im_runtime.kafka import DeadLetters, Subscription, TransientError, make_producer
 from im_runtime.settings import CommonSettings
+from support.topics import read_events
 from support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -33,23 +31,6 @@ def settings(service_env):
         retry_initial_s=0.05,
         retry_max_s=0.2,
     )
-
-
-async def _dead_letters(settings, count):
-    consumer = AIOKafkaConsumer(
-        DEAD_LETTERS.name(settings.topic_prefix), bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest", group_id=None,
-    )
-    await consumer.start()
-    out = []
-    try:
-        while len(out) < count:
-            batch = await asyncio.wait_for(consumer.getmany(timeout_ms=200), 20)
-            for records in batch.values():
-                out += [decode_record(DEAD_LETTERS, r.value) for r in records]
-    finally:
-        await consumer.stop()
-    return out
 
 
 async def test_bad_records_are_dead_lettered_and_transient_failures_retry_without_loss(
@@ -88,7 +69,8 @@ async def test_bad_records_are_dead_lettered_and_transient_failures_retry_withou
         await eventually(lambda: len(seen) >= 4, timeout=30, message=lambda: f"seen {seen}")
         assert seen == ["a1", "flaky", "a2", "a3"], "in order, the flaky one retried, nothing lost"
         assert failures["left"] == 0
-        letters = await _dead_letters(settings, 3)
+        letters = await read_events(DEAD_LETTERS, settings.topic_prefix, bootstrap=settings.kafka_bootstrap,
+                                    count=3, timeout=20)
         assert [d.reason for d in letters] == ["malformed_json", "unsupported_schema_version", "processing_failed"]
         assert base64.b64decode(letters[0].original_value_b64) == b"{not json"
         assert letters[0].original_topic == topic and letters[0].consumer == "test-consumer"
