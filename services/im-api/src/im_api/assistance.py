@@ -16,7 +16,7 @@ from pymongo.errors import DuplicateKeyError
 
 from .errors import ApiError
 from .outbox import Transaction
-from .service import Conversations
+from .service import Conversations, FirstMessage
 from .store import Store, now
 
 logger = logging.getLogger("im_api.assistance")
@@ -83,8 +83,8 @@ class Assistance:
         client_msg_id = client_msg_id_for(request_id)
         try:
             view, created = await self.conversations.start(
-                tenant_id, request.requested_by, request.agent_ids, request.related.model_dump(),
-                {"body": request.message, "client_msg_id": client_msg_id}, also=remember)
+                tenant_id, request.requested_by, request.agent_ids, request.related,
+                FirstMessage(request.message, client_msg_id), also=remember)
         except ApiError as exc:  # the HTTP rules refused it: the same refusal, as a dead letter
             reason = {"unknown_agents": "unknown_agent", "too_many_participants": "too_many_participants",
                       "record_too_large": "record_too_large"}.get(exc.code, "invalid_event")

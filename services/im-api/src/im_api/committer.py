@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from im_contracts.events import MessagePosted
-from im_contracts.models import Message
 from im_contracts.topics import MESSAGES, conversation_key
 from im_runtime.lanes import TenantLanes
 from im_runtime.logs import log, trace_id
@@ -29,6 +28,7 @@ from .errors import ApiError, Conflict, NotFound, RecordTooLarge
 from .metrics import COMMIT_BATCH, COMMIT_SECONDS, MESSAGES_ACCEPTED
 from .outbox import Transaction, UnitOfWork
 from .store import Store, message_doc, now
+from .views import message_model
 
 logger = logging.getLogger("im_api.committer")
 
@@ -57,12 +57,6 @@ class Send:
         if self.client_msg_id is None:
             return None
         return (self.tenant_id, self.conversation_id, self.sender_id, self.client_msg_id)
-
-
-def message_model(doc: dict) -> Message:
-    return Message(id=doc["_id"], conversation_id=doc["conversation_id"], seq=doc["seq"],
-                   sender_id=doc["sender_id"], body=doc["body"], kind=doc["kind"],
-                   client_msg_id=doc.get("client_msg_id"), created_at=doc["created_at"])
 
 
 def _replay(send: Send, original: dict) -> tuple[dict, bool] | ApiError:

@@ -14,15 +14,15 @@ from typing import Any, TypeVar
 from im_contracts.events import ConversationStarted, MessagePosted, ParticipantsChanged, ReadMarkerMoved
 from im_contracts.models import BODY_MAX_CHARS, ConversationSnapshot, Participant, Related
 from im_contracts.topics import CONVERSATIONS, MESSAGES, conversation_key
-from im_runtime.mongo import field_name
 from pymongo.errors import DuplicateKeyError
 
 from . import cursors
-from .committer import Committer, StaleConversation, message_model
+from .committer import Committer, StaleConversation
 from .errors import NotFound, RecordTooLarge, Unprocessable
 from .outbox import Transaction, UnitOfWork, event_fits
 from .settings import ApiSettings
 from .store import Store, list_key, message_doc, now, related_key
+from .views import conversation_view, last_read, message_model, message_view, read_state
 
 T = TypeVar("T")
 # Extra writes in a new message's own transaction: (transaction, stored message).
@@ -30,8 +30,12 @@ PostHook = Callable[[Transaction, dict], Awaitable[None]]
 RACE_ATTEMPTS = 8  # re-runs of a membership/read change that lost a race with a send
 
 
-def message_view(doc: dict) -> dict[str, Any]:
-    return message_model(doc).model_dump()
+@dataclass(frozen=True)
+class FirstMessage:
+    """The message a start posts in the new thread."""
+
+    body: str
+    client_msg_id: str | None
 
 
 def clean_body(body: str, field: str = "body") -> str:
@@ -54,22 +58,7 @@ class Conversations:
     async def views(self, tenant_id: str, me: str, docs: list[dict]) -> list[dict[str, Any]]:
         """The API shape of each thread, participants' names joined in one query."""
         names = await self.store.display_names(tenant_id, {p for d in docs for p in d["participants"]})
-        out = []
-        for d in docs:
-            read = d.get("read", {}).get(field_name(me), 0)
-            out.append({
-                "id": d["_id"],
-                "participants": [{"id": p, "display_name": names.get(p, p)} for p in d["participants"]],
-                "related": d.get("related"),
-                "created_by": d["created_by"],
-                "created_at": d["created_at"],
-                "last_seq": d["last_seq"],
-                "last_message": message_view(d["last_message"]) if d.get("last_message") else None,
-                "last_message_at": d["last_message_at"],
-                "last_read_seq": read,
-                "unread_count": max(0, d["last_seq"] - read),
-            })
-        return out
+        return [conversation_view(d, me, names) for d in docs]
 
     async def view(self, tenant_id: str, me: str, conversation_id: str, admin: bool = False) -> dict[str, Any]:
         doc = await self._visible(tenant_id, me, conversation_id, admin)
@@ -94,8 +83,8 @@ class Conversations:
 
     # --- start ----------------------------------------------------------------------------
 
-    async def start(self, tenant_id: str, me: str, participant_ids: list[str], related: dict | None,
-                    first_message: dict | None, also: PostHook | None = None) -> tuple[dict[str, Any], bool]:
+    async def start(self, tenant_id: str, me: str, participant_ids: list[str], related: Related | None,
+                    first_message: FirstMessage | None, also: PostHook | None = None) -> tuple[dict[str, Any], bool]:
         """(conversation, created?): the thread of this start identity, made once; `also` joins the
         first message's transaction (see Committer.send)."""
         ids = sorted(set(participant_ids) | {me})
@@ -103,12 +92,11 @@ class Conversations:
             raise Unprocessable("a conversation needs at least one agent besides you",
                                 code="self_only_conversation", field="participant_ids")
         self._within_cap(len(ids), "participant_ids")
-        first_body = clean_body(first_message["body"], "first_message.body") if first_message else None
+        first_body = clean_body(first_message.body, "first_message.body") if first_message else None
         await self.require_active(tenant_id, ids, participant_ids, "participant_ids")
         if first_body is not None:
-            self._message_fits(tenant_id, me, ids, first_body, first_message.get("client_msg_id"),
-                               "first_message.body")
-        key = json.dumps([ids, related["type"] if related else None, related["id"] if related else None])
+            self._message_fits(tenant_id, me, ids, first_body, first_message.client_msg_id, "first_message.body")
+        key = json.dumps([ids, related.type if related else None, related.id if related else None])
         doc = await self.store.conversation_by_start_key(tenant_id, key)
         created = False
         if doc is None:
@@ -120,7 +108,7 @@ class Conversations:
         if me not in doc["participants"]:  # a starter who left comes back by starting it again
             await self._change(tenant_id, me, doc["_id"], add=[me], remove=[], require_member=False)
         if first_message:
-            await self.post(tenant_id, me, doc["_id"], first_body, first_message["client_msg_id"], also=also)
+            await self.post(tenant_id, me, doc["_id"], first_body, first_message.client_msg_id, also=also)
         return await self.view(tenant_id, me, doc["_id"]), created
 
     def _message_fits(self, tenant_id: str, me: str, participants: list[str], body: str,
@@ -135,14 +123,14 @@ class Conversations:
             raise RecordTooLarge(f"this message needs a record larger than the {limit}-byte limit of this "
                                  "deployment", field=field)
 
-    async def _create(self, tx: Transaction, tenant_id: str, me: str, ids: list[str], related: dict | None,
+    async def _create(self, tx: Transaction, tenant_id: str, me: str, ids: list[str], related: Related | None,
                       key: str) -> dict:
         t = now()
         doc = {"_id": uuid.uuid4().hex, "tenant_id": tenant_id, "participants": ids, "start_key": key,
-               "related": related, "created_by": me, "created_at": t, "last_seq": 0, "last_message": None,
-               "last_message_at": t, "read": {}, "outbox_seq": 1}
+               "related": related.model_dump() if related else None, "created_by": me, "created_at": t,
+               "last_seq": 0, "last_message": None, "last_message_at": t, "read": {}, "outbox_seq": 1}
         doc["list_key"] = list_key(t, doc["_id"])
-        doc["related_key"] = related_key(related["type"], related["id"]) if related else None
+        doc["related_key"] = related_key(related.type, related.id) if related else None
         await self.store.insert_conversation(doc, session=tx.session)
         event = ConversationStarted(tenant_id=tenant_id, conversation=await self._snapshot(tenant_id, doc, tx.session),
                                     recipients=ids)
@@ -253,7 +241,7 @@ class Conversations:
             conv = await self.store.conversation(tenant_id, conversation_id, session=tx.session)
             if conv is None or me not in conv["participants"]:
                 raise NotFound("no such conversation", field="conversation_id")
-            old = conv.get("read", {}).get(field_name(me), 0)
+            old = last_read(conv, me)
             target = min(seq, conv["last_seq"])  # nobody has read what was not posted yet
             if target > old:
                 order = conv.get("outbox_seq", 0) + 1
@@ -263,8 +251,7 @@ class Conversations:
                     tenant_id=tenant_id, conversation_id=conversation_id, agent_id=me, seq=target,
                     recipients=list(conv["participants"])),
                     key=conversation_key(conversation_id), order_key=conversation_id, order=order)
-            last_read = max(old, target)
-            return {"last_read_seq": last_read, "unread_count": max(0, conv["last_seq"] - last_read)}
+            return read_state(conv["last_seq"], max(old, target))
 
         return await self._retrying(work)
 
@@ -275,7 +262,7 @@ class Conversations:
         `capped` says the count stopped there."""
         cap = self.settings.unread_scan_max
         rows = await self.store.unread_rows(tenant_id, me, cap + 1)
-        counts = [max(0, r["last_seq"] - r.get("read", {}).get(field_name(me), 0)) for r in rows[:cap]]
+        counts = [read_state(r["last_seq"], last_read(r, me))["unread_count"] for r in rows[:cap]]
         return {"total": sum(counts), "conversations": sum(1 for c in counts if c), "capped": len(rows) > cap}
 
     # --- lists ----------------------------------------------------------------------------

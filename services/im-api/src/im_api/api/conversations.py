@@ -7,7 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
+from im_contracts.models import Related
+
 from ..errors import NotFound
+from ..service import FirstMessage
 from .deps import ConversationsDep, CurrentPrincipal, Sender, ServicesDep
 from .schemas import (
     Conversation,
@@ -40,10 +43,11 @@ def known_shape(conversation_id: str) -> str:
                         **errors_doc(400, 401, 409, 413, 422, 429)})
 async def start_conversation(body: ConversationStart, principal: Sender, response: Response,
                              conversations: ConversationsDep) -> dict:
+    first = body.first_message
     view, created = await conversations.start(
         principal.tenant_id, principal.agent_id, body.participant_ids,
-        body.related.model_dump() if body.related else None,
-        body.first_message.model_dump() if body.first_message else None)
+        Related.model_validate(body.related.model_dump()) if body.related else None,
+        FirstMessage(first.body, first.client_msg_id) if first else None)
     response.status_code = 201 if created else 200
     return view
 
