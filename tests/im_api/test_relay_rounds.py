@@ -5,7 +5,7 @@ and at least once per poll interval — not all sixteen on every local commit.""
 from __future__ import annotations
 
 import pytest
-from im_api.relay import Rounds
+from im_api.relay import Rounds, lease_plan
 
 pytestmark = pytest.mark.unit
 
@@ -51,3 +51,18 @@ def test_the_idle_wait_never_runs_past_the_next_full_round():
     assert rounds.wait_s(now=0.95) == pytest.approx(0.05), "not a fresh second after the partial round"
     assert rounds.wait_s(now=1.2) == 0.0
     assert rounds.next(HELD, now=1.2) == list(HELD)
+
+
+def test_a_relay_holds_its_fair_share_gives_up_the_highest_above_it_and_claims_from_its_own_start():
+    alone = lease_plan(16, live_relays=1, held=[], owner="relay-a")
+    assert alone.fair == 16 and alone.release == []
+    assert sorted(alone.claim_order) == list(range(16)), "every shard is tried once"
+    assert alone.claim_order[1] == (alone.claim_order[0] + 1) % 16, "in order from its start"
+
+    three = lease_plan(16, live_relays=3, held=range(10), owner="relay-a")
+    assert three.fair == 6, "ceil(16 / 3): the shares cover every shard"
+    assert three.release == [9, 8, 7, 6], "the highest above the share are given up"
+    assert lease_plan(16, live_relays=0, held=[3], owner="relay-a").fair == 16, "no live row yet: itself"
+
+    starts = {lease_plan(16, 4, [], f"host-{i}").claim_order[0] for i in range(8)}
+    assert len(starts) > 1, "relays starting together do not all race for one shard"

@@ -78,6 +78,25 @@ class LeaseLost(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class LeasePlan:
+    fair: int  # the most shards this relay may hold
+    release: list[int]  # held shards above that, given up
+    claim_order: list[int]  # the order free shards are tried in, until `fair` are held
+
+
+def lease_plan(shards: int, live_relays: int, held: Iterable[int], owner: str) -> LeasePlan:
+    """A relay's fair share of the shards among the live relays. Above it, the highest shards are
+    given up (another relay claims them at its next round); below it, free shards are tried from a
+    start its owner name hashes to, so relays starting together spread out instead of all racing
+    for shard 0."""
+    fair = math.ceil(shards / max(live_relays, 1))
+    held = sorted(held)
+    release = sorted(held, reverse=True)[: max(0, len(held) - fair)]
+    start = zlib.crc32(owner.encode()) % shards
+    return LeasePlan(fair, release, [(start + i) % shards for i in range(shards)])
+
+
 @dataclass
 class Rounds:
     """Which held shards the next relay round reads: those local commits wrote to since the last
@@ -248,20 +267,18 @@ class Relay:
             ttl = timedelta(seconds=s.outbox_lease_ttl_s)
             await self.store.relay_alive(self.owner, t + ttl)
             live = await self.store.live_relays(t)
-            fair = math.ceil(s.outbox_shards / max(live, 1))
             for shard, token in list(self.held.items()):
                 if await self.store.renew_lease(shard, self.owner, token, t + ttl):
                     self.valid_until[shard] = started + s.outbox_lease_ttl_s - s.outbox_lease_renew_s
                 else:
                     self._drop(shard)
-            for shard in sorted(self.held, reverse=True)[: max(0, len(self.held) - fair)]:
+            plan = lease_plan(s.outbox_shards, live, self.held, self.owner)
+            for shard in plan.release:
                 await self.store.release_lease(shard, self.owner, self.held[shard])
                 self._drop(shard)
-            start = zlib.crc32(self.owner.encode()) % s.outbox_shards
-            for i in range(s.outbox_shards):
-                if len(self.held) >= fair:
+            for shard in plan.claim_order:
+                if len(self.held) >= plan.fair:
                     break
-                shard = (start + i) % s.outbox_shards
                 if shard not in self.held:
                     await self._claim(shard, t, ttl, started)
         except PyMongoError as exc:
