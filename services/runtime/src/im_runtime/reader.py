@@ -97,10 +97,11 @@ class TopicReader:
             if self.partitions is not None:
                 chosen = set(self.partitions(len(tps)))
                 tps = [tp for tp in tps if tp.partition in chosen]
-            # Assigned by hand from here on: a later metadata refresh must not re-assign the
-            # partitions (which resets their positions to auto_offset_reset).
-            consumer.unsubscribe()
-            consumer.assign(tps)
+                consumer.unsubscribe()
+                consumer.assign(tps)
+            # Otherwise it stays subscribed, so partitions added later are read too. Each new
+            # assignment (also the first) resets positions to auto_offset_reset, possibly after
+            # the seek below: that reset goes where the seek goes.
             if self.start_at == "beginning":
                 await consumer.seek_to_beginning(*tps)
             else:
