@@ -6,6 +6,7 @@ through their own paths, and a restart is announced."""
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -20,15 +21,27 @@ from support.wait import eventually
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+def settings(kafka_bootstrap, kafka_topics) -> CommonSettings:
+    return CommonSettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=kafka_topics, retry_initial_s=0.05,
+                          retry_max_s=0.2)
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap) -> AsyncIterator[AIOKafkaProducer]:
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
 def presence(agent: str, status: str = "online") -> AgentPresence:
     return AgentPresence(tenant_id="acme", agent_id=agent, status=status, connections=1)
 
 
-async def test_a_table_read_from_the_beginning_catches_up_and_keeps_reading(kafka_bootstrap, kafka_topics):
-    settings = CommonSettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=kafka_topics, retry_initial_s=0.05,
-                              retry_max_s=0.2)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    await producer.start()
+async def test_a_table_read_from_the_beginning_catches_up_and_keeps_reading(settings, producer, kafka_topics):
     name = PRESENCE.name(kafka_topics)
     seen: list[tuple[str | None, bytes]] = []
     refused: list[str] = []
@@ -60,15 +73,11 @@ async def test_a_table_read_from_the_beginning_catches_up_and_keeps_reading(kafk
                          message="a record after the catch-up never arrived")
     finally:
         await process.stop()
-        await producer.stop()
     assert not reader.ready
 
 
-async def test_a_reader_from_the_end_sees_only_later_records_of_its_own_partitions(kafka_bootstrap, kafka_topics):
-    settings = CommonSettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=kafka_topics, retry_initial_s=0.05,
-                              retry_max_s=0.2)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    await producer.start()
+async def test_a_reader_from_the_end_sees_only_later_records_of_its_own_partitions(settings, producer,
+                                                                                   kafka_topics):
     name = PRESENCE.name(kafka_topics)
     seen: list[tuple[int, str]] = []  # (a compacted topic: every record needs a key)
     process = Process("test", settings, logging.getLogger("test.reader"), grace_s=5.0)
@@ -89,4 +98,3 @@ async def test_a_reader_from_the_end_sees_only_later_records_of_its_own_partitio
     finally:
         await process.stop()
         await reader.close()
-        await producer.stop()
