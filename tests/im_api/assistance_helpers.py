@@ -6,7 +6,7 @@ import json
 import uuid
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 from im_contracts.topics import ASSISTANCE_REQUESTS
@@ -61,3 +61,15 @@ async def committed_offsets(bootstrap: str, group: str) -> dict[TopicPartition, 
         return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
     finally:
         await admin.close()
+
+
+async def rewind_group(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
+    """Commits `offsets` for `group` (which must have no member now), as an operator's offset reset
+    would: its next member reads those records again."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))  # by hand: no group join
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()

@@ -77,9 +77,6 @@ class ApiSettings(CommonSettings):
     assistance_group: str = "im-api-assistance"
     # Records per poll: each opens/reuses a thread and posts, so a small batch keeps commits frequent.
     assistance_max_batch: int = 50
-    # TEST ONLY (0 in production): hold the offset commit back this long after each write, so a
-    # test can kill the process between the write and the commit and prove the redelivery is a no-op.
-    assistance_commit_delay_s: float = 0.0
     # The agent console's built assets (clients/console/dist), served under /console/ from this
     # origin with a Content-Security-Policy; empty = not served (e.g. a static service does it).
     console_dir: str = ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 
 from aiokafka import ConsumerRecord
 from im_contracts.codec import RejectedRecord, header
@@ -63,9 +62,6 @@ def assistance_subscription(assistance: Assistance, verifier: TokenVerifier, dea
         assert isinstance(event, AssistanceRequested)  # the topic carries only this event type
         await assistance.handle(event, Source(record.topic, record.partition, record.offset))
         PROCESSED.inc()
-        if settings.assistance_commit_delay_s:
-            # Test-only window between the write and the offset commit (see the setting).
-            await asyncio.sleep(settings.assistance_commit_delay_s)
 
     return Subscription(
         name="im-api-assistance",
