@@ -21,6 +21,7 @@ def main() -> None:
         lifespan="on",
         log_config=None,
         access_log=False,
+        timeout_keep_alive=settings.keep_alive_s,
         # SIGTERM: stop accepting, let in-flight requests finish, then the lifespan flushes the outbox.
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )

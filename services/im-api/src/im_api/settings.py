@@ -12,6 +12,10 @@ class ApiSettings(CommonSettings):
 
     host: str = "127.0.0.1"  # loopback by default: a deployment opts in to wider binding
     port: int = 8000  # the port contract of the launcher and e2e tests
+    # How long an idle HTTP connection stays open. Longer than the clients' and load balancers'
+    # own idle expiry (httpx 5 s, browsers and most balancers up to 60 s): when the server closed
+    # first, a request sent on the connection at that moment failed with a connection reset.
+    keep_alive_s: int = 75
     # 64 KiB: a 10,000-char body in 4-byte UTF-8 plus JSON escaping still fits with room to spare.
     max_request_bytes: int = 64 * 1024
     # Where clients open the WebSocket (the delivery gateway); the ticket is appended.
