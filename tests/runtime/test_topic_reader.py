@@ -1,7 +1,8 @@
 """The one reader of a topic without a consumer group (im_runtime.reader), on the real broker: a
 table read from the beginning says when it has caught up, a reader from the end sees only what
-comes after it started, a partition subset is honoured, a tombstone and a refused record pass
-through their own paths, and a restart is announced."""
+comes after it started, a partition subset is honoured, and a tombstone and a refused record pass
+through their own paths. (A restart and its announcement: the signal reader's test in
+tests/delivery/test_worker_parts.py.)"""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import AIOKafkaProducer
 from im_contracts.codec import RejectedRecord
-from im_contracts.events import AgentPresence, Event
-from im_contracts.topics import PRESENCE, agent_key
+from im_contracts.events import AgentPresence, Event, GatewayHeartbeat
+from im_contracts.topics import GATEWAYS, PRESENCE, agent_key
 from im_runtime.process import Process
 from im_runtime.reader import TopicReader
 from im_runtime.settings import CommonSettings
@@ -95,6 +96,31 @@ async def test_a_reader_from_the_end_sees_only_later_records_of_its_own_partitio
         await producer.send_and_wait(name, presence("marker").to_bytes(), key=b"k", partition=2)
         await eventually(lambda: (2, "marker") in seen, timeout=20, message="the later records never arrived")
         assert seen == [(2, "after-2"), (2, "marker")], "only partition 2 (of 3), and nothing from before"
+    finally:
+        await process.stop()
+        await reader.close()
+
+
+async def test_a_null_record_on_a_topic_that_is_not_compacted_is_refused_not_handed_on(settings, producer,
+                                                                                      kafka_topics):
+    name = GATEWAYS.name(kafka_topics)
+    beats: list[str] = []
+    refused: list[str] = []
+
+    async def on_rejected(record, rejected: RejectedRecord) -> None:
+        refused.append(rejected.reason)
+
+    process = Process("test", settings, logging.getLogger("test.reader"), grace_s=5.0)
+    reader = TopicReader(settings, GATEWAYS, lambda event, record: beats.append(event.gateway_id),
+                         start_at="end", on_rejected=on_rejected, poll_timeout_ms=100)
+    try:
+        await reader.open()
+        process.supervise("reader", reader.run)
+        await producer.send_and_wait(name, None, key=b"gw-1", partition=0)
+        beat = GatewayHeartbeat(gateway_id="gw-1", epoch="e1", connection_count=0)
+        await producer.send_and_wait(name, beat.to_bytes(), key=b"gw-1", partition=0)
+        await eventually(lambda: beats, timeout=20, message="the beat after the null record never arrived")
+        assert refused == ["malformed_json"] and beats == ["gw-1"]
     finally:
         await process.stop()
         await reader.close()

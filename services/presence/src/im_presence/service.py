@@ -129,6 +129,11 @@ class PresenceService:
         if seen == "new":
             self.sweep_now.set()
 
+    def heartbeats_missed(self) -> None:
+        """Beats may have gone unheard (the heartbeat reader restarted at the topic's end): judge
+        no gateway silent until a whole timeout has been listened to again."""
+        self.listening_since = self.clock()
+
     async def _observe_gateway(self, gateway_id: str, epoch: str, now: datetime, heartbeat: bool = False) -> str:
         if not heartbeat and self._epochs.get(gateway_id) == epoch:
             return "current"  # a connection event of a known boot: nothing to record

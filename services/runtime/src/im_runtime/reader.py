@@ -28,10 +28,11 @@ from im_contracts.topics import Topic
 from .kafka import TransientError, client_options
 from .logs import log
 from .settings import CommonSettings
+from .shutdown import raise_if_cancelled
 
 logger = logging.getLogger("im_runtime.reader")
 
-# (the decoded event, or None for a tombstone; the record) → None or an awaitable
+# (the decoded event, or None for a tombstone of a compacted topic; the record) → None or an awaitable
 OnEvent = Callable[[Event | None, ConsumerRecord], Awaitable[None] | None]
 OnRejected = Callable[[ConsumerRecord, RejectedRecord], Awaitable[None]]
 
@@ -129,6 +130,7 @@ class TopicReader:
             assert consumer is not None
             await self._check_caught_up(consumer)
             while True:
+                raise_if_cancelled()  # a handler's MongoDB call may have swallowed the stop
                 batches = await consumer.getmany(timeout_ms=self.poll_timeout_ms, max_records=self.max_records)
                 for records in batches.values():
                     for record in records:
@@ -138,9 +140,9 @@ class TopicReader:
             await self.close()
 
     async def _one(self, record: ConsumerRecord) -> None:
-        if record.value is None:  # a tombstone: the key's row was deleted
+        if record.value is None and self.topic.compacted:  # a tombstone: the key's row was deleted
             event: Event | None = None
-        else:
+        else:  # (a null value elsewhere is refused like any record the contract refuses)
             try:
                 event = decode_record(self.topic, record.value)
             except RejectedRecord as rejected:

@@ -32,4 +32,5 @@ def heartbeat_reader(service: PresenceService, dead_letters: DeadLetters, settin
             log(logger, logging.WARNING, "heartbeat not recorded", gateway_id=heartbeat.gateway_id,
                 error=type(exc).__name__)
 
-    return TopicReader(settings, GATEWAYS, on_heartbeat, start_at="end", on_rejected=dead_letters.publish)
+    return TopicReader(settings, GATEWAYS, on_heartbeat, start_at="end", on_rejected=dead_letters.publish,
+                       on_restart=service.heartbeats_missed)
