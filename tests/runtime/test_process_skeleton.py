@@ -75,3 +75,24 @@ async def test_a_start_that_fails_half_way_stops_what_did_start_and_raises():
         async with p.lifespan(start)(None):
             pytest.fail("never served")
     assert stopped == ["first"]
+
+
+async def test_a_loop_cut_off_by_an_outage_is_a_warning_and_a_bug_is_an_error_with_its_traceback(caplog):
+    p, runs = process(), []
+
+    async def flaky():
+        runs.append(1)
+        if len(runs) == 1:
+            raise ConnectionError("Kafka went away")
+        if len(runs) == 2:
+            raise KeyError("a bug")
+        await asyncio.Event().wait()
+
+    caplog.set_level(logging.WARNING, logger="test.process")
+    p.supervise("flaky", flaky)
+    await eventually(lambda: len(runs) == 3, timeout=10, message="restarted after each failure")
+    await p.stop()
+    lines = [(r.levelno, r.getMessage(), r.exc_info is not None) for r in caplog.records if r.name == "test.process"
+             and "restarting" in r.getMessage()]
+    assert lines == [(logging.WARNING, "background loop interrupted; restarting", False),
+                     (logging.ERROR, "background loop failed; restarting", True)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from .health import Check, Readiness
-from .kafka import make_producer, start_with_retry
+from .kafka import is_transient, make_producer, start_with_retry
 from .mongo import connect, reachable
 from .settings import CommonSettings
 from .shutdown import Shutdown, raise_if_cancelled
@@ -86,16 +87,21 @@ class Process:
             delay = self.settings.retry_initial_s
             while True:
                 raise_if_cancelled()
+                started = time.monotonic()
                 try:
                     await loop()
                     return  # a loop that returns has finished its work
                 except Exception as exc:
                     if not restart:
                         raise
-                    # With the traceback: a loop only gets here through a bug of its own.
-                    self.logger.error("background loop failed; restarting", exc_info=True,
-                                      extra={"fields": {"loop": name, "error": type(exc).__name__,
-                                                        "retry_in_s": round(delay, 3)}})
+                    if time.monotonic() - started >= self.settings.retry_max_s:
+                        delay = self.settings.retry_initial_s  # it ran well since the last failure
+                    fields = {"loop": name, "error": type(exc).__name__, "retry_in_s": round(delay, 3)}
+                    if is_transient(exc):  # Kafka or MongoDB away: not the loop's fault
+                        self.logger.warning("background loop interrupted; restarting", extra={"fields": fields})
+                    else:  # with the traceback: a loop only gets here through a bug of its own
+                        self.logger.error("background loop failed; restarting", exc_info=True,
+                                          extra={"fields": fields})
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.settings.retry_max_s)
 
