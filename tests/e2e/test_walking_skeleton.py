@@ -58,9 +58,9 @@ async def walk(stack: Stack, tenant: str = "acme") -> None:
 
     # And the message went over Kafka as the contract's MessagePosted, with its recipients.
     env = stack.env
-    (read,) = await read_topic(MESSAGES, env["IM_TOPIC_PREFIX"], bootstrap=env["IM_KAFKA_BOOTSTRAP"], count=1,
-                               timeout=20)
-    record, event = read.record, read.event
+    reads = await read_topic(MESSAGES, env["IM_TOPIC_PREFIX"], bootstrap=env["IM_KAFKA_BOOTSTRAP"], count=1,
+                             timeout=20)
+    record, event = reads[0].record, reads[0].event
     assert isinstance(event, MessagePosted)
     assert event.message.id == sent["id"] and sorted(event.recipients) == ["alice", "bob"]
     assert record.key == conv["id"].encode()

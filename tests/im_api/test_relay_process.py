@@ -1,5 +1,6 @@
-"""Two im-api processes share the outbox shards; SIGKILL one (no goodbye, leases left behind) and
-the survivor takes its shards over after the lease TTL and publishes everything, in order."""
+"""Two im-api processes share the outbox shards; SIGKILL one between publish rounds (no goodbye,
+leases left behind) and the survivor takes its shards over after the lease TTL and publishes
+everything, in order. (A kill inside a round: see the test's comment on SecantusDB.)"""
 
 from __future__ import annotations
 

@@ -11,12 +11,12 @@ import sys
 import jwt
 import pytest
 from aiokafka import AIOKafkaProducer
-from support.topics import read_topic
 from im_contracts.codec import RejectedRecord, header
 from im_contracts.events import AssistanceRequested
 from im_contracts.topics import ALL_TOPICS, ASSISTANCE_REQUESTS
 from im_runtime.kafka import DeadLetters
 from im_runtime.settings import CommonSettings
+from support.topics import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -64,8 +64,8 @@ async def test_assist_publishes_a_valid_request_with_a_service_token(kafka_boots
     )
     assert out.returncode == 0, out.stderr
     sent = json.loads(out.stdout)
-    (read,) = await read_topic(ASSISTANCE_REQUESTS, kafka_topics, bootstrap=kafka_bootstrap, count=1, timeout=20)
-    record, event = read.record, read.event
+    reads = await read_topic(ASSISTANCE_REQUESTS, kafka_topics, bootstrap=kafka_bootstrap, count=1, timeout=20)
+    record, event = reads[0].record, reads[0].event
     assert isinstance(event, AssistanceRequested)
     assert event.request_id == sent["request_id"] and event.agent_ids == ["bob", "carol"]
     assert (event.related.type, event.related.id, event.related.title) == ("ticket", "123", "Printer")
