@@ -17,8 +17,6 @@ from .settings import ApiSettings
 
 class PresenceCache:
     def __init__(self, settings: ApiSettings) -> None:
-        self.settings = settings
-        self.topic = PRESENCE.name(settings.topic_prefix)
         self._status: dict[tuple[str, str], tuple[str, datetime | None]] = {}
         self._by_status: dict[tuple[str, str], set[str]] = defaultdict(set)  # (tenant, status) -> agents
         # Not ours to dead-letter what the contract refuses: the presence service owns the topic.

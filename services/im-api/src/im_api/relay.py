@@ -91,8 +91,8 @@ def lease_plan(shards: int, live_relays: int, held: Iterable[int], owner: str) -
     start its owner name hashes to, so relays starting together spread out instead of all racing
     for shard 0."""
     fair = math.ceil(shards / max(live_relays, 1))
-    held = sorted(held)
-    release = sorted(held, reverse=True)[: max(0, len(held) - fair)]
+    highest_first = sorted(held, reverse=True)
+    release = highest_first[: max(0, len(highest_first) - fair)]
     start = zlib.crc32(owner.encode()) % shards
     return LeasePlan(fair, release, [(start + i) % shards for i in range(shards)])
 

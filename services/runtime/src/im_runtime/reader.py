@@ -68,11 +68,11 @@ class TopicReader:
         self.consumer_options = consumer_options
         self.ready = False
         # End offsets when the reader first started: reading from the beginning, it has "caught
-        # up" once its position reaches them (a table read whole before it is served from).
+        # up" once its position reaches them (a table read whole before it is served from). Set
+        # by the first open that succeeds, so a later open is a restart.
         self._targets: dict[TopicPartition, int] | None = None
         self.caught_up = False
         self._consumer: AIOKafkaConsumer | None = None
-        self._opened_before = False
 
     async def reading(self) -> bool:
         """A readiness check: the reader is reading now."""
@@ -81,6 +81,7 @@ class TopicReader:
     async def open(self) -> None:
         """Assigns the partitions and resolves the start position: what is sent after this
         returns is read. A missing topic raises (the start-up retry tries again)."""
+        restart = self._targets is not None
         consumer = AIOKafkaConsumer(self.name, **client_options(self.settings), group_id=None,
                                     enable_auto_commit=False,
                                     auto_offset_reset="earliest" if self.start_at == "beginning" else "latest",
@@ -109,7 +110,7 @@ class TopicReader:
                 await consumer.seek_to_end(*tps)
             for tp in tps:
                 await consumer.position(tp)  # resolve the start now: later records are ours
-            if self._targets is None:
+            if not restart:
                 self._targets = await consumer.end_offsets(tps)
         except BaseException:
             await self.close()
@@ -117,9 +118,8 @@ class TopicReader:
         self.ready = True
         log(logger, logging.INFO, "reading topic", topic=self.name, partitions=[tp.partition for tp in tps],
             start_at=self.start_at)
-        if self._opened_before and self.on_restart is not None:
+        if restart and self.on_restart is not None:
             self.on_restart()
-        self._opened_before = True
 
     async def run(self) -> None:
         """Reads until cancelled (opening first if needed); closes when it ends, by a failure too."""
