@@ -1,6 +1,6 @@
 """The load process: `python -m bench.load JOB.json` runs one job and prints its result as one JSON
 line on stdout. Jobs: `traffic` (senders POST messages — open loop at a fixed rate, closed loop
-with N in flight, or a fixed count — while the recipients' WebSockets record every arrival),
+with N in flight, a fixed count, or paced one at a time — while the recipients' WebSockets record every arrival),
 `idle` (N idle, heartbeating sockets held until stdin closes) and `catchup` (one socket that
 connects and receives its whole queue). Loopback only; every job is bounded in count and time.
 
@@ -28,8 +28,9 @@ ACK_EVERY = 200
 REQUEST_TIMEOUT_S = 30.0
 
 
-def open_socket(url: str, token: str, device_id: str, **kw):
-    return websockets.connect(f"{url}?device_id={device_id}", subprotocols=["im.v1", f"bearer.{token}"],
+def open_socket(url: str, token: str, device_id: str, cursor: int | None = None, **kw):
+    query = f"?device_id={device_id}" + (f"&cursor={cursor}" if cursor is not None else "")
+    return websockets.connect(f"{url}{query}", subprotocols=["im.v1", f"bearer.{token}"],
                               compression=None, max_size=16 * 1024 * 1024, open_timeout=60, **kw)
 
 
@@ -79,7 +80,7 @@ async def traffic(job: dict[str, Any]) -> dict[str, Any]:
     rate = float(job.get("rate", 0))
     duration = float(job.get("duration_s", 0))
     warmup = float(job.get("warmup_s", 0))
-    total = int(job.get("count") or 0) if mode == "count" else int(round(rate * (duration + warmup))) if mode == "open" else 0
+    total = int(job.get("count") or 0) if mode in ("count", "paced") else int(round(rate * (duration + warmup))) if mode == "open" else 0
 
     expected: set[str] = set()
     arrivals: dict[str, float] = {}
@@ -119,7 +120,17 @@ async def traffic(job: dict[str, Any]) -> dict[str, Any]:
             responded[cmid] = time.monotonic()
 
     start = time.monotonic() + 0.2
-    if mode == "open":
+    if mode == "paced":
+        # One message at a time, each sent `interval_s` after the previous one was answered (or
+        # after it was due): a lone sender on a quiet stack. Latency from the actual send.
+        measured_from = start + warmup
+        interval = float(job["interval_s"])
+        await asyncio.sleep(max(0.0, start - time.monotonic()))
+        for i in range(total):
+            began = time.monotonic()
+            await send(i, began)
+            await asyncio.sleep(max(0.0, began + interval - time.monotonic()))
+    elif mode == "open":
         measured_from = start + warmup
         tasks = set()
         for i in range(total):
@@ -254,7 +265,7 @@ async def catchup(job: dict[str, Any]) -> dict[str, Any]:
     t0 = time.monotonic()
     first = None
     async with open_socket(job["stream_url"], job["token"], job.get("device_id", "catchup"),
-                           ping_interval=None) as ws:
+                           job.get("cursor"), ping_interval=None) as ws:
         connected = time.monotonic()
         deadline = t0 + float(job.get("timeout_s", 300))
         while got < expect and time.monotonic() < deadline:

@@ -32,8 +32,10 @@ from .stack import BenchStack, given_endpoints, start_endpoints
 # requests (their clients gave up) that would otherwise slow every scenario after it.
 # The latency scenarios before fan-in: 10,000 sockets leave the directory and presence 10,000 agents
 # bigger (and `quiet` waits out their disconnects before anything else is measured).
-SCENARIOS = ("baselines", "throughput", "catch_up", "console", "tenant_fairness", "latency", "latency_search",
+SCENARIOS = ("baselines", "idle", "lone", "throughput", "catch_up", "console", "tenant_fairness", "latency", "latency_search",
              "fan_in")
+# Our own processes (the rest of the system under test is Kafka and MongoDB).
+SERVICES = ("im-api", "delivery-worker", "delivery-gateway", "presence")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # A scenario starts once the stack is back within this many cores of its own idle level.
 SETTLE_MARGIN_CORES = 0.25
@@ -74,9 +76,20 @@ def stop_if_interrupted() -> None:
 
 async def busy_cores(stack: BenchStack, endpoints, seconds: float = 2.0) -> float:
     """Cores the system under test (services, Kafka, MongoDB) used over `seconds`."""
-    meter = CpuMeter(stack, endpoints)
+    return sum((await cores_by_process(stack, endpoints, seconds)).values())
+
+
+async def cores_by_process(stack: BenchStack | None, endpoints, seconds: float) -> dict[str, float]:
+    """Cores each process of the system under test used over `seconds` (without a stack: the
+    servers we started, on their own)."""
+    pids = {server.name: server.pid for server in endpoints.owned}
+    if stack is not None:
+        pids.update({name: proc.pid for name, proc, _ in stack.services})
+    start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    t0 = time.monotonic()
     await asyncio.sleep(seconds)  # the measuring window itself
-    return sum(meter.since().values()) / seconds
+    elapsed = time.monotonic() - t0
+    return {name: (cpu_seconds(pid) - start[name]) / elapsed for name, pid in pids.items() if cpu_seconds(pid) >= 0}
 
 
 async def idle_floor(stack: BenchStack, endpoints, say, samples: int = 3) -> float:
@@ -140,10 +153,20 @@ async def run(args: argparse.Namespace) -> dict:
     stack = None
     try:
         out["run"]["kafka"] = endpoints.kafka_kind
+        # Kafka and MongoDB idle on their own (the lowest of three windows, after their start-up):
+        # what the idle scenarios subtract. Only for servers this run started.
+        servers_idle = None
+        if endpoints.owned:
+            await quiet(None, endpoints, say, 0.05, 10 if args.quick else 60)
+            servers_idle = min([sum((await cores_by_process(None, endpoints, 2.0)).values()) for _ in range(3)])
+            say(f"[bench] Kafka and MongoDB idle on their own use {servers_idle:.3f} cores")
+            out["run"]["servers_idle_cores"] = round(servers_idle, 4)
         stack = BenchStack(workdir, endpoints, args.log_level, say)
         say(f"[bench] starting the services (topic prefix {stack.prefix}, database {stack.db_name})")
         await stack.start()
         bench = Bench(stack, workdir, scale, say, rate=args.rate)
+        bench.servers_idle_cores = servers_idle
+        bench.cores = lambda seconds: cores_by_process(stack, endpoints, seconds)
         # Settled: within a quarter core of what the idle stack uses on its own.
         floor = await idle_floor(stack, endpoints, say)
         settled = floor + SETTLE_MARGIN_CORES
@@ -197,6 +220,8 @@ async def run(args: argparse.Namespace) -> dict:
                     result["per_message"] = {
                         "cpu_ms": {k: round(1000 * v / delivered, 2) for k, v in result["cpu_s"].items()},
                         "cpu_ms_total": round(1000 * sum(result["cpu_s"].values()) / delivered, 2),
+                        "services_cpu_ms": round(1000 * sum(v for k, v in result["cpu_s"].items()
+                                                            if k in SERVICES) / delivered, 2),
                         "db_ops": round(sum(result["db_ops"].values()) / delivered, 1) if result["db_ops"] else None}
                 out["scenarios"][name] = result
                 stop_if_interrupted()

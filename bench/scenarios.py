@@ -50,6 +50,10 @@ class Scale:
     fair_s: float = 20  # each measurement of the fairness scenario
     fair_tenant_rate: int = 15  # the flooding tenant's send limit (msg/s): well below capacity here
     fair_flood_concurrency: int = 64  # the flood's requests in flight (the issue's measurement)
+    lone_messages: int = 200  # the lone-message scenario: sequential sends ...
+    lone_interval_s: float = 0.05  # ... one every this long
+    idle_s: float = 20  # the idle scenario's measuring window
+    catchup_replays: int = 3  # the catch-up replayed this often (its spread across replays)
 
 
 FULL = Scale(baseline_n=500, latency_pairs=20, latency_rate=200, latency_s=20, warmup_s=2, search_rates=(25, 35, 50, 70, 100, 140, 200, 280, 400),
@@ -59,11 +63,11 @@ FULL = Scale(baseline_n=500, latency_pairs=20, latency_rate=200, latency_s=20, w
              console_loads=5)
 # Quick: every code path at a load a busy shared dev machine still carries (its figures are not
 # comparable with the targets, which only a full run evaluates).
-QUICK = Scale(baseline_n=100, latency_pairs=3, latency_rate=50, latency_s=2, warmup_s=0.5, search_rates=(50, 100),
+QUICK = Scale(baseline_n=100, latency_pairs=3, latency_rate=50, latency_s=2, warmup_s=0.5, search_rates=(25, 50),
               search_s=1.5, throughput_procs=2, throughput_tenants=1, throughput_pairs=2, throughput_concurrency=4,
               throughput_s=2, fanin_sockets=100, probe_s=1.5, catchup_messages=200,
               console_threads=60, console_messages=150, console_scroll_s=1.5, console_idle_s=1, console_settle_s=1,
-              console_loads=2, fair_s=2, fair_flood_concurrency=8)
+              console_loads=2, fair_s=2, fair_flood_concurrency=8, lone_messages=20, idle_s=2, catchup_replays=2)
 
 
 class Bench:
@@ -74,6 +78,9 @@ class Bench:
         self.db = self.mongo[stack.db_name]
         self.jobs = 0
         self.settle = None  # async callable: wait until the stack is idle (set by run.py)
+        # async callable(seconds) -> {process: cores} of the system under test (set by run.py)
+        self.cores = None
+        self.servers_idle_cores = None  # Kafka + MongoDB idle on their own, before the services ran
 
     async def close(self) -> None:
         await self.mongo.close()
@@ -345,6 +352,38 @@ class Bench:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
+    # --- 2c. a lone message on a quiet stack; the idle stack ---------------------------------------
+
+    async def lone(self) -> dict[str, Any]:
+        """Sequential sends on one conversation, one every ~50 ms, the recipient's socket open:
+        what one message costs when nothing queues in front of it (HTTP answer and send -> frame)."""
+        s = self.scale
+        convs = await self.pairs(f"lone-{self.jobs}", 1)
+        result = await self.load(self.traffic(convs, "lone", mode="paced", count=s.lone_messages,
+                                              interval_s=s.lone_interval_s, warmup_s=1.0 if s is QUICK else 2.0))
+        self.say(f"  lone message: POST p50 {result['http']['p50_ms']} ms, send -> frame p50 "
+                 f"{result['latency']['p50_ms']} ms (p99 {result['latency']['p99_ms']} ms), "
+                 f"{result['delivered']}/{result['accepted']} delivered")
+        return _brief(result)
+
+    async def idle(self) -> dict[str, Any]:
+        """The stack with nothing connected and nothing sent: its cores by process over a window,
+        against Kafka and MongoDB idle on their own (measured before the services started)."""
+        window = self.scale.idle_s
+        ops0 = await self.db.client.admin.command("serverStatus")
+        by_process = await self.cores(window)
+        ops1 = await self.db.client.admin.command("serverStatus")
+        total = sum(by_process.values())
+        servers = self.servers_idle_cores or 0.0
+        db_cmds = {k: round((ops1["opcounters"][k] - ops0["opcounters"][k]) / window, 1)
+                   for k in ops0.get("opcounters", {})}
+        out = {"window_s": window, "cores_by_process": {k: round(v, 4) for k, v in by_process.items()},
+               "stack_cores": round(total, 4), "servers_alone_cores": round(servers, 4),
+               "above_servers_cores": round(total - servers, 4), "db_commands_per_s": db_cmds}
+        self.say(f"  idle stack {total:.3f} cores; Kafka + MongoDB alone {servers:.3f}: "
+                 f"{total - servers:.3f} above; database commands/s {db_cmds}")
+        return out
+
     # --- 3. fan-in ---------------------------------------------------------------------------------
 
     async def fan_in(self) -> dict[str, Any]:
@@ -389,6 +428,9 @@ class Bench:
                 t_settle = time.monotonic()
                 await self.settle()
                 settled_s = round(time.monotonic() - t_settle, 1)
+            # What the whole stack spends holding the idle sockets, settled, above Kafka and
+            # MongoDB idle on their own.
+            held_cores = await self.cores(self.scale.idle_s) if self.cores is not None else {}
             probe = await self.load(self.traffic(probes, "fanprobe", mode="open", rate=20,
                                                  duration_s=self.scale.probe_s, warmup_s=0.5, stream_url=url))
             rss_end = rss_kib(pid)
@@ -404,6 +446,9 @@ class Bench:
                   "gateway_idle_cpu_percent": cpu, "rss_after_probe_kib": rss_end,
                   "closed_by_server": closed.get("closed_by_server"), "reopened_after_1012": closed.get("reopened"),
                   "settled_before_probe_s": settled_s,
+                  "idle_cores_by_process": {k: round(v, 4) for k, v in held_cores.items()},
+                  "idle_stack_cores": round(sum(held_cores.values()), 4),
+                  "idle_above_servers_cores": round(sum(held_cores.values()) - (self.servers_idle_cores or 0.0), 4),
                   "probe": _brief(probe)}
         self.say(f"  probe at {held} sockets: p50 {probe['latency']['p50_ms']} ms, "
                  f"p99 {probe['latency']['p99_ms']} ms, {probe['delivered']}/{probe['accepted']} delivered")
@@ -429,12 +474,26 @@ class Bench:
         entries = await self.db.delivery_queue.count_documents(
             {"tenant_id": "catchup", "agent_id": "r0", "frame.type": "message.created"})
         self.say(f"  {entries} messages queued for r0 in {filled_s:.1f} s ({fill['accepted']} accepted); replaying")
-        replay = await self.load({"kind": "catchup", "stream_url": self.stack.stream_url,
-                                  "token": convs[0]["recipient_token"], "expect": n, "timeout_s": 600})
-        self.say(f"  replay: {replay['received']} messages ({replay['frames']} frames) in {replay['elapsed_s']} s "
-                 f"= {replay['msgs_per_s']} msg/s")
+        # The first replay is the agent coming back; the others read the same queue again from
+        # cursor 0 (as a console does after a reset), so the figure's spread is measured too.
+        replays = []
+        for i in range(self.scale.catchup_replays):
+            if i and self.settle is not None:
+                await self.settle()
+            replay = await self.load({"kind": "catchup", "stream_url": self.stack.stream_url,
+                                      "token": convs[0]["recipient_token"], "expect": n, "timeout_s": 600,
+                                      "cursor": 0 if i else None})
+            self.say(f"  replay {i + 1}: {replay['received']} messages ({replay['frames']} frames) in "
+                     f"{replay['elapsed_s']} s = {replay['msgs_per_s']} msg/s")
+            replays.append(replay)
+        rates = sorted(r["frames_per_s"] for r in replays)
+        median = rates[len(rates) // 2]
+        first = replays[0]
         return {"messages": n, "queued_messages": entries, "queue_head": queued, "fill_s": round(filled_s, 1),
-                "fill_accepted_per_s": fill["accepted_per_s"], **replay}
+                "fill_accepted_per_s": fill["accepted_per_s"], **first,
+                "received": min(r["received"] for r in replays),
+                "replays": replays, "frames_per_s_median": median,
+                "frames_per_s_spread": round((rates[-1] - rates[0]) / median, 3) if median else None}
 
 
     # --- the agent console in a browser ------------------------------------------------------------

@@ -21,7 +21,7 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.bench]  # the whole stack, as `make bench` starts it
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ("baselines", "latency", "latency_search", "throughput", "catch_up", "console", "fan_in")
+SCENARIOS = ("baselines", "idle", "lone", "latency", "latency_search", "throughput", "catch_up", "console", "fan_in")
 
 
 def number(value) -> bool:
@@ -67,9 +67,17 @@ def test_quick_benchmark_reports_every_scenario_with_numeric_figures(endpoints, 
     assert throughput["delivered"] == throughput["accepted"] > 0 and throughput["sustained_delivered_per_s"] > 0
     catch_up = scenarios["catch_up"]
     assert catch_up["received"] == catch_up["expected"] > 0 and catch_up["msgs_per_s"] > 0
+    lone = scenarios["lone"]
+    assert lone["accepted"] == lone["sent"] == lone["delivered"] > 0 and lone["duplicates"] == 0
+    assert lone["latency"]["p50_ms"] >= lone["http"]["p50_ms"] > 0
+    idle = scenarios["idle"]
+    assert number(idle["stack_cores"]) and idle["stack_cores"] >= 0 and idle["servers_alone_cores"] >= 0
+    assert set(idle["cores_by_process"]) >= {"im-api", "delivery-worker", "delivery-gateway", "presence"}
+    assert len(catch_up["replays"]) == 2 and all(r["received"] == catch_up["expected"] for r in catch_up["replays"])
     fan_in = scenarios["fan_in"]
     assert fan_in["sockets"] == fan_in["asked"] > 0 and number(fan_in["kib_per_socket"])
     assert fan_in["probe"]["delivered"] == fan_in["probe"]["accepted"] > 0
+    assert number(fan_in["idle_stack_cores"]) and fan_in["idle_cores_by_process"]
     console = scenarios["console"]
     assert console["threads"] > 0 and number(console["paint_ms"]["p50"]) and console["paint_ms"]["p50"] > 0
     assert all(console[k]["frames"] > 0 for k in ("list_scroll", "history_scroll_loading", "history_fling_loaded"))
