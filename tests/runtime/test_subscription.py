@@ -4,6 +4,7 @@ Bad records go to im.dead-letters.v1 with their reason and the consumer moves on
 failure pauses only its partition, retries with backoff, and loses nothing.
 """
 
+import asyncio
 import base64
 import json
 
@@ -75,6 +76,50 @@ async def test_bad_records_are_dead_lettered_and_transient_failures_retry_withou
         assert base64.b64decode(letters[0].original_value_b64) == b"{not json"
         assert letters[0].original_topic == topic and letters[0].consumer == "test-consumer"
         assert letters[1].tenant_id == "t"
+    finally:
+        await broker.stop()
+        await producer.stop()
+
+
+async def test_an_idle_subscription_waits_in_its_poll_instead_of_waking_every_few_milliseconds(
+    settings, kafka_topics
+):
+    """Issue 19: FastStream's batch poll slept its timeout after every empty poll, so an idle
+    consumer woke ~100 times a second (or, with a longer timeout, let a record wait out the
+    sleep). The poll now waits in aiokafka's getmany, which returns as soon as a record arrives:
+    an idle subscription polls about once per `kafka_poll_wait_ms`, and still gets what is sent."""
+    settings = settings.model_copy(update={"kafka_poll_wait_ms": 400})
+    producer = make_producer(settings)
+    await producer.start()
+    seen: list[str] = []
+
+    async def handle(event: Typing, record) -> None:
+        seen.append(event.agent_id)
+
+    broker = KafkaBroker(settings.kafka_bootstrap)
+    sub = Subscription(
+        name="idle", topics=[TYPING], group_id=f"{settings.topic_prefix}idle", handle=handle,
+        dead_letters=DeadLetters(producer, settings, "test-consumer"), settings=settings,
+    )
+    subscriber = sub.register(broker)
+    polls = {"n": 0}
+    poll = subscriber.get_msg
+
+    async def counted(consumer):
+        polls["n"] += 1
+        return await poll(consumer)
+
+    subscriber.get_msg = counted
+    await broker.start()
+    try:
+        await eventually(lambda: sub.membership.joined, timeout=30, message="the group assigned the topic")
+        polls["n"] = 0
+        await asyncio.sleep(2.0)  # the window being measured: nothing is sent during it
+        assert polls["n"] <= 2.0 / 0.4 + 2, f"{polls['n']} polls in 2 s while idle"
+        await producer.send_and_wait(TYPING.name(settings.topic_prefix),
+                                     Typing(tenant_id="t", conversation_id="c9", agent_id="late").to_bytes(),
+                                     key=conversation_key("c9"))
+        await eventually(lambda: seen == ["late"], timeout=20, message=lambda: f"seen {seen}")
     finally:
         await broker.stop()
         await producer.stop()

@@ -21,7 +21,6 @@ class PresenceCache:
         self._by_status: dict[tuple[str, str], set[str]] = defaultdict(set)  # (tenant, status) -> agents
         # Not ours to dead-letter what the contract refuses: the presence service owns the topic.
         self._reader = TopicReader(settings, PRESENCE, self._record, start_at="beginning",
-                                   poll_timeout_ms=500,
                                    metadata_max_age_ms=int(settings.presence_metadata_refresh_s * 1000))
 
     # --- reads (the agent picker) ---------------------------------------------------------

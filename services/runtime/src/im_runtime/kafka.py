@@ -85,6 +85,12 @@ def client_options(settings: CommonSettings) -> dict[str, Any]:
     return options
 
 
+def fetch_options(settings: CommonSettings) -> dict[str, Any]:
+    """What every consumer is given on top: an idle consumer wakes (its fetch routine, the broker
+    for its fetch) about once per `kafka_fetch_wait_ms`, not aiokafka's 5 and 2 times a second."""
+    return {"fetch_max_wait_ms": settings.kafka_fetch_wait_ms, "consumer_timeout_ms": settings.kafka_fetch_wait_ms}
+
+
 def broker_security(settings: CommonSettings) -> BaseSecurity | None:
     """The same for a FastStream broker (its own classes for the same options)."""
     options = client_options(settings)
@@ -218,11 +224,6 @@ class Subscription:
     dead_letters: DeadLetters
     settings: CommonSettings
     max_records: int = 500
-    # FastStream's batch poll SLEEPS this long after every empty poll, so a record arriving then
-    # waits up to this long per consumer hop (100 ms puts ~200 ms on every idle-time message over
-    # two hops: bench/RESULTS.md). Busy polls return at once whatever it is; 5 ms costs ~100
-    # wake-ups/s per idle consumer.
-    batch_timeout_ms: int = 5
     # Called before each record with its raw form: e.g. to check an authorization header.
     precheck: Callable[[ConsumerRecord, Event], None] | None = None
     # Topics whose records carry their sender's credentials: the tenant a record rejected before
@@ -247,18 +248,33 @@ class Subscription:
             group_id=self.group_id,
             batch=True,
             max_records=self.max_records,
-            batch_timeout_ms=self.batch_timeout_ms,
             ack_policy=AckPolicy.MANUAL,
             auto_offset_reset="earliest",
             decoder=_raw,
-            **self.consumer_options,
+            **{**fetch_options(self.settings), **self.consumer_options},
         )
 
         @sub
         async def on_batch(msg: KafkaMessage) -> None:
             await self.process(msg.raw_message, msg.consumer)
 
+        sub.get_msg = self._poll(sub)
         return sub
+
+    def _poll(self, sub: Any) -> Callable[[Any], Awaitable[tuple[ConsumerRecord, ...]]]:
+        """The subscriber's poll. FastStream's batch poll waits `batch_timeout_ms` for records and
+        then, when none came, SLEEPS as long again: a record arriving meanwhile waits out the sleep
+        on every consumer hop (100 ms put ~200 ms on an idle-time message over two hops), and a
+        short timeout makes every idle consumer wake ~100 times a second (issue 19 measured ~0.05
+        cores per idle service). aiokafka's `getmany` already returns as soon as a record arrives,
+        so this poll waits in it alone: no added latency, one wake-up per `kafka_poll_wait_ms`."""
+        wait_ms, max_records = self.settings.kafka_poll_wait_ms, self.max_records
+
+        async def get_msg(consumer: Any) -> tuple[ConsumerRecord, ...]:
+            batches = await consumer.getmany(timeout_ms=wait_ms, max_records=max_records)
+            return tuple(record for records in batches.values() for record in records)
+
+        return get_msg
 
     async def process(self, raw: Any, consumer: Any) -> None:
         records: tuple[ConsumerRecord, ...] = raw if isinstance(raw, tuple) else (raw,)

@@ -25,7 +25,7 @@ from im_contracts.codec import RejectedRecord, decode_record
 from im_contracts.events import Event
 from im_contracts.topics import Topic
 
-from .kafka import TransientError, client_options
+from .kafka import TransientError, client_options, fetch_options
 from .logs import log
 from .settings import CommonSettings
 from .shutdown import raise_if_cancelled
@@ -49,7 +49,7 @@ class TopicReader:
         on_rejected: OnRejected | None = None,
         on_restart: Callable[[], None] | None = None,
         max_records: int = 1000,
-        poll_timeout_ms: int = 1000,
+        poll_timeout_ms: int | None = None,
         **consumer_options: Any,
     ) -> None:
         """`partitions`: which of the topic's N partitions to read (default: all of them).
@@ -64,7 +64,8 @@ class TopicReader:
         self.on_rejected = on_rejected
         self.on_restart = on_restart
         self.max_records = max_records
-        self.poll_timeout_ms = poll_timeout_ms
+        # A poll returns as soon as a record arrives: the wait only bounds an idle reader's wake-ups.
+        self.poll_timeout_ms = poll_timeout_ms or settings.kafka_poll_wait_ms
         self.consumer_options = consumer_options
         self.ready = False
         # End offsets when the reader first started: reading from the beginning, it has "caught
@@ -85,7 +86,7 @@ class TopicReader:
         consumer = AIOKafkaConsumer(self.name, **client_options(self.settings), group_id=None,
                                     enable_auto_commit=False,
                                     auto_offset_reset="earliest" if self.start_at == "beginning" else "latest",
-                                    **self.consumer_options)
+                                    **{**fetch_options(self.settings), **self.consumer_options})
         self._consumer = consumer
         try:
             await consumer.start()

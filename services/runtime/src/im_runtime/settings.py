@@ -75,6 +75,13 @@ class CommonSettings(BaseSettings):
     # the caller for ever — a stop, a request, a consumer's batch.
     mongo_socket_timeout_s: float = shared("IM_MONGO_SOCKET_TIMEOUT_S", default=30.0)
     log_level: str = shared("IM_LOG_LEVEL", default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    # How long a consumer's poll waits for records before it polls again. It returns as soon as a
+    # record arrives, so this adds no latency; longer only means fewer wake-ups of an idle consumer.
+    kafka_poll_wait_ms: int = shared("IM_KAFKA_POLL_WAIT_MS", default=1000)
+    # How long the broker holds a consumer's fetch when there is nothing new. It answers as soon as
+    # a record is appended, so this adds no latency either; it bounds an idle consumer's fetch rate
+    # (the broker's CPU) and how long a partition resumed after a backoff waits for its next fetch.
+    kafka_fetch_wait_ms: int = shared("IM_KAFKA_FETCH_WAIT_MS", default=1000)
     # Retrying a transient failure (MongoDB or Kafka down): exponential from initial to max.
     retry_initial_s: float = shared("IM_RETRY_INITIAL_S", default=0.2)
     retry_max_s: float = shared("IM_RETRY_MAX_S", default=5.0)

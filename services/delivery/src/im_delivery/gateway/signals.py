@@ -38,6 +38,4 @@ def signal_reader(settings: DeliverySettings, on_signal: Callable[[Event], None]
         on_restart()
 
     return TopicReader(settings, topics.DELIVERY_SIGNALS, on_event, start_at="end",
-                       partitions=lambda count: [signal_partition(gateway_id, count)], on_restart=restarted,
-                       # Signals wake connections: deliver them as soon as they exist.
-                       fetch_max_wait_ms=100)
+                       partitions=lambda count: [signal_partition(gateway_id, count)], on_restart=restarted)
