@@ -29,8 +29,9 @@ T = "acme"
 
 @dataclass
 class Burst:
-    """One publish round of one shard, from the relay's DEBUG log lines; `started` and `ended` are
-    the positions of its two lines among everything logged (ended is inf while it runs)."""
+    """One shard's part of a publish burst, from the relay's DEBUG log lines (a burst names the
+    leases it publishes under); `started` and `ended` are the positions of its two lines among
+    everything logged (ended is inf while it runs)."""
 
     shard: int
     owner: str
@@ -48,11 +49,13 @@ def bursts(records: list[logging.LogRecord], owner: str | None = None) -> list[B
             continue
         fields = record.fields
         if record.getMessage() == "outbox burst started":
-            burst = Burst(fields["shard"], fields["owner"], fields["token"], i)
-            running_now[(burst.owner, burst.shard)] = burst
-            out.append(burst)
+            for shard, token in fields["leases"].items():
+                burst = Burst(shard, fields["owner"], token, i)
+                running_now[(burst.owner, burst.shard)] = burst
+                out.append(burst)
         elif record.getMessage() == "outbox burst ended":
-            running_now.pop((fields["owner"], fields["shard"])).ended = i
+            for shard in fields["leases"]:
+                running_now.pop((fields["owner"], shard)).ended = i
     return [b for b in out if owner is None or b.owner == owner]
 
 

@@ -120,7 +120,7 @@ async def test_migrate_creates_every_services_indexes_step_by_step_and_twice_is_
         assert all(f"[{i}/5]" in out.stderr for i in range(1, 6)) and "indexes in place: 5 steps" in out.stderr
     db = mongo[mongo_db_name]
     assert "history" in await db["messages"].index_information()
-    assert "pending_by_shard" in await db["outbox"].index_information()
+    assert "pending" in await db["outbox"].index_information()
     assert "tenant_agent" in await db["presence_agents"].index_information()
     assert "by_tenant_time" in await db["operator_audit"].index_information()
     names = set(await db.list_collection_names())

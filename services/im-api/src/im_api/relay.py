@@ -101,8 +101,7 @@ def lease_plan(shards: int, live_relays: int, held: Iterable[int], owner: str) -
 class Rounds:
     """Which held shards the next relay round reads: those local commits wrote to since the last
     round, or every held one — at start, after a failed round, on a newly acquired shard, and at
-    least every `poll_s` for other processes' records. A round costs a query per shard that has
-    work, not one per held shard (sixteen per local commit, most of them empty)."""
+    least every `poll_s` for other processes' records. A round reads them all in one query."""
 
     poll_s: float
     dirty: set[int] = field(default_factory=set)
@@ -302,42 +301,60 @@ class Relay:
     # --- publishing -----------------------------------------------------------------------
 
     async def _publish_held(self, producer: AIOKafkaProducer, shards: list[int]) -> bool:
+        """One round over `shards`: one read of all their unsent records, one burst, one fenced
+        mark. When that read comes back full (a backlog), the round goes shard by shard instead, so
+        one shard's backlog — a flooding tenant's conversation — never holds the others back.
+        True when records are known to wait behind the round."""
+        limit = self.settings.outbox_batch
+        live = [shard for shard in shards
+                if shard in self.held and self.valid_until.get(shard, 0) > time.monotonic()]
+        if not live:
+            return False
+        pending = await self.store.pending(live, limit)
+        if len(pending) < limit or len(live) == 1:
+            await self._burst(producer, pending)
+            if len(pending) < limit:
+                return False
+            self.rounds.wrote(set(live))  # more behind this burst: the next round, at once
+            return True
         busy = False
-        for shard in shards:
-            token = self.held.get(shard)
-            if token is None or self.valid_until.get(shard, 0) <= time.monotonic():
+        for shard in live:
+            if shard not in self.held:
                 continue
-            pending = await self.store.pending(shard, self.settings.outbox_batch)
-            if not pending:
-                continue
-            # Which relay published which shard under which fencing token, and when: what to read
-            # when two relays are suspected of publishing one shard at once.
-            log(logger, logging.DEBUG, "outbox burst started", shard=shard, owner=self.owner, token=token,
-                records=len(pending))
-            try:
-                refused, failed = await self._send(producer, pending)
-                for r, exc in refused:
-                    await self._set_aside(producer, r, exc)
-            finally:
-                log(logger, logging.DEBUG, "outbox burst ended", shard=shard, owner=self.owner, token=token)
-            set_aside = {r["_id"]: _reason(exc) for r, exc in refused}
-            if failed:
-                # Typically the records behind a broker's refusal on its partition: an idempotent
-                # producer's sequence is broken there (OutOfOrderSequenceNumber for each) until it
-                # is rebuilt. The refused ones are put aside now, so the retry of the burst by a new
-                # producer (at-least-once, as after any failed burst) never meets them again.
-                if set_aside:
-                    await self._mark_sent(shard, token, list(set_aside), set_aside)
-                raise failed[0]
-            await self._mark_sent(shard, token, [r["_id"] for r in pending], set_aside)
-            set_aside = {r["_id"] for r, _ in refused}
-            for r in pending:
-                if r["_id"] not in set_aside:
-                    OUTBOX_PUBLISHED.labels(r["topic"]).inc()
-            if len(pending) >= self.settings.outbox_batch:
-                self.rounds.wrote({shard})  # more behind this burst: the next round, at once
+            records = await self.store.pending([shard], limit)
+            await self._burst(producer, records)
+            if len(records) >= limit:
+                self.rounds.wrote({shard})
                 busy = True
         return busy
+
+    async def _burst(self, producer: AIOKafkaProducer, pending: list[dict]) -> None:
+        """Publishes `pending` (records of held shards) and marks them sent, fenced by their leases."""
+        if not pending:
+            return
+        leases = {r["shard"]: self.held[r["shard"]] for r in pending}
+        # Which relay published which shards under which fencing tokens, and when: what to read
+        # when two relays are suspected of publishing one shard at once.
+        log(logger, logging.DEBUG, "outbox burst started", owner=self.owner, leases=leases, records=len(pending))
+        try:
+            refused, failed = await self._send(producer, pending)
+            for r, exc in refused:
+                await self._set_aside(producer, r, exc)
+        finally:
+            log(logger, logging.DEBUG, "outbox burst ended", owner=self.owner, leases=leases)
+        set_aside = {r["_id"]: _reason(exc) for r, exc in refused}
+        if failed:
+            # Typically the records behind a broker's refusal on its partition: an idempotent
+            # producer's sequence is broken there (OutOfOrderSequenceNumber for each) until it
+            # is rebuilt. The refused ones are put aside now, so the retry of the burst by a new
+            # producer (at-least-once, as after any failed burst) never meets them again.
+            if set_aside:
+                await self._mark_sent(leases, [r for r, _ in refused], set_aside)
+            raise failed[0]
+        await self._mark_sent(leases, pending, set_aside)
+        for r in pending:
+            if r["_id"] not in set_aside:
+                OUTBOX_PUBLISHED.labels(r["topic"]).inc()
 
     async def _send(self, producer: AIOKafkaProducer,
                     records: list[dict]) -> tuple[list[tuple[dict, BaseException]], list[BaseException]]:
@@ -389,21 +406,42 @@ class Relay:
             reason=reason, error=type(exc).__name__, bytes=len(record["value"]),
             conversation_id=record["conversation_id"], order=record["order"])
 
-    async def _mark_sent(self, shard: int, token: int, ids: list[ObjectId],
+    async def _mark_sent(self, leases: dict[int, int], records: list[dict],
                          set_aside: dict[ObjectId, str] | None = None) -> None:
-        """Fenced: writes the lease row in the same transaction, so a takeover conflicts with it.
-        `set_aside`: records dead-lettered instead (id → reason), kept marked for operators."""
+        """Fenced by `leases` (shard → the token the records were read under): writes those lease
+        rows in the same transaction, so a takeover conflicts with it. A shard lost meanwhile is
+        dropped and its records left for its new holder; the records of the shards still held are
+        marked (not published twice). `set_aside`: records dead-lettered instead (id → reason),
+        kept marked for operators."""
+        shards = {r["shard"] for r in records}
+        leases = {shard: token for shard, token in leases.items() if shard in shards}
+        lost: set[int] = set()
+        if not await self._mark_fenced(leases, records, set_aside or {}):
+            still = await self.store.leases_held(leases, self.owner)
+            lost |= set(leases) - still
+            leases = {shard: token for shard, token in leases.items() if shard in still}
+            if leases and not await self._mark_fenced(leases, records, set_aside or {}):
+                lost |= set(leases)
+        for shard in lost:
+            self._drop(shard)
+        if lost:
+            raise LeaseLost(f"shards {sorted(lost)}")
+
+    async def _mark_fenced(self, leases: dict[int, int], records: list[dict], set_aside: dict[ObjectId, str]) -> bool:
+        ids = [r["_id"] for r in records if r["shard"] in leases]
+        marked = set(ids)
+        aside = {i: reason for i, reason in set_aside.items() if i in marked}
 
         async def callback(session: Any) -> None:
-            if not await self.store.mark_sent(shard, self.owner, token, ids, set_aside or {}, session):
-                raise LeaseLost(f"shard {shard}")
+            if not await self.store.mark_sent(leases, self.owner, ids, aside, session):
+                raise LeaseLost(f"shards {sorted(leases)}")
 
         try:
             async with self.client.start_session() as session:
                 await session.with_transaction(callback)
         except LeaseLost:
-            self._drop(shard)
-            raise
+            return False
+        return True
 
 
 def _reason(exc: BaseException) -> str:

@@ -58,6 +58,8 @@ def message_doc(tenant_id: str, conversation_id: str, seq: int, sender_id: str, 
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The order the relay reads unsent records in: per shard, each conversation's records in order.
+PENDING_ORDER = [("shard", ASCENDING), ("conversation_id", ASCENDING), ("order", ASCENDING)]
 # The highest code point: every string with the prefix sorts below prefix + this.
 PREFIX_END = "\U0010ffff"
 
@@ -113,11 +115,17 @@ class Store:
                         ("client_msg_id", ASCENDING), ("seq", ASCENDING)], name="idempotency_lookup"),
         ])
         await self._outbox.create_indexes([
-            IndexModel([("shard", ASCENDING), ("sent_at", ASCENDING), ("conversation_id", ASCENDING),
-                        ("order", ASCENDING)], name="pending_by_shard"),
+            # `sent_at` first: the relay's one read over all the shards it holds is an equality on
+            # null then a `$in` on the shard, and examines unsent records only. (Led by the shard,
+            # that `$in` was a COLLSCAN of the whole outbox on SecantusDB.)
+            IndexModel([("sent_at", ASCENDING), ("shard", ASCENDING), ("conversation_id", ASCENDING),
+                        ("order", ASCENDING)], name="pending"),
             # Only sent records expire (sent_at is null until then, and TTL ignores nulls).
             IndexModel([("sent_at", ASCENDING)], expireAfterSeconds=self._retention, name="sent_ttl"),
         ])
+        # `pending` replaced it: a deployment from before would otherwise pay for it on every write.
+        if "pending_by_shard" in await self._outbox.index_information():
+            await self._outbox.drop_index("pending_by_shard")
         await self._assistance_requests.create_indexes([
             IndexModel([("tenant_id", ASCENDING), ("request_id", ASCENDING)], unique=True, name="request"),
         ])
@@ -282,26 +290,32 @@ class Store:
             return None
         return 1
 
-    async def pending(self, shard: int, limit: int) -> list[dict]:
-        """A shard's unsent records in (conversation, order) order."""
-        return await (self._outbox.find(self.pending_query(shard)).sort([("conversation_id", 1), ("order", 1)])
-                      .limit(limit).to_list())
+    async def pending(self, shards: list[int], limit: int) -> list[dict]:
+        """The unsent records of `shards`, in (shard, conversation, order) order: one read."""
+        return await (self._outbox.find(self.pending_query(shards)).sort(PENDING_ORDER).limit(limit).to_list())
 
-    async def mark_sent(self, shard: int, owner: str, token: int, ids: list[Any],
+    async def mark_sent(self, leases: dict[int, int], owner: str, ids: list[Any],
                         set_aside: dict[Any, str], session: Any) -> bool:
-        """Fenced, in the caller's transaction: the lease row is written too, so a takeover
-        conflicts with it; False (nothing written) when the lease is no longer ours. `set_aside`:
-        records dead-lettered instead (id → reason), kept marked for operators."""
-        held = await self._outbox_leases.update_one({"_id": shard, "owner": owner, "token": token},
-                                                   {"$set": {"last_sent_at": now()}}, session=session)
-        if not held.matched_count:
-            return False
-        await self._outbox.update_many({"_id": {"$in": ids}, "shard": shard}, {"$set": {"sent_at": now()}},
-                                      session=session)
+        """Fenced, in the caller's transaction: the lease row of every shard in `leases` (shard →
+        token) is written too, so a takeover conflicts with it; False (the caller aborts, nothing
+        written) when one of them is no longer ours. `set_aside`: records dead-lettered instead
+        (id → reason), kept marked for operators."""
+        for shard, token in leases.items():  # single-document writes (see above)
+            held = await self._outbox_leases.update_one({"_id": shard, "owner": owner, "token": token},
+                                                       {"$set": {"last_sent_at": now()}}, session=session)
+            if not held.matched_count:
+                return False
+        await self._outbox.update_many({"_id": {"$in": ids}, "shard": {"$in": list(leases)}},
+                                      {"$set": {"sent_at": now()}}, session=session)
         for record_id, reason in set_aside.items():
-            await self._outbox.update_one({"_id": record_id, "shard": shard}, {"$set": {"dead_letter": reason}},
-                                         session=session)
+            await self._outbox.update_one({"_id": record_id}, {"$set": {"dead_letter": reason}}, session=session)
         return True
+
+    async def leases_held(self, leases: dict[int, int], owner: str) -> set[int]:
+        """Which of `leases` (shard → token) are still this owner's."""
+        rows = await self._outbox_leases.find({"_id": {"$in": list(leases)}, "owner": owner},
+                                              {"token": 1}).to_list()
+        return {row["_id"] for row in rows if leases.get(row["_id"]) == row["token"]}
 
     async def insert_messages(self, messages: list[dict], session: Any) -> None:
         """New messages (`message_doc`), in the transaction that advanced their conversations."""
@@ -402,22 +416,15 @@ class Store:
                 for docs in found for d in docs}
 
     async def outbox_backlog(self, shards: list[int]) -> tuple[int, datetime | None]:
-        """Unsent outbox records over `shards` and the oldest one's created_at: per shard, on the
-        `pending_by_shard` index (a `$in` over the shards is a COLLSCAN of the whole outbox — sent
-        records included — on SecantusDB, every lease round)."""
-        async def one(shard: int) -> tuple[int, datetime | None]:
-            query = self.pending_query(shard)
-            count = await self._outbox.count_documents(query)
-            oldest = None
-            if count:
-                doc = await self._outbox.find_one(query, projection={"created_at": 1}, sort=[("created_at", 1)])
-                oldest = None if doc is None else doc["created_at"]
-            return count, oldest
-
-        per_shard = await asyncio.gather(*(one(s) for s in shards))
-        dates = [o for _, o in per_shard if o is not None]
-        return sum(n for n, _ in per_shard), (min(dates) if dates else None)
+        """Unsent outbox records over `shards` and the oldest one's created_at (on the `pending`
+        index: unsent records are examined, never the sent ones)."""
+        query = self.pending_query(shards)
+        count = await self._outbox.count_documents(query)
+        if not count:
+            return 0, None
+        doc = await self._outbox.find_one(query, projection={"created_at": 1}, sort=[("created_at", 1)])
+        return count, None if doc is None else doc["created_at"]
 
     @staticmethod
-    def pending_query(shard: int) -> dict:
-        return {"shard": shard, "sent_at": None}
+    def pending_query(shards: list[int]) -> dict:
+        return {"sent_at": None, "shard": {"$in": list(shards)}}
