@@ -96,6 +96,7 @@ class PresenceService:
         self._swept_at: datetime | None = None
         self.count_interval = timedelta(seconds=settings.count_interval_s)
         self._counted_at: datetime | None = None
+        self._forgot_at: datetime | None = None
 
     # --- connection events (the consumer group: this process owns the record's partition) ---
 
@@ -167,8 +168,11 @@ class PresenceService:
 
     async def _expire_gateways(self, ownership: Ownership, owned: set[int], now: datetime) -> None:
         listening = self.listening_since is not None and now - self.listening_since >= self.gateway_timeout
-        if listening:
+        # Forgetting is after a day of silence: once per gateway timeout is plenty (not a delete
+        # every sweep, second after second, on an idle stack).
+        if listening and (self._forgot_at is None or now - self._forgot_at >= self.gateway_timeout):
             await self.store.forget_gateways(now - self.gateway_forget_after)
+            self._forgot_at = now
         for gateway in await self.store.all_gateways():
             silent = listening and now - gateway.last_heartbeat_at > self.gateway_timeout
             epochs = None if silent else frozenset(gateway.retired_epochs)
