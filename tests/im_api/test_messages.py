@@ -57,10 +57,23 @@ async def test_history_pages_before_and_after_a_seq_ascending(api):
 async def test_a_retry_returns_the_original_and_another_body_is_409(api, endpoints):
     await api.add_agents(T, "alice", "bob")
     c = await api.start(T, "alice", "bob")
+    store = api.app.state.committer.store
+    lookups = []
+    lookup = store.messages_by_client_ids
+
+    async def counted(keys):
+        lookups.append(keys)
+        return await lookup(keys)
+
+    store.messages_by_client_ids = counted
     first = await api.send(T, "alice", c["id"], "  hello  ", "k1")
     assert first.status_code == 201 and first.json()["body"] == "hello"
+    # Issue 19: a new client_msg_id costs no read; the unique index refuses a repeat, which is
+    # then looked up.
+    assert lookups == []
     retry = await api.send(T, "alice", c["id"], "hello", "k1")
     assert retry.status_code == 200 and retry.json() == first.json()
+    assert len(lookups) == 1
     other = await api.send(T, "alice", c["id"], "goodbye", "k1")
     assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_mismatch"
     # Bob's k1 is his own key.

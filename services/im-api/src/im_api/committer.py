@@ -143,18 +143,23 @@ class Committer:
         token = trace_id.set(batch[0].trace)
         try:
             for attempt in range(MAX_ATTEMPTS):
-                existing = await self.store.messages_by_client_ids(
-                    [k for k in (i.idempotency_key for i in pending) if k is not None])
-                still = []
-                for item in pending:
-                    original = existing.get(item.idempotency_key) if item.idempotency_key else None
-                    if original is not None:
-                        _settle(item, _replay(item, original))
-                    else:
-                        still.append(item)
-                pending = still
-                if not pending:
-                    return
+                # Optimistic: a first attempt writes straight away and the unique idempotency
+                # index refuses a send whose client_msg_id is already stored (a client's retry,
+                # rare); only the attempt after such a refusal reads the stored originals. A read
+                # per batch before every transaction was a database command per send at low load.
+                if attempt:
+                    existing = await self.store.messages_by_client_ids(
+                        [k for k in (i.idempotency_key for i in pending) if k is not None])
+                    still = []
+                    for item in pending:
+                        original = existing.get(item.idempotency_key) if item.idempotency_key else None
+                        if original is not None:
+                            _settle(item, _replay(item, original))
+                        else:
+                            still.append(item)
+                    pending = still
+                    if not pending:
+                        return
                 began = time.perf_counter()
                 try:
                     outcomes = await self.uow.run(lambda tx: self._write(tx, pending))

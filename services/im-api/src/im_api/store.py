@@ -35,7 +35,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from im_runtime.mongo import compound_id, field_name
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 
 def now() -> datetime:
@@ -318,8 +318,15 @@ class Store:
         return {row["_id"] for row in rows if leases.get(row["_id"]) == row["token"]}
 
     async def insert_messages(self, messages: list[dict], session: Any) -> None:
-        """New messages (`message_doc`), in the transaction that advanced their conversations."""
-        await self._messages.insert_many(messages, session=session)
+        """New messages (`message_doc`), in the transaction that advanced their conversations.
+        DuplicateKeyError when one is already stored (its client_msg_id, or its seq)."""
+        try:
+            await self._messages.insert_many(messages, session=session)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if errors and all(e.get("code") == 11000 for e in errors):
+                raise DuplicateKeyError(errors[0].get("errmsg", "duplicate key"), 11000, errors[0]) from exc
+            raise
 
     def thread_list_query(self, tenant_id: str, agent_id: str, snapshot: datetime,
                           after: str | None) -> dict[str, Any]:
