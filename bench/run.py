@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 import traceback
+
+import httpx
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -115,6 +117,30 @@ async def quiet(stack: BenchStack, endpoints, say, idle_cores: float, timeout_s:
     return round(time.monotonic() - t0, 1)
 
 
+async def service_commands(stack: BenchStack) -> dict[str, dict[str, float]]:
+    """`im_mongo_commands_total` by command from each service's /metrics: who spends the commands."""
+    out: dict[str, dict[str, float]] = {}
+    async with httpx.AsyncClient(timeout=30) as http:
+        for name, _, ready_url in stack.services:
+            try:
+                text = (await http.get(ready_url.replace("/readyz", "/metrics"))).text
+            except httpx.HTTPError:
+                continue
+            counts: dict[str, float] = {}
+            for line in text.splitlines():
+                if line.startswith("im_mongo_commands_total{"):
+                    command = line.split('command="', 1)[1].split('"', 1)[0]
+                    counts[command] = float(line.rsplit(" ", 1)[1])
+            out[name] = counts
+    return out
+
+
+def commands_between(before: dict, after: dict) -> dict[str, dict[str, float]]:
+    return {name: {c: n - before.get(name, {}).get(c, 0) for c, n in counts.items()
+                   if n - before.get(name, {}).get(c, 0)}
+            for name, counts in after.items()}
+
+
 async def db_ops_since(bench: Bench, start: dict | None) -> dict:
     """MongoDB opcounters (serverStatus) since `start`: every client of the server, ours included."""
     try:
@@ -182,6 +208,7 @@ async def run(args: argparse.Namespace) -> dict:
                 t0 = time.monotonic()
                 cpu = CpuMeter(stack, endpoints)
                 ops = await db_ops_since(bench, None)
+                commands = await service_commands(stack)
                 profiler = None
                 if args.profile and name == args.profile_scenario:
                     from .profile import Profiler
@@ -214,15 +241,19 @@ async def run(args: argparse.Namespace) -> dict:
                 args.out_path.write_text(json.dumps(out, indent=2, default=str))
                 result["cpu_s"] = cpu.since()
                 result["db_ops"] = await db_ops_since(bench, ops)
+                result["db_commands_by_service"] = commands_between(commands, await service_commands(stack))
                 delivered = result.get("delivered")
-                if name == "throughput" and delivered:
+                if name in ("throughput", "lone") and delivered:
                     # What one delivered message costs each process: what bounds the rate on 2 cores.
                     result["per_message"] = {
                         "cpu_ms": {k: round(1000 * v / delivered, 2) for k, v in result["cpu_s"].items()},
                         "cpu_ms_total": round(1000 * sum(result["cpu_s"].values()) / delivered, 2),
                         "services_cpu_ms": round(1000 * sum(v for k, v in result["cpu_s"].items()
                                                             if k in SERVICES) / delivered, 2),
-                        "db_ops": round(sum(result["db_ops"].values()) / delivered, 1) if result["db_ops"] else None}
+                        "db_ops": round(sum(result["db_ops"].values()) / delivered, 1) if result["db_ops"] else None,
+                        "db_commands_by_service": {
+                            name: round(sum(counts.values()) / delivered, 2)
+                            for name, counts in result["db_commands_by_service"].items()}}
                 out["scenarios"][name] = result
                 stop_if_interrupted()
         finally:
