@@ -7,7 +7,7 @@ from aiokafka import AIOKafkaProducer
 from im_contracts.events import AgentChanged, AgentPresence
 from im_contracts.topics import AGENTS, PRESENCE, agent_key
 
-from im_api_helpers import read_events
+from im_api_helpers import read_events, running
 from support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -126,3 +126,25 @@ async def test_an_agent_coming_online_while_the_list_is_read_is_still_listed(api
     finally:
         store.active_agents_page = read_page
     assert sorted(a["id"] for a in r.json()["items"]) == ["a1", "b2"]
+
+
+async def test_a_deactivation_made_through_another_im_api_is_refused_once_its_change_is_heard(api_settings):
+    """Issue 19: the agent check remembers the directory's answer (ActiveAgents). With a bound far
+    longer than the test, only AgentChanged on im.agents.v1 can make the other process forget."""
+    patient = api_settings.model_copy(update={"active_agent_cache_s": 3600.0})
+    async with running(patient) as one, running(patient) as two:
+        await one.add_agents(T, "dora", "eve")
+
+        async def status() -> int:
+            return (await two.http.get("/v1/agents", headers=two.auth(T, "dora"))).status_code
+
+        await eventually(lambda: _eq(status(), 200), timeout=30, message="dora known to the second process")
+        assert await status() == 200  # remembered as active there
+        assert (await one.http.delete("/v1/agents/dora", headers=one.admin(T))).status_code == 204
+        await eventually(lambda: _eq(status(), 401), timeout=30,
+                         message="the second process forgot dora when it heard AgentChanged")
+        assert (await two.http.get("/v1/agents", headers=two.auth(T, "eve"))).status_code == 200
+
+
+async def _eq(status, wanted: int) -> bool:
+    return await status == wanted

@@ -80,7 +80,12 @@ export interface paths {
         /** Create or update an agent (admin, service) */
         put: operations["upsert_agent_v1_agents__agent_id__put"];
         post?: never;
-        /** Deactivate an agent (admin, service) */
+        /**
+         * Deactivate an agent (admin, service)
+         * @description The agent's tokens stop working: its next call to this process is 401 `inactive_agent`, and
+         *     every other im-api process refuses it within `IM_API_ACTIVE_AGENT_CACHE_S` (1 s; typically
+         *     milliseconds, when it hears the change). Its sockets close 4401.
+         */
         delete: operations["deactivate_agent_v1_agents__agent_id__delete"];
         options?: never;
         head?: never;

@@ -18,6 +18,7 @@ from im_runtime.process import Process
 
 from .api import agents, conversations, me
 from .api.console import dev_router, mount_console, require_dev_signin_safe
+from .active_agents import ActiveAgents
 from .api.deps import Services
 from .api.middleware import RequestContext
 from .assistance import Assistance
@@ -25,6 +26,7 @@ from .committer import Committer
 from .directory import Directory
 from .errors import install_error_handlers
 from .limits import RateLimits
+from .handlers.agent_changes import agent_change_reader
 from .handlers.assistance import assistance_subscription
 from .metrics import DEAD_LETTERED
 from .outbox import UnitOfWork
@@ -66,9 +68,12 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
         uow = UnitOfWork(client, store, settings, on_commit=relay.wake)
         committer = Committer(uow, store, settings.commit_batch_max, settings.commit_lanes)
         conversations = Conversations(store, uow, committer, settings)
+        active = ActiveAgents(store.is_active_agent, settings.active_agent_cache_s, settings.active_agent_cache_max)
         app.state.services = Services(
-            settings, store, verifier, Directory(store, uow, presence, scan_max=settings.agent_list_scan_max),
-            conversations, RateLimits.from_settings(settings))
+            settings, store, verifier, Directory(store, uow, presence, scan_max=settings.agent_list_scan_max,
+                                                 on_change=active.changed),
+            conversations, RateLimits.from_settings(settings), active)
+        agent_changes = agent_change_reader(settings, active)
         app.state.relay, app.state.committer, app.state.presence = relay, committer, presence
         await verifier.start()
         process.on_stop("drain", "outbox leases", relay.stop)
@@ -76,6 +81,7 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
         if verifier.keyset is not None:
             background.append(process.supervise("key-set", verifier.keyset.refresh_forever))
         background.insert(0, process.supervise("presence-cache", presence.run))
+        background.insert(0, process.supervise("agent-changes", agent_changes.run))
         background.insert(0, process.supervise("outbox-relay", relay.run))
 
         async def halt_relay() -> None:
@@ -107,6 +113,8 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
 
         process.check("kafka", kafka_ok)
         process.check("presence_cache", presence.ready)
+        # Reading the directory's changes (else a deactivation elsewhere waits out the cache's bound).
+        process.check("agent_changes", agent_changes.reading)
         process.check("assistance_consumer", assistance_joined)
         log(logger, logging.INFO, "im-api started", relay_owner=owner)
 

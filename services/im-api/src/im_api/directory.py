@@ -40,6 +40,8 @@ class Directory:
     scan_chunk: int = 500
     # An online/away group this small is read by id (one query) rather than walked by name.
     by_id_max: int = 200
+    # Told after each committed change of an agent (the auth check's cache forgets it at once).
+    on_change: Callable[[str, str], None] = lambda tenant_id, agent_id: None
 
     async def upsert(self, tenant_id: str, agent_id: str, display_name: str, email: str | None,
                      role: str) -> dict:
@@ -52,7 +54,9 @@ class Directory:
             self._publish(tx, doc)
             return doc
 
-        return await self.uow.run(work)
+        doc = await self.uow.run(work)
+        self.on_change(tenant_id, agent_id)
+        return doc
 
     async def deactivate(self, tenant_id: str, agent_id: str) -> None:
         async def work(tx: Transaction) -> None:
@@ -62,6 +66,7 @@ class Directory:
             self._publish(tx, doc)
 
         await self.uow.run(work)
+        self.on_change(tenant_id, agent_id)
 
     def _publish(self, tx: Transaction, doc: dict) -> None:
         event = AgentChanged(tenant_id=doc["tenant_id"], agent_id=doc["agent_id"],

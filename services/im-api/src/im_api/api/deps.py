@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from im_runtime.auth import AuthError, Principal, TokenVerifier
 
+from ..active_agents import ActiveAgents
 from ..directory import Directory
 from ..errors import Forbidden, Unauthorized
 from ..limits import RateLimits
@@ -29,6 +30,7 @@ class Services:
     directory: Directory
     conversations: Conversations
     limits: RateLimits
+    active: ActiveAgents
 
 
 def services(request: Request) -> Services:
@@ -40,8 +42,8 @@ ServicesDep = Annotated[Services, Depends(services)]
 
 async def current_principal(request: Request, svc: ServicesDep) -> Principal:
     """The verified caller. An `agent` token (or a service acting for an agent) counts only while
-    that agent exists and is active: one indexed lookup per call, no cache, so deactivation
-    takes effect on the next request."""
+    that agent exists and is active, as the directory said at most IM_API_ACTIVE_AGENT_CACHE_S
+    ago (ActiveAgents): a deactivation takes effect within that bound."""
     return await require_active(await token_principal(request, svc), svc)
 
 
@@ -66,7 +68,7 @@ async def token_principal(request: Request, svc: ServicesDep) -> Principal:
 
 async def require_active(principal: Principal, svc: Services) -> Principal:
     if principal.role == "agent" or principal.acting_agent_id:
-        if not await svc.store.is_active_agent(principal.tenant_id, principal.agent_id):
+        if not await svc.active.is_active(principal.tenant_id, principal.agent_id):
             raise Unauthorized("the agent is unknown or deactivated", code="inactive_agent")
     return principal
 
