@@ -180,12 +180,13 @@ class _Commands(monitoring.CommandListener):
         return None
 
 
-async def test_the_queue_writer_appends_a_batch_in_two_commands_per_agent_and_a_reconsumed_one_changes_nothing(
+async def test_the_queue_writer_appends_a_batch_in_a_few_commands_for_all_its_agents_and_a_reconsumed_one_changes_nothing(
     mongo_uri, mongo_db_name
 ):
-    """An append is one head compare-and-set + one insert per agent (plus one head read the
-    first time the writer sees the agent), and the routing lookup is one read per tenant for the
-    whole batch; the dedupe keys are read only after a collision."""
+    """A batch is one bulk compare-and-set of every agent's head + one insert of every entry (plus
+    one head read per tenant for agents the writer has not seen yet), and the routing lookup is
+    one read per tenant; the dedupe keys are read only after a collision (issue 19: it was two
+    commands per agent)."""
     commands = _Commands()
     client = AsyncMongoClient(mongo_uri, event_listeners=[commands], tz_aware=True)
     try:
@@ -202,14 +203,15 @@ async def test_the_queue_writer_appends_a_batch_in_two_commands_per_agent_and_a_
 
         commands.names.clear()
         await writer.handle_batch(batch({("acme", "ana"): ["m0"], ("acme", "ben"): ["m0"], ("globex", "ana"): ["m0"]}))
-        # First sight of 3 agents: head read + head compare-and-set + insert each; one routing read per tenant.
-        assert sorted(commands.names) == sorted(["find", "update", "insert"] * 3 + ["find"] * 2), commands.names
+        # First sight of 3 agents: a head read per tenant, one compare-and-set of the 3 heads, one
+        # insert of the 3 entries; one routing read per tenant.
+        assert sorted(commands.names) == sorted(["find"] * 2 + ["update", "insert"] + ["find"] * 2), commands.names
         commands.names.clear()
         bus.signals.clear()
         await writer.handle_batch(batch({("acme", "ana"): ["m1", "m2"], ("acme", "ben"): ["m1"],
                                          ("globex", "ana"): ["m1", "m2", "m3"]}))
-        # Then 3 agents × (head compare-and-set + insert) + one routing read per tenant (2 tenants).
-        assert sorted(commands.names) == sorted(["update", "insert"] * 3 + ["find"] * 2), commands.names
+        # Then the same two commands for the 3 agents' 6 entries + one routing read per tenant (2 tenants).
+        assert sorted(commands.names) == sorted(["update", "insert"] + ["find"] * 2), commands.names
         assert sorted(bus.signals) == [("acme", "gw-1", "ana", 3), ("acme", "gw-2", "ben", 2)]
         assert (await store.head("globex", "ana"))["cursor"] == 4
         # Another writer moved a head meanwhile (e.g. before a rebalance): read again, nothing collides.
@@ -234,6 +236,18 @@ async def test_the_queue_writer_appends_a_batch_in_two_commands_per_agent_and_a_
         assert [e.frame["k"] for e in await store.entries_after("acme", "ana", 0, 100)] == ["m0", "m1", "m2", "m4"]
         assert bus.signals == [("acme", "gw-1", "ana", entries[3].cursor)]
         assert entries[3].cursor < (await store.head("acme", "ana"))["cursor"]  # the refused attempt's cursors
+        # One agent's re-consumed entry in a batch with others' new ones: the insert stops at it;
+        # the others' entries go in at their cursors all the same, and it alone is repaired.
+        ben_head = (await store.head("acme", "ben"))["cursor"]
+        bus.signals.clear()
+        await writer.handle_batch(batch({("acme", "ana"): ["m2", "m5"], ("acme", "ben"): ["m10", "m11"],
+                                         ("globex", "ana"): ["m4"]}))
+        assert [e.frame["k"] for e in await store.entries_after("acme", "ana", 0, 100)] == ["m0", "m1", "m2", "m4", "m5"]
+        assert [(e.cursor, e.frame["k"]) for e in await store.entries_after("acme", "ben", ben_head, 100)] == \
+            [(ben_head + 1, "m10"), (ben_head + 2, "m11")]
+        assert [e.frame["k"] for e in await store.entries_after("globex", "ana", 0, 100)] == ["m0", "m1", "m2", "m3", "m4"]
+        ana_last = (await store.entries_after("acme", "ana", 0, 100))[-1].cursor
+        assert sorted(bus.signals) == [("acme", "gw-1", "ana", ana_last), ("acme", "gw-2", "ben", ben_head + 2)]
     finally:
         await client.drop_database(mongo_db_name)
         await client.close()

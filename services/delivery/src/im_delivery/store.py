@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from im_contracts.events import SYSTEM_TENANT
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from im_runtime.kafka import TransientError
 from im_runtime.mongo import compound_id
@@ -197,11 +197,7 @@ class QueueStore:
         last = await self.allocate(tenant_id, agent_id, len(items), known)
         first = last - len(items) + 1
         now = utcnow()
-        docs = [
-            {"tenant_id": tenant_id, "agent_id": agent_id, "cursor": first + i, "dedupe_key": item.dedupe_key,
-             "frame": item.frame, "trace_id": item.trace_id, "created_at": now}
-            for i, item in enumerate(items)
-        ]
+        docs = [self.entry_doc(tenant_id, agent_id, first + i, item, now) for i, item in enumerate(items)]
         try:
             await self._queue.insert_many(docs, ordered=True)
         except BulkWriteError as exc:
@@ -213,6 +209,46 @@ class QueueStore:
                 raise TransientError("queue append: write concern not satisfied") from exc
             raise  # e.g. an entry too large: never a duplicate, retrying cannot help
         return last
+
+    async def allocate_many(self, wanted: dict[tuple[str, str], tuple[int, int]]) -> set[tuple[str, str]]:
+        """`allocate` for many agents in ONE command: (tenant, agent) -> (known head, n). Each head
+        moves by n only if it is still at `known` (an unordered bulk of compare-and-sets; a head
+        that moved meanwhile makes its upsert collide with the existing head). The agents whose
+        head moved: their cursors are known + 1 .. known + n."""
+        agents = list(wanted)
+        ops = [UpdateOne({**self.head_filter(t, a), "cursor": known}, {"$inc": {"cursor": n}}, upsert=True)
+               for (t, a), (known, n) in wanted.items()]
+        try:
+            await self._heads.bulk_write(ops, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if not errors:  # only a write concern failed: the heads may have moved; retry later
+                raise TransientError("head allocation: write concern not satisfied") from exc
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            return set(agents) - {agents[e["index"]] for e in errors}
+        return set(agents)
+
+    async def insert_entries(self, docs: list[dict[str, Any]]) -> tuple[int, bool] | None:
+        """Inserts queue entries (`entry_doc`) in order in ONE command. None when all went in;
+        else (index, on_cursor) of the first one refused as a duplicate: those before it are in,
+        those after it are not (ordered)."""
+        try:
+            await self._queue.insert_many(docs, ordered=True)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if errors and all(e.get("code") == DUPLICATE_KEY for e in errors):
+                first = min(errors, key=lambda e: e["index"])
+                return first["index"], _on_cursor_index(first)
+            if not errors:
+                raise TransientError("queue append: write concern not satisfied") from exc
+            raise  # e.g. an entry too large: never a duplicate, retrying cannot help
+        return None
+
+    @staticmethod
+    def entry_doc(tenant_id: str, agent_id: str, cursor: int, item: NewEntry, at: datetime) -> dict[str, Any]:
+        return {"tenant_id": tenant_id, "agent_id": agent_id, "cursor": cursor, "dedupe_key": item.dedupe_key,
+                "frame": item.frame, "trace_id": item.trace_id, "created_at": at}
 
     def head_filter(self, tenant_id: str, agent_id: str) -> dict[str, Any]:
         return {"_id": agent_doc_id(tenant_id, agent_id), "tenant_id": tenant_id, "agent_id": agent_id}

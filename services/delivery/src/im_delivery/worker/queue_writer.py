@@ -1,10 +1,13 @@
 """The single writer of every agent's delivery queue: appends a batch's entries, then signals.
 
 It consumes `im.inbox.v1` (keyed tenant:agent) in group `delivery-queue`: the partition owner is
-the only writer of those agents' queues, so cursors become visible in order. Per agent and batch
-it allocates n cursors by one compare-and-set of the head and inserts the entries in order; the unique
-(tenant, agent, dedupe_key) index makes a re-consumed record a no-op. The gateways holding the
-batch's agents are looked up once per tenant, then each is signalled.
+the only writer of those agents' queues, so cursors become visible in order. A batch costs a few
+commands whatever the number of agents in it: one compare-and-set of every agent's head (n cursors
+each, one bulk write), one ordered insert of every entry, one routing read per tenant (plus one
+head read per tenant for agents this writer has not seen yet). The unique (tenant, agent,
+dedupe_key) index makes a re-consumed record a no-op: an agent whose entry collides, or whose head
+had moved, goes through the one-agent path, which reads what is already there. Then each gateway
+holding one of the batch's agents is signalled.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from im_runtime.logs import log
 from prometheus_client import Counter, Histogram
 
 from ..bus import DeliveryBus, Item, record_origin, record_trace
-from ..store import DuplicateAppend, NewEntry, QueueStore
+from ..store import DuplicateAppend, NewEntry, QueueStore, utcnow
 
 logger = logging.getLogger("im_delivery.queue_writer")
 
@@ -55,8 +58,75 @@ class QueueWriter:
         # Agents are independent queues: write them concurrently, each in its own order. The
         # signals each produces are confirmed before the subscription commits (this task's only).
         async with self.bus.confirmed():
-            heads = await asyncio.gather(*(self.append(t, a, evs) for (t, a), evs in by_agent.items()))
-            await self.signal(dict(zip(by_agent, heads, strict=True)))
+            await self.signal(await self.append_all(by_agent))
+
+    async def append_all(self, by_agent: dict[tuple[str, str], list[tuple[QueueAppend, str, float | None]]]
+                         ) -> dict[tuple[str, str], int]:
+        """Every agent's entries of a batch, in three commands for all of them on the usual path;
+        each agent's head (0: none)."""
+        if not by_agent:
+            return {}
+        wanted = {agent: _unique(events) for agent, events in by_agent.items()}
+        started = time.perf_counter()
+        unknown: dict[str, list[str]] = defaultdict(list)
+        known: dict[tuple[str, str], int] = {}
+        for agent in wanted:
+            if agent in self.heads:
+                known[agent] = self.heads[agent]
+            else:
+                unknown[agent[0]].append(agent[1])
+        for tenant_id, agent_ids in unknown.items():
+            found = await self.store.heads_of(tenant_id, agent_ids)
+            for agent_id in agent_ids:
+                known[(tenant_id, agent_id)] = int(found.get(agent_id, {}).get("cursor", 0))
+        moved = await self.store.allocate_many({agent: (known[agent], len(fresh)) for agent, fresh in wanted.items()})
+        at = utcnow()
+        docs: list[tuple[tuple[str, str], dict]] = []
+        for agent in wanted:
+            if agent in moved:
+                first = known[agent] + 1
+                docs += [(agent, self.store.entry_doc(*agent, first + i, entry, at))
+                         for i, (entry, _) in enumerate(wanted[agent])]
+        # Ordered: a refused entry stops the insert there. Its agent goes the one-agent way; the
+        # entries after it (other agents') are inserted again at the cursors they were given.
+        collided: dict[tuple[str, str], bool] = {}
+        while docs:
+            refused = await self.store.insert_entries([doc for _, doc in docs])
+            if refused is None:
+                break
+            index, on_cursor = refused
+            agent = docs[index][0]
+            collided[agent] = collided.get(agent, False) or on_cursor
+            docs = [(a, doc) for a, doc in docs[index + 1:] if a != agent]
+        heads: dict[tuple[str, str], int] = {}
+        appended_at = time.time()
+        for agent, fresh in wanted.items():
+            if agent not in moved or agent in collided:
+                continue
+            head = known[agent] + len(fresh)
+            self._remember(agent, head)
+            heads[agent] = head
+            APPENDED.inc(len(fresh))
+            for _, origin in fresh:
+                if origin is not None:
+                    FANOUT_SECONDS.observe(max(0.0, appended_at - origin))
+        APPEND_SECONDS.observe(time.perf_counter() - started)
+        for agent in wanted:
+            if agent in heads:
+                continue
+            # Its head had moved (another writer before a rebalance) or an entry was already there.
+            self.heads.pop(agent, None)
+            if collided.get(agent):
+                await self.store.repair_head(*agent)
+            heads[agent] = await self.append(*agent, by_agent[agent], collided=agent in collided)
+        log(logger, logging.DEBUG, "queue batch appended", agents=len(wanted), heads_moved=len(moved),
+            collided=len(collided))
+        return {agent: heads[agent] for agent in by_agent}
+
+    def _remember(self, agent: tuple[str, str], head: int) -> None:
+        if len(self.heads) >= self.remember and agent not in self.heads:
+            self.heads.clear()
+        self.heads[agent] = head
 
     async def signal(self, heads: dict[tuple[str, str], int]) -> None:
         """One routing read per tenant for the whole batch (not one per agent), then a signal per
@@ -72,20 +142,18 @@ class QueueWriter:
             for agent, gateway in sorted(pairs):
                 await self.bus.advanced(tenant_id, gateway, agent, agents[agent])
 
-    async def append(self, tenant_id: str, agent_id: str, events: list[tuple[QueueAppend, str, float | None]]) -> int:
-        """Appends the entries not already queued, in order; returns the agent's head (0: none).
+    async def append(self, tenant_id: str, agent_id: str, events: list[tuple[QueueAppend, str, float | None]],
+                     collided: bool = False) -> int:
+        """One agent's entries not already queued, in order; returns the agent's head (0: none).
 
-        Optimistic: the batch is inserted straight away and the unique dedupe-key index refuses
-        what is already there (a re-consumed record). Only then are the present keys read and the
-        rest appended at fresh cursors (the refused ones' cursors stay gaps, which readers allow).
-        So a first delivery costs two commands per agent and batch: the head's compare-and-set and
-        the insert."""
-        wanted: dict[str, tuple[NewEntry, float | None]] = {}
-        for event, trace, origin in events:
-            wanted.setdefault(event.dedupe_key, (NewEntry(event.dedupe_key, event.frame, trace), origin))
+        Optimistic unless `collided`: the entries are inserted straight away and the unique
+        dedupe-key index refuses what is already there (a re-consumed record). Only then are the
+        present keys read and the rest appended at fresh cursors (the refused ones' cursors stay
+        gaps, which readers allow)."""
+        wanted = {entry.dedupe_key: (entry, origin) for entry, origin in _unique(events)}
         fresh = list(wanted.values())
         agent = (tenant_id, agent_id)
-        for attempt in range(1, MAX_APPEND_ATTEMPTS + 1):
+        for attempt in range(2 if collided else 1, MAX_APPEND_ATTEMPTS + 1):
             if attempt > 1:  # a collision: append only what is missing
                 present = await self.store.existing_keys(tenant_id, agent_id, list(wanted))
                 fresh = [wanted[k] for k in wanted if k not in present]
@@ -106,9 +174,7 @@ class QueueWriter:
                 if attempt == MAX_APPEND_ATTEMPTS:
                     raise RuntimeError(f"queue append still colliding after {attempt} attempts") from dup
                 continue  # recompute what is missing
-            if len(self.heads) >= self.remember:
-                self.heads.clear()
-            self.heads[agent] = int(head)
+            self._remember(agent, int(head))
             appended_at = time.time()
             APPEND_SECONDS.observe(time.perf_counter() - started)
             DUPLICATES.inc(len(wanted) - len(fresh))
@@ -120,3 +186,11 @@ class QueueWriter:
                 entries=len(fresh), trace_ids=sorted({e.trace_id for e, _ in fresh if e.trace_id})[:20])
             return int(head)
         raise AssertionError("unreachable")
+
+
+def _unique(events: list[tuple[QueueAppend, str, float | None]]) -> list[tuple[NewEntry, float | None]]:
+    """The batch's entries for one agent, each dedupe key once, in order."""
+    wanted: dict[str, tuple[NewEntry, float | None]] = {}
+    for event, trace, origin in events:
+        wanted.setdefault(event.dedupe_key, (NewEntry(event.dedupe_key, event.frame, trace), origin))
+    return list(wanted.values())
