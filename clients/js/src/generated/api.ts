@@ -83,8 +83,8 @@ export interface paths {
         /**
          * Deactivate an agent (admin, service)
          * @description The agent's tokens stop working: its next call to this process is 401 `inactive_agent`, and
-         *     every other im-api process refuses it within `IM_API_ACTIVE_AGENT_CACHE_S` (1 s; typically
-         *     milliseconds, when it hears the change). Its sockets close 4401.
+         *     every other im-api process refuses it within `IM_API_DIRECTORY_RECHECK_S` (1 s). Its sockets
+         *     close 4401.
          */
         delete: operations["deactivate_agent_v1_agents__agent_id__delete"];
         options?: never;

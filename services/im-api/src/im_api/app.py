@@ -26,7 +26,6 @@ from .committer import Committer
 from .directory import Directory
 from .errors import install_error_handlers
 from .limits import RateLimits
-from .handlers.agent_changes import agent_change_reader
 from .handlers.assistance import assistance_subscription
 from .metrics import DEAD_LETTERED
 from .outbox import UnitOfWork
@@ -34,7 +33,7 @@ from .relay import Relay
 from .presence_cache import PresenceCache
 from .service import Conversations
 from .settings import ApiSettings
-from .store import Store
+from .store import Store, directory_bucket
 
 logger = logging.getLogger("im_api")
 
@@ -68,12 +67,12 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
         uow = UnitOfWork(client, store, settings, on_commit=relay.wake)
         committer = Committer(uow, store, settings.commit_batch_max, settings.commit_lanes)
         conversations = Conversations(store, uow, committer, settings)
-        active = ActiveAgents(store.is_active_agent, settings.active_agent_cache_s, settings.active_agent_cache_max)
+        active = ActiveAgents(store.is_active_agent, store.directory_versions, directory_bucket,
+                              settings.directory_recheck_s, settings.directory_memory_max)
         app.state.services = Services(
             settings, store, verifier, Directory(store, uow, presence, scan_max=settings.agent_list_scan_max,
                                                  on_change=active.changed),
             conversations, RateLimits.from_settings(settings), active)
-        agent_changes = agent_change_reader(settings, active)
         app.state.relay, app.state.committer, app.state.presence = relay, committer, presence
         await verifier.start()
         process.on_stop("drain", "outbox leases", relay.stop)
@@ -81,7 +80,6 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
         if verifier.keyset is not None:
             background.append(process.supervise("key-set", verifier.keyset.refresh_forever))
         background.insert(0, process.supervise("presence-cache", presence.run))
-        background.insert(0, process.supervise("agent-changes", agent_changes.run))
         background.insert(0, process.supervise("outbox-relay", relay.run))
 
         async def halt_relay() -> None:
@@ -113,8 +111,6 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
 
         process.check("kafka", kafka_ok)
         process.check("presence_cache", presence.ready)
-        # Reading the directory's changes (else a deactivation elsewhere waits out the cache's bound).
-        process.check("agent_changes", agent_changes.reading)
         process.check("assistance_consumer", assistance_joined)
         log(logger, logging.INFO, "im-api started", relay_owner=owner)
 

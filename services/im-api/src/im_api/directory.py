@@ -51,9 +51,11 @@ class Directory:
             doc = await self.store.save_agent(
                 tenant_id, agent_id, {"display_name": display_name, "name_lc": display_name.casefold(),
                                       "email": email, "role": role, "active": True}, now(), tx.session)
+            await self.store.count_directory_change(tenant_id, agent_id, tx.session)
             self._publish(tx, doc)
             return doc
 
+        await self.store.make_directory_buckets(tenant_id)
         doc = await self.uow.run(work)
         self.on_change(tenant_id, agent_id)
         return doc
@@ -63,8 +65,10 @@ class Directory:
             doc = await self.store.deactivate_agent(tenant_id, agent_id, now(), tx.session)
             if doc is None:
                 raise NotFound("no such agent", field="agent_id")
+            await self.store.count_directory_change(tenant_id, agent_id, tx.session)
             self._publish(tx, doc)
 
+        await self.store.make_directory_buckets(tenant_id)
         await self.uow.run(work)
         self.on_change(tenant_id, agent_id)
 

@@ -54,11 +54,11 @@ class ApiSettings(CommonSettings):
     ticket_burst_per_tenant: float = 200.0
     # Callers remembered per limit (least recently used forgotten first): bounds the memory.
     rate_limit_max_keys: int = 100_000
-    # An agent token is checked against the directory: the answer is remembered this long, so a
-    # deactivation takes effect within it (sooner: every im-api forgets the agent when it hears
-    # AgentChanged). 0 reads the directory on every call.
-    active_agent_cache_s: float = Field(default=1.0, ge=0)
-    active_agent_cache_max: int = Field(default=100_000, ge=1)
+    # An agent token is checked against the directory, whose answers each process remembers with
+    # the version of the agent's directory bucket; a tenant's versions are read again this often, so
+    # a deactivation made through another process is refused within it (0: read every time).
+    directory_recheck_s: float = Field(default=1.0, ge=0)
+    directory_memory_max: int = Field(default=100_000, ge=1)  # answers (and tenants) remembered
     # Group commit: at most this many sends in one MongoDB transaction (bounds txn size).
     commit_batch_max: int = 256
     # Tenants whose group commits run at once (one transaction per tenant, tenants served round

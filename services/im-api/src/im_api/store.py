@@ -19,6 +19,9 @@ Collections owned by im-api:
   one per processed AssistanceRequested, written in the transaction of the message it posted;
   unique per (tenant, request_id); kept (a few hundred bytes each, and the audit of what was asked;
   no TTL, since a TTL index cannot lead with tenant_id).
+- `directory_versions`: `{_id: compound_id(tenant, bucket), tenant_id, bucket, version}` — sixteen
+  counters per tenant, one moved in the transaction of each change of an agent of its bucket: what
+  each process's memory of the agent check (`active_agents.py`) is checked against.
 Read-only, owned by delivery: `delivery_heads` `{_id: compound_id(tenant, agent), tenant_id,
 agent_id, cursor}` (the `stream_cursor` of the thread list, read by its tenant_id and agent_id).
 `compound_id` length-prefixes each part, so ids that contain ":" never make two keys meet.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import zlib
 
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +48,10 @@ def now() -> datetime:
     return t.replace(microsecond=t.microsecond // 1000 * 1000)
 
 
+def directory_bucket(agent_id: str) -> int:
+    return zlib.crc32(agent_id.encode()) % DIRECTORY_BUCKETS
+
+
 def list_key(last_message_at: datetime, conversation_id: str) -> str:
     """The thread list's one sort key, (last_message_at, _id) as sortable text: a keyset walk on a
     single field is a plain index range (an $or of two bounds made SecantusDB scan the collection)."""
@@ -58,6 +66,7 @@ def message_doc(tenant_id: str, conversation_id: str, seq: int, sender_id: str, 
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DIRECTORY_BUCKETS = 16
 # The order the relay reads unsent records in: per shard, each conversation's records in order.
 PENDING_ORDER = [("shard", ASCENDING), ("conversation_id", ASCENDING), ("order", ASCENDING)]
 # The highest code point: every string with the prefix sorts below prefix + this.
@@ -83,6 +92,8 @@ class Store:
         self._outbox_relays = db["outbox_relays"]
         self._delivery_heads = db["delivery_heads"]
         self._assistance_requests = db["assistance_requests"]
+        self._directory_versions = db["directory_versions"]
+        self._buckets_made: set[str] = set()  # tenants whose version buckets exist (seen by this process)
         self._retention = outbox_retention_s
 
     async def create_indexes(self) -> None:
@@ -126,6 +137,8 @@ class Store:
         # `pending` replaced it: a deployment from before would otherwise pay for it on every write.
         if "pending_by_shard" in await self._outbox.index_information():
             await self._outbox.drop_index("pending_by_shard")
+        await self._directory_versions.create_index([("tenant_id", ASCENDING), ("bucket", ASCENDING)],
+                                                    unique=True, name="tenant_bucket")
         await self._assistance_requests.create_indexes([
             IndexModel([("tenant_id", ASCENDING), ("request_id", ASCENDING)], unique=True, name="request"),
         ])
@@ -219,6 +232,35 @@ class Store:
         if not result.matched_count:
             return None
         return await self._agents.find_one(key, session=session)
+
+    # --- the directory's change counters (what the agent check's memory is checked against) ------
+
+    async def make_directory_buckets(self, tenant_id: str) -> None:
+        """The tenant's version counters, created before any transaction moves one: two first
+        changes of a tenant at once would otherwise race to insert the same counter inside their
+        transactions (a duplicate key is not a retried conflict)."""
+        if tenant_id in self._buckets_made:
+            return
+        docs = [{"_id": compound_id(tenant_id, str(b)), "tenant_id": tenant_id, "bucket": b, "version": 0}
+                for b in range(DIRECTORY_BUCKETS)]
+        try:
+            await self._directory_versions.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors") or [{}]):
+                raise
+        self._buckets_made.add(tenant_id)
+
+    async def count_directory_change(self, tenant_id: str, agent_id: str, session: Any) -> None:
+        """In the transaction of a change of the agent: its bucket's version moves, so every
+        process's remembered answers for that bucket's agents are read again (ActiveAgents).
+        Sixteen buckets: concurrent changes of one tenant's agents rarely write the same counter."""
+        await self._directory_versions.update_one(
+            {"_id": compound_id(tenant_id, str(directory_bucket(agent_id))), "tenant_id": tenant_id},
+            {"$inc": {"version": 1}}, session=session)
+
+    async def directory_versions(self, tenant_id: str) -> dict[int, int]:
+        return {d["bucket"]: d["version"] async for d in self._directory_versions.find(
+            {"tenant_id": tenant_id}, {"bucket": 1, "version": 1, "_id": 0})}
 
     async def has_agents(self, tenant_id: str) -> bool:
         return await self._agents.find_one({"tenant_id": tenant_id}, projection={"_id": 1}) is not None

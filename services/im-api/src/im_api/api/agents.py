@@ -26,8 +26,8 @@ async def upsert_agent(agent_id: AgentPath, body: AgentUpsert, principal: Direct
                responses=errors_doc(401, 403, 404, 422))
 async def deactivate_agent(agent_id: AgentPath, principal: DirectoryAdmin, directory: DirectoryDep) -> Response:
     """The agent's tokens stop working: its next call to this process is 401 `inactive_agent`, and
-    every other im-api process refuses it within `IM_API_ACTIVE_AGENT_CACHE_S` (1 s; typically
-    milliseconds, when it hears the change). Its sockets close 4401."""
+    every other im-api process refuses it within `IM_API_DIRECTORY_RECHECK_S` (1 s). Its sockets
+    close 4401."""
     await directory.deactivate(principal.tenant_id, agent_id)
     return Response(status_code=204)
 
