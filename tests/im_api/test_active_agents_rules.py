@@ -35,6 +35,7 @@ class Directory:
 
     async def versions(self, tenant_id: str) -> dict[int, int]:
         self.reads.append(f"versions:{tenant_id}")
+        await asyncio.sleep(0)  # a read takes a round trip: other calls run meanwhile
         return dict(self.bucket_versions.get(tenant_id, {}))
 
 
@@ -125,3 +126,15 @@ async def test_tenants_are_apart_a_zero_bound_reads_every_time_and_the_memory_is
     await small.is_active("t", "ann")
     await small.is_active("t", "bob")
     assert directory.reads == ["bob"]
+
+
+async def test_calls_arriving_while_a_tenants_versions_are_read_share_that_read():
+    directory, clock = Directory(), Clock()
+    for agent in ("ann", "bob", "cat"):
+        directory.change("t", agent, True)
+    agents = check(directory, clock)
+    await asyncio.gather(*(agents.is_active("t", a) for a in ("ann", "bob", "cat")))
+    clock.now += 1.0  # expired: the next calls, at once, read the versions once between them
+    directory.reads.clear()
+    answers = await asyncio.gather(*(agents.is_active("t", a) for a in ("ann", "bob", "cat", "ann")))
+    assert answers == [True] * 4 and directory.reads == ["versions:t"]

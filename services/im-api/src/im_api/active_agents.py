@@ -12,6 +12,7 @@ refused everywhere within `ttl_s` (plus one read), and at once by the process th
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ class ActiveAgents:
     _agents: OrderedDict[tuple[str, str], tuple[bool, int]] = field(default_factory=OrderedDict)
     _tenants: OrderedDict[str, tuple[dict[int, int], float]] = field(default_factory=OrderedDict)
     _changes: int = 0  # changes made here so far: a read that overlapped one is not kept
+    _reading: dict[str, asyncio.Future] = field(default_factory=dict)  # versions being read, by tenant
 
     async def is_active(self, tenant_id: str, agent_id: str) -> bool:
         if self.ttl_s <= 0:
@@ -52,6 +54,15 @@ class ActiveAgents:
         hit = self._tenants.get(tenant_id)
         if hit is not None and asked_at - hit[1] < self.ttl_s:
             return hit[0]
+        # One read per tenant at a time: the calls arriving meanwhile wait for it (a busy tenant's
+        # requests would otherwise all read the versions when they expire).
+        reading = self._reading.get(tenant_id)
+        if reading is None:
+            reading = self._reading[tenant_id] = asyncio.ensure_future(self._read_versions(tenant_id, asked_at))
+            reading.add_done_callback(lambda _: self._reading.pop(tenant_id, None))
+        return await asyncio.shield(reading)
+
+    async def _read_versions(self, tenant_id: str, asked_at: float) -> dict[int, int]:
         changes = self._changes
         versions = await self.versions(tenant_id)
         if changes == self._changes:  # dated from before the read: never fresher than it is
