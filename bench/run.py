@@ -121,7 +121,7 @@ async def service_commands(stack: BenchStack) -> dict[str, dict[str, float]]:
     """`im_mongo_commands_total` by command from each service's /metrics: who spends the commands."""
     out: dict[str, dict[str, float]] = {}
     async with httpx.AsyncClient(timeout=30) as http:
-        for name, _, ready_url in stack.services:
+        for service, _, ready_url in stack.services:
             try:
                 text = (await http.get(ready_url.replace("/readyz", "/metrics"))).text
             except httpx.HTTPError:
@@ -130,8 +130,10 @@ async def service_commands(stack: BenchStack) -> dict[str, dict[str, float]]:
             for line in text.splitlines():
                 if line.startswith("im_mongo_commands_total{"):
                     command = line.split('command="', 1)[1].split('"', 1)[0]
-                    counts[command] = float(line.rsplit(" ", 1)[1])
-            out[name] = counts
+                    collection = line.split('collection="', 1)[1].split('"', 1)[0]
+                    what = f"{command} {collection}".strip()
+                    counts[what] = counts.get(what, 0.0) + float(line.rsplit(" ", 1)[1])
+            out[service] = counts
     return out
 
 

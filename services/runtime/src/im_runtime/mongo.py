@@ -10,8 +10,8 @@ from .kafka import start_with_retry
 from .settings import CommonSettings
 
 
-COMMANDS = Counter("im_mongo_commands_total", "Commands this process sent to MongoDB, by command name",
-                   ["command"])
+COMMANDS = Counter("im_mongo_commands_total", "Commands this process sent to MongoDB, by command and collection",
+                   ["command", "collection"])
 
 
 class CommandCounter(monitoring.CommandListener):
@@ -19,7 +19,10 @@ class CommandCounter(monitoring.CommandListener):
     says which service spends them (issue 19's per-message accounting reads it from /metrics)."""
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        COMMANDS.labels(event.command_name).inc()
+        # The command's first field names its collection (find, insert, update, aggregate, ...);
+        # transaction commands and the like name none.
+        target = event.command.get(event.command_name)
+        COMMANDS.labels(event.command_name, target if isinstance(target, str) else "").inc()
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         return None
