@@ -69,8 +69,10 @@ def targets(results: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
     # Checked where the offered load is within capacity (closed loop, probe, replay). An open-loop
     # step past capacity leaves a backlog that is still delivered after its 30 s settle window:
     # reported as "late", not as lost.
+    scale = results.get("scale_out") or {}
     lost = sum(int(_num(x)) if not math.isnan(_num(x)) else 0 for x in (
-        _get(results, "throughput", "missing"), _get(fan, "probe", "missing"),
+        _get(results, "throughput", "missing"), _get(fan, "probe", "missing"), scale.get("missing"),
+        _get(results, "lone", "missing"),
         (replay.get("expected", 0) - replay.get("received", 0)) if replay else 0))
 
     def row(name, value, unit, baseline, ratio, bound, ok, evaluated=True):
@@ -143,6 +145,9 @@ def targets(results: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
             f"<= blank page + {CONSOLE_IDLE_SLACK_CORES:g}, no requests",
             _num(_get(con, "idle", "console_cores")) <= blank + CONSOLE_IDLE_SLACK_CORES
             and _get(con, "idle", "requests") == 0),
+        row("scale-out: two of each, delivered", _num(scale.get("sustained_delivered_per_s")), "msg/s", tput,
+            _num(scale.get("sustained_delivered_per_s")) / tput, "none lost or twice",
+            scale.get("missing") == 0 and scale.get("duplicates") == 0),
         {**row("accepted messages never delivered", lost, "messages", None, None, "== 0", lost == 0),
          "pass": lost == 0},  # at every scale
     ]

@@ -35,7 +35,7 @@ from .stack import BenchStack, given_endpoints, start_endpoints
 # The latency scenarios before fan-in: 10,000 sockets leave the directory and presence 10,000 agents
 # bigger (and `quiet` waits out their disconnects before anything else is measured).
 SCENARIOS = ("baselines", "idle", "lone", "throughput", "catch_up", "console", "tenant_fairness", "latency", "latency_search",
-             "fan_in")
+             "scale_out", "fan_in")
 # Our own processes (the rest of the system under test is Kafka and MongoDB).
 SERVICES = ("im-api", "delivery-worker", "delivery-gateway", "presence")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -304,7 +304,12 @@ def main() -> None:
         raise SystemExit(130) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str))
+    from .charts import draw  # matplotlib: loaded only once the run is over
+
+    pictures = draw(path)
     print(table(result["scenarios"], result["targets"]))
+    for picture in pictures:
+        print(f"chart: {picture}")
     print(f"\n{'quick' if args.quick else 'full'} run in {result['run']['elapsed_s']} s; JSON: {path}")
 
 

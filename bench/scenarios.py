@@ -278,6 +278,72 @@ class Bench:
                  f"{out['in_flight']} in flight), closed-loop p99 {out['latency']['p99_ms']} ms")
         return out
 
+    # --- 2a. scale-out -------------------------------------------------------------------------------
+
+    async def scale_out(self) -> dict[str, Any]:
+        """A second process of each service against the same Kafka and MongoDB (same topics,
+        database and consumer groups), then the throughput load through both: each load process
+        sends through one im-api while its recipients listen on the OTHER gateway, so every
+        message crosses processes. The same checks as throughput (every accepted message on its
+        recipient's socket, none twice) and how the work spread over the processes."""
+        s = self.scale
+        extras = {"im-api-2": ("im_api", "IM_API_PORT", {}),
+                  "delivery-worker-2": ("im_delivery.worker", "IM_DELIVERY_WORKER_PORT", {}),
+                  "delivery-gateway-2": ("im_delivery.gateway", "IM_STREAM_PORT",
+                                         {"IM_DELIVERY_GATEWAY_ID": "bench-gw-2"}),
+                  "presence-2": ("im_presence", "IM_PRESENCE_PORT", {})}
+        convs = [[], []]
+        for p in range(2):
+            for t in range(s.throughput_tenants):
+                convs[p] += await self.pairs(f"so{p}-{t}", s.throughput_pairs)
+        started: list[str] = []
+        try:
+            ports = {}
+            for name, (module, port_env, env) in extras.items():
+                ports[name] = await self.stack.start_extra(name, module, port_env, env)
+                started.append(name)
+            api2 = f"http://127.0.0.1:{ports['im-api-2']}"
+            stream2 = f"ws://127.0.0.1:{ports['delivery-gateway-2']}/v1/stream"
+            # Both relays hold a share of the outbox shards (the new one claims its share at its
+            # next lease round); the new worker and presence are ready, so their groups rebalanced.
+            shares = await self.until_shared([self.stack.api_url, api2])
+            jobs = [self.traffic(convs[0], "so0", mode="closed", concurrency=s.throughput_concurrency,
+                                 duration_s=s.throughput_s, samples=True, stream_url=stream2,
+                                 settle_s=30 if s is QUICK else 120),
+                    self.traffic(convs[1], "so1", mode="closed", concurrency=s.throughput_concurrency,
+                                 duration_s=s.throughput_s, samples=True, api=api2,
+                                 settle_s=30 if s is QUICK else 120)]
+            loading = asyncio.gather(*(self.load(j) for j in jobs))
+            cores = await self.cores(s.throughput_s) if self.cores is not None else {}
+            results = await loading
+        finally:
+            for name in reversed(started):
+                await asyncio.to_thread(self.stack.stop_service, name)
+        first = min(r["first_send"] for r in results)
+        last = max(r["last_delivery"] for r in results)
+        accepted = sum(r["accepted"] for r in results)
+        delivered = sum(r["delivered"] for r in results)
+        samples = [x for r in results for x in r.pop("samples")]
+        out = {"processes_per_service": 2, "accepted": accepted, "delivered": delivered,
+               "missing": accepted - delivered, "duplicates": sum(r["duplicates"] for r in results),
+               "non_201": sum(v for r in results for k, v in r["statuses"].items() if k != "201"),
+               "sustained_delivered_per_s": round(delivered / (last - first), 1),
+               "latency": summary_ms(samples), "outbox_shards_held": shares,
+               "cores_by_process_under_load": {k: round(v, 3) for k, v in cores.items()},
+               "per_process": results}
+        self.say(f"  two of each: {out['sustained_delivered_per_s']} msg/s delivered ({delivered}/{accepted}, "
+                 f"{out['duplicates']} twice), shards {shares}, cores {out['cores_by_process_under_load']}")
+        return out
+
+    async def until_shared(self, apis: list[str], timeout: float = 120) -> list[float]:
+        """Waits until every im-api holds some outbox shards; how many each holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            held = [await metric(api, "im_api_outbox_shards_held") for api in apis]
+            if all(h > 0 for h in held) or time.monotonic() > deadline:
+                return held
+            await asyncio.sleep(0.2)
+
     # --- 2b. fairness between tenants ---------------------------------------------------------------
 
     async def tenant_fairness(self) -> dict[str, Any]:
@@ -360,7 +426,7 @@ class Bench:
         s = self.scale
         convs = await self.pairs(f"lone-{self.jobs}", 1)
         result = await self.load(self.traffic(convs, "lone", mode="paced", count=s.lone_messages,
-                                              interval_s=s.lone_interval_s, warmup_s=1.0 if s is QUICK else 2.0))
+                                              interval_s=s.lone_interval_s, warmup_s=0.2 if s is QUICK else 2.0))
         self.say(f"  lone message: POST p50 {result['http']['p50_ms']} ms, send -> frame p50 "
                  f"{result['latency']['p50_ms']} ms (p99 {result['latency']['p99_ms']} ms), "
                  f"{result['delivered']}/{result['accepted']} delivered")
@@ -510,6 +576,16 @@ class Bench:
 def _brief(r: dict[str, Any]) -> dict[str, Any]:
     return {k: r[k] for k in ("offered_per_s", "sent", "accepted", "delivered", "missing", "duplicates",
                               "accepted_per_s", "latency", "http") if k in r}
+
+
+async def metric(base_url: str, name: str) -> float:
+    """One unlabelled series from a service's /metrics (0 when absent)."""
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{base_url}/metrics", timeout=30)).text
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return 0.0
 
 
 async def open_on_gateway(stream_url: str) -> int:

@@ -122,14 +122,20 @@ class BenchStack(launcher.Stack):
 
     async def start_gateway(self, name: str, env: dict[str, str] | None = None) -> tuple[str, int]:
         """Another gateway process (its own id and port): (its stream URL, its pid)."""
+        port = await self.start_extra(name, "im_delivery.gateway", "IM_STREAM_PORT",
+                                      {"IM_DELIVERY_GATEWAY_ID": name, **(env or {})})
+        return f"ws://127.0.0.1:{port}/v1/stream", self.pid(name)
+
+    async def start_extra(self, name: str, module: str, port_env: str, env: dict[str, str] | None = None) -> int:
+        """Another process of a service (`python -m module`) on a port of its own, in the same
+        topics, database and consumer groups: its port, once it is ready."""
         port = servers.free_port()
         proc = launcher._PythonService(name=name, log_path=self.config.run_dir / "logs" / f"{name}.log")  # noqa: SLF001
-        proc.launch(["-m", "im_delivery.gateway"],
-                    {**self.env, "IM_STREAM_PORT": str(port), "IM_DELIVERY_GATEWAY_ID": name, **(env or {})})
+        proc.launch(["-m", module], {**self.env, port_env: str(port), **(env or {})})
         url = f"http://127.0.0.1:{port}/readyz"
         self.services.append((name, proc, url))
         await asyncio.to_thread(self.wait_ready, name, proc, url)
-        return f"ws://127.0.0.1:{port}/v1/stream", proc.pid
+        return port
 
     async def restart_api(self, env: dict[str, str]) -> int:
         """im-api again on its port with `env` over the stack's (e.g. rate limits on): stopped

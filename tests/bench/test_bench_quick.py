@@ -21,7 +21,7 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.bench]  # the whole stack, as `make bench` starts it
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ("baselines", "idle", "lone", "latency", "latency_search", "throughput", "catch_up", "console", "fan_in")
+SCENARIOS = ("baselines", "idle", "lone", "scale_out", "latency", "latency_search", "throughput", "catch_up", "console", "fan_in")
 
 
 def number(value) -> bool:
@@ -67,6 +67,10 @@ def test_quick_benchmark_reports_every_scenario_with_numeric_figures(endpoints, 
     assert throughput["delivered"] == throughput["accepted"] > 0 and throughput["sustained_delivered_per_s"] > 0
     catch_up = scenarios["catch_up"]
     assert catch_up["received"] == catch_up["expected"] > 0 and catch_up["msgs_per_s"] > 0
+    scale_out = scenarios["scale_out"]
+    assert scale_out["delivered"] == scale_out["accepted"] > 0 and scale_out["duplicates"] == 0
+    assert all(held > 0 for held in scale_out["outbox_shards_held"]), scale_out["outbox_shards_held"]
+    assert {"im-api-2", "delivery-worker-2", "delivery-gateway-2", "presence-2"} <= set(scale_out["cores_by_process_under_load"])
     lone = scenarios["lone"]
     assert lone["accepted"] == lone["sent"] == lone["delivered"] > 0 and lone["duplicates"] == 0
     assert lone["latency"]["p50_ms"] >= lone["http"]["p50_ms"] > 0
@@ -83,6 +87,10 @@ def test_quick_benchmark_reports_every_scenario_with_numeric_figures(endpoints, 
     assert all(console[k]["frames"] > 0 for k in ("list_scroll", "history_scroll_loading", "history_fling_loaded"))
     assert number(console["idle"]["console_cores"]) and number(console["idle"]["blank_page_cores"])
     # Every target row carries the product figure as a number and a verdict or "reported".
+    # The pictures RESULTS.md shows, drawn beside the JSON.
+    for chart in ("latency", "per-message"):
+        png = tmp_path / f"quick-{chart}.png"
+        assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{png} not drawn:\n{output[-2000:]}"
     assert len(result["targets"]) >= 8
     assert all(number(row["value"]) for row in result["targets"])
 
