@@ -333,3 +333,41 @@ async def test_a_presence_change_reads_a_bounded_number_of_threads_of_an_agent_i
     finally:
         await client.drop_database(mongo_db_name)
         await client.close()
+
+
+async def test_the_pruning_sweep_reads_all_queues_in_a_few_commands_and_only_works_where_it_may_prune(
+    mongo_uri, mongo_db_name
+):
+    """Issue 19: the sweep read three things per queue every minute (a count of every queue among
+    them). Now the heads and the devices are one read each; an agent is looked at only when one of
+    its devices acknowledged past what is pruned (and not again until its oldest entry can have
+    aged past retention), and a queue is counted only when its head says it may be over the cap."""
+    from im_delivery.worker.maintenance import Maintenance
+
+    commands = _Commands()
+    client = AsyncMongoClient(mongo_uri, event_listeners=[commands], tz_aware=True)
+    try:
+        store = QueueStore(client[mongo_db_name])
+        await store.ensure_indexes()
+        settings = DeliverySettings(retention_s=3600.0, queue_cap=5)
+        for i in range(30):  # idle agents: a few entries each, their device acknowledged nothing
+            await store.append("acme", f"a{i}", [NewEntry(f"k{n}", {"type": "x"}) for n in range(2)])
+            await store.acknowledge("acme", f"a{i}", "laptop", 0)
+        await store.append("acme", "busy", [NewEntry(f"k{n}", {"type": "x"}) for n in range(8)])  # over the cap
+        await store.append("acme", "reader", [NewEntry(f"k{n}", {"type": "x"}) for n in range(3)])
+        await store.acknowledge("acme", "reader", "laptop", 3)  # read everything, all of it young
+        maintenance = Maintenance(store, fanout=None, settings=settings)
+        commands.names.clear()
+        await maintenance.sweep()
+        # delete (expired devices) + find devices + find heads; then the reader's two reads (nothing
+        # old enough; its oldest entry's age) and the busy queue's count (an aggregate, not listed
+        # here), its 3rd entry and its prune (head marked, entries deleted).
+        assert sorted(commands.names) == sorted(["delete", "find", "find", "find", "find", "find",
+                                                 "update", "delete"]), commands.names
+        assert [e.cursor for e in await store.entries_after("acme", "busy", 0, 100)] == [4, 5, 6, 7, 8]
+        commands.names.clear()
+        await maintenance.sweep()  # nothing may have changed: three commands for all 32 queues
+        assert sorted(commands.names) == ["delete", "find", "find"], commands.names
+    finally:
+        await client.drop_database(mongo_db_name)
+        await client.close()

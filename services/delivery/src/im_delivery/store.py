@@ -109,10 +109,26 @@ class QueueStore:
 
     # --- what the maintenance job reads and trims -----------------------------------------
 
-    async def queue_owners(self) -> AsyncIterator[tuple[str, str]]:
-        """(tenant, agent) of every queue (every head)."""
-        async for head in self._heads.find({}, {"tenant_id": 1, "agent_id": 1}):
-            yield head["tenant_id"], head["agent_id"]
+    async def queue_heads(self) -> AsyncIterator[tuple[str, str, int, int]]:
+        """(tenant, agent, head cursor, pruned through) of every queue: the pruning job's one read
+        of every head (a maintenance scan across tenants). Entries can only be in (pruned, head]."""
+        async for head in self._heads.find({}, {"tenant_id": 1, "agent_id": 1, "cursor": 1, "pruned_through": 1}):
+            yield (head["tenant_id"], head["agent_id"], int(head.get("cursor", 0)),
+                   int(head.get("pruned_through", 0)))
+
+    async def all_device_acks(self) -> dict[tuple[str, str], dict[str, int]]:
+        """Every remembered device's acknowledged cursor, by agent then device document id: one
+        read per sweep (a maintenance scan across tenants), not one per agent."""
+        acks: dict[tuple[str, str], dict[str, int]] = {}
+        async for d in self._devices.find({}, {"tenant_id": 1, "agent_id": 1, "cursor": 1}):
+            acks.setdefault((d["tenant_id"], d["agent_id"]), {})[d["_id"]] = int(d.get("cursor", 0))
+        return acks
+
+    async def oldest_entry_at(self, tenant_id: str, agent_id: str) -> datetime | None:
+        """When the oldest entry still queued for the agent was written (None: the queue is empty)."""
+        doc = await self._queue.find_one({"tenant_id": tenant_id, "agent_id": agent_id}, {"created_at": 1},
+                                        sort=[("cursor", ASCENDING)])
+        return None if doc is None else doc["created_at"]
 
     async def device_acks(self, tenant_id: str, agent_id: str) -> dict[str, int]:
         """Each remembered device's acknowledged cursor, by device document id."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from im_runtime.kafka import is_transient
 from im_runtime.logs import log
@@ -24,10 +24,15 @@ PRUNED = Counter("im_delivery_entries_pruned_total", "Queue entries pruned", ["w
 
 
 class Maintenance:
-    def __init__(self, store: QueueStore, fanout: FanOut, settings: DeliverySettings) -> None:
+    def __init__(self, store: QueueStore, fanout: FanOut, settings: DeliverySettings, remember: int = 100_000) -> None:
         self.store = store
         self.fanout = fanout
         self.settings = settings
+        # Per agent: no entry of its queue is older than retention before this time (the oldest
+        # one's age, read when nothing was old enough), so it is not looked at again until then.
+        # Only a hint, forgotten wholesale past `remember` (then read again).
+        self.young_until: dict[tuple[str, str], datetime] = {}
+        self.remember = remember
 
     async def run_forever(self) -> None:
         while True:
@@ -45,31 +50,48 @@ class Maintenance:
                     log(logger, logging.WARNING, "pruning sweep skipped", error=type(exc).__name__)
 
     async def sweep(self) -> None:
+        """A few reads for all queues, then work only where there may be some: the heads and the
+        devices in one read each; an agent's acknowledged entries are looked at only when a device
+        acknowledged past what is pruned and its oldest entry may have aged past retention; its
+        queue is counted only when its head says it may be over the cap. (It used to be three
+        reads per queue every minute, a count of every queue among them.)"""
         # One command for every tenant: a device silent past the expiry pins nothing any more.
         expired = await self.store.expire_devices(self.settings.device_expiry_s)
         if expired:
             log(logger, logging.INFO, "unused devices forgotten", devices=expired)
-        async for tenant_id, agent_id in self.store.queue_owners():
-            await self.prune_agent(tenant_id, agent_id)
+        acks = await self.store.all_device_acks()
+        if len(self.young_until) > self.remember:
+            self.young_until.clear()
+        async for tenant_id, agent_id, head, pruned in self.store.queue_heads():
+            await self.prune_agent(tenant_id, agent_id, head, pruned, acks.get((tenant_id, agent_id), {}))
 
-    async def prune_agent(self, tenant_id: str, agent_id: str) -> None:
-        acks = await self.store.device_acks(tenant_id, agent_id)
+    async def prune_agent(self, tenant_id: str, agent_id: str, head: int, pruned: int,
+                          acks: dict[str, int]) -> None:
         cap = self.settings.max_devices_per_agent
         if len(acks) > cap:  # devices that came with ?cursor= are not counted at connect
             forgotten = await self.store.forget_devices(tenant_id, agent_id, keep=cap)
-            for device in forgotten:
-                acks.pop(device_doc_id(tenant_id, agent_id, device), None)
-        if acks:
-            cutoff = utcnow() - timedelta(seconds=self.settings.retention_s)
+            acks = {d: c for d, c in acks.items()
+                    if d not in {device_doc_id(tenant_id, agent_id, f) for f in forgotten}}
+        now = utcnow()
+        key = (tenant_id, agent_id)
+        if acks and min(acks.values()) > pruned and now >= self.young_until.get(key, now):
+            cutoff = now - timedelta(seconds=self.settings.retention_s)
             through = await self.store.last_cursor_where(
                 tenant_id, agent_id, {"cursor": {"$lte": min(acks.values())}, "created_at": {"$lt": cutoff}})
             if through is not None:
                 await self._prune(tenant_id, agent_id, through, "acknowledged")
-        excess = await self.store.queue_length(tenant_id, agent_id) - self.settings.queue_cap
-        if excess > 0:
-            through = await self.store.cursor_at(tenant_id, agent_id, excess - 1)
-            if through is not None:
-                await self._prune(tenant_id, agent_id, through, "over_cap")
+                pruned = max(pruned, through)
+            else:
+                oldest = await self.store.oldest_entry_at(tenant_id, agent_id)
+                # Nothing acknowledged is old enough: nothing will be before the oldest entry is.
+                self.young_until[key] = (oldest if oldest is not None else now) + timedelta(
+                    seconds=self.settings.retention_s)
+        if head - pruned > self.settings.queue_cap:  # at most this many entries: count them only then
+            excess = await self.store.queue_length(tenant_id, agent_id) - self.settings.queue_cap
+            if excess > 0:
+                through = await self.store.cursor_at(tenant_id, agent_id, excess - 1)
+                if through is not None:
+                    await self._prune(tenant_id, agent_id, through, "over_cap")
 
     async def _prune(self, tenant_id: str, agent_id: str, through: int, why: str) -> None:
         deleted = await self.store.prune_through(tenant_id, agent_id, through)
