@@ -72,3 +72,14 @@ def test_a_gateway_heartbeat_stays_small_at_any_socket_count():
     beat = hub.beat(len(hub.connections()))
     assert beat.connection_count == 100_000
     assert len(beat.to_bytes()) < 1024
+
+
+def test_the_safety_poll_reads_every_agent_once_per_round_of_slices():
+    from im_delivery.gateway.hub import in_slice
+
+    agents = [("acme", f"a{i}") for i in range(3000)] + [("globex", f"a{i}") for i in range(1000)]
+    parts = 15  # the default 30 s round in 2 s ticks
+    slices = [[a for a in agents if in_slice(*a, part, parts)] for part in range(parts)]
+    assert sorted(a for s in slices for a in s) == sorted(agents)  # each once, none left out
+    assert max(len(s) for s in slices) < 2 * len(agents) / parts  # spread out, not one big read
+    assert all(in_slice(t, a, 0, 1) for t, a in agents[:10])  # one slice: everyone every tick

@@ -71,8 +71,12 @@ class DeliverySettings(CommonSettings):
     # --- gateway ---
     # GatewayHeartbeat period (brief-interfaces #7): presence expires a silent gateway after a few.
     heartbeat_s: float = 3.0
-    # A missed signal costs at most this much latency: every connection re-reads its queue then.
-    safety_poll_s: float = 2.0
+    # A missed signal costs at most this much latency: every connection's queue head is checked at
+    # least this often (a last resort: signals are confirmed before the writer commits, a restarted
+    # signal reader wakes every connection, lost registrations are re-asserted). The heads are read
+    # a slice every `safety_poll_tick_s`, so the cost per tick is the sockets held × tick / this.
+    safety_poll_s: float = 30.0
+    safety_poll_tick_s: float = 2.0
     # A deactivated agent's sockets close at once on the live signal; when that was missed, the
     # gateway's own check of the directory projection closes them within this long.
     revocation_check_s: float = 5.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import zlib
 import logging
 import time
 import uuid
@@ -44,6 +45,12 @@ CONNECTION_EVENTS = {
     "opened": ConnectionOpened, "closed": ConnectionClosed, "idle": ConnectionIdle, "active": ConnectionActive,
 }
 
+
+
+def in_slice(tenant_id: str, agent_id: str, part: int, parts: int) -> bool:
+    """Whether the safety poll reads the agent's head in slice `part` of `parts`: always the same
+    slice for an agent, so each is read once per round of slices."""
+    return parts <= 1 or zlib.crc32(f"{tenant_id}\0{agent_id}".encode()) % parts == part
 
 class Hub:
     def __init__(self, settings: DeliverySettings, producer: AIOKafkaProducer, store: QueueStore) -> None:
@@ -125,26 +132,33 @@ class Hub:
 
     async def safety_poll_forever(self) -> None:
         """Every safety_poll_s every connection whose queue moved past what it was sent re-reads
-        it: a missed signal costs latency only."""
+        it: a missed signal costs latency only. A slice of the agents every tick, so the reads
+        are spread out (10,000 heads every 2 s kept SecantusDB busy with nothing happening)."""
+        tick = min(self.settings.safety_poll_tick_s, self.settings.safety_poll_s)
+        slices = max(1, round(self.settings.safety_poll_s / tick))
+        turn = 0
         while True:
             raise_if_cancelled()
-            await asyncio.sleep(self.settings.safety_poll_s)
+            await asyncio.sleep(tick)
+            turn += 1
             try:
-                await self.safety_poll()
+                await self.safety_poll(turn % slices, slices)
             except Exception as exc:  # noqa: BLE001 - MongoDB away: the next round tries again
                 log(logger, logging.WARNING, "safety poll failed", error=type(exc).__name__)
                 # Every pump reads its queue itself now: with MongoDB away the read fails and the
                 # socket is closed 1012 (reconnect), as before the poll read heads in bulk.
                 self.wake_all()
 
-    async def safety_poll(self) -> None:
-        """One read of the heads per tenant (in chunks) instead of one pump per connection: with
+    async def safety_poll(self, part: int = 0, parts: int = 1) -> None:
+        """The heads of slice `part` of `parts` of the agents held here (each agent always in the
+        same slice), one read per tenant (in chunks) instead of one pump per connection: with
         10,000 idle sockets a per-connection re-read is 10,000 queries every round, which
         saturates MongoDB and starves live deliveries. Only connections whose head is
         past their last sent cursor (new entries) or whose queue was pruned past it (4409) wake."""
         by_tenant: dict[str, list[str]] = defaultdict(list)
         for tenant_id, agent_id in list(self.by_agent):
-            by_tenant[tenant_id].append(agent_id)
+            if in_slice(tenant_id, agent_id, part, parts):
+                by_tenant[tenant_id].append(agent_id)
         for tenant_id, agent_ids in by_tenant.items():
             for i in range(0, len(agent_ids), 1000):
                 chunk = agent_ids[i:i + 1000]
