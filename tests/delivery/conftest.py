@@ -38,6 +38,7 @@ TENANT = "acme"
 # Every interval shortened so the folder runs in minutes (production defaults: see settings.py).
 FAST = {
     "IM_DELIVERY_SAFETY_POLL_S": "1.0",
+    "IM_DELIVERY_ACK_WRITE_S": "0.2",
     "IM_DELIVERY_HEARTBEAT_S": "1.0",
     "IM_DELIVERY_HOLD_BACK_S": "2.0",
     "IM_DELIVERY_PRUNE_INTERVAL_S": "0.5",

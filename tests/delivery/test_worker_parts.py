@@ -371,3 +371,46 @@ async def test_the_pruning_sweep_reads_all_queues_in_a_few_commands_and_only_wor
     finally:
         await client.drop_database(mongo_db_name)
         await client.close()
+
+
+async def test_acks_of_many_sockets_are_written_in_one_command_and_a_closing_sockets_at_once(
+    mongo_uri, mongo_db_name, kafka_bootstrap
+):
+    """Issue 19: every ack that moved a device's cursor was a write of its own (a database command
+    per message at the rate clients ack). The hub writes the pending ones together every
+    `ack_write_s`, and a closing socket's at once."""
+    from im_delivery.gateway.hub import Hub
+
+    commands = _Commands()
+    client = AsyncMongoClient(mongo_uri, event_listeners=[commands], tz_aware=True)
+    try:
+        store = QueueStore(client[mongo_db_name])
+        await store.ensure_indexes()
+        settings = settings_for(kafka_bootstrap, "unused")
+        hub = Hub(settings, None, store)  # type: ignore[arg-type]
+        conns = [StreamConnection(f"conn-{i}", "acme", agent, device, _RecordingSocket(), store,  # type: ignore[arg-type]
+                                  settings)
+                 for i, (agent, device) in enumerate([("ana", "laptop"), ("ana", "phone"), ("ben", "desk")])]
+        for n, conn in enumerate(conns):
+            conn.acked = 10 + n
+            hub.ack_later(conn)
+        conns[0].acked = 15  # a later ack of the same socket before the write: the latest is written
+        hub.ack_later(conns[0])
+        commands.names.clear()
+        await hub.write_acks()
+        assert commands.names == ["update"]  # one command for the three devices
+        assert await store.device_cursors("acme", "ana") == {"laptop": 15, "phone": 11}
+        assert await store.device_cursors("acme", "ben") == {"desk": 12}
+        commands.names.clear()
+        await hub.write_acks()
+        assert commands.names == []  # nothing pending: nothing written
+        conns[2].acked = 30
+        hub.ack_later(conns[2])
+        await hub.write_ack_now(conns[2])  # its socket closes
+        assert await store.device_cursors("acme", "ben") == {"desk": 30}
+        commands.names.clear()
+        await hub.write_acks()
+        assert commands.names == []  # written once, at the close
+    finally:
+        await client.drop_database(mongo_db_name)
+        await client.close()

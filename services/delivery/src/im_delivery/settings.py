@@ -82,6 +82,11 @@ class DeliverySettings(CommonSettings):
     revocation_check_s: float = 5.0
     # Entries per replay read / batch frame: bounds memory per connection while catching up.
     replay_batch: int = 200
+    # A device's acknowledged cursor is written at most this often (all the sockets' pending acks
+    # in one command), and when its socket closes. A gateway killed meanwhile loses at most this
+    # much of it: the client resumes with its own cursor (one that names none gets those frames
+    # again), and pruning waits a moment longer.
+    ack_write_s: float = 1.0
     # A client that cannot take one frame (or batch) within this long is too slow: closed 4429.
     send_timeout_s: float = 5.0
     # Queued frames sent on one connection but not yet acknowledged on it; at the limit the gateway

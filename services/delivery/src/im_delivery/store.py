@@ -333,6 +333,14 @@ class QueueStore:
             upsert=True,
         )
 
+    async def acknowledge_many(self, acks: list[tuple[str, str, str, int]]) -> None:
+        """`acknowledge` for many devices (tenant, agent, device, cursor) in ONE command."""
+        now = utcnow()
+        await self._devices.bulk_write([
+            UpdateOne({"_id": device_doc_id(t, a, d), "tenant_id": t, "agent_id": a, "device_id": d},
+                      {"$max": {"cursor": cursor}, "$set": {"updated_at": now}}, upsert=True)
+            for t, a, d, cursor in acks], ordered=False)
+
     async def use_ticket(self, tenant_id: str, ticket_id: str, expires_at: float, keep_s: float) -> bool:
         """True the first time a ticket id is seen, False on every replay."""
         until = datetime.fromtimestamp(expires_at, UTC) + timedelta(seconds=keep_s)
@@ -355,6 +363,16 @@ class QueueStore:
              "$setOnInsert": {"opened_at": utcnow()}},
             upsert=True,
         )
+
+    async def register_many(self, connections: list[tuple[str, str, str, str]], gateway_id: str, epoch: str) -> None:
+        """`register` for many (connection, tenant, agent, device) of this gateway in ONE command."""
+        now = utcnow()
+        await self._connections.bulk_write([
+            UpdateOne({"_id": connection_id},
+                      {"$set": {"tenant_id": t, "agent_id": a, "device_id": d, "gateway_id": gateway_id,
+                                "epoch": epoch},
+                       "$setOnInsert": {"opened_at": now}}, upsert=True)
+            for connection_id, t, a, d in connections], ordered=False)
 
     async def registered_here(self, gateway_id: str, tenant_ids: list[str]) -> set[str]:
         """Connection ids the registry holds for this gateway (index (tenant_id, gateway_id))."""

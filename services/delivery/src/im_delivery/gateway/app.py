@@ -43,6 +43,7 @@ def create_app(settings: DeliverySettings) -> FastAPI:
         process.supervise("signals", signals.run)
         process.supervise("heartbeat", hub.heartbeat_forever)
         process.supervise("safety-poll", hub.safety_poll_forever)
+        process.supervise("acks", hub.write_acks_forever)
         process.supervise("revocation-check", hub.revocation_check_forever)
         if verifier.keyset is not None:
             process.supervise("key-set", verifier.keyset.refresh_forever)

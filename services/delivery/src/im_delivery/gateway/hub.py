@@ -61,6 +61,7 @@ class Hub:
         self.epoch = uuid.uuid4().hex  # a new boot: presence expires the previous epoch's connections
         self.by_agent: dict[tuple[str, str], set[StreamConnection]] = defaultdict(set)
         self.open = 0
+        self._acks_pending: set[StreamConnection] = set()  # sockets whose latest ack is not written yet
         s = settings
         self.frames_per_agent = Buckets(Limit(s.client_frame_rate_per_agent, s.client_frame_burst_per_agent),
                                         max_keys=s.rate_limit_max_keys)
@@ -125,6 +126,35 @@ class Hub:
         event = Typing(tenant_id=conn.tenant_id, conversation_id=conversation_id, agent_id=conn.agent_id)
         await self.publish(topics.TYPING, topics.conversation_key(conversation_id), event)
 
+    # --- acknowledgements: written in bulk ------------------------------------------------------
+
+    def ack_later(self, conn: StreamConnection) -> None:
+        self._acks_pending.add(conn)
+
+    async def write_ack_now(self, conn: StreamConnection) -> None:
+        """The socket is closing: its pending ack is written now."""
+        if conn in self._acks_pending:
+            self._acks_pending.discard(conn)
+            await self.store.acknowledge(conn.tenant_id, conn.agent_id, conn.device_id, conn.acked)
+
+    async def write_acks_forever(self) -> None:
+        """Every `ack_write_s`: the acks the sockets received meanwhile, in one command (a write
+        per ack was a database command per message at the rate the bench's clients ack)."""
+        while True:
+            raise_if_cancelled()
+            await asyncio.sleep(self.settings.ack_write_s)
+            await self.write_acks()
+
+    async def write_acks(self) -> None:
+        pending, self._acks_pending = self._acks_pending, set()
+        if not pending:
+            return
+        try:
+            await self.store.acknowledge_many([(c.tenant_id, c.agent_id, c.device_id, c.acked) for c in pending])
+        except Exception as exc:  # noqa: BLE001 - MongoDB away: kept for the next round
+            self._acks_pending |= {c for c in pending if c.closing is None}
+            log(logger, logging.WARNING, "acks not written; retrying", sockets=len(pending), error=type(exc).__name__)
+
     def wake_all(self) -> None:
         """Every connection re-reads its queue now (signals may have been missed meanwhile)."""
         for conn in self.connections():
@@ -155,10 +185,14 @@ class Hub:
         10,000 idle sockets a per-connection re-read is 10,000 queries every round, which
         saturates MongoDB and starves live deliveries. Only connections whose head is
         past their last sent cursor (new entries) or whose queue was pruned past it (4409) wake."""
+        await self.poll_heads({agent for agent in list(self.by_agent) if in_slice(*agent, part, parts)})
+
+    async def poll_heads(self, agents: set[tuple[str, str]]) -> None:
+        """The heads of these agents, one read per tenant per 1,000; their connections behind the
+        head (or behind what was pruned) wake."""
         by_tenant: dict[str, list[str]] = defaultdict(list)
-        for tenant_id, agent_id in list(self.by_agent):
-            if in_slice(tenant_id, agent_id, part, parts):
-                by_tenant[tenant_id].append(agent_id)
+        for tenant_id, agent_id in agents:
+            by_tenant[tenant_id].append(agent_id)
         for tenant_id, agent_ids in by_tenant.items():
             for i in range(0, len(agent_ids), 1000):
                 chunk = agent_ids[i:i + 1000]
@@ -228,15 +262,19 @@ class Hub:
             return
         present = await self.store.registered_here(self.gateway_id, tenants)
         missing = [c for c in conns if c.connection_id not in present]
-        for conn in missing:
-            await self.store.register(conn.connection_id, conn.tenant_id, conn.agent_id, conn.device_id,
-                                      self.gateway_id, self.epoch)
+        # In bulk (one command per 1,000): registering thousands one by one took minutes, during
+        # which this loop sent no heartbeat, so the worker found the gateway silent again and
+        # dropped them all again (seen with 10,000 sockets).
+        for i in range(0, len(missing), 1000):
+            await self.store.register_many([(c.connection_id, c.tenant_id, c.agent_id, c.device_id)
+                                            for c in missing[i:i + 1000]], self.gateway_id, self.epoch)
         # A socket that closed meanwhile must not stay registered (it unregistered before we wrote).
         for conn in missing:
             if conn not in self.by_agent.get((conn.tenant_id, conn.agent_id), ()):
                 await self.store.unregister(conn.connection_id, conn.tenant_id)
-            else:
-                conn.signal()  # entries appended while unrouted are read now, not at the safety poll
+        # Entries appended while unrouted are read now, not at the safety poll: the heads of the
+        # re-registered agents in bulk, and only the connections behind their head wake.
+        await self.poll_heads({(c.tenant_id, c.agent_id) for c in missing})
         log(logger, logging.WARNING, "registrations re-asserted", gateway_id=self.gateway_id, connections=len(missing))
 
     async def close_all(self) -> None:

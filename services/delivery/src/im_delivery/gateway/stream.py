@@ -132,17 +132,12 @@ def stream_endpoint(hub: Hub, store: QueueStore, verifier: TokenVerifier, settin
             conn.reader = asyncio.current_task()
             conn.start()
             try:
-                await read_client(conn, hub, store)
-            except PyMongoError as exc:
-                # MongoDB away while recording an ack: the client reconnects with its cursor.
-                log(logger, logging.WARNING, "ack not recorded", connection_id=conn.connection_id,
-                    error=type(exc).__name__)
-                await conn.close(CloseCode.RESTART, "try again")
+                await read_client(conn, hub)
             except asyncio.CancelledError:
                 if conn.closing is None:
                     raise  # a real cancellation (shutdown), not the gateway closing the socket
                 conn.reader.uncancel()
-        except PyMongoError as exc:  # registering or resuming: as above, the client comes back
+        except PyMongoError as exc:  # MongoDB away while registering or resuming: the client comes back (1012)
             log(logger, logging.WARNING, "stream set-up failed", stage="resume", connection_id=conn.connection_id,
                 error=type(exc).__name__)
             await conn.close(CloseCode.RESTART, "try again")
@@ -151,8 +146,16 @@ def stream_endpoint(hub: Hub, store: QueueStore, verifier: TokenVerifier, settin
             if expiry is not None:
                 expiry.cancel()
             hub.remove(conn)
+
+            async def release() -> None:
+                # One shielded task: a cancellation arriving meanwhile (the close of a stalled
+                # socket) must not skip the unregister after the ack.
+                with contextlib.suppress(Exception):
+                    await hub.write_ack_now(conn)
+                await store.unregister(conn.connection_id, conn.tenant_id)
+
             with contextlib.suppress(Exception):
-                await asyncio.shield(store.unregister(conn.connection_id, conn.tenant_id))
+                await asyncio.shield(release())
             with contextlib.suppress(Exception):
                 await asyncio.shield(hub.connection_event("closed", conn))
             log(logger, logging.INFO, "stream closed", connection_id=conn.connection_id,
@@ -224,7 +227,7 @@ def read_frame(raw: str | bytes) -> dict | None:
     return frame
 
 
-async def read_client(conn: StreamConnection, hub: Hub, store: QueueStore) -> None:
+async def read_client(conn: StreamConnection, hub: Hub) -> None:
     """Client frames: ack (moves the device cursor forward only), typing, idle, active; a frame that
     is not a JSON object with a type closes the socket 4400 (the client is broken, not the network)."""
     while True:
@@ -258,7 +261,7 @@ async def read_client(conn: StreamConnection, hub: Hub, store: QueueStore) -> No
             conn.acknowledged(cursor)
             if cursor > conn.acked:  # an ack that moves nothing costs no write
                 conn.acked = cursor
-                await store.acknowledge(conn.tenant_id, conn.agent_id, conn.device_id, cursor)
+                hub.ack_later(conn)  # written with the others' within `ack_write_s`
         elif kind == "typing" and isinstance(frame.get("conversation_id"), str) and frame["conversation_id"]:
             await hub.typing(conn, frame["conversation_id"])
         elif kind in ("idle", "active"):
