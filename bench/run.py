@@ -2,9 +2,12 @@
 free loopback ports, unless --kafka/--mongo name servers) and the four services, run every
 scenario, print a table against the same-run baselines and targets, and write the JSON.
 
-Scenarios: baselines, throughput (closed loop, many tenants, several load processes), catch_up
-(an offline agent's queue on connect), fan_in (idle heartbeating sockets on one gateway process,
-then a probe), latency (200 msg/s open loop), latency_search (highest rate with p99 < 250 ms)."""
+Scenarios: baselines, idle (the stack with nothing connected, against Kafka and MongoDB alone),
+lone (sequential sends, one every 50 ms), throughput (closed loop, many tenants, several load
+processes), catch_up (an offline agent's queue on connect, replayed three times), console,
+tenant_fairness, latency (200 msg/s open loop), latency_search (highest rate with p99 < 250 ms),
+scale_out (two processes of each service), fan_in (idle heartbeating sockets on one gateway
+process, then a probe). The charts are drawn beside the JSON (bench/charts.py)."""
 
 from __future__ import annotations
 
