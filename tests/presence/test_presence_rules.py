@@ -13,6 +13,7 @@ from im_contracts.topics import CONNECTIONS, agent_key
 from presence_kit import (
     GATEWAY_TIMEOUT_S,
     GRACE_S,
+    SWEEP_INTERVAL_S,
     agent_ids,
     grace_has_passed,
     presence_docs,
@@ -313,3 +314,29 @@ async def test_an_overdue_deadline_does_not_fire_while_a_reopen_waits_unread_aft
     finally:
         await restarted.stop()
     assert presence_out.statuses(t, a) == ["online"]
+
+
+async def test_a_retired_epoch_is_looked_for_once_per_recheck_not_every_sweep(presence, gateways, presence_out):
+    """Issue 19: a gateway's retired epoch (kept for a day) made every sweep, every second, scan the
+    owned agents for its connections: with 10,000 agents that scan alone kept the database at a
+    core. It is asked when the epoch retires, then again once per IM_PRESENCE_GATEWAY_RECHECK_S."""
+    gw = gateways()
+    t, (gone,) = tenant(), agent_ids(1)
+    await gw.open(t, gone, "c-gone")
+    await presence_out.wait_for(t, gone, "online")
+    store = presence.service.store
+    asked: list[tuple] = []
+    on_gateway = store.on_gateway
+
+    async def counted(partitions, gateway_id, epochs):
+        asked.append((gateway_id, epochs))
+        return await on_gateway(partitions, gateway_id, epochs)
+
+    store.on_gateway = counted
+    await gw.reboot()
+    await presence_out.wait_for(t, gone, "offline", timeout=GRACE_S + 10)  # expired by that scan
+    sweeps = presence.service._swept_at
+    await eventually(lambda: presence.service._swept_at is not None
+                     and (presence.service._swept_at - sweeps).total_seconds() >= 3 * SWEEP_INTERVAL_S,
+                     timeout=30, message="the sweeper stopped")
+    assert len([a for a in asked if a[0] == gw.gateway_id]) == 1, asked

@@ -97,6 +97,11 @@ class PresenceService:
         self.count_interval = timedelta(seconds=settings.count_interval_s)
         self._counted_at: datetime | None = None
         self._forgot_at: datetime | None = None
+        # When each "whose connections are on gateway G (epochs E, silent or not)?" was last asked:
+        # the answer is a scan of the owned agents, asked again only after `gateway_recheck`, not
+        # every sweep for as long as a retired epoch or a silent gateway is remembered (a day).
+        self.gateway_recheck = timedelta(seconds=settings.gateway_recheck_s)
+        self._asked: dict[tuple, datetime] = {}
 
     # --- connection events (the consumer group: this process owns the record's partition) ---
 
@@ -179,6 +184,13 @@ class PresenceService:
             if epochs is not None and not epochs:
                 continue
             seen_at = gateway.last_heartbeat_at if silent else now
+            question = (gateway.gateway_id, epochs, silent, frozenset(owned))
+            asked_at = self._asked.get(question)
+            if asked_at is not None and now - asked_at < self.gateway_recheck:
+                continue
+            if len(self._asked) > 10_000:
+                self._asked.clear()
+            self._asked[question] = now
             for tenant_id, agent_id in await self.store.on_gateway(owned, gateway.gateway_id, epochs):
 
                 def expire(record: AgentRecord, gateway_id: str = gateway.gateway_id, epochs=epochs) -> bool:

@@ -23,6 +23,10 @@ class PresenceSettings(CommonSettings):
     gateway_forget_after_s: float = Field(default=86_400.0, gt=0)
     # How often due grace deadlines and silent gateways are checked: adds at most this to "offline".
     sweep_interval_s: float = Field(default=1.0, gt=0)
+    # A gateway that restarted (its old epoch) or went silent is looked for among the owned agents'
+    # connections (a scan of them) when that happens, then again this often for late connection
+    # events of it, not every sweep for the day it is remembered.
+    gateway_recheck_s: float = Field(default=30.0, gt=0)
     # How often the agents-by-status gauge is recounted (an aggregation over the owned agents).
     count_interval_s: float = Field(default=15.0, gt=0)
     # One group for every presence process: each owns the agents of its partitions.
