@@ -306,33 +306,37 @@ class Relay:
         one shard's backlog — a flooding tenant's conversation — never holds the others back.
         True when records are known to wait behind the round."""
         limit = self.settings.outbox_batch
-        live = [shard for shard in shards
-                if shard in self.held and self.valid_until.get(shard, 0) > time.monotonic()]
+        # The tokens the records are read under (the lease task may drop a shard meanwhile).
+        tokens = {shard: self.held[shard] for shard in shards
+                  if shard in self.held and self.valid_until.get(shard, 0) > time.monotonic()}
+        live = list(tokens)
         if not live:
             return False
         pending = await self.store.pending(live, limit)
         if len(pending) < limit or len(live) == 1:
-            await self._burst(producer, pending)
+            await self._burst(producer, pending, tokens)
             if len(pending) < limit:
                 return False
             self.rounds.wrote(set(live))  # more behind this burst: the next round, at once
             return True
         busy = False
         for shard in live:
-            if shard not in self.held:
+            token = self.held.get(shard)
+            if token is None:
                 continue
             records = await self.store.pending([shard], limit)
-            await self._burst(producer, records)
+            await self._burst(producer, records, {shard: token})
             if len(records) >= limit:
                 self.rounds.wrote({shard})
                 busy = True
         return busy
 
-    async def _burst(self, producer: AIOKafkaProducer, pending: list[dict]) -> None:
-        """Publishes `pending` (records of held shards) and marks them sent, fenced by their leases."""
+    async def _burst(self, producer: AIOKafkaProducer, pending: list[dict], tokens: dict[int, int]) -> None:
+        """Publishes `pending` (records of held shards, read under `tokens`) and marks them sent,
+        fenced by those leases."""
         if not pending:
             return
-        leases = {r["shard"]: self.held[r["shard"]] for r in pending}
+        leases = {r["shard"]: tokens[r["shard"]] for r in pending}
         # Which relay published which shards under which fencing tokens, and when: what to read
         # when two relays are suspected of publishing one shard at once.
         log(logger, logging.DEBUG, "outbox burst started", owner=self.owner, leases=leases, records=len(pending))
