@@ -578,25 +578,22 @@ def _brief(r: dict[str, Any]) -> dict[str, Any]:
                               "accepted_per_s", "latency", "http") if k in r}
 
 
-async def metric(base_url: str, name: str) -> float:
-    """One unlabelled series from a service's /metrics (0 when absent)."""
+async def metric(base_url: str, name: str, default: float | None = 0.0) -> float:
+    """One unlabelled series from a service's /metrics (`default` when absent; None: absent raises)."""
     async with httpx.AsyncClient() as http:
         text = (await http.get(f"{base_url}/metrics", timeout=30)).text
     for line in text.splitlines():
         if line.startswith(f"{name} "):
             return float(line.split()[1])
-    return 0.0
+    if default is None:
+        raise RuntimeError(f"{base_url} reports no {name}")
+    return default
 
 
 async def open_on_gateway(stream_url: str) -> int:
     """`im_delivery_connections_open` from the gateway's /metrics."""
     base = stream_url.replace("ws://", "http://").split("/v1/")[0]
-    async with httpx.AsyncClient() as http:
-        text = (await http.get(f"{base}/metrics", timeout=30)).text
-    for line in text.splitlines():
-        if line.startswith("im_delivery_connections_open "):
-            return int(float(line.split()[1]))
-    raise RuntimeError("the gateway reports no im_delivery_connections_open")
+    return int(await metric(base, "im_delivery_connections_open", default=None))
 
 
 def rss_kib(pid: int) -> int:

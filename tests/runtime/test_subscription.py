@@ -7,6 +7,7 @@ failure pauses only its partition, retries with backoff, and loses nothing.
 import asyncio
 import base64
 import json
+import time
 
 import pytest
 from faststream.kafka import KafkaBroker
@@ -102,20 +103,23 @@ async def test_an_idle_subscription_waits_in_its_poll_instead_of_waking_every_fe
         dead_letters=DeadLetters(producer, settings, "test-consumer"), settings=settings,
     )
     subscriber = sub.register(broker)
-    polls = {"n": 0}
+    polls: list[float] = []  # when each poll began
     poll = subscriber.get_msg
 
     async def counted(consumer):
-        polls["n"] += 1
+        polls.append(time.monotonic())
         return await poll(consumer)
 
     subscriber.get_msg = counted
     await broker.start()
     try:
         await eventually(lambda: sub.membership.joined, timeout=30, message="the group assigned the topic")
-        polls["n"] = 0
-        await asyncio.sleep(2.0)  # the window being measured: nothing is sent during it
-        assert polls["n"] <= 2.0 / 0.4 + 2, f"{polls['n']} polls in 2 s while idle"
+        first = len(polls)
+        # Four more polls with nothing sent: each must have waited out the poll wait in getmany,
+        # so three intervals take at least three waits (a lower bound: a slow machine only adds).
+        await eventually(lambda: len(polls) >= first + 4, timeout=30, message=lambda: f"{len(polls) - first} polls")
+        gaps = [b - a for a, b in zip(polls[first:first + 4], polls[first + 1:first + 4])]
+        assert all(gap >= 0.4 * 0.9 for gap in gaps), f"idle polls {gaps} s apart, not about 0.4 s"
         await producer.send_and_wait(TYPING.name(settings.topic_prefix),
                                      Typing(tenant_id="t", conversation_id="c9", agent_id="late").to_bytes(),
                                      key=conversation_key("c9"))

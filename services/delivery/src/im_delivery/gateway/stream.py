@@ -120,7 +120,9 @@ def stream_endpoint(hub: Hub, store: QueueStore, verifier: TokenVerifier, settin
                     devices=len(forgotten))
             if not known:  # the device is known from now on (pruning waits for its acks)
                 await store.acknowledge(conn.tenant_id, conn.agent_id, conn.device_id, conn.last_sent)
-            conn.acked = conn.last_sent  # what the device's record holds at least, either way
+            # What the device's record holds at least, either way. Later acks reach the record in
+            # bulk, up to IM_DELIVERY_ACK_WRITE_S after the client sent them.
+            conn.acked = conn.last_sent
             await hub.connection_event("opened", conn)
             log(logger, logging.INFO, "stream opened", connection_id=conn.connection_id,
                 tenant_id=conn.tenant_id, agent_id=conn.agent_id, device_id=conn.device_id, cursor=conn.last_sent)

@@ -70,8 +70,8 @@ class Maintenance:
         cap = self.settings.max_devices_per_agent
         if len(acks) > cap:  # devices that came with ?cursor= are not counted at connect
             forgotten = await self.store.forget_devices(tenant_id, agent_id, keep=cap)
-            acks = {d: c for d, c in acks.items()
-                    if d not in {device_doc_id(tenant_id, agent_id, f) for f in forgotten}}
+            gone = {device_doc_id(tenant_id, agent_id, f) for f in forgotten}
+            acks = {d: c for d, c in acks.items() if d not in gone}
         now = utcnow()
         key = (tenant_id, agent_id)
         if acks and min(acks.values()) > pruned and now >= self.young_until.get(key, now):
