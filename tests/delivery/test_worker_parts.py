@@ -23,6 +23,7 @@ from im_delivery.worker.projections import Projections
 from im_delivery.worker.queue_writer import QueueWriter
 from im_runtime.process import Process
 
+from support.plans import stages
 from support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -330,6 +331,9 @@ async def test_a_presence_change_reads_a_bounded_number_of_threads_of_an_agent_i
             partners = await projections.co_participants("acme", "ana", threads=500, partners=300)
         assert partners == {f"p{i:05d}" for i in range(19_700, 20_000)}, "the partners of the newest threads"
         assert reads.docs["delivery_conversations"] <= 500, reads.docs
+        # On its index, without a hint (SecantusDB decodes the whole collection for a hinted find).
+        found = stages(await projections.recent_threads("acme", "ana", 500).explain())
+        assert "IXSCAN" in found and "COLLSCAN" not in found, found
     finally:
         await client.drop_database(mongo_db_name)
         await client.close()

@@ -140,18 +140,23 @@ class Projections:
         """Agents who share a thread with `agent_id` (its presence changes go to them): over its
         `threads` most recently active threads, at most `partners` of them — one presence change
         costs a bounded read and fan-out however many threads the agent was ever in (partners of
-        older threads see its presence when they next load the agent list)."""
-        found = (self._conversations.find({"tenant_id": tenant_id, "participant_ids": agent_id},
-                                         {"participant_ids": 1})
-                 .sort("last_message_at", DESCENDING).limit(threads).hint("recent_by_participant"))
+        older threads see its presence when they next load the agent list). Not hinted: the planner
+        picks `recent_by_participant` itself (tests check the plan), and SecantusDB serves a hinted
+        find by decoding every document of the collection — with every presence change, that held
+        its one process ~100 ms per 1,000 threads stored (issue 19's collapsed step search)."""
         out: set[str] = set()
-        async for doc in found:
+        async for doc in self.recent_threads(tenant_id, agent_id, threads):
             for other in doc.get("participant_ids", []):
                 if other != agent_id and len(out) < partners:
                     out.add(other)
             if len(out) >= partners:
                 break
         return out
+
+    def recent_threads(self, tenant_id: str, agent_id: str, threads: int):
+        """The agent's `threads` most recently active threads (their participants only)."""
+        return (self._conversations.find({"tenant_id": tenant_id, "participant_ids": agent_id}, {"participant_ids": 1})
+                .sort("last_message_at", DESCENDING).limit(threads))
 
     # --- held-back messages ---------------------------------------------------------------------
 
