@@ -90,6 +90,7 @@ class AgentChanged(Event):
     display_name: str
     role: str = "agent"
     active: bool
+    email: str | None = Field(default=None, description="Where the notifier sends email digests; None: none.")
 
 
 # --- im.connections.v1 ----------------------------------------------------------------------

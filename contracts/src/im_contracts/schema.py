@@ -9,6 +9,7 @@ from typing import Any
 
 from .events import ALL_EVENTS, SCHEMA_VERSION
 from .frames import frames_schema
+from .notifications import NotificationWebhook
 from .topics import ALL_TOPICS
 
 GENERATED_DIR = Path(__file__).resolve().parents[2] / "generated"
@@ -123,6 +124,8 @@ def rendered() -> dict[str, str]:
     }
     out["asyncapi.json"] = json.dumps(asyncapi(), indent=2, sort_keys=True) + "\n"
     out["frames.json"] = json.dumps(frames_schema(), indent=2, sort_keys=True) + "\n"
+    out["webhook.json"] = json.dumps(NotificationWebhook.model_json_schema(mode="serialization"),
+                                     indent=2, sort_keys=True) + "\n"
     return out
 
 

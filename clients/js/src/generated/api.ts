@@ -52,6 +52,24 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/notification-settings": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The tenant's notification settings (admins; the secret is never returned) */
+        get: operations["get_settings_v1_admin_notification_settings_get"];
+        /** Replace the tenant's notification settings (admins) */
+        put: operations["put_settings_v1_admin_notification_settings_put"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/agents": {
         parameters: {
             query?: never;
@@ -145,6 +163,24 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/conversations/{conversation_id}/mute": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /** Mute a thread: no notification about it (participants) */
+        put: operations["mute_v1_conversations__conversation_id__mute_put"];
+        post?: never;
+        /** Unmute a thread */
+        delete: operations["unmute_v1_conversations__conversation_id__mute_delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/conversations/{conversation_id}/participants": {
         parameters: {
             query?: never;
@@ -190,6 +226,40 @@ export interface paths {
         put?: never;
         /** Move the read marker forward */
         post: operations["mark_read_v1_conversations__conversation_id__read_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/me/notification-preferences": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** My do-not-disturb switch and muted threads */
+        get: operations["get_prefs_v1_me_notification_preferences_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/me/notification-preferences/do-not-disturb": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /** Turn do-not-disturb on or off (no notification while on) */
+        put: operations["put_dnd_v1_me_notification_preferences_do_not_disturb_put"];
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -392,6 +462,11 @@ export interface components {
             participant_ids: string[];
             related?: components["schemas"]["RelatedItem"] | null;
         };
+        /** DoNotDisturbBody */
+        DoNotDisturbBody: {
+            /** Do Not Disturb */
+            do_not_disturb: boolean;
+        };
         /** Error */
         Error: {
             error: components["schemas"]["ErrorBody"];
@@ -526,6 +601,94 @@ export interface components {
              * @example c1f3e1d2-5b8a-4a53-9d0e-1f2a3b4c5d6e
              */
             client_msg_id: string;
+        };
+        /** NotificationPreferences */
+        NotificationPreferences: {
+            /** Do Not Disturb */
+            do_not_disturb: boolean;
+            /** Muted Conversation Ids */
+            muted_conversation_ids: string[];
+        };
+        /** NotificationSettings */
+        NotificationSettings: {
+            /** Assistance Delay S */
+            assistance_delay_s: number;
+            /** Delay S */
+            delay_s: number;
+            /** Digest Window S */
+            digest_window_s: number;
+            /** Email Enabled */
+            email_enabled: boolean;
+            /** Include Bodies */
+            include_bodies: boolean;
+            /** Tenant Id */
+            tenant_id: string;
+            /** Updated At */
+            updated_at?: string | null;
+            /** Updated By */
+            updated_by?: string | null;
+            /**
+             * Webhook Secret Set
+             * @description The secret itself is never returned.
+             */
+            webhook_secret_set: boolean;
+            /** Webhook Url */
+            webhook_url: string | null;
+        };
+        /**
+         * NotificationSettingsBody
+         * @description The tenant's whole notification settings (PUT replaces them; a missing `webhook_secret`
+         *     keeps the stored one, `null` removes it).
+         * @example {
+         *       "assistance_delay_s": 0,
+         *       "delay_s": 60,
+         *       "digest_window_s": 900,
+         *       "email_enabled": true,
+         *       "include_bodies": false,
+         *       "webhook_secret": "a-long-random-secret-value",
+         *       "webhook_url": "https://helpdesk.example.com/hooks/im"
+         *     }
+         */
+        NotificationSettingsBody: {
+            /**
+             * Assistance Delay S
+             * @description The same for assistance requests (0: at once).
+             * @default 60
+             */
+            assistance_delay_s: number;
+            /**
+             * Delay S
+             * @description How long a message stays unread by an away or offline agent before they are notified.
+             * @default 60
+             */
+            delay_s: number;
+            /**
+             * Digest Window S
+             * @description At most one email per agent in this window.
+             * @default 900
+             */
+            digest_window_s: number;
+            /**
+             * Email Enabled
+             * @default false
+             */
+            email_enabled: boolean;
+            /**
+             * Include Bodies
+             * @description False: notifications carry metadata only.
+             * @default false
+             */
+            include_bodies: boolean;
+            /**
+             * Webhook Secret
+             * @description HMAC-SHA256 key of `X-IM-Signature`. Write-only.
+             */
+            webhook_secret?: string | null;
+            /**
+             * Webhook Url
+             * @description https; public addresses only unless the operator allows a network.
+             */
+            webhook_url?: string | null;
         };
         /** Participant */
         Participant: {
@@ -713,6 +876,104 @@ export interface operations {
                     "application/json": {
                         [key: string]: unknown;
                     };
+                };
+            };
+        };
+    };
+    get_settings_v1_admin_notification_settings_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotificationSettings"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    put_settings_v1_admin_notification_settings_put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NotificationSettingsBody"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotificationSettings"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };
@@ -1237,6 +1498,109 @@ export interface operations {
             };
         };
     };
+    mute_v1_conversations__conversation_id__mute_put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                conversation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    unmute_v1_conversations__conversation_id__mute_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                conversation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     add_participants_v1_conversations__conversation_id__participants_post: {
         parameters: {
             query?: never;
@@ -1411,6 +1775,86 @@ export interface operations {
             };
             /** @description Request Entity Too Large */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    get_prefs_v1_me_notification_preferences_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotificationPreferences"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    put_dnd_v1_me_notification_preferences_do_not_disturb_put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DoNotDisturbBody"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NotificationPreferences"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -15,8 +15,10 @@ from im_runtime.health import health_router
 from im_runtime.kafka import DeadLetters, broker_security, make_producer
 from im_runtime.logs import log
 from im_runtime.process import Process
+from im_runtime.webhook_urls import networks
 
 from .api import agents, conversations, me
+from .api import notifications as notifications_api
 from .api.console import dev_router, mount_console, require_dev_signin_safe
 from .active_agents import ActiveAgents
 from .api.deps import Services
@@ -26,6 +28,7 @@ from .committer import Committer
 from .directory import Directory
 from .errors import install_error_handlers
 from .limits import RateLimits
+from .notifications import Notifications, WebhookPolicy
 from .handlers.assistance import assistance_subscription
 from .metrics import DEAD_LETTERED
 from .outbox import UnitOfWork
@@ -60,6 +63,9 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
         client, db = await process.connect_mongo(**(mongo_options or {}))
         store = Store(db, outbox_retention_s=settings.outbox_retention_s)
         await store.create_indexes()
+        notifications = Notifications(db, WebhookPolicy(settings.webhook_allow_http,
+                                                         networks(settings.webhook_allowed_networks.split(","))))
+        await notifications.create_indexes()
         dead_letter_producer = await process.start_producer("kafka producer (dead letters)", flush=False)
         owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         relay = Relay(store, client, settings, lambda: make_producer(
@@ -72,7 +78,7 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
         app.state.services = Services(
             settings, store, verifier, Directory(store, uow, presence, scan_max=settings.agent_list_scan_max,
                                                  on_change=active.changed),
-            conversations, RateLimits.from_settings(settings), active)
+            conversations, RateLimits.from_settings(settings), active, notifications)
         app.state.relay, app.state.committer, app.state.presence = relay, committer, presence
         await verifier.start()
         process.on_stop("drain", "outbox leases", relay.stop)
@@ -121,6 +127,7 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
     app.include_router(agents.router)
     app.include_router(conversations.router)
     app.include_router(me.router)
+    app.include_router(notifications_api.router)
     if settings.dev_signin:
         require_dev_signin_safe(settings)
         # Loud on purpose: anyone who reaches this process can sign in as anyone.

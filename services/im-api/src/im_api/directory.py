@@ -75,7 +75,7 @@ class Directory:
     def _publish(self, tx: Transaction, doc: dict) -> None:
         event = AgentChanged(tenant_id=doc["tenant_id"], agent_id=doc["agent_id"],
                              display_name=doc["display_name"], role=doc.get("role", "agent"),
-                             active=doc["active"])
+                             active=doc["active"], email=doc.get("email"))
         tx.publish(AGENTS, event, key=agent_key(doc["tenant_id"], doc["agent_id"]),
                    order_key=f"agent:{doc['tenant_id']}:{doc['agent_id']}", order=doc["outbox_seq"])
 

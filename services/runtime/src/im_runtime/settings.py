@@ -85,6 +85,11 @@ class CommonSettings(BaseSettings):
     # Retrying a transient failure (MongoDB or Kafka down): exponential from initial to max.
     retry_initial_s: float = shared("IM_RETRY_INITIAL_S", default=0.2)
     retry_max_s: float = shared("IM_RETRY_MAX_S", default=5.0)
+    # Tenant webhooks (im-api checks the URL an admin sets; the notifier checks every address it
+    # connects to): public https only, unless the operator allows plain http (development) or
+    # named private networks (e.g. their own webhook gateway), comma-separated CIDRs.
+    webhook_allow_http: bool = shared("IM_WEBHOOK_ALLOW_HTTP", default=False)
+    webhook_allowed_networks: str = shared("IM_WEBHOOK_ALLOWED_NETWORKS", default="")
     # Connecting at start-up: containers may start before Kafka / MongoDB answer.
     connect_timeout_s: float = shared("IM_CONNECT_TIMEOUT_S", default=120.0)
 

@@ -13,6 +13,7 @@ from ..active_agents import ActiveAgents
 from ..directory import Directory
 from ..errors import Forbidden, Unauthorized
 from ..limits import RateLimits
+from ..notifications import Notifications
 from ..service import Conversations
 from ..settings import ApiSettings
 from ..store import Store
@@ -31,6 +32,7 @@ class Services:
     conversations: Conversations
     limits: RateLimits
     active: ActiveAgents
+    notifications: Notifications
 
 
 def services(request: Request) -> Services:

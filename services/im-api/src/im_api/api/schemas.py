@@ -212,3 +212,51 @@ class Error(BaseModel):
 def errors_doc(*statuses: int) -> dict[int | str, dict]:
     """`responses=` for a route: the error shape under each status it may answer."""
     return {s: {"model": Error} for s in statuses}
+
+
+# --- notifications --------------------------------------------------------------------------
+
+DelaySeconds = Annotated[int, Field(ge=0, le=24 * 3600)]
+
+
+class NotificationSettingsBody(Request):
+    """The tenant's whole notification settings (PUT replaces them; a missing `webhook_secret`
+    keeps the stored one, `null` removes it)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "webhook_url": "https://helpdesk.example.com/hooks/im", "webhook_secret": "a-long-random-secret-value",
+        "email_enabled": True, "delay_s": 60, "assistance_delay_s": 0, "digest_window_s": 900,
+        "include_bodies": False}]})
+    webhook_url: str | None = Field(default=None, max_length=2048,
+                                    description="https; public addresses only unless the operator allows a network.")
+    webhook_secret: str | None = Field(default=None, min_length=16, max_length=256,
+                                       description="HMAC-SHA256 key of `X-IM-Signature`. Write-only.")
+    email_enabled: bool = False
+    delay_s: DelaySeconds = Field(default=60, description="How long a message stays unread by an away or "
+                                                          "offline agent before they are notified.")
+    assistance_delay_s: DelaySeconds = Field(default=60, description="The same for assistance requests (0: at once).")
+    digest_window_s: int = Field(default=900, ge=60, le=24 * 3600, description="At most one email per agent "
+                                                                               "in this window.")
+    include_bodies: bool = Field(default=False, description="False: notifications carry metadata only.")
+
+
+class NotificationSettings(Response):
+    tenant_id: str
+    webhook_url: str | None
+    webhook_secret_set: bool = Field(description="The secret itself is never returned.")
+    email_enabled: bool
+    delay_s: int
+    assistance_delay_s: int
+    digest_window_s: int
+    include_bodies: bool
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+
+
+class DoNotDisturbBody(Request):
+    do_not_disturb: bool
+
+
+class NotificationPreferences(Response):
+    do_not_disturb: bool
+    muted_conversation_ids: list[str]
