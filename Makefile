@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-PACKAGES := -e contracts -e services/runtime -e services/im-api -e services/delivery -e services/presence -e deploy/imctl
+PACKAGES := -e contracts -e services/runtime -e services/im-api -e services/delivery -e services/presence -e services/notifier -e deploy/imctl
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
