@@ -1,4 +1,4 @@
-# One image for every Helpdesk IM service (im-api, delivery gateway/worker, presence) and imctl,
+# One image for every Helpdesk IM service (im-api, delivery gateway/worker, presence, notifier) and imctl,
 # with the agent console's built assets, which im-api serves under /console/.
 # BASE_IMAGE and NODE_IMAGE let an offline build use locally built bases (deploy/offline/).
 ARG BASE_IMAGE=python:3.11-slim
@@ -30,6 +30,7 @@ COPY services/runtime/pyproject.toml services/runtime/
 COPY services/im-api/pyproject.toml services/im-api/
 COPY services/delivery/pyproject.toml services/delivery/
 COPY services/presence/pyproject.toml services/presence/
+COPY services/notifier/pyproject.toml services/notifier/
 COPY deploy/imctl/pyproject.toml deploy/imctl/
 RUN python3 -c 'import glob, tomllib; print("\n".join(d for p in glob.glob("**/pyproject.toml", recursive=True) \
       for d in tomllib.load(open(p, "rb"))["project"]["dependencies"] if not d.startswith("helpdesk-im-")))' \
@@ -40,7 +41,7 @@ COPY services/ services/
 COPY deploy/imctl/ deploy/imctl/
 # Our packages only (no index needed: setuptools is already in the venv).
 RUN /opt/venv/bin/pip install --no-deps --no-build-isolation \
-      ./contracts ./services/runtime ./services/im-api ./services/delivery ./services/presence ./deploy/imctl \
+      ./contracts ./services/runtime ./services/im-api ./services/delivery ./services/presence ./services/notifier ./deploy/imctl \
  && /opt/venv/bin/pip check
 
 FROM ${BASE_IMAGE}
@@ -51,5 +52,6 @@ COPY --from=console /src/clients/console/dist /opt/helpdesk-im/console
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 IM_API_CONSOLE_DIR=/opt/helpdesk-im/console
 USER im
 WORKDIR /app
-# Each compose service picks its command: im-api, im-delivery-gateway, im-delivery-worker, im-presence.
+# Each compose service picks its command: im-api, im-delivery-gateway, im-delivery-worker, im-presence,
+# im-notifier.
 CMD ["im-api"]

@@ -1,5 +1,5 @@
 """`make bench` / `python -m bench.run [--quick] [--out FILE]`: start Kafka + SecantusDB (ours, on
-free loopback ports, unless --kafka/--mongo name servers) and the four services, run every
+free loopback ports, unless --kafka/--mongo name servers) and the services, run every
 scenario, print a table against the same-run baselines and targets, and write the JSON.
 
 Scenarios: baselines, idle (the stack with nothing connected, against Kafka and MongoDB alone),
@@ -40,7 +40,7 @@ from .stack import BenchStack, given_endpoints, start_endpoints
 SCENARIOS = ("baselines", "idle", "lone", "throughput", "catch_up", "console", "tenant_fairness", "latency", "latency_search",
              "scale_out", "fan_in")
 # Our own processes (the rest of the system under test is Kafka and MongoDB).
-SERVICES = ("im-api", "delivery-worker", "delivery-gateway", "presence")
+SERVICES = ("im-api", "delivery-worker", "delivery-gateway", "presence", "notifier")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # A scenario starts once the stack is back within this many cores of its own idle level.
 SETTLE_MARGIN_CORES = 0.25
@@ -218,7 +218,7 @@ async def run(args: argparse.Namespace) -> dict:
                 if args.profile and name == args.profile_scenario:
                     from .profile import Profiler
 
-                    pids = {n: stack.pid(n) for n in ("im-api", "delivery-worker", "delivery-gateway", "presence")}
+                    pids = {n: stack.pid(n) for n in SERVICES}
                     if args.profile_db:
                         # SecantusDB is a Python process too (thread per client): sampling its
                         # threads costs ~half a core, so only on request.

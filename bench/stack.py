@@ -1,5 +1,5 @@
 """The system under test: Kafka + SecantusDB (our own on free loopback ports, or given endpoints)
-and the four services, started by imctl's launcher code; every process is stopped by its pid."""
+and the services, started by imctl's launcher code; every process is stopped by its pid."""
 
 from __future__ import annotations
 
@@ -69,9 +69,10 @@ class BenchStack(launcher.Stack):
     groups (so a shared broker's other members never stall us), and extra gateways on demand."""
 
     def __init__(self, workdir: Path, endpoints: Endpoints, log_level: str, say=print) -> None:
-        ports = {name: servers.free_port() for name in ("api", "stream", "worker", "presence")}
+        ports = {name: servers.free_port() for name in ("api", "stream", "worker", "presence", "notifier")}
         config = launcher.LaunchConfig(run_dir=workdir, api_port=ports["api"], stream_port=ports["stream"],
-                                       worker_port=ports["worker"], presence_port=ports["presence"])
+                                       worker_port=ports["worker"], presence_port=ports["presence"],
+                                       notifier_port=ports["notifier"])
         super().__init__(config, say)
         self.endpoints = endpoints
         self.log_level = log_level
@@ -99,11 +100,13 @@ class BenchStack(launcher.Stack):
             "IM_STREAM_PORT": str(c.stream_port),
             "IM_DELIVERY_WORKER_PORT": str(c.worker_port),
             "IM_PRESENCE_PORT": str(c.presence_port),
+            "IM_NOTIFIER_PORT": str(c.notifier_port),
             "IM_API_STREAM_PUBLIC_URL": self.stream_url,
             "IM_DELIVERY_GATEWAY_ID": "bench-gw-1",
             "IM_DELIVERY_FANOUT_GROUP": f"{p}fanout", "IM_DELIVERY_QUEUE_GROUP": f"{p}queue",
             "IM_DELIVERY_GATEWAYS_GROUP": f"{p}gateways", "IM_PRESENCE_CONSUMER_GROUP": f"{p}presence",
             "IM_API_ASSISTANCE_GROUP": f"{p}assistance",
+            "IM_NOTIFIER_THREADS_GROUP": f"{p}notifier-threads", "IM_NOTIFIER_AGENTS_GROUP": f"{p}notifier-agents",
             # The console scenario: im-api serves the built console, the gateway lets its page in.
             "IM_API_CONSOLE_DIR": str(launcher.CONSOLE_DIST),
             "IM_DELIVERY_ALLOWED_ORIGINS": f"http://127.0.0.1:{c.api_port}",

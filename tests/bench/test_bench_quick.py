@@ -105,8 +105,8 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.timeout(400)
 def test_a_terminated_benchmark_stops_every_server_and_service_it_started(tmp_path):
-    """SIGTERM (what `timeout` or a CI cancel sends) mid-run: our own Kafka, SecantusDB and the four
-    services are stopped by their pids, and the run says so."""
+    """SIGTERM (what `timeout` or a CI cancel sends) mid-run: our own Kafka, SecantusDB and the five
+    service processes are stopped by their pids, and the run says so."""
     proc = subprocess.Popen(
         [sys.executable, "-u", "-m", "bench.run", "--quick", "--only", "throughput", "--out", str(tmp_path / "q.json"),
          "--workdir", str(tmp_path / "work")],
@@ -124,8 +124,8 @@ def test_a_terminated_benchmark_stops_every_server_and_service_it_started(tmp_pa
                 break
         else:
             pytest.fail("the run ended before its scenario started:\n" + "".join(lines[-40:]))
-        # Kafka, SecantusDB, presence, delivery-worker, delivery-gateway, im-api.
-        assert len(pids) == 6 and all(alive(p) for p in pids), "".join(lines)
+        # Kafka, SecantusDB, presence, delivery-worker, delivery-gateway, im-api, notifier.
+        assert len(pids) == 7 and all(alive(p) for p in pids), "".join(lines)
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=120)
     finally:

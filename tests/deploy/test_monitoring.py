@@ -20,7 +20,7 @@ SERIES = re.compile(r"\b(im_[a-z_]+)\b")
 
 def exported_series() -> set[str]:
     """Every series name the services register (importing each module registers its metrics)."""
-    for package in ("im_runtime", "im_api", "im_delivery", "im_presence"):
+    for package in ("im_runtime", "im_api", "im_delivery", "im_presence", "im_notifier"):
         root = importlib.import_module(package)
         for module in pkgutil.walk_packages(root.__path__, f"{package}."):
             if not module.name.endswith("__main__"):
@@ -51,7 +51,8 @@ def test_the_dashboard_covers_every_metric_operators_need():
                    "im_api_outbox_published_total", "im_delivery_frames_sent_total", "im_api_outbox_backlog",
                    "im_api_outbox_oldest_age_seconds", "im_consumer_lag_records", "im_delivery_connections_open",
                    "im_presence_agents", "im_api_dead_letters_total", "im_delivery_dead_letters_total",
-                   "im_presence_dead_letters_total"):
+                   "im_presence_dead_letters_total", "im_notifier_dead_letters_total",
+                   "im_notifier_notifications_total", "im_notifier_skipped_total"):
         assert needed in used, needed
 
 
@@ -64,7 +65,7 @@ def test_prometheus_scrapes_annotated_pods_and_the_static_ports_and_loads_the_ru
     assert {r["source_labels"][0] for r in keep} == {"__meta_kubernetes_pod_label_app_kubernetes_io_part_of",
                                                      "__meta_kubernetes_pod_annotation_prometheus_io_scrape"}
     targets = {t for group in jobs["helpdesk-im-static"]["static_configs"] for t in group["targets"]}
-    assert targets == {"127.0.0.1:8000", "127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"}
+    assert targets == {"127.0.0.1:8000", "127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003", "127.0.0.1:8004"}
     assert config["rule_files"] == ["helpdesk-im-alerts.yml"]
     # Every alert points at a runbook section that exists in the README.
     readme = (MONITORING.parents[1] / "README.md").read_text().lower()

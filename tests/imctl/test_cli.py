@@ -117,12 +117,14 @@ async def test_migrate_creates_every_services_indexes_step_by_step_and_twice_is_
     for _ in range(2):
         out = await asyncio.to_thread(imctl, "migrate", "--mongo-uri", mongo_uri, "--db", mongo_db_name)
         assert out.returncode == 0, out.stderr
-        assert all(f"[{i}/5]" in out.stderr for i in range(1, 6)) and "indexes in place: 5 steps" in out.stderr
+        assert all(f"[{i}/7]" in out.stderr for i in range(1, 8)) and "indexes in place: 7 steps" in out.stderr
     db = mongo[mongo_db_name]
     assert "history" in await db["messages"].index_information()
     assert "pending" in await db["outbox"].index_information()
     assert "tenant_agent" in await db["presence_agents"].index_information()
     assert "by_tenant_time" in await db["operator_audit"].index_information()
+    assert "agent" in await db["notification_prefs"].index_information()
+    assert "due" in await db["notifier_agents"].index_information()
     names = set(await db.list_collection_names())
     assert {"agents", "conversations", "messages", "outbox", "presence_agents", "operator_audit"} <= names
     # Delivery's collections too (the worker's projections and the gateway's queue store).

@@ -54,6 +54,8 @@ PRINCIPALS: dict[str, Access] = {
                               groups=("delivery-fanout", "delivery-queue", "delivery-gateways")),
     "delivery-gateway": Access(read=(DELIVERY_SIGNALS,), write=(CONNECTIONS, TYPING, GATEWAYS)),
     "presence": Access(read=(CONNECTIONS, GATEWAYS), write=(PRESENCE, DEAD_LETTERS), groups=("im-presence",)),
+    "notifier": Access(read=(MESSAGES, CONVERSATIONS, PRESENCE, AGENTS), write=(DEAD_LETTERS,),
+                       groups=("im-notifier-threads", "im-notifier-agents")),
     # Not a service of ours: the help desk's services that ask for assistance (README: Kafka
     # authentication). They may write requests and nothing else.
     "assistance-producer": Access(write=(ASSISTANCE_REQUESTS,)),

@@ -34,7 +34,7 @@ OFFLINE = REPO_ROOT / "deploy" / "offline"
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 INFRA_SERVICES = ("kafka", "mongo")
 ONE_SHOT_SERVICES = ("topics",)
-APP_SERVICES = ("im-api", "delivery-gateway", "delivery-worker", "presence")
+APP_SERVICES = ("im-api", "delivery-gateway", "delivery-worker", "presence", "notifier")
 PROJECT_LABELS = ("com.docker.compose.project", "io.podman.compose.project")
 _BUILT: set[tuple[str, str]] = set()  # (engine, image) built by this process
 
@@ -42,7 +42,7 @@ _BUILT: set[tuple[str, str]] = set()  # (engine, image) built by this process
 # principal per service (and the help desk's producer of assistance requests), MongoDB's root and
 # the services' user.
 PASSWORDS = ("IM_KAFKA_ADMIN_PASSWORD", "IM_KAFKA_PASSWORD_IM_API", "IM_KAFKA_PASSWORD_DELIVERY_WORKER",
-             "IM_KAFKA_PASSWORD_DELIVERY_GATEWAY", "IM_KAFKA_PASSWORD_PRESENCE",
+             "IM_KAFKA_PASSWORD_DELIVERY_GATEWAY", "IM_KAFKA_PASSWORD_PRESENCE", "IM_KAFKA_PASSWORD_NOTIFIER",
              "IM_KAFKA_PASSWORD_ASSISTANCE_PRODUCER", "IM_MONGO_ROOT_PASSWORD", "IM_MONGO_PASSWORD")
 # They go unescaped into a MongoDB URI, a JAAS line and kafka-storage's --add-scram argument.
 PASSWORD_SHAPE = re.compile(r"[A-Za-z0-9._-]{16,}")

@@ -25,6 +25,7 @@ SETTINGS = (
     ("im-api", "im_api.settings:ApiSettings"),
     ("delivery (gateway and worker)", "im_delivery.settings:DeliverySettings"),
     ("presence", "im_presence.settings:PresenceSettings"),
+    ("notifier", "im_notifier.settings:NotifierSettings"),
 )
 
 

@@ -1,8 +1,8 @@
 """`imctl up` / `make run`: the whole stack on this machine as child processes, in the foreground.
 
 Kafka: Apache Kafka from its Maven Central jars whenever Java is present, Tansu only where there
-is none (memory-only, no idempotent producer — said loudly). MongoDB: SecantusDB. Then the three
-services (im-api, delivery gateway + worker, presence). Data lives under `.run/` and survives a
+is none (memory-only, no idempotent producer — said loudly). MongoDB: SecantusDB. Then the
+services (im-api, delivery gateway + worker, presence, notifier). Data lives under `.run/` and survives a
 restart. Ctrl-C (or SIGTERM) stops everything we started, by pid, services first.
 """
 
@@ -33,6 +33,9 @@ class LaunchConfig:
     stream_port: int = 8001
     worker_port: int = 8002
     presence_port: int = 8003
+    notifier_port: int = 8004
+    # The notifier's email goes to an SMTP server here: a mail catcher in development (README).
+    smtp_port: int = 1025
     kafka_port: int = 9092
     mongo_port: int = 27017
     host: str = "127.0.0.1"
@@ -48,6 +51,8 @@ class LaunchConfig:
             stream_port=int(env.get("IM_STREAM_PORT", 8001)),
             worker_port=int(env.get("IM_DELIVERY_WORKER_PORT", 8002)),
             presence_port=int(env.get("IM_PRESENCE_PORT", 8003)),
+            notifier_port=int(env.get("IM_NOTIFIER_PORT", 8004)),
+            smtp_port=int(env.get("IM_NOTIFIER_SMTP_PORT", 1025)),
             kafka_port=int(env.get("KAFKA_PORT", 9092)),
             mongo_port=int(env.get("MONGO_PORT", 27017)),
         )
@@ -127,6 +132,15 @@ class Stack:
             "IM_API_CONSOLE_DIR": str(CONSOLE_DIST),
             "IM_API_DEV_SIGNIN": "true",
             "IM_DELIVERY_ALLOWED_ORIGINS": f"http://{c.host}:{c.api_port},http://localhost:{c.api_port}",
+            # The notifier: email to a mail catcher on this machine, links into this console, and
+            # webhooks to a receiver on this machine allowed (development only: plain http, loopback).
+            "IM_NOTIFIER_PORT": str(c.notifier_port),
+            "IM_NOTIFIER_SMTP_HOST": c.host,
+            "IM_NOTIFIER_SMTP_PORT": str(c.smtp_port),
+            "IM_NOTIFIER_SMTP_SECURITY": "none",
+            "IM_NOTIFIER_THREAD_URL_TEMPLATE": f"http://{c.host}:{c.api_port}/console/#/im/{{conversation_id}}",
+            "IM_WEBHOOK_ALLOW_HTTP": "true",
+            "IM_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
         }
 
     def start_services(self, secret: str) -> None:
@@ -137,6 +151,7 @@ class Stack:
             ("delivery-worker", ["-m", "im_delivery.worker"], c.worker_port),
             ("delivery-gateway", ["-m", "im_delivery.gateway"], c.stream_port),
             ("im-api", ["-m", "im_api"], c.api_port),
+            ("notifier", ["-m", "im_notifier"], c.notifier_port),
         ]
         for name, argv, port in plan:
             proc = _PythonService(name=name, log_path=c.run_dir / "logs" / f"{name}.log")
@@ -181,6 +196,7 @@ Helpdesk IM is up.
   WebSocket       ws://{c.host}:{c.stream_port}/v1/stream
   Kafka           {c.host}:{c.kafka_port}
   MongoDB         mongodb://{c.host}:{c.mongo_port}/?directConnection=true
+  Notifier        email to SMTP {c.host}:{c.smtp_port} (a mail catcher: README "Notifications")
   logs            {c.run_dir / 'logs'}
 
 Mint dev tokens:

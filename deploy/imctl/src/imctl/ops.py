@@ -41,6 +41,8 @@ async def migrate(uri: str, db_name: str, progress: Callable[[str], None]) -> li
     from im_api.store import Store
     from im_delivery.store import QueueStore
     from im_delivery.worker.projections import Projections
+    from im_api.notifications import Notifications, WebhookPolicy
+    from im_notifier.store import NotifierStore
     from im_presence.store import PresenceStore
 
     client = _client(uri)
@@ -51,7 +53,10 @@ async def migrate(uri: str, db_name: str, progress: Callable[[str], None]) -> li
              lambda: Store(db, outbox_retention_s=7 * 24 * 3600).create_indexes()),
             ("delivery: queues, heads, devices, connections, tickets", lambda: QueueStore(db).ensure_indexes()),
             ("delivery: worker projections", lambda: Projections(db).ensure_indexes()),
+            ("im-api: notification preferences",
+             lambda: Notifications(db, WebhookPolicy(allow_http=False, allowed=[])).create_indexes()),
             ("presence: agents, gateways", lambda: PresenceStore(db).ensure_indexes()),
+            ("notifier: agents by due time", lambda: NotifierStore(db).ensure_indexes()),
             ("imctl: operator audit", lambda: db[AUDIT].create_indexes([
                 IndexModel([("tenant_id", ASCENDING), ("at", ASCENDING)], name="by_tenant_time")])),
         ]
