@@ -64,7 +64,9 @@ function signOut(): void {
 }
 
 function route(): void {
-  const [, page = "im"] = location.hash.split("/");
+  // "#/im/<conversation id>": a link from a notification (the notifier's IM_NOTIFIER_THREAD_URL_TEMPLATE).
+  const [, page = "im", thread] = location.hash.split("/");
+  if (page === "im" && thread) document.querySelector("im-console")?.open(decodeURIComponent(thread));
   for (const id of ["im", "ticket", "chat"]) el(`page-${id}`).hidden = id !== page;
   for (const a of document.querySelectorAll<HTMLAnchorElement>("nav a")) {
     if (a.dataset.route === page) a.setAttribute("aria-current", "page");

@@ -35,6 +35,8 @@ export interface ThreadState {
 }
 
 const TYPING_SHOWN_MS = 5_000;
+/** A message older than this when it arrives (a reconnect's replay) makes no browser notification. */
+const NOTIFY_WITHIN_MS = 5 * 60_000;
 
 export class ConsoleStore extends EventTarget {
   readonly im: HelpdeskIm;
@@ -51,6 +53,12 @@ export class ConsoleStore extends EventTarget {
   private typingTimer: ReturnType<typeof setTimeout> | null = null;
   private readonly marking = new Set<string>();
   private readonly marked = new Map<string, number>(); // conversation → the last seq we asked to mark
+  /** The agent's notification choices (the notifier honours them too): read at start. */
+  doNotDisturb = false;
+  muted = new Set<string>();
+  /** Whether the browser lets the console show notifications ("unsupported": no Notification API). */
+  notificationPermission: NotificationPermission | "unsupported" =
+    typeof Notification === "undefined" ? "unsupported" : Notification.permission;
   /** Sends the server refused, per thread: shown with their text so nothing vanishes silently. */
   failed = new Map<string, { body: string; reason: string }>();
   private changeQueued = false;
@@ -82,6 +90,8 @@ export class ConsoleStore extends EventTarget {
       }
       // Presence of everyone this agent may see: changes then arrive live (presence.changed).
       await this.agents("").catch(() => undefined);
+      await this.loadNotificationPreferences();
+      void this.watchNotificationPermission();
       this.im.stream.start(page.stream_cursor);
       for (const sent of this.im.sends.resume()) void sent.then((m) => this.addMessages(m.conversation_id, [m]), () => undefined);
     } catch (error) {
@@ -288,6 +298,74 @@ export class ConsoleStore extends EventTarget {
     return items.filter((a) => a.id !== this.agentId);
   }
 
+  // --- notifications -----------------------------------------------------------------------------
+
+  /** Follows the browser's notification permission (the agent may change it in the site settings). */
+  private async watchNotificationPermission(): Promise<void> {
+    try {
+      const status = await navigator.permissions.query({ name: "notifications" });
+      const update = () => {
+        this.notificationPermission = typeof Notification === "undefined" ? "unsupported" : Notification.permission;
+        this.changed();
+      };
+      status.addEventListener("change", update);
+      update();
+    } catch {
+      // No Permissions API here: what Notification.permission said at start stands.
+    }
+  }
+
+  private async loadNotificationPreferences(): Promise<void> {
+    try {
+      const prefs = await this.im.http.notificationPreferences();
+      this.doNotDisturb = prefs.do_not_disturb;
+      this.muted = new Set(prefs.muted_conversation_ids);
+    } catch {
+      // Shown as "not muted" until the next load; the notifier reads the server's copy anyway.
+    }
+  }
+
+  async setMuted(conversationId: string, muted: boolean): Promise<void> {
+    if (muted) await this.im.http.mute(conversationId);
+    else await this.im.http.unmute(conversationId);
+    if (muted) this.muted.add(conversationId);
+    else this.muted.delete(conversationId);
+    this.changed();
+  }
+
+  async setDoNotDisturb(on: boolean): Promise<void> {
+    this.doNotDisturb = (await this.im.http.setDoNotDisturb(on)).do_not_disturb;
+    this.changed();
+  }
+
+  /** Asks the browser (from a click: browsers allow the question only then). */
+  async enableBrowserNotifications(): Promise<void> {
+    if (typeof Notification === "undefined") return;
+    this.notificationPermission = await Notification.requestPermission();
+    this.changed();
+  }
+
+  /** A browser notification for a message that arrived while the console's tab is in the
+   * background — not one's own, not in a muted thread, not during do-not-disturb, not one already
+   * read, and not an old one a reconnect replays. Clicking it brings the tab and the thread. */
+  private notifyInBackground(m: Message): void {
+    if (m.sender_id === this.agentId || m.kind !== "text" || document.visibilityState !== "hidden") return;
+    if (typeof Notification === "undefined" || Notification.permission !== "granted") return;
+    if (this.doNotDisturb || this.muted.has(m.conversation_id)) return;
+    const c = this.conversations.get(m.conversation_id);
+    if ((c && m.seq <= c.last_read_seq) || Date.now() - Date.parse(m.created_at) > NOTIFY_WITHIN_MS) return;
+    const about = c?.related ? ` · ${c.related.type === "ticket" ? "Ticket" : "Chat"} ${c.related.id}` : "";
+    const shown = new Notification(`${this.nameOf(m.sender_id, c)}${about}`, {
+      body: m.body.length > 140 ? `${m.body.slice(0, 139)}…` : m.body,
+      tag: m.conversation_id, // a newer message of the thread replaces the older notification
+    });
+    shown.onclick = () => {
+      window.focus();
+      this.dispatchEvent(new CustomEvent<string>("open-thread", { detail: m.conversation_id }));
+      shown.close();
+    };
+  }
+
   typingNow(conversationId: string): void {
     this.im.stream.typing(conversationId);
   }
@@ -296,10 +374,13 @@ export class ConsoleStore extends EventTarget {
 
   private onFrame(frame: QueuedFrame | LiveFrame): void {
     switch (frame.type) {
-      case "message.created":
+      case "message.created": {
+        const fresh = !this.thread(frame.message.conversation_id).messages.some((m) => m.seq === frame.message.seq);
         this.addMessages(frame.message.conversation_id, [frame.message]);
+        if (fresh) this.notifyInBackground(frame.message);
         this.clearTyping(frame.message.conversation_id, frame.message.sender_id);
         break;
+      }
       case "conversation.updated": {
         const id = frame.conversation.id;
         const { conversation, needsParticipants } = mergeConversation(

@@ -17,6 +17,8 @@ export type ReadMarker = Schemas["ReadMarker"];
 export type RelatedItem = Schemas["RelatedItem"];
 export type Ticket = Schemas["Ticket"];
 export type Unread = Schemas["Unread"];
+/** The caller's do-not-disturb switch and muted threads (what the notifier honours). */
+export type NotificationPreferences = Schemas["NotificationPreferences"];
 export type PresenceStatus = "online" | "away" | "offline";
 
 /**
@@ -172,6 +174,23 @@ export class Http {
 
   related(type: "ticket" | "chat", id: string): Promise<{ items: Conversation[] }> {
     return this.request("GET", `/v1/related/${enc(type)}/${enc(id)}/conversations`);
+  }
+
+  notificationPreferences(): Promise<NotificationPreferences> {
+    return this.request("GET", "/v1/me/notification-preferences");
+  }
+
+  setDoNotDisturb(on: boolean): Promise<NotificationPreferences> {
+    return this.request("PUT", "/v1/me/notification-preferences/do-not-disturb", { do_not_disturb: on });
+  }
+
+  /** No notification about this thread (email, webhook, the console's browser notification). */
+  mute(id: string): Promise<void> {
+    return this.request("PUT", `/v1/conversations/${enc(id)}/mute`);
+  }
+
+  unmute(id: string): Promise<void> {
+    return this.request("DELETE", `/v1/conversations/${enc(id)}/mute`);
   }
 
   streamTicket(deviceId: string): Promise<Ticket> {

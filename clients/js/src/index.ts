@@ -31,6 +31,7 @@ export type {
   ListedAgent,
   Message,
   MessagePage,
+  NotificationPreferences,
   PresenceStatus,
   ReadMarker,
   RelatedItem,

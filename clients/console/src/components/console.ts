@@ -14,6 +14,7 @@ import { repeat } from "lit/directives/repeat.js";
 import { Windowing } from "../windowing.js";
 import "./agent-picker.js";
 import type { AgentPicker } from "./agent-picker.js";
+import type { ConsoleStore } from "../store.js";
 import { shared, StoreElement, when } from "./base.js";
 import "./thread.js";
 import type { Thread } from "./thread.js";
@@ -50,6 +51,11 @@ export class Console extends StoreElement {
     main { min-width: 0; min-height: 0; display: flex; flex-direction: column; }
     .back { display: none; margin: 8px 12px 0; align-self: flex-start; }
     .state { padding: 12px; color: var(--im-muted); }
+    .notify { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; padding: 6px 12px;
+      border-bottom: 1px solid var(--im-border); font-size: 13px; }
+    .notify button { font-size: 13px; padding: 4px 8px; }
+    .notify button[aria-pressed="true"] { background: #fff1d6; border-color: #a15c00; color: #5c3400; font-weight: 600; }
+    .notify .hint { color: var(--im-muted); }
     .state.error { color: #8a1c12; background: #fdecea; margin: 0; }
     @media (max-width: 719px) {
       .layout { grid-template-columns: 1fr; }
@@ -107,6 +113,7 @@ export class Console extends StoreElement {
             <h2>Instant Messages</h2>
             <button class="primary" @click=${this.newIm}>New Instant Message</button>
           </div>
+          ${store ? this.notificationBar(store) : nothing}
           ${!store || !store.loaded ? html`<p class="state">${store?.error ?? "Loading…"}</p>` : nothing}
           ${store?.loaded && store.error ? html`<p class="state error" role="alert">${store.error}</p>` : nothing}
           ${store?.loaded && items.length === 0 ? html`<p class="state">No threads yet: start one with “New Instant Message”.</p>` : nothing}
@@ -124,6 +131,28 @@ export class Console extends StoreElement {
       </div>
       <im-agent-picker></im-agent-picker>`;
   }
+
+  /** Browser notifications (asked for from this click) and do-not-disturb. */
+  private notificationBar(store: ConsoleStore) {
+    const permission = store.notificationPermission;
+    return html`<div class="notify">
+      ${permission === "default" ? html`<button @click=${() => store.enableBrowserNotifications()}>Notify me in this browser</button>`
+        : permission === "denied" ? html`<span class="hint">Browser notifications are blocked for this site.</span>` : nothing}
+      <button aria-pressed=${store.doNotDisturb ? "true" : "false"} title="No notifications while on"
+        @click=${() => store.setDoNotDisturb(!store.doNotDisturb)}>Do not disturb</button>
+    </div>`;
+  }
+
+  protected override storeReady(store: ConsoleStore): void {
+    store.addEventListener("open-thread", this.onOpenThread); // a browser notification was clicked
+  }
+
+  override disconnectedCallback(): void {
+    super.disconnectedCallback();
+    this.store?.removeEventListener("open-thread", this.onOpenThread);
+  }
+
+  private readonly onOpenThread = (e: Event) => this.open((e as CustomEvent<string>).detail);
 
   /** Arrow keys, Home and End move the focus along the list, rendering rows as they come. */
   private onKey(e: KeyboardEvent, items: Conversation[]): void {

@@ -10,6 +10,7 @@ import { css, html, nothing, type PropertyValues } from "lit";
 import { customElement, property, query, state } from "lit/decorators.js";
 import { repeat } from "lit/directives/repeat.js";
 import { Windowing } from "../windowing.js";
+import type { ConsoleStore } from "../store.js";
 import { shared, STATUS_TEXT, StoreElement, when } from "./base.js";
 
 /** Older messages are asked for when the agent scrolls this close to the top (px). */
@@ -20,6 +21,9 @@ export class Thread extends StoreElement {
   static override styles = [shared, css`
     :host { display: flex; flex-direction: column; min-height: 0; height: 100%; background: var(--im-bg); }
     header { padding: 10px 14px; border-bottom: 1px solid var(--im-border); display: grid; gap: 6px; }
+    .top { display: flex; justify-content: space-between; align-items: center; gap: 8px; }
+    .mute { font-size: 12px; padding: 2px 8px; }
+    .mute[aria-pressed="true"] { background: #fff1d6; border-color: #a15c00; color: #5c3400; font-weight: 600; }
     .people { display: flex; flex-wrap: wrap; gap: 4px 12px; align-items: center; }
     .person { display: inline-flex; align-items: center; gap: 6px; }
     .history { flex: 1; overflow-y: auto; padding: 12px 14px; display: flex; flex-direction: column;
@@ -145,7 +149,10 @@ export class Thread extends StoreElement {
     const range = this.window.slice(t.messages, (m) => m.seq);
     return html`
       <header>
-        ${c?.related ? this.relatedTag(c) : nothing}
+        <div class="top">
+          ${c?.related ? this.relatedTag(c) : html`<span></span>`}
+          ${this.muteButton(store)}
+        </div>
         <div class="people" aria-label="Participants">
           ${(c?.participants ?? []).map((p) => {
             const status = p.id === store.agentId ? "online" : (store.presence.get(p.id) ?? "offline");
@@ -176,6 +183,15 @@ export class Thread extends StoreElement {
           @input=${this.onInput} @keydown=${this.onKey}></textarea>
         <button type="submit" class="primary" ?disabled=${!this.draft.trim()}>Send</button>
       </form>`;
+  }
+
+  /** Muted: no notification about this thread (the browser's, email, the help desk's webhook). */
+  private muteButton(store: ConsoleStore) {
+    const muted = store.muted.has(this.conversationId);
+    const id = this.conversationId;
+    return html`<button class="mute" aria-pressed=${muted ? "true" : "false"}
+      title=${muted ? "You get no notification about this thread" : "Notifications about this thread are on"}
+      @click=${() => store.setMuted(id, !muted)}>${muted ? "Muted" : "Mute"}</button>`;
   }
 
   private relatedTag(c: Conversation) {
