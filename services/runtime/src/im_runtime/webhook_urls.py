@@ -25,13 +25,31 @@ def networks(texts: Iterable[str]) -> list[Network]:
     return [ipaddress.ip_network(text.strip(), strict=False) for text in texts if text.strip()]
 
 
+# IPv6 forms that carry an IPv4 address the network may route to: NAT64 (RFC 6052, RFC 8215) and
+# the deprecated IPv4-compatible ::a.b.c.d (6to4 and Teredo have accessors of their own).
+_EMBEDDING = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"),
+              ipaddress.ip_network("::/96"))
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    found = [v4 for v4 in (ip.ipv4_mapped, ip.sixtofour, ip.teredo[1] if ip.teredo else None) if v4 is not None]
+    if any(ip in net for net in _EMBEDDING):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
+
+
 def address_allowed(address: Address | str, allowed: Iterable[Network] = ()) -> bool:
-    """Public unicast addresses only, unless the operator allowed a network holding this one."""
+    """Public unicast addresses only, unless the operator allowed a network holding this one. An
+    IPv6 address that embeds an IPv4 one (::ffff:127.0.0.1, 64:ff9b::a9fe:a9fe, 2002:7f00:1::)
+    is judged by that IPv4 address too."""
     ip = ipaddress.ip_address(address) if isinstance(address, str) else address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback
+    allowed = list(allowed)
     if any(ip in net for net in allowed if net.version == ip.version):
         return True
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(ip)
+        if inner:
+            return all(address_allowed(v4, allowed) for v4 in inner)
     # is_global excludes private, loopback, link-local, shared (100.64/10), reserved and
     # documentation ranges; multicast is "global" for some ranges, and never a webhook.
     return ip.is_global and not ip.is_multicast
