@@ -86,9 +86,9 @@ async def test_away_agents_get_one_webhook_and_one_digest_and_nothing_else(servi
             async with stack.client(stack.token("n1", "bob")) as c:
                 r = await c.get("/v1/admin/notification-settings")
                 assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
-            shown = await configure(stack, "n1", receiver, email_enabled=True, delay_s=8, include_bodies=False)
+            shown = await configure(stack, "n1", receiver, email_enabled=True, delay_s=12, include_bodies=False)
             assert "webhook_secret" not in shown and shown["webhook_secret_set"] is True
-            await configure(stack, "n2", receiver, email_enabled=False, delay_s=8, include_bodies=True)
+            await configure(stack, "n2", receiver, email_enabled=False, delay_s=12, include_bodies=True)
             async with stack.client(stack.token("n1", "root", "admin")) as c:
                 for bad in ("http://10.0.0.5/hook", "http://169.254.169.254/latest", "http://[::1]:8080/x",
                             "http://192.168.1.20/x"):
@@ -96,7 +96,7 @@ async def test_away_agents_get_one_webhook_and_one_digest_and_nothing_else(servi
                     assert r.status_code == 422, r.text
                     assert r.json()["error"]["field"] == "webhook_url", r.text
                 r = await c.get("/v1/admin/notification-settings")
-                assert r.json()["webhook_url"] == receiver.url("/n1") and r.json()["delay_s"] == 8
+                assert r.json()["webhook_url"] == receiver.url("/n1") and r.json()["delay_s"] == 12
                 assert r.json()["email_enabled"] is True and "webhook_secret" not in r.json()
 
             # alice (n1) is away: connected, every connection idle.
@@ -124,7 +124,8 @@ async def test_away_agents_get_one_webhook_and_one_digest_and_nothing_else(servi
                     async with stack.client(stack.token("n1", "erin")) as c:
                         assert (await c.put(f"/v1/conversations/{te}/mute")).status_code == 204
                         prefs = (await c.get("/v1/me/notification-preferences")).json()
-                        assert prefs == {"do_not_disturb": False, "muted_conversation_ids": [te]}
+                        assert prefs == {"do_not_disturb": False, "muted_conversation_ids": [te],
+                                         "message_previews": False}
                     async with stack.client(stack.token("n1", "bob")) as c:
                         r = await c.post(f"/v1/conversations/{te}/messages", json={"body": "psst", "client_msg_id": "e1"})
                         assert r.status_code == 201

@@ -18,10 +18,12 @@ from im_notifier.domain import (
     Policy,
     Prefs,
     Thread,
+    attempt_deferred,
     attempt_finished,
     attempt_started,
     decide,
     ready_claims,
+    update_for_presence,
     updates_for_message,
     with_defaults,
 )
@@ -43,8 +45,10 @@ def waiting(cid: str, last: int, at: datetime, *, read: int = 0, assist: int = 0
 
 def agent(*threads: Thread, status: str = "away", absent_since: datetime = EPOCH, email: str | None = "a@x.test",
           **kw) -> AgentDoc:
-    return AgentDoc(tenant_id="t1", agent_id="alice", status=status, absent_since=absent_since, email=email,
-                    threads={t.conversation_id: t for t in threads}, **kw)
+    # A presence event came when the agent left (none at all: never seen, away since the epoch).
+    seen = absent_since if absent_since not in (EPOCH, NEVER) else EPOCH
+    return AgentDoc(tenant_id="t1", agent_id="alice", status=status, status_at=seen, absent_since=absent_since,
+                    email=email, threads={t.conversation_id: t for t in threads}, **kw)
 
 
 def test_a_waiting_thread_is_due_delay_after_it_started_waiting_and_then_claimed_once():
@@ -241,6 +245,11 @@ def test_the_digest_email_has_text_and_html_and_no_body_in_metadata_mode():
     ("https://[::1]/im", "points at a private, loopback or link-local address"),
     ("https://[::ffff:10.0.0.1]/im", "points at a private, loopback or link-local address"),
     ("https://100.64.0.1/im", "points at a private, loopback or link-local address"),
+    ("https://[64:ff9b::a9fe:a9fe]/im", "points at a private, loopback or link-local address"),
+    ("https://[2002:7f00:1::]/im", "points at a private, loopback or link-local address"),
+    ("https://[::7f00:1]/im", "points at a private, loopback or link-local address"),
+    ("https://[2001:4860:4860::8888]/im", None),
+    ("https://[64:ff9b::808:808]/im", None),
     ("https://localhost/im", "points at an internal host name"),
     ("https://db.internal/im", "points at an internal host name"),
     ("https://user:pw@hooks.example.com/im", "must not carry credentials (the request is signed instead)"),
@@ -259,3 +268,23 @@ def test_an_operator_may_allow_a_network_and_plain_http():
     assert check_url("https://10.0.6.7/hook", allowed=allowed) is not None
     assert address_allowed("93.184.216.34") and not address_allowed("192.168.1.1")
     assert not address_allowed("224.0.0.1") and address_allowed("127.0.0.1", allowed)
+
+
+def test_a_claim_put_off_while_every_send_slot_is_taken_counts_no_attempt():
+    doc = agent(waiting("c1", 1, T0), email=None)
+    key = decide(doc, T0 + 60 * S, POLICY, Prefs()).claimed["webhook"]["key"]
+    assert attempt_deferred(doc, "webhook", key, T0 + 62 * S, POLICY)
+    assert doc.outgoing["webhook"]["attempts"] == 0 and doc.due_at == T0 + 62 * S
+    assert ready_claims(doc, T0 + 61 * S) == []
+    assert attempt_started(doc, "webhook", key, T0 + 62 * S, 15 * S, POLICY)
+    assert not attempt_deferred(doc, "webhook", key, T0 + 64 * S, POLICY)  # leased: the attempt runs
+    assert not attempt_deferred(doc, "webhook", "another-key", T0 + 64 * S, POLICY)
+
+
+def test_leaving_asks_for_a_look_only_where_the_tenant_notifies():
+    on = update_for_presence(agent_id="a", status="away", at=T0, due_after=60 * S)
+    assert on["$min"] == {"absent_since": T0, "due_at": T0 + 60 * S}
+    off = update_for_presence(agent_id="a", status="offline", at=T0, due_after=None)
+    assert off["$min"] == {"absent_since": T0} and off["$setOnInsert"]["due_at"] == NEVER
+    back = update_for_presence(agent_id="a", status="online", at=T0, due_after=60 * S)
+    assert back["$set"]["absent_since"] == NEVER and "$min" not in back

@@ -103,24 +103,26 @@ def updates_for_message(*, conversation_id: str, seq: int, sender_id: str, recip
             "$inc": {"version": 1},
         }
         out.append((agent, {}, with_defaults(agent, raise_only), True))
+        # It bumps the version too: a decision read between the two must not write over it.
         out.append((agent, {f"{t}.last_seq": seq},
-                    {"$set": {f"{t}.last_at": at, f"{t}.last_sender": sender_id, f"{t}.preview": preview}},
-                    False))
+                    {"$set": {f"{t}.last_at": at, f"{t}.last_sender": sender_id, f"{t}.preview": preview},
+                     "$inc": {"version": 1}}, False))
     return out
 
 
-def update_for_read(*, conversation_id: str, seq: int) -> dict[str, Any]:
-    return {"$max": {f"threads.{conversation_id}.read_seq": seq}, "$inc": {"version": 1}}
+def update_for_read(*, agent_id: str, conversation_id: str, seq: int) -> dict[str, Any]:
+    return with_defaults(agent_id, {"$max": {f"threads.{conversation_id}.read_seq": seq}, "$inc": {"version": 1}})
 
 
-def update_for_presence(*, agent_id: str, status: str, at: datetime, due_after: timedelta) -> dict[str, Any]:
+def update_for_presence(*, agent_id: str, status: str, at: datetime, due_after: timedelta | None) -> dict[str, Any]:
     """Applied only where `status_at` is older (the caller's filter). Leaving sets `absent_since`
-    to the first moment of the absence ($min: away then offline keeps the time they went away)."""
+    to the first moment of the absence ($min: away then offline keeps the time they went away) and,
+    with `due_after`, asks for a look at the agent then (None: the tenant notifies nobody)."""
     update: dict[str, Any] = {"$set": {"status": status, "status_at": at}, "$inc": {"version": 1}}
     if status == "online":
         update["$set"]["absent_since"] = NEVER
     else:
-        update["$min"] = {"absent_since": at, "due_at": at + due_after}
+        update["$min"] = {"absent_since": at, **({"due_at": at + due_after} if due_after is not None else {})}
     return with_defaults(agent_id, update)
 
 
@@ -134,8 +136,9 @@ def update_for_agent(*, agent_id: str, display_name: str, email: str | None, act
 def with_defaults(agent_id: str, update: dict[str, Any]) -> dict[str, Any]:
     """`update` plus `$setOnInsert` of a new agent document's other fields (MongoDB refuses an
     update naming one path, or a path and its parent, twice). An agent the notifier has never seen
-    a presence for has never been at the console: absent since the epoch."""
-    new = {"agent_id": agent_id, "status": "offline", "status_at": EPOCH, "absent_since": EPOCH,
+    a presence for has never been at the console (`AgentDoc.left_at`); `absent_since` waits for
+    the first presence event ($min from NEVER)."""
+    new = {"agent_id": agent_id, "status": "offline", "status_at": EPOCH, "absent_since": NEVER,
            "due_at": NEVER, "outgoing": {}, "last_mail_at": EPOCH, "sent": 0, "agent_at": EPOCH,
            "threads": {}, "version": 0}
     touched = {path.split(".")[0] for op in update.values() for path in op}
@@ -198,7 +201,7 @@ class AgentDoc:
     version: int = 0
     status: str = "offline"
     status_at: datetime = EPOCH
-    absent_since: datetime = EPOCH
+    absent_since: datetime = NEVER
     due_at: datetime = NEVER
     threads: dict[str, Thread] = field(default_factory=dict)
     outgoing: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -206,6 +209,17 @@ class AgentDoc:
     sent: int = 0  # notifications claimed so far: the next one's key derives from it
     display_name: str | None = None
     email: str | None = None
+    active: bool = True  # a deactivated agent is notified of nothing
+    agent_at: datetime = EPOCH  # the directory event these three came from
+
+    def left_at(self) -> datetime:
+        """When the agent left the console. One never seen present (no presence event at all: an
+        agent who never connected) has always been away."""
+        return EPOCH if self.status_at == EPOCH else self.absent_since
+
+
+# What a decision or a send's outcome writes (StoreNotifier.save): the consumers own the rest.
+DECISION_FIELDS = ("threads", "outgoing", "due_at", "last_mail_at", "sent", "version")
 
 
 @dataclass
@@ -220,7 +234,7 @@ def due_time(thread: Thread, channel: Channel, doc: AgentDoc, policy: Policy) ->
     it started waiting (to be skipped as seen, if they are still online then)."""
     start = thread.since(channel)
     if doc.status != "online":
-        start = max(start, doc.absent_since)
+        start = max(start, doc.left_at())
     return start + policy.delay_for(thread.assistance(channel))
 
 
@@ -235,6 +249,9 @@ def decide(doc: AgentDoc, now: datetime, policy: Policy, prefs: Prefs) -> Decisi
     for channel in CHANNELS:
         waiting = [t for t in doc.threads.values() if t.waits(channel)]
         if not waiting:
+            continue
+        if not doc.active:
+            _skip(out, channel, "inactive", waiting)
             continue
         if not policy.enabled(channel):
             _skip(out, channel, "channel_off", waiting)
@@ -347,6 +364,26 @@ def attempt_started(doc: AgentDoc, channel: Channel, key: str, now: datetime, le
         return False
     claim["attempts"] += 1
     claim["lease_until"] = now + lease
+    doc.due_at = next_due(doc, policy)
+    return True
+
+
+def out_of_tries(doc: AgentDoc, channel: Channel, key: str, now: datetime, policy: Policy) -> bool:
+    """A claim whose tries are used up with no live attempt: its last attempt never wrote an
+    outcome (the process stopped mid-send), so it is given up now rather than tried forever."""
+    claim = doc.outgoing.get(channel)
+    return (claim is not None and claim["key"] == key and claim["attempts"] >= policy.max_tries
+            and (claim["lease_until"] is None or claim["lease_until"] <= now))
+
+
+def attempt_deferred(doc: AgentDoc, channel: Channel, key: str, until: datetime, policy: Policy) -> bool:
+    """Puts a claim's next attempt off to `until` (no attempt counted); False when it is not there
+    or an attempt holds its lease."""
+    claim = doc.outgoing.get(channel)
+    if claim is None or claim["key"] != key or (claim["lease_until"] is not None and claim["lease_until"] > until):
+        return False
+    claim["next_try_at"] = max(claim["next_try_at"], until)
+    claim["lease_until"] = None
     doc.due_at = next_due(doc, policy)
     return True
 

@@ -57,7 +57,16 @@ def _related_text(related: dict[str, Any] | None) -> str:
     return f"{kind} {related.get('id')}{title}"
 
 
+def _one_line(text: str) -> str:
+    """A header value from names agents chose: no line breaks or other control characters."""
+    return "".join(" " if ord(ch) < 32 or ord(ch) == 127 else ch for ch in text).strip()
+
+
 def subject(claim: dict[str, Any], names: dict[str, str]) -> str:
+    return _one_line(_subject(claim, names))
+
+
+def _subject(claim: dict[str, Any], names: dict[str, str]) -> str:
     items = claim["threads"]
     if any(i.get("assistance") for i in items):
         asker = _name(names, items[0].get("last_sender")) or items[0].get("last_sender") or "An agent"

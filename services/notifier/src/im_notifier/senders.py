@@ -92,12 +92,17 @@ class MailSender:
             **({"username": username, "password": password} if username else {}),
         }
         self.configured = bool(host)
+        self._timeout_s = timeout_s
 
     async def send(self, message: EmailMessage) -> str | None:
+        # aiosmtplib's timeout is per command: a slow server could stretch a session past the
+        # claim's lease (and another process would send the same mail), so the whole session is bounded.
         try:
-            await aiosmtplib.send(message, **self._options)
+            await asyncio.wait_for(aiosmtplib.send(message, **self._options), self._timeout_s)
             return None
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except TimeoutError:
+            return f"the SMTP session took over {self._timeout_s:g} s"
+        except (aiosmtplib.SMTPException, OSError) as exc:
             return f"{type(exc).__name__}: {_short(exc)}"
 
 

@@ -25,6 +25,7 @@ from im_contracts.events import (
     ReadMarkerMoved,
     utcnow,
 )
+from im_contracts.models import ASSISTANCE_CLIENT_MSG_PREFIX
 from im_contracts.notifications import PREVIEW_MAX_CHARS, TenantNotificationSettings
 from im_contracts.topics import DEAD_LETTERS, agent_key
 from im_contracts.codec import dead_letter_for
@@ -36,9 +37,11 @@ from .domain import (
     Channel,
     Policy,
     Prefs,
+    attempt_deferred,
     attempt_finished,
     attempt_started,
     decide,
+    out_of_tries,
     ready_claims,
     safe_id,
     update_for_agent,
@@ -58,13 +61,13 @@ NOTIFICATIONS = Counter("im_notifier_notifications_total",
 SKIPPED = Counter("im_notifier_skipped_total", "Threads not notified about, by channel and why", ["channel", "reason"])
 DECISION_LAG = Histogram("im_notifier_decision_lag_seconds", "How late after its due time an agent was decided",
                          buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300))
+DEFERRED = Counter("im_notifier_deferred_total",
+                   "Attempts put off because this process (or the tenant) had every send slot in use", ["channel"])
 ATTEMPT_SECONDS = Histogram("im_notifier_attempt_seconds", "One send attempt, by channel", ["channel"],
                             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
 # Compare-and-set rounds before an agent is left to the next sweep (consumers bump its version).
 CAS_ROUNDS = 8
-# Messages posted for an assistance request carry this client_msg_id prefix (im-api's assistance.py).
-ASSISTANCE_PREFIX = "assist:"
 
 
 @dataclass
@@ -81,8 +84,8 @@ class Notifier:
         self._publish_dead_letter = publish_dead_letter
         self._now = clock
         self._cache: dict[str, Cached] = {}
-        self._sends = asyncio.Semaphore(settings.max_concurrent_sends)
-        self._tenant_sends: dict[str, asyncio.Semaphore] = {}
+        self._in_flight = 0  # sends in flight in this process, and per tenant (bounded by the settings)
+        self._tenant_in_flight: dict[str, int] = {}
         self._busy: set[tuple[str, str]] = set()  # agents this process is deciding or sending for
         self._tasks: set[asyncio.Task] = set()
 
@@ -117,8 +120,11 @@ class Notifier:
         elif isinstance(event, ReadMarkerMoved):
             if not safe_id(event.conversation_id):
                 raise RejectedRecord("invalid_event", "conversation_id has characters the notifier cannot key")
-            await self.store.apply(event.tenant_id, [(event.agent_id, {}, update_for_read(
-                conversation_id=event.conversation_id, seq=event.seq), False)])
+            policy = self.policy(await self.tenant(event.tenant_id))
+            if policy.webhook or policy.email:
+                # Upserted: a read may be consumed before the message it reads (another topic).
+                await self.store.apply(event.tenant_id, [(event.agent_id, {}, update_for_read(
+                    agent_id=event.agent_id, conversation_id=event.conversation_id, seq=event.seq), True)])
         elif isinstance(event, ConversationStarted | ParticipantsChanged):
             conv = event.conversation
             related = conv.related.model_dump(mode="json") if conv.related else None
@@ -135,7 +141,9 @@ class Notifier:
         policy = self.policy(tenant)
         if not (policy.webhook or policy.email):
             return  # a tenant without notifications costs one cached settings read per message
-        assistance = (message.client_msg_id or "").startswith(ASSISTANCE_PREFIX)
+        if self._now() - message.created_at > timedelta(seconds=self.settings.max_message_age_s):
+            return  # a replay from far back (a new consumer group): old news, nobody is told
+        assistance = (message.client_msg_id or "").startswith(ASSISTANCE_CLIENT_MSG_PREFIX)
         # The body is kept (its beginning) only where the tenant lets notifications carry it.
         preview = message.body[:PREVIEW_MAX_CHARS] if tenant.include_bodies else None
         ops = updates_for_message(
@@ -146,12 +154,13 @@ class Notifier:
 
     async def on_agent_event(self, event: Any, record: Any) -> None:
         if isinstance(event, AgentPresence):
-            tenant = await self.tenant(event.tenant_id)
-            policy = self.policy(tenant)
+            policy = self.policy(await self.tenant(event.tenant_id))
+            # The status is always kept (a tenant may turn notifications on later); a look at the
+            # agent is scheduled only where a channel is on.
+            due_after = min(policy.delay, policy.assistance_delay) if policy.webhook or policy.email else None
             await self.store.apply_if_newer(event.tenant_id, event.agent_id, "status_at", event.occurred_at,
                                             update_for_presence(agent_id=event.agent_id, status=event.status,
-                                                                at=event.occurred_at,
-                                                                due_after=min(policy.delay, policy.assistance_delay)))
+                                                                at=event.occurred_at, due_after=due_after))
         elif isinstance(event, AgentChanged):
             await self.store.apply_if_newer(event.tenant_id, event.agent_id, "agent_at", event.occurred_at,
                                             update_for_agent(agent_id=event.agent_id, display_name=event.display_name,
@@ -217,44 +226,91 @@ class Notifier:
 
     async def _attempt(self, tenant_id: str, agent_id: str, channel: Channel, key: str) -> None:
         """One attempt of one claim: lease it, send, record the outcome."""
-        semaphore = self._tenant_sends.setdefault(tenant_id, asyncio.Semaphore(self.settings.max_concurrent_sends_per_tenant))
-        async with semaphore, self._sends:
-            tenant = await self.tenant(tenant_id)
-            lease = timedelta(seconds=self.settings.attempt_timeout_s + self.settings.lease_grace_s)
-            for _ in range(CAS_ROUNDS):
-                doc = await self.store.load(tenant_id, agent_id)
-                if doc is None or not attempt_started(doc, channel, key, self._now(), lease, self.policy(tenant)):
-                    return
-                if await self.store.save(doc):
-                    break
-            else:
+        if (self._in_flight >= self.settings.max_concurrent_sends
+                or self._tenant_in_flight.get(tenant_id, 0) >= self.settings.max_concurrent_sends_per_tenant):
+            # Full: the claim waits in MongoDB, not here. Moved behind everything due now, it
+            # cannot hold the front of the next sweep's read (one tenant's hanging receiver with
+            # hundreds of agents due would otherwise fill every sweep and starve the others).
+            await self._defer(tenant_id, agent_id, channel, key)
+            return
+        self._in_flight += 1
+        self._tenant_in_flight[tenant_id] = self._tenant_in_flight.get(tenant_id, 0) + 1
+        try:
+            await self._attempt_now(tenant_id, agent_id, channel, key)
+        finally:
+            self._in_flight -= 1
+            left = self._tenant_in_flight.pop(tenant_id) - 1
+            if left:
+                self._tenant_in_flight[tenant_id] = left
+
+    async def _defer(self, tenant_id: str, agent_id: str, channel: Channel, key: str) -> None:
+        tenant = await self.tenant(tenant_id)
+        until = self._now() + timedelta(seconds=self.settings.saturated_defer_s)
+        for _ in range(CAS_ROUNDS):
+            doc = await self.store.load(tenant_id, agent_id)
+            if doc is None or not attempt_deferred(doc, channel, key, until, self.policy(tenant)):
                 return
-            claim = doc.outgoing[channel]
-            began = time.perf_counter()
+            if await self.store.save(doc):
+                DEFERRED.labels(channel).inc()
+                return
+
+    async def _attempt_now(self, tenant_id: str, agent_id: str, channel: Channel, key: str) -> None:
+        tenant = await self.tenant(tenant_id)
+        policy = self.policy(tenant)
+        lease = timedelta(seconds=self.settings.attempt_timeout_s + self.settings.lease_grace_s)
+        for _ in range(CAS_ROUNDS):
+            doc = await self.store.load(tenant_id, agent_id)
+            if doc is None:
+                return
+            if out_of_tries(doc, channel, key, self._now(), policy):
+                # Its last attempt never wrote an outcome (the process stopped mid-send).
+                claim = doc.outgoing[channel]
+                await self._finish(tenant_id, agent_id, channel, claim, tenant,
+                                   claim.get("error") or "no outcome recorded (the sending process stopped)")
+                return
+            if not attempt_started(doc, channel, key, self._now(), lease, policy):
+                return
+            if await self.store.save(doc):
+                break
+        else:
+            return
+        claim = doc.outgoing[channel]
+        began = time.perf_counter()
+        try:
             error = await self._send(doc, claim, tenant)
-            ATTEMPT_SECONDS.labels(channel).observe(time.perf_counter() - began)
-            for _ in range(CAS_ROUNDS * 4):
-                doc = await self.store.load(tenant_id, agent_id)
-                if doc is None:
-                    return
-                outcome = attempt_finished(doc, channel, key, self._now(), self.policy(tenant), error)
-                if outcome == "gone" or await self.store.save(doc):
-                    break
-            else:
-                # The outcome could not be written: the lease runs out and the claim is tried again
-                # with the same key (a receiver drops the repeat; an email repeats its Message-ID).
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the attempt's outcome is recorded
+            error = f"{type(exc).__name__} while sending"
+        ATTEMPT_SECONDS.labels(channel).observe(time.perf_counter() - began)
+        await self._finish(tenant_id, agent_id, channel, claim, tenant, error)
+
+    async def _finish(self, tenant_id: str, agent_id: str, channel: Channel, claim: dict[str, Any],
+                      tenant: TenantNotificationSettings, error: str | None) -> None:
+        """Records an attempt's outcome: sent, another try later, or given up (dead letter first)."""
+        key, lettered = claim["key"], False
+        for _ in range(CAS_ROUNDS * 4):
+            doc = await self.store.load(tenant_id, agent_id)
+            if doc is None:
                 return
-            if outcome == "gone":
-                return
-            NOTIFICATIONS.labels(channel, "failed" if outcome == "dead" else outcome).inc()
-            log(logger, logging.INFO if outcome == "sent" else logging.WARNING, f"notification {outcome}",
-                tenant_id=tenant_id, agent_id=agent_id, channel=channel, key=key, attempts=claim["attempts"],
-                threads=len(claim["threads"]), error=error)
-            if outcome == "dead":
-                claim["error"] = error
+            outcome = attempt_finished(doc, channel, key, self._now(), self.policy(tenant), error)
+            if outcome == "dead" and not lettered:
+                # The dead letter first: a crash before the outcome is written tries once more (and
+                # may letter twice), never drops the notification without one.
                 await self._publish_dead_letter(f"{channel}_failed", agent_key(tenant_id, agent_id),
-                                                dead_letter_value(claim), tenant_id=tenant_id,
+                                                dead_letter_value({**claim, "error": error}), tenant_id=tenant_id,
                                                 detail=f"{claim['attempts']} tries; last: {error}")
+                lettered = True
+            if outcome == "gone" or await self.store.save(doc):
+                break
+        else:
+            # The outcome could not be written: the lease runs out and the claim is tried again
+            # with the same key (a receiver drops the repeat; an email repeats its Message-ID).
+            return
+        if outcome == "gone":
+            return
+        NOTIFICATIONS.labels(channel, "failed" if outcome == "dead" else outcome).inc()
+        log(logger, logging.INFO if outcome == "sent" else logging.WARNING, f"notification {outcome}",
+            tenant_id=tenant_id, agent_id=agent_id, channel=channel, key=key, attempts=claim["attempts"],
+            threads=len(claim["threads"]), error=error)
 
     async def _send(self, doc: Any, claim: dict[str, Any], tenant: TenantNotificationSettings) -> str | None:
         cids = [t["conversation_id"] for t in claim["threads"]]

@@ -27,6 +27,9 @@ class NotifierSettings(CommonSettings):
     sweep_interval_s: float = Field(default=1.0, gt=0)
     # Agents decided per sweep round (the rest come in the next round, oldest due first).
     sweep_batch: int = Field(default=200, ge=1)
+    # A message older than this when consumed tells nobody: a new consumer group starts at the
+    # topic's beginning, and days-old threads are not news (a notifier down for hours still tells).
+    max_message_age_s: float = Field(default=24 * 3600.0, gt=0)
     # A tenant's settings are read at most this often (a change applies within it).
     settings_cache_s: float = Field(default=5.0, ge=0)
 
@@ -42,6 +45,8 @@ class NotifierSettings(CommonSettings):
     # Sends in flight in this process, and per tenant (one tenant's slow receiver cannot take them all).
     max_concurrent_sends: int = Field(default=32, ge=1)
     max_concurrent_sends_per_tenant: int = Field(default=4, ge=1)
+    # A claim found while those are all taken is tried again this much later (it waits in MongoDB).
+    saturated_defer_s: float = Field(default=2.0, gt=0)
     # The console's link to a thread; "{conversation_id}" is replaced. Empty: no links.
     thread_url_template: str = ""
 

@@ -19,7 +19,7 @@ from pymongo import ASCENDING, IndexModel, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from .domain import EPOCH, NEVER, AgentDoc, Prefs, Thread, agent_doc_id
+from .domain import DECISION_FIELDS, EPOCH, NEVER, AgentDoc, Prefs, Thread, agent_doc_id
 
 AGENTS = "notifier_agents"
 THREADS = "notifier_threads"
@@ -106,9 +106,11 @@ class NotifierStore:
         """Writes `doc` if nobody changed it since it was read (its version); False otherwise."""
         expected = doc.version
         doc.version = expected + 1
-        result = await self._agents.replace_one(
+        fields = to_doc(doc)
+        # Only what decisions own: the status and the directory's fields are the consumers'.
+        result = await self._agents.update_one(
             {"_id": agent_doc_id(doc.tenant_id, doc.agent_id), "tenant_id": doc.tenant_id, "version": expected},
-            to_doc(doc))
+            {"$set": {name: fields[name] for name in DECISION_FIELDS}})
         if not result.matched_count:
             doc.version = expected
             return False
