@@ -60,7 +60,8 @@ async def test_browser_notifications_in_the_background_respect_mute_and_do_not_d
     await ana.page.evaluate(HIDE, True)
     await ben.send(ben.console(), "Need you on this")
     shown = await eventually(lambda: ana.page.evaluate(SHOWN), timeout=15, message="no notification shown")
-    assert shown == [{"title": "Ben Okafor", "body": "Need you on this", "tag": cid}]
+    # The tenant has not allowed message text in notifications: who and where only.
+    assert shown == [{"title": "Ben Okafor", "body": "New message", "tag": cid}]
     await ana.page.evaluate(HIDE, False)
     await expect(ana.console().locator("im-thread")).not_to_have_attribute("conversation-id", cid)
     await ana.page.evaluate("() => window.__shown[0].n.onclick()")
@@ -92,10 +93,22 @@ async def test_browser_notifications_in_the_background_respect_mute_and_do_not_d
     await dnd.click()
     await expect(dnd).to_have_attribute("aria-pressed", "false")
 
-    # The server kept her choices: a reload shows do-not-disturb off and the thread not muted.
+    # The server kept her choices.
     async with world.stack.client(world.stack.token("acme", "ana")) as c:
         assert (await c.get("/v1/me/notification-preferences")).json() == {
-            "do_not_disturb": False, "muted_conversation_ids": []}
+            "do_not_disturb": False, "muted_conversation_ids": [], "message_previews": False}
+    # The tenant allows message text; unmuted and disturbable again, with the same thread open,
+    # she is notified again, now with the text (so the two silences above were the mute and DND).
+    async with world.stack.client(world.stack.token("acme", "root", "admin")) as c:
+        r = await c.put("/v1/admin/notification-settings", json={"include_bodies": True})
+        assert r.status_code == 200, r.text
+    async with ana.page.expect_response(lambda r: r.url.endswith("/v1/me/notification-preferences")):
+        await ana.page.evaluate(HIDE, True)  # going to the background reads her choices again
+    await ben.send(ben.console(), "With the text now")
+    shown = await eventually(lambda: _at_least(ana.page.evaluate(SHOWN), 2), timeout=15,
+                             message="no second notification")
+    assert shown[1] == {"title": "Ben Okafor", "body": "With the text now", "tag": cid}
+    await ana.page.evaluate(HIDE, False)
 
     # A notification's link ("#/im/<id>", the notifier's thread URL) opens the thread.
     await ana.goto("#/im")
@@ -104,3 +117,8 @@ async def test_browser_notifications_in_the_background_respect_mute_and_do_not_d
     await ana.goto(f"#/im/{cid}")
     await expect(ana.console().locator("im-thread")).to_have_attribute("conversation-id", cid)
     await expect(ana.console().locator("im-thread .bubble", has_text="Need you on this")).to_be_visible()
+
+
+async def _at_least(shown, n: int):
+    got = await shown
+    return got if len(got) >= n else None

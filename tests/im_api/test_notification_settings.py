@@ -82,7 +82,7 @@ async def test_do_not_disturb_and_mutes_are_an_agents_own_and_bounded(api):
     alice = api.auth(T, "alice")
 
     r = await api.http.get("/v1/me/notification-preferences", headers=alice)
-    assert r.json() == {"do_not_disturb": False, "muted_conversation_ids": []}
+    assert r.json() == {"do_not_disturb": False, "muted_conversation_ids": [], "message_previews": False}
     r = await api.http.put("/v1/me/notification-preferences/do-not-disturb", json={"do_not_disturb": True},
                            headers=alice)
     assert r.status_code == 200 and r.json()["do_not_disturb"] is True
@@ -92,20 +92,40 @@ async def test_do_not_disturb_and_mutes_are_an_agents_own_and_bounded(api):
     assert (await api.http.put(f"/v1/conversations/{c['id']}/mute", headers=alice)).status_code == 204
     assert (await api.http.put(f"/v1/conversations/{c['id']}/mute", headers=alice)).status_code == 204  # idempotent
     r = await api.http.get("/v1/me/notification-preferences", headers=alice)
-    assert r.json() == {"do_not_disturb": True, "muted_conversation_ids": [c["id"]]}
+    assert r.json() == {"do_not_disturb": True, "muted_conversation_ids": [c["id"]], "message_previews": False}
 
     # Not a participant, another tenant, no such thread: 404, nothing written.
     for who in (api.auth(T, "carol"), api.auth(OTHER, "alice")):
         r = await api.http.put(f"/v1/conversations/{c['id']}/mute", headers=who)
         assert r.status_code == 404 and r.json()["error"]["field"] == "conversation_id"
     assert (await api.http.get("/v1/me/notification-preferences", headers=api.auth(OTHER, "alice"))).json() == {
-        "do_not_disturb": False, "muted_conversation_ids": []}
+        "do_not_disturb": False, "muted_conversation_ids": [], "message_previews": False}
     assert (await api.http.get("/v1/me/notification-preferences", headers=api.auth(T, "bob"))).json() == {
-        "do_not_disturb": False, "muted_conversation_ids": []}
+        "do_not_disturb": False, "muted_conversation_ids": [], "message_previews": False}
 
+    # Unmuting needs no participation (a thread one left must not hold a place), and touches only
+    # the caller's own list.
+    assert (await api.http.delete(f"/v1/conversations/{c['id']}/mute", headers=api.auth(T, "carol"))).status_code == 204
+    assert (await api.http.get("/v1/me/notification-preferences", headers=alice)).json()["muted_conversation_ids"] == [
+        c["id"]]
     assert (await api.http.delete(f"/v1/conversations/{c['id']}/mute", headers=alice)).status_code == 204
     r = await api.http.get("/v1/me/notification-preferences", headers=alice)
     assert r.json()["muted_conversation_ids"] == []
+    # What the console shows follows the tenant's body policy.
+    r = await api.http.put("/v1/admin/notification-settings", json={"include_bodies": True}, headers=api.admin(T))
+    assert r.status_code == 200
+    assert (await api.http.get("/v1/me/notification-preferences", headers=alice)).json()["message_previews"] is True
+    assert (await api.http.get("/v1/me/notification-preferences", headers=api.auth(OTHER, "alice"))).json()[
+        "message_previews"] is False
+
+
+async def test_a_client_msg_id_may_not_pose_as_an_assistance_request(api):
+    await api.add_agents(T, "alice", "bob")
+    c = await api.start(T, "alice", "bob")
+    r = await api.send(T, "alice", c["id"], "urgent!", "assist:0123")
+    assert r.status_code == 422 and r.json()["error"]["field"] == "client_msg_id", r.text
+    r = await api.http.get(f"/v1/conversations/{c['id']}/messages", headers=api.auth(T, "alice"))
+    assert r.json()["items"] == []
 
 
 async def test_mutes_are_bounded_per_agent(api):

@@ -56,6 +56,8 @@ export class ConsoleStore extends EventTarget {
   /** The agent's notification choices (the notifier honours them too): read at start. */
   doNotDisturb = false;
   muted = new Set<string>();
+  /** The tenant lets notifications show message text (else only who wrote and where). */
+  messagePreviews = false;
   /** Whether the browser lets the console show notifications ("unsupported": no Notification API). */
   notificationPermission: NotificationPermission | "unsupported" =
     typeof Notification === "undefined" ? "unsupported" : Notification.permission;
@@ -92,6 +94,7 @@ export class ConsoleStore extends EventTarget {
       await this.agents("").catch(() => undefined);
       await this.loadNotificationPreferences();
       void this.watchNotificationPermission();
+      document.addEventListener("visibilitychange", this.onVisibility);
       this.im.stream.start(page.stream_cursor);
       for (const sent of this.im.sends.resume()) void sent.then((m) => this.addMessages(m.conversation_id, [m]), () => undefined);
     } catch (error) {
@@ -137,6 +140,7 @@ export class ConsoleStore extends EventTarget {
   }
 
   close(): void {
+    document.removeEventListener("visibilitychange", this.onVisibility);
     this.im.close();
   }
 
@@ -320,23 +324,37 @@ export class ConsoleStore extends EventTarget {
       const prefs = await this.im.http.notificationPreferences();
       this.doNotDisturb = prefs.do_not_disturb;
       this.muted = new Set(prefs.muted_conversation_ids);
+      this.messagePreviews = prefs.message_previews;
     } catch {
       // Shown as "not muted" until the next load; the notifier reads the server's copy anyway.
     }
   }
 
   async setMuted(conversationId: string, muted: boolean): Promise<void> {
-    if (muted) await this.im.http.mute(conversationId);
-    else await this.im.http.unmute(conversationId);
-    if (muted) this.muted.add(conversationId);
-    else this.muted.delete(conversationId);
+    try {
+      if (muted) await this.im.http.mute(conversationId);
+      else await this.im.http.unmute(conversationId);
+      if (muted) this.muted.add(conversationId);
+      else this.muted.delete(conversationId);
+    } catch (error) {
+      this.error = `The thread could not be ${muted ? "muted" : "unmuted"}: ${error instanceof Error ? error.message : String(error)}`;
+    }
     this.changed();
   }
 
   async setDoNotDisturb(on: boolean): Promise<void> {
-    this.doNotDisturb = (await this.im.http.setDoNotDisturb(on)).do_not_disturb;
+    try {
+      this.doNotDisturb = (await this.im.http.setDoNotDisturb(on)).do_not_disturb;
+    } catch (error) {
+      this.error = `Do not disturb could not be changed: ${error instanceof Error ? error.message : String(error)}`;
+    }
     this.changed();
   }
+
+  /** The tab goes to the background: the choices made on another device apply from now. */
+  private readonly onVisibility = () => {
+    if (document.visibilityState === "hidden") void this.loadNotificationPreferences().then(() => this.changed());
+  };
 
   /** Asks the browser (from a click: browsers allow the question only then). */
   async enableBrowserNotifications(): Promise<void> {
@@ -355,8 +373,9 @@ export class ConsoleStore extends EventTarget {
     const c = this.conversations.get(m.conversation_id);
     if ((c && m.seq <= c.last_read_seq) || Date.now() - Date.parse(m.created_at) > NOTIFY_WITHIN_MS) return;
     const about = c?.related ? ` · ${c.related.type === "ticket" ? "Ticket" : "Chat"} ${c.related.id}` : "";
+    const text = this.messagePreviews ? m.body : "New message";
     const shown = new Notification(`${this.nameOf(m.sender_id, c)}${about}`, {
-      body: m.body.length > 140 ? `${m.body.slice(0, 139)}…` : m.body,
+      body: text.length > 140 ? `${text.slice(0, 139)}…` : text,
       tag: m.conversation_id, // a newer message of the thread replaces the older notification
     });
     shown.onclick = () => {

@@ -12,6 +12,9 @@ MessageKind = Literal["text", "system"]
 PresenceStatus = Literal["online", "away", "offline"]
 
 BODY_MAX_CHARS = 10_000
+# The client_msg_id of a message posted for an assistance request starts with this (im-api makes
+# it from the request id; HTTP refuses it): the notifier tells such messages apart by it.
+ASSISTANCE_CLIENT_MSG_PREFIX = "assist:"
 
 
 def to_rfc3339(value: datetime) -> str:

@@ -174,7 +174,11 @@ export interface paths {
         /** Mute a thread: no notification about it (participants) */
         put: operations["mute_v1_conversations__conversation_id__mute_put"];
         post?: never;
-        /** Unmute a thread */
+        /**
+         * Unmute a thread
+         * @description No participant check: it only takes an id off the caller's own list, and a thread the agent
+         *     has left must not hold a place in it for ever.
+         */
         delete: operations["unmute_v1_conversations__conversation_id__mute_delete"];
         options?: never;
         head?: never;
@@ -506,7 +510,7 @@ export interface components {
             body: string;
             /**
              * Client Msg Id
-             * @description The sender's idempotency key.
+             * @description The sender's idempotency key (not starting with 'assist:', reserved).
              * @example c1f3e1d2-5b8a-4a53-9d0e-1f2a3b4c5d6e
              */
             client_msg_id: string;
@@ -597,7 +601,7 @@ export interface components {
             body: string;
             /**
              * Client Msg Id
-             * @description The sender's idempotency key.
+             * @description The sender's idempotency key (not starting with 'assist:', reserved).
              * @example c1f3e1d2-5b8a-4a53-9d0e-1f2a3b4c5d6e
              */
             client_msg_id: string;
@@ -606,6 +610,11 @@ export interface components {
         NotificationPreferences: {
             /** Do Not Disturb */
             do_not_disturb: boolean;
+            /**
+             * Message Previews
+             * @description The tenant lets notifications show message text (its include_bodies); a console shows only who wrote when it is false.
+             */
+            message_previews: boolean;
             /** Muted Conversation Ids */
             muted_conversation_ids: string[];
         };
@@ -1574,15 +1583,6 @@ export interface operations {
             };
             /** @description Unauthorized */
             401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["Error"];
-                };
-            };
-            /** @description Not Found */
-            404: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from im_contracts.codec import RejectedRecord
 from im_contracts.events import AssistanceRequested
+from im_contracts.models import ASSISTANCE_CLIENT_MSG_PREFIX
 from im_runtime.logs import log
 from im_runtime.mongo import compound_id
 from pymongo.errors import DuplicateKeyError
@@ -25,7 +26,7 @@ logger = logging.getLogger("im_api.assistance")
 def client_msg_id_for(request_id: str) -> str:
     """Deterministic, so even without the request record a retry is the same send (and bounded:
     request_id may be 200 characters, a client_msg_id 128)."""
-    return "assist:" + hashlib.sha256(request_id.encode()).hexdigest()[:32]
+    return ASSISTANCE_CLIENT_MSG_PREFIX + hashlib.sha256(request_id.encode()).hexdigest()[:32]
 
 
 def fingerprint(request: AssistanceRequested) -> str:

@@ -81,8 +81,11 @@ class Notifications:
 
     async def prefs(self, tenant_id: str, agent_id: str) -> dict[str, Any]:
         doc = await self._prefs.find_one({"_id": prefs_id(tenant_id, agent_id), "tenant_id": tenant_id})
+        tenant = await self._settings.find_one({"_id": settings_id(tenant_id), "tenant_id": tenant_id},
+                                               projection={"include_bodies": 1})
         return {"do_not_disturb": bool((doc or {}).get("do_not_disturb")),
-                "muted_conversation_ids": list((doc or {}).get("muted", []))}
+                "muted_conversation_ids": list((doc or {}).get("muted", [])),
+                "message_previews": bool((tenant or {}).get("include_bodies"))}
 
     async def set_do_not_disturb(self, tenant_id: str, agent_id: str, on: bool) -> dict[str, Any]:
         await self._prefs.update_one({"_id": prefs_id(tenant_id, agent_id), "tenant_id": tenant_id},

@@ -6,12 +6,22 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from im_contracts.events import to_rfc3339
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from im_contracts.models import ASSISTANCE_CLIENT_MSG_PREFIX
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_serializer
 
 AgentId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@:-]+$",
                                examples=["alice"])]
-ClientMsgId = Annotated[str, Field(min_length=1, max_length=128, description="The sender's idempotency key.",
-                                   examples=["c1f3e1d2-5b8a-4a53-9d0e-1f2a3b4c5d6e"])]
+
+
+def _not_reserved(value: str) -> str:
+    if value.startswith(ASSISTANCE_CLIENT_MSG_PREFIX):
+        raise ValueError(f"must not start with {ASSISTANCE_CLIENT_MSG_PREFIX!r} (reserved for assistance requests)")
+    return value
+
+
+ClientMsgId = Annotated[str, Field(min_length=1, max_length=128, description="The sender's idempotency key "
+                                   f"(not starting with {ASSISTANCE_CLIENT_MSG_PREFIX!r}, reserved).",
+                                   examples=["c1f3e1d2-5b8a-4a53-9d0e-1f2a3b4c5d6e"]), AfterValidator(_not_reserved)]
 Body = Annotated[str, Field(min_length=1, max_length=40_000,
                             description="1 to 10,000 characters after trimming.", examples=["Can you look at this?"])]
 
@@ -260,3 +270,5 @@ class DoNotDisturbBody(Request):
 class NotificationPreferences(Response):
     do_not_disturb: bool
     muted_conversation_ids: list[str]
+    message_previews: bool = Field(description="The tenant lets notifications show message text (its "
+                                               "include_bodies); a console shows only who wrote when it is false.")
