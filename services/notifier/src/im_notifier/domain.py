@@ -4,7 +4,7 @@ and when. Pure: no I/O and no clock (callers pass `now`).
 One document per agent (`AgentDoc`) holds, per thread, the highest seq someone else posted, the
 agent's read position, and how far each channel has told them. The consumers only *raise* these
 (`$max`/`$min` updates, `updates_for_message` & co. below), so redelivered or reordered events
-change nothing; every decision (`decide`) and every send's outcome (`attempt_*`) is a whole-document
+change nothing; every decision (`decide`) and every send's outcome (`attempt_*`) is written as a
 compare-and-set on `version`, which every consumer update also bumps.
 
 The rules:
@@ -218,7 +218,7 @@ class AgentDoc:
         return EPOCH if self.status_at == EPOCH else self.absent_since
 
 
-# What a decision or a send's outcome writes (StoreNotifier.save): the consumers own the rest.
+# What a decision or a send's outcome writes (NotifierStore.save): the consumers own the rest.
 DECISION_FIELDS = ("threads", "outgoing", "due_at", "last_mail_at", "sent", "version")
 
 
