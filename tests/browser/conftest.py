@@ -18,6 +18,12 @@ from support.stack import Stack, start_stack
 ROOT = Path(__file__).resolve().parents[2]
 CONSOLE_DIST = ROOT / "clients" / "console" / "dist"
 AXE = ROOT / "clients" / "console" / "node_modules" / "axe-core" / "axe.min.js"
+# Headless Chromium never hides a page on its own: what the browser does when the agent switches
+# tabs (`visibilityState` turns hidden, `visibilitychange` fires). page.evaluate(HIDE, True/False).
+HIDE = """hidden => {
+    Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => hidden ? 'hidden' : 'visible'});
+    document.dispatchEvent(new Event('visibilitychange'));
+}"""
 CHROMIUM = "/usr/bin/chromium"
 # Every test writes its screens here; docs/screenshots/ keeps one of each flow (see the README).
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import ConsoleWorld, dump
+from conftest import HIDE, ConsoleWorld, dump
 from playwright.async_api import expect
 from support.wait import eventually
 
@@ -172,12 +172,6 @@ async def held_first(thread, below: int) -> bool:
 
 async def seen(thread, seq: int) -> bool:
     return seq in await visible_seqs(thread)
-
-
-HIDE = """hidden => {
-    Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => hidden ? 'hidden' : 'visible'});
-    document.dispatchEvent(new Event('visibilitychange'));
-}"""
 
 
 @pytest.mark.timeout(300)

@@ -5,16 +5,11 @@ do-not-disturb show none, clicking one opens its thread, and a notification's li
 from __future__ import annotations
 
 import pytest
-from conftest import ConsoleWorld
+from conftest import HIDE, ConsoleWorld
 from playwright.async_api import expect
 from support.wait import eventually
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
-
-HIDE = """hidden => {
-    Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => hidden ? 'hidden' : 'visible'});
-    document.dispatchEvent(new Event('visibilitychange'));
-}"""
 
 # Records every notification the page shows, and shows it (the real constructor runs).
 SPY = """() => {
