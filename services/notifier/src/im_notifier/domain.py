@@ -68,6 +68,11 @@ class Policy:
     def delay_for(self, assistance: bool) -> timedelta:
         return self.assistance_delay if assistance else self.delay
 
+    @property
+    def notifies(self) -> bool:
+        """Some channel is on: otherwise the tenant's messages and reads are not even recorded."""
+        return self.webhook or self.email
+
     def enabled(self, channel: Channel) -> bool:
         return self.webhook if channel == "webhook" else self.email
 

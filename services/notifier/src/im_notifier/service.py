@@ -121,7 +121,7 @@ class Notifier:
             if not safe_id(event.conversation_id):
                 raise RejectedRecord("invalid_event", "conversation_id has characters the notifier cannot key")
             policy = self.policy(await self.tenant(event.tenant_id))
-            if policy.webhook or policy.email:
+            if policy.notifies:
                 # Upserted: a read may be consumed before the message it reads (another topic).
                 await self.store.apply(event.tenant_id, [(event.agent_id, {}, update_for_read(
                     agent_id=event.agent_id, conversation_id=event.conversation_id, seq=event.seq), True)])
@@ -139,7 +139,7 @@ class Notifier:
             raise RejectedRecord("invalid_event", "conversation_id has characters the notifier cannot key")
         tenant = await self.tenant(event.tenant_id)
         policy = self.policy(tenant)
-        if not (policy.webhook or policy.email):
+        if not policy.notifies:
             return  # a tenant without notifications costs one cached settings read per message
         if self._now() - message.created_at > timedelta(seconds=self.settings.max_message_age_s):
             return  # a replay from far back (a new consumer group): old news, nobody is told
@@ -157,7 +157,7 @@ class Notifier:
             policy = self.policy(await self.tenant(event.tenant_id))
             # The status is always kept (a tenant may turn notifications on later); a look at the
             # agent is scheduled only where a channel is on.
-            due_after = min(policy.delay, policy.assistance_delay) if policy.webhook or policy.email else None
+            due_after = min(policy.delay, policy.assistance_delay) if policy.notifies else None
             await self.store.apply_if_newer(event.tenant_id, event.agent_id, "status_at", event.occurred_at,
                                             update_for_presence(agent_id=event.agent_id, status=event.status,
                                                                 at=event.occurred_at, due_after=due_after))
