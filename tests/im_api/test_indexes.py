@@ -35,6 +35,10 @@ async def test_thread_list_history_and_related_lookup_use_indexes(api, mongo, mo
         "history between": store.history_cursor(T, c["id"], 4, 1, 50),
         "related (agent)": store.related_cursor(T, "ticket", "T-1", "alice", 50),
         "related (admin)": store.related_cursor(T, "ticket", "T-1", None, 50),
+        "team offers": store.offers_cursor(T, "alice", now(), None, 50),
+        "team offers, next page": store.offers_cursor(T, "alice", now(), after, 50),
+        "teams": mongo[mongo_db_name]["teams"].find({"tenant_id": T}).sort("name_lc", 1).limit(50),
+        "due escalations": store.escalations_cursor(now(), 100),
     }
     for name, cursor in plans.items():
         explained = await cursor.explain()

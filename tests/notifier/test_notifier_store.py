@@ -16,6 +16,7 @@ from im_notifier.domain import (
     update_for_presence,
     update_for_read,
     updates_for_message,
+    updates_for_team_request,
 )
 from im_notifier.render import subject
 from im_notifier.store import NotifierStore
@@ -81,3 +82,44 @@ async def test_a_deactivated_agent_is_told_nothing(mongo, mongo_db_name):
 def test_a_subject_never_carries_a_line_break_from_a_name():
     claim = {"threads": [{"conversation_id": "c1", "unread": 1, "last_sender": "bob", "assistance": False}]}
     assert subject(claim, {"bob": "Bob\r\nBcc: x@evil.test"}) == "Bob  Bcc: x@evil.test sent you 1 message"
+
+
+async def test_an_escalated_team_request_notifies_the_offline_member_until_someone_takes_it(mongo, mongo_db_name):
+    """Offered at first to the present bob only; escalated to erin, offline since before: she is
+    due a notification at once (assistance delay 0); once bob takes it, nothing waits for her."""
+    store = NotifierStore(mongo[mongo_db_name])
+    await store.ensure_indexes()
+    for agent in ("bob", "erin"):
+        await store.apply_if_newer("t1", agent, "agent_at", T0, update_for_agent(
+            agent_id=agent, display_name=agent.title(), email=f"{agent}@x.test", active=True, at=T0))
+        await store.apply_if_newer("t1", agent, "status_at", T0, update_for_presence(
+            agent_id=agent, status="offline" if agent == "erin" else "online", at=T0, due_after=0 * S))
+
+    def offer(change: str, newly: list[str], at, withdrawn: list[str] | None = None, seq: int = 1):
+        return updates_for_team_request(change=change, conversation_id="c9", seq=seq, asked_by="alice",
+                                        newly_offered=newly, withdrawn_from=withdrawn or [], at=at, preview=None,
+                                        due_after=0 * S)
+
+    await store.apply("t1", offer("offered", ["bob"], T0 + S))
+    erin = await store.load("t1", "erin")
+    assert "c9" not in erin.threads  # not offered to her yet
+    await store.apply("t1", offer("offered", ["erin"], T0 + 10 * S))  # the escalation
+    erin = await store.load("t1", "erin")
+    assert erin.threads["c9"].assistance("webhook"), "waiting as an assistance request"
+    decision = decide(erin, T0 + 11 * S, POLICY, Prefs())
+    assert set(decision.claimed) == {"webhook", "email"}
+
+    # Bob takes it: nothing waits for her any more (in a real run the claim came before a send).
+    # alice asked and has a reply of someone else waiting in the thread: the claim leaves it alone.
+    await store.apply("t1", updates_for_message(conversation_id="c9", seq=2, sender_id="zoe",
+                                                recipients=["alice"], at=T0 + 15 * S, preview=None,
+                                                assistance=False, due_after=60 * S))
+    await store.apply("t1", offer("claimed", [], T0 + 21 * S, withdrawn=["erin"], seq=3))
+    fresh = await store.load("t1", "erin")
+    assert fresh.threads["c9"].read_seq == 3
+    decision = decide(fresh, T0 + 22 * S, POLICY, Prefs())
+    assert decision.claimed == {}
+    bob = await store.load("t1", "bob")
+    assert bob.threads["c9"].read_seq == 0, "the winner's thread is his to read"
+    alice = await store.load("t1", "alice")
+    assert (alice.threads["c9"].last_seq, alice.threads["c9"].read_seq) == (2, 0), "the asker's unread reply waits"

@@ -6,9 +6,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+from pydantic_core import PydanticCustomError
 
-from .models import ConversationSnapshot, Message, PresenceStatus, Related, to_rfc3339
+from .models import TEAMS_PER_REQUEST_MAX, ConversationSnapshot, Message, PresenceStatus, Related, TeamRequest, to_rfc3339
 
 SCHEMA_VERSION = 1
 # Events that concern no single tenant (a gateway serves them all) carry this tenant id.
@@ -77,6 +78,28 @@ class ReadMarkerMoved(Event):
     agent_id: str
     seq: int = Field(ge=0)
     recipients: list[str]
+
+
+class TeamRequestChanged(Event):
+    """A team request was offered (at the start, or to more members when it escalated), claimed
+    by one member, or released back to its teams; ordered with the thread's other events."""
+
+    type: Literal["TeamRequestChanged"] = "TeamRequestChanged"
+    change: Literal["offered", "claimed", "released"]
+    request: TeamRequest
+    newly_offered: list[str] = Field(default_factory=list, description=(
+        "Agents it is offered to by this change (all of offered_to at the start; the members added "
+        "by an escalation or a release)."))
+    withdrawn_from: list[str] = Field(default_factory=list, description=(
+        "Agents it was open to who are not in the thread and may no longer claim it (on a claim: "
+        "everyone it was offered to but the winner): what waited for them stops."))
+    recipients: list[str] = Field(description=(
+        "Who gets the frame: the participants (and one who just left it); the members it is open "
+        "to; on a claim, everyone it was offered to and every active member of its teams, so that "
+        "all of them see that it is handled."))
+    seq: int = Field(default=0, ge=0, description=(
+        "The thread's message this change is about: the question (seq 1) for a new request, the "
+        "thread's last message for an escalation, the system line of a claim or release."))
 
 
 # --- im.agents.v1 (compacted) ---------------------------------------------------------------
@@ -169,9 +192,20 @@ class AssistanceRequested(Event):
     type: Literal["AssistanceRequested"] = "AssistanceRequested"
     request_id: str = Field(min_length=1, max_length=200, description="Idempotency key per tenant.")
     requested_by: str = Field(min_length=1, description="The agent asking for help (the sender).")
-    agent_ids: list[str] = Field(min_length=1, description="The agents asked to help.")
+    agent_ids: list[str] = Field(default_factory=list, description="The agents asked to help.")
+    team_ids: list[str] = Field(default_factory=list, max_length=TEAMS_PER_REQUEST_MAX, description=(
+        "Teams asked to help: the request is offered to their members and one of them claims it. "
+        "At least one agent or one team."))
     related: Related
     message: str = Field(min_length=1, max_length=10_000, description="The message body to post.")
+
+    @model_validator(mode="after")
+    def _someone_asked(self) -> "AssistanceRequested":
+        if not self.agent_ids and not self.team_ids:
+            # The type is what a dead letter's detail shows (never a value of the record).
+            raise PydanticCustomError("agent_ids_or_team_ids_required",
+                                      "name at least one agent (agent_ids) or team (team_ids)")
+        return self
 
 
 # --- internal to delivery: im.inbox.v1 and im.delivery-signals.v1 ---------------------------
@@ -240,6 +274,7 @@ class DeadLetter(Event):
         "unauthorized",
         "unknown_tenant",
         "unknown_agent",
+        "unknown_team",
         "too_many_participants",
         "record_too_large",
         "rejected",
@@ -260,6 +295,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ConversationStarted,
     ParticipantsChanged,
     ReadMarkerMoved,
+    TeamRequestChanged,
     ConnectionOpened,
     ConnectionClosed,
     ConnectionIdle,

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from .models import ConversationSnapshot, Message, Participant, PresenceStatus, UtcTime
+from .models import ConversationSnapshot, Message, Participant, PresenceStatus, TeamRequest, UtcTime
 
 # Clients ignore fields they do not know (API.md: add fields freely, never rename or drop); a
 # field with a default is still always sent, so the schema marks it required (the `type` of
@@ -64,10 +64,45 @@ class ReadUpdatedBody(Frame):
     seq: int = Field(ge=0)
 
 
-QueuedBody = MessageCreatedBody | ConversationUpdatedBody | ReadUpdatedBody
+class TeamRequestOfferedBody(Frame):
+    """A team request is open to the reader (asked of one of its teams, escalated to it, or
+    released back): shown with a Claim button. Participants get it too, to follow the request."""
+
+    type: Literal["team_request.offered"] = "team_request.offered"
+    request: TeamRequest
+
+
+class TeamRequestClaimedBody(Frame):
+    """Someone took the request (`request.claimed_by`): the others stop offering it."""
+
+    type: Literal["team_request.claimed"] = "team_request.claimed"
+    request: TeamRequest
+
+
+class TeamRequestReleasedBody(Frame):
+    """The request went back to its teams, open again to `request.offered_to`."""
+
+    type: Literal["team_request.released"] = "team_request.released"
+    request: TeamRequest
+
+
+QueuedBody = (MessageCreatedBody | ConversationUpdatedBody | ReadUpdatedBody | TeamRequestOfferedBody
+              | TeamRequestClaimedBody | TeamRequestReleasedBody)
 
 
 class MessageCreated(MessageCreatedBody):
+    cursor: Cursor
+
+
+class TeamRequestOffered(TeamRequestOfferedBody):
+    cursor: Cursor
+
+
+class TeamRequestClaimed(TeamRequestClaimedBody):
+    cursor: Cursor
+
+
+class TeamRequestReleased(TeamRequestReleasedBody):
     cursor: Cursor
 
 
@@ -79,7 +114,8 @@ class ReadUpdated(ReadUpdatedBody):
     cursor: Cursor
 
 
-QueuedFrame = Annotated[MessageCreated | ConversationUpdated | ReadUpdated, Field(discriminator="type")]
+QueuedFrame = Annotated[MessageCreated | ConversationUpdated | ReadUpdated | TeamRequestOffered | TeamRequestClaimed
+                        | TeamRequestReleased, Field(discriminator="type")]
 
 
 class Batch(Frame):
@@ -116,8 +152,8 @@ class AuthRevoked(Frame):
 # What the fan-out sends the gateways as a live frame (im.delivery-signals.v1, `LiveFrame`).
 LiveBody = PresenceChanged | TypingStarted | AuthRevoked
 
-ServerFrame = Annotated[MessageCreated | ConversationUpdated | ReadUpdated | Batch | PresenceChanged | TypingStarted,
-                        Field(discriminator="type")]
+ServerFrame = Annotated[MessageCreated | ConversationUpdated | ReadUpdated | TeamRequestOffered | TeamRequestClaimed
+                        | TeamRequestReleased | Batch | PresenceChanged | TypingStarted, Field(discriminator="type")]
 
 
 # --- client → server -------------------------------------------------------------------------

@@ -72,3 +72,36 @@ class ConversationSnapshot(Resource):
     last_seq: int = 0
     last_message: Message | None = None
     last_message_at: UtcTime | None = None
+
+
+# --- teams: a thread may ask a team, and one of its members claims the request ----------------
+
+TEAMS_PER_REQUEST_MAX = 5
+QUESTION_PREVIEW_CHARS = 280
+TeamRequestStatus = Literal["open", "claimed"]
+
+
+class TeamRef(Resource):
+    id: str = Field(description="The team's id.")
+    name: str = Field(description="The team's name when the request was made.")
+
+
+class TeamRequest(Resource):
+    """A thread asked of teams: who it is offered to and who, if anyone, took it."""
+
+    conversation_id: str
+    teams: list[TeamRef]
+    asked_by: Participant
+    related: Related | None = None
+    question: str | None = Field(default=None, description=(
+        f"The beginning (at most {QUESTION_PREVIEW_CHARS} characters) of the message the thread "
+        "started with: what the offered members decide on before they claim it."))
+    status: TeamRequestStatus = Field(description="open: offered, nobody took it yet; claimed: taken.")
+    offered_to: list[str] = Field(default_factory=list, description=(
+        "Agent ids it is open to now (empty once claimed): any of them may claim it."))
+    claimed_by: Participant | None = None
+    claimed_at: UtcTime | None = None
+    opened_at: UtcTime = Field(description="When it was asked (or last released back to the teams).")
+    escalate_at: UtcTime | None = Field(default=None, description=(
+        "When it goes to every member, offline ones too, if still open (null: escalated or taken)."))
+    escalated: bool = False

@@ -26,6 +26,7 @@ from .events import (
     QueueAdvanced,
     QueueAppend,
     ReadMarkerMoved,
+    TeamRequestChanged,
     Typing,
 )
 
@@ -91,8 +92,8 @@ MESSAGES = Topic(
 CONVERSATIONS = Topic(
     "im.conversations.v1",
     key_rule="conversation id",
-    events=(ConversationStarted, ParticipantsChanged, ReadMarkerMoved),
-    description="Thread lifecycle and read markers.",
+    events=(ConversationStarted, ParticipantsChanged, ReadMarkerMoved, TeamRequestChanged),
+    description="Thread lifecycle, read markers and team requests (offered, claimed, released).",
 )
 AGENTS = Topic(
     "im.agents.v1",

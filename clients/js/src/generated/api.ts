@@ -70,6 +70,24 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/team-settings": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The tenant's team settings (admins) */
+        get: operations["get_team_settings_v1_admin_team_settings_get"];
+        /** Replace the tenant's team settings (admins) */
+        put: operations["put_team_settings_v1_admin_team_settings_put"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/agents": {
         parameters: {
             query?: never;
@@ -139,6 +157,27 @@ export interface paths {
         get: operations["get_conversation_v1_conversations__conversation_id__get"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/conversations/{conversation_id}/claim": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Take a team request offered to you: you join the thread (one claim wins)
+         * @description 409 `already_claimed` when someone else took it first: `details.claimed_by` names them.
+         *     Claiming one's own claim again answers 200 and changes nothing.
+         */
+        post: operations["claim_v1_conversations__conversation_id__claim_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -236,6 +275,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/conversations/{conversation_id}/release": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Give a taken team request back to its teams (the asker, or the member who took it)
+         * @description The member who took it leaves the thread; it is offered again and its timeout restarts.
+         *     409 `not_claimed` when nobody holds it.
+         */
+        post: operations["release_v1_conversations__conversation_id__release_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/me/notification-preferences": {
         parameters: {
             query?: never;
@@ -316,6 +376,64 @@ export interface paths {
         /** A single-use ticket for one WebSocket connect */
         post: operations["stream_ticket_v1_stream_tickets_post"];
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/teams": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The tenant's teams by name, with online member counts */
+        get: operations["list_teams_v1_teams_get"];
+        put?: never;
+        /** Create a team (admin, service) */
+        post: operations["create_team_v1_teams_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/teams/{team_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One team, with its members and their presence */
+        get: operations["get_team_v1_teams__team_id__get"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a team (admin, service)
+         * @description Requests already made keep its name and stay open to whom they were offered.
+         */
+        delete: operations["delete_team_v1_teams__team_id__delete"];
+        options?: never;
+        head?: never;
+        /** Rename a team or set its claim timeout (admin, service) */
+        patch: operations["update_team_v1_teams__team_id__patch"];
+        trace?: never;
+    };
+    "/v1/teams/{team_id}/members/{agent_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /** Add a member (admin, service); applies to requests made after */
+        put: operations["add_member_v1_teams__team_id__members__agent_id__put"];
+        post?: never;
+        /** Remove a member (admin, service); they keep the requests they took */
+        delete: operations["remove_member_v1_teams__team_id__members__agent_id__delete"];
         options?: never;
         head?: never;
         patch?: never;
@@ -428,6 +546,8 @@ export interface components {
             /** Participants */
             participants: components["schemas"]["Participant"][];
             related?: components["schemas"]["RelatedItem"] | null;
+            /** @description Set when the thread asked teams: its offer and who took it. A member it is offered to sees the thread in their list until someone claims it, without its history: for them `last_message` is null and nothing is unread. */
+            team_request?: components["schemas"]["TeamRequest"] | null;
             /** Unread Count */
             unread_count: number;
         };
@@ -462,9 +582,17 @@ export interface components {
          */
         ConversationStart: {
             first_message?: components["schemas"]["FirstMessage"] | null;
-            /** Participant Ids */
-            participant_ids: string[];
+            /**
+             * Participant Ids
+             * @description Agents asked by name (at least one agent besides the caller, or one team).
+             */
+            participant_ids?: string[];
             related?: components["schemas"]["RelatedItem"] | null;
+            /**
+             * Team Ids
+             * @description Teams asked: offered to their members who are online or away (every member when none is, if the tenant says so); the first to claim it joins. Part of the start identity.
+             */
+            team_ids?: string[];
         };
         /** DoNotDisturbBody */
         DoNotDisturbBody: {
@@ -479,6 +607,13 @@ export interface components {
         ErrorBody: {
             /** Code */
             code: string;
+            /**
+             * Details
+             * @description Machine-readable facts of some errors, absent otherwise: `already_claimed` carries `claimed_by` {id, display_name}.
+             */
+            details?: {
+                [key: string]: unknown;
+            } | null;
             /**
              * Errors
              * @default []
@@ -764,6 +899,194 @@ export interface components {
              */
             type: "ticket" | "chat";
         };
+        /**
+         * Team
+         * @example {
+         *       "away_count": 1,
+         *       "created_at": "2026-11-25T21:00:00.000Z",
+         *       "id": "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+         *       "is_member": false,
+         *       "member_count": 3,
+         *       "name": "Tier 2",
+         *       "online_count": 1,
+         *       "updated_at": "2026-11-25T21:00:00.000Z"
+         *     }
+         */
+        Team: {
+            /** Away Count */
+            away_count: number;
+            /**
+             * Claim Timeout S
+             * @description null: the tenant's (GET /v1/admin/team-settings).
+             */
+            claim_timeout_s: number | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Id */
+            id: string;
+            /**
+             * Is Member
+             * @description The caller is a member.
+             */
+            is_member: boolean;
+            /** Member Count */
+            member_count: number;
+            /**
+             * Members
+             * @description In GET /v1/teams/{team_id} and admin answers.
+             */
+            members?: components["schemas"]["TeamMember"][] | null;
+            /** Name */
+            name: string;
+            /**
+             * Online Count
+             * @description Members online now: who an offer reaches at once.
+             */
+            online_count: number;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+        };
+        /**
+         * TeamCreate
+         * @example {
+         *       "claim_timeout_s": 300,
+         *       "member_ids": [
+         *         "bob",
+         *         "carol"
+         *       ],
+         *       "name": "Tier 2"
+         *     }
+         */
+        TeamCreate: {
+            /**
+             * Claim Timeout S
+             * @description null: the tenant's.
+             */
+            claim_timeout_s?: number | null;
+            /** Member Ids */
+            member_ids?: string[];
+            /**
+             * Name
+             * @description 1 to 100 characters after trimming; unique in the tenant, whatever the case.
+             * @example Tier 2
+             */
+            name: string;
+        };
+        /** TeamMember */
+        TeamMember: {
+            /** Display Name */
+            display_name: string;
+            /** Id */
+            id: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "online" | "away" | "offline";
+        };
+        /** TeamPage */
+        TeamPage: {
+            /** Items */
+            items: components["schemas"]["Team"][];
+        };
+        /** TeamRef */
+        TeamRef: {
+            /** Id */
+            id: string;
+            /**
+             * Name
+             * @description The team's name when the request was made.
+             */
+            name: string;
+        };
+        /**
+         * TeamRequest
+         * @description A thread asked of teams (the same shape as the `team_request.*` frames' `request`).
+         */
+        TeamRequest: {
+            asked_by: components["schemas"]["Participant"];
+            /** Claimed At */
+            claimed_at: string | null;
+            claimed_by: components["schemas"]["Participant"] | null;
+            /** Conversation Id */
+            conversation_id: string;
+            /**
+             * Escalate At
+             * @description When it goes to every member, offline ones too, if still open (null: escalated or taken).
+             */
+            escalate_at: string | null;
+            /**
+             * Escalated
+             * @default false
+             */
+            escalated: boolean;
+            /**
+             * Offered To
+             * @description Who may claim it now (empty once taken).
+             */
+            offered_to: string[];
+            /**
+             * Opened At
+             * Format: date-time
+             * @description When it was asked, or last released back.
+             */
+            opened_at: string;
+            /**
+             * Question
+             * @description The first 280 characters of the message the thread started with.
+             */
+            question: string | null;
+            related: components["schemas"]["RelatedItem"] | null;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "open" | "claimed";
+            /** Teams */
+            teams: components["schemas"]["TeamRef"][];
+        };
+        /** TeamSettings */
+        TeamSettings: {
+            /** Claim Timeout S */
+            claim_timeout_s: number;
+            /** Offer Offline When None Online */
+            offer_offline_when_none_online: boolean;
+            /** Updated At */
+            updated_at?: string | null;
+            /** Updated By */
+            updated_by?: string | null;
+        };
+        /** TeamSettingsBody */
+        TeamSettingsBody: {
+            /**
+             * Claim Timeout S
+             * @description Seconds an unclaimed request waits before it is offered to every member, offline ones too.
+             * @default 300
+             */
+            claim_timeout_s: number;
+            /**
+             * Offer Offline When None Online
+             * @description A team request none of whose members is online or away goes to the offline ones at once (false: to nobody until it escalates).
+             * @default true
+             */
+            offer_offline_when_none_online: boolean;
+        };
+        /**
+         * TeamUpdate
+         * @description Rename it and/or change its claim timeout (fields left out stay as they are).
+         */
+        TeamUpdate: {
+            /** Claim Timeout S */
+            claim_timeout_s?: number | null;
+            /** Name */
+            name?: string | null;
+        };
         /** Ticket */
         Ticket: {
             /**
@@ -947,6 +1270,104 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["NotificationSettings"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    get_team_settings_v1_admin_team_settings_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamSettings"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    put_team_settings_v1_admin_team_settings_put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TeamSettingsBody"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamSettings"];
                 };
             };
             /** @description Bad Request */
@@ -1336,6 +1757,65 @@ export interface operations {
             };
             /** @description Not Found */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    claim_v1_conversations__conversation_id__claim_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A conversation id. */
+                conversation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Conversation"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Conflict */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1793,6 +2273,74 @@ export interface operations {
             };
         };
     };
+    release_v1_conversations__conversation_id__release_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A conversation id. */
+                conversation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Conversation"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
     get_prefs_v1_me_notification_preferences_get: {
         parameters: {
             query?: never;
@@ -2008,6 +2556,433 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    list_teams_v1_teams_get: {
+        parameters: {
+            query?: {
+                /** @description Case-insensitive name prefix. */
+                q?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamPage"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    create_team_v1_teams_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TeamCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Team"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    get_team_v1_teams__team_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A team id. */
+                team_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Team"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    delete_team_v1_teams__team_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A team id. */
+                team_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    update_team_v1_teams__team_id__patch: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A team id. */
+                team_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TeamUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Team"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    add_member_v1_teams__team_id__members__agent_id__put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                agent_id: string;
+                /** @description A team id. */
+                team_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Team"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    remove_member_v1_teams__team_id__members__agent_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                agent_id: string;
+                /** @description A team id. */
+                team_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Team"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
         };

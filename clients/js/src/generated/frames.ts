@@ -9,7 +9,7 @@ export type ClientFrame = (Ack | Typing | Idle | Active)
  * This interface was referenced by `StreamFrames`'s JSON-Schema
  * via the `definition` "ServerFrame".
  */
-export type ServerFrame = (MessageCreated | ConversationUpdated | ReadUpdated | Batch | PresenceChanged | TypingStarted)
+export type ServerFrame = (MessageCreated | ConversationUpdated | ReadUpdated | TeamRequestOffered | TeamRequestClaimed | TeamRequestReleased | Batch | PresenceChanged | TypingStarted)
 
 /**
  * GET /v1/stream: server → client frames (ServerFrame) and client → server frames (ClientFrame).
@@ -29,6 +29,11 @@ PresenceChanged?: PresenceChanged
 ReadUpdated?: ReadUpdated
 Related?: Related
 ServerFrame?: ServerFrame
+TeamRef?: TeamRef
+TeamRequest?: TeamRequest
+TeamRequestClaimed?: TeamRequestClaimed
+TeamRequestOffered?: TeamRequestOffered
+TeamRequestReleased?: TeamRequestReleased
 Typing?: Typing
 TypingStarted?: TypingStarted
 }
@@ -56,7 +61,7 @@ type: "active"
  * via the `definition` "Batch".
  */
 export interface Batch {
-frames: (MessageCreated | ConversationUpdated | ReadUpdated)[]
+frames: (MessageCreated | ConversationUpdated | ReadUpdated | TeamRequestOffered | TeamRequestClaimed | TeamRequestReleased)[]
 type: "batch"
 }
 /**
@@ -178,6 +183,91 @@ conversation_id: string
 cursor: number
 seq: number
 type: "read.updated"
+}
+/**
+ * This interface was referenced by `StreamFrames`'s JSON-Schema
+ * via the `definition` "TeamRequestOffered".
+ */
+export interface TeamRequestOffered {
+/**
+ * The frame's position in the agent's queue (opaque, increasing).
+ */
+cursor: number
+request: TeamRequest
+type: "team_request.offered"
+}
+/**
+ * A thread asked of teams: who it is offered to and who, if anyone, took it.
+ * 
+ * This interface was referenced by `StreamFrames`'s JSON-Schema
+ * via the `definition` "TeamRequest".
+ */
+export interface TeamRequest {
+asked_by: Participant
+claimed_at: (string | null)
+claimed_by: (Participant | null)
+conversation_id: string
+/**
+ * When it goes to every member, offline ones too, if still open (null: escalated or taken).
+ */
+escalate_at: (string | null)
+escalated: boolean
+/**
+ * Agent ids it is open to now (empty once claimed): any of them may claim it.
+ */
+offered_to: string[]
+/**
+ * When it was asked (or last released back to the teams).
+ */
+opened_at: string
+/**
+ * The beginning (at most 280 characters) of the message the thread started with: what the offered members decide on before they claim it.
+ */
+question: (string | null)
+related: (Related | null)
+/**
+ * open: offered, nobody took it yet; claimed: taken.
+ */
+status: ("open" | "claimed")
+teams: TeamRef[]
+}
+/**
+ * This interface was referenced by `StreamFrames`'s JSON-Schema
+ * via the `definition` "TeamRef".
+ */
+export interface TeamRef {
+/**
+ * The team's id.
+ */
+id: string
+/**
+ * The team's name when the request was made.
+ */
+name: string
+}
+/**
+ * This interface was referenced by `StreamFrames`'s JSON-Schema
+ * via the `definition` "TeamRequestClaimed".
+ */
+export interface TeamRequestClaimed {
+/**
+ * The frame's position in the agent's queue (opaque, increasing).
+ */
+cursor: number
+request: TeamRequest
+type: "team_request.claimed"
+}
+/**
+ * This interface was referenced by `StreamFrames`'s JSON-Schema
+ * via the `definition` "TeamRequestReleased".
+ */
+export interface TeamRequestReleased {
+/**
+ * The frame's position in the agent's queue (opaque, increasing).
+ */
+cursor: number
+request: TeamRequest
+type: "team_request.released"
 }
 /**
  * This interface was referenced by `StreamFrames`'s JSON-Schema

@@ -18,6 +18,7 @@ from im_runtime.process import Process
 from im_runtime.webhook_urls import networks
 
 from .api import agents, conversations, me
+from .api import teams as teams_api
 from .api import notifications as notifications_api
 from .api.console import dev_router, mount_console, require_dev_signin_safe
 from .active_agents import ActiveAgents
@@ -37,6 +38,8 @@ from .presence_cache import PresenceCache
 from .service import Conversations
 from .settings import ApiSettings
 from .store import Store, directory_bucket
+from .team_requests import TeamRequests
+from .teams import Teams
 
 logger = logging.getLogger("im_api")
 
@@ -73,12 +76,17 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
         uow = UnitOfWork(client, store, settings, on_commit=relay.wake)
         committer = Committer(uow, store, settings.commit_batch_max, settings.commit_lanes)
         conversations = Conversations(store, uow, committer, settings)
+        teams = Teams(db, store, lambda tenant, agent: presence.get(tenant, agent)[0],
+                      members_max=settings.team_members_max, teams_max=settings.teams_max)
+        await teams.create_indexes()
+        team_requests = TeamRequests(conversations, teams)
+        conversations.requests = team_requests
         active = ActiveAgents(store.is_active_agent, store.directory_versions, directory_bucket,
                               settings.directory_recheck_s, settings.directory_memory_max)
         app.state.services = Services(
             settings, store, verifier, Directory(store, uow, presence, scan_max=settings.agent_list_scan_max,
                                                  on_change=active.changed),
-            conversations, RateLimits.from_settings(settings), active, notifications)
+            conversations, RateLimits.from_settings(settings), active, notifications, teams, team_requests)
         app.state.relay, app.state.committer, app.state.presence = relay, committer, presence
         await verifier.start()
         process.on_stop("drain", "outbox leases", relay.stop)
@@ -87,6 +95,8 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
             background.append(process.supervise("key-set", verifier.keyset.refresh_forever))
         background.insert(0, process.supervise("presence-cache", presence.run))
         background.insert(0, process.supervise("outbox-relay", relay.run))
+        background.append(process.supervise("team-escalations", lambda: team_requests.run_escalations(
+            settings.team_escalation_interval_s, settings.team_escalation_batch, settings.team_escalation_retry_s)))
 
         async def halt_relay() -> None:
             relay.halt()
@@ -128,6 +138,7 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
     app.include_router(conversations.router)
     app.include_router(me.router)
     app.include_router(notifications_api.router)
+    app.include_router(teams_api.router)
     if settings.dev_signin:
         require_dev_signin_safe(settings)
         # Loud on purpose: anyone who reaches this process can sign in as anyone.

@@ -31,8 +31,10 @@ def client_msg_id_for(request_id: str) -> str:
 
 def fingerprint(request: AssistanceRequested) -> str:
     """What makes two deliveries the same request (a hash: the body is never stored twice)."""
-    content = [request.requested_by, sorted(set(request.agent_ids)), request.related.type, request.related.id,
-               request.message]
+    content: list = [request.requested_by, sorted(set(request.agent_ids)), request.related.type, request.related.id,
+                     request.message]
+    if request.team_ids:  # requests without teams keep the fingerprint they always had
+        content.append(sorted(set(request.team_ids)))
     return hashlib.sha256(json.dumps(content).encode()).hexdigest()
 
 
@@ -85,14 +87,15 @@ class Assistance:
         try:
             view, created = await self.conversations.start(
                 tenant_id, request.requested_by, request.agent_ids, request.related,
-                FirstMessage(request.message, client_msg_id), also=remember)
+                FirstMessage(request.message, client_msg_id), also=remember, team_ids=request.team_ids)
         except ApiError as exc:  # the HTTP rules refused it: the same refusal, as a dead letter
             reason = {"unknown_agents": "unknown_agent", "too_many_participants": "too_many_participants",
-                      "record_too_large": "record_too_large"}.get(exc.code, "invalid_event")
+                      "record_too_large": "record_too_large", "unknown_team": "unknown_team"}.get(exc.code, "invalid_event")
             raise RejectedRecord(reason, exc.message, tenant_id) from None
         await self._ensure_recorded(record, view["id"], client_msg_id)
         log(logger, logging.INFO, "assistance request processed", tenant_id=tenant_id, request_id=request_id,
-            conversation_id=view["id"], thread_created=created, agents=len(request.agent_ids))
+            conversation_id=view["id"], thread_created=created, agents=len(request.agent_ids),
+            teams=len(request.team_ids))
 
     async def _ensure_recorded(self, record: dict, conversation_id: str, client_msg_id: str) -> None:
         """Normally written with the message. If the message existed already (its client_msg_id was

@@ -31,8 +31,10 @@ class ApiError(Exception):
         errors: list[dict[str, str]] | None = None,
         status: int | None = None,
         headers: dict[str, str] | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
+        self.details = details
         self.message = message
         self.code = code or self.code
         self.field = field
@@ -79,21 +81,24 @@ class InvalidCursor(ApiError):
 
 
 def error_body(status: int, code: str, message: str, field: str | None = None,
-               errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {
-        "error": {
-            "code": code,
-            "message": message,
-            "field": field,
-            "errors": errors or [],
-            "request_id": trace_id.get(),
-        }
+               errors: list[dict[str, Any]] | None = None, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "code": code,
+        "message": message,
+        "field": field,
+        "errors": errors or [],
+        "request_id": trace_id.get(),
     }
+    if details is not None:  # only the errors that have machine-readable facts carry it
+        body["details"] = details
+    return {"error": body}
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None,
-                   errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, code, message, field, errors), status_code=status, headers=headers)
+                   errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None,
+                   details: dict[str, Any] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, code, message, field, errors, details), status_code=status,
+                        headers=headers)
 
 
 def field_name(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -113,7 +118,7 @@ def field_name(loc: tuple[Any, ...] | list[Any]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.field, exc.errors, exc.headers)
+        return error_response(exc.status, exc.code, exc.message, exc.field, exc.errors, exc.headers, exc.details)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -21,3 +21,11 @@ OUTBOX_OLDEST_AGE = Gauge("im_api_outbox_oldest_age_seconds",
 OUTBOX_SHARDS_HELD = Gauge("im_api_outbox_shards_held", "Outbox shards this process's relay holds a lease on")
 DEAD_LETTERED = Counter("im_api_dead_letters_total", "Records dead-lettered", ["topic", "reason"])
 RATE_LIMITED = Counter("im_api_rate_limited_total", "Requests refused by a rate limit (429)", ["what"])
+TEAM_REQUESTS_OFFERED = Counter("im_api_team_requests_offered_total", "Threads asked of teams (new team requests)")
+TEAM_REQUESTS_CLAIMED = Counter("im_api_team_requests_claimed_total", "Team requests taken by a member")
+TEAM_REQUESTS_RELEASED = Counter("im_api_team_requests_released_total", "Team requests released back to their teams")
+TEAM_REQUESTS_ESCALATED = Counter("im_api_team_requests_escalated_total",
+                                  "Team requests nobody took in time, offered to every member")
+# From asked (or released) to taken: seconds to hours.
+TEAM_CLAIM_SECONDS = Histogram("im_api_team_request_claim_seconds", "Time from a team request's offer to its claim",
+                               buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200))

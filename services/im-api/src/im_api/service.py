@@ -9,20 +9,30 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from im_contracts.events import ConversationStarted, MessagePosted, ParticipantsChanged, ReadMarkerMoved
-from im_contracts.models import BODY_MAX_CHARS, ConversationSnapshot, Participant, Related
+from im_contracts.events import (
+    ConversationStarted,
+    MessagePosted,
+    ParticipantsChanged,
+    ReadMarkerMoved,
+    TeamRequestChanged,
+)
+from im_contracts.models import BODY_MAX_CHARS, ConversationSnapshot, Participant, Related, TeamRequest
 from im_contracts.topics import CONVERSATIONS, MESSAGES, conversation_key
 from pymongo.errors import DuplicateKeyError
 
-from . import cursors
+from . import cursors, team_rules
 from .committer import Committer, StaleConversation
-from .errors import NotFound, RecordTooLarge, Unprocessable
+from .errors import Conflict, NotFound, RecordTooLarge, Unprocessable
+from .metrics import TEAM_REQUESTS_OFFERED
 from .outbox import Transaction, UnitOfWork, event_fits
 from .settings import ApiSettings
 from .store import Store, list_key, message_doc, now, related_key
 from .views import conversation_view, last_read, message_model, message_view, read_state
+
+if TYPE_CHECKING:
+    from .team_requests import Offer, TeamRequests
 
 T = TypeVar("T")
 # Extra writes in a new message's own transaction: (transaction, stored message).
@@ -52,25 +62,39 @@ class Conversations:
     uow: UnitOfWork
     committer: Committer
     settings: ApiSettings
+    requests: TeamRequests | None = None  # set by the composition root (it needs this object)
 
     # --- views ----------------------------------------------------------------------------
 
     async def views(self, tenant_id: str, me: str, docs: list[dict]) -> list[dict[str, Any]]:
         """The API shape of each thread, participants' names joined in one query."""
-        names = await self.store.display_names(tenant_id, {p for d in docs for p in d["participants"]})
-        return [conversation_view(d, me, names) for d in docs]
+        wanted = {p for d in docs for p in d["participants"]} | {a for d in docs for a in team_rules.names_needed(d)}
+        names = await self.store.display_names(tenant_id, wanted)
+        return [self._view_of(d, me, names) for d in docs]
+
+    @staticmethod
+    def _view_of(doc: dict, me: str, names: dict[str, str]) -> dict[str, Any]:
+        view = {**conversation_view(doc, me, names), "team_request": team_rules.request_view(doc, names)}
+        if me not in doc["participants"] and me in (doc.get("team_request") or {}).get("offered", []):
+            # Offered, not in it: the question is what they see, never a later message.
+            view.update(last_message=None, last_read_seq=doc["last_seq"], unread_count=0)
+        return view
 
     async def view(self, tenant_id: str, me: str, conversation_id: str, admin: bool = False) -> dict[str, Any]:
-        doc = await self._visible(tenant_id, me, conversation_id, admin)
+        """A member a team request was offered to sees the thread (not its history) too."""
+        doc = await self._visible(tenant_id, me, conversation_id, admin, offered_ok=True)
         return (await self.views(tenant_id, me, [doc]))[0]
 
-    async def _visible(self, tenant_id: str, me: str, conversation_id: str, admin: bool = False) -> dict:
+    async def _visible(self, tenant_id: str, me: str, conversation_id: str, admin: bool = False,
+                       offered_ok: bool = False) -> dict:
         doc = await self.store.conversation(tenant_id, conversation_id)
-        if doc is None or (me not in doc["participants"] and not admin):
+        offered = offered_ok and doc is not None and me in (doc.get("team_request") or {}).get("offered", [])
+        if doc is None or (me not in doc["participants"] and not admin and not offered):
             raise NotFound("no such conversation", field="conversation_id")
         return doc
 
-    async def _snapshot(self, tenant_id: str, doc: dict, session: Any) -> ConversationSnapshot:
+    async def snapshot(self, tenant_id: str, doc: dict, session: Any) -> ConversationSnapshot:
+        """The shared part of a thread as events carry it (names read in the transaction)."""
         names = await self.store.agents_by_id(tenant_id, doc["participants"], session=session)
         last = doc.get("last_message")
         return ConversationSnapshot(
@@ -84,25 +108,44 @@ class Conversations:
     # --- start ----------------------------------------------------------------------------
 
     async def start(self, tenant_id: str, me: str, participant_ids: list[str], related: Related | None,
-                    first_message: FirstMessage | None, also: PostHook | None = None) -> tuple[dict[str, Any], bool]:
+                    first_message: FirstMessage | None, also: PostHook | None = None,
+                    team_ids: list[str] | None = None) -> tuple[dict[str, Any], bool]:
         """(conversation, created?): the thread of this start identity, made once; `also` joins the
-        first message's transaction (see Committer.send)."""
+        first message's transaction (see Committer.send). `team_ids`: teams asked too — the thread
+        is offered to their members, and one of them claims it (team_requests.py)."""
         ids = sorted(set(participant_ids) | {me})
-        if ids == [me]:
-            raise Unprocessable("a conversation needs at least one agent besides you",
+        teams = sorted(set(team_ids or []))
+        if ids == [me] and not teams:
+            raise Unprocessable("a conversation needs at least one agent or team besides you",
                                 code="self_only_conversation", field="participant_ids")
-        self._within_cap(len(ids), "participant_ids")
+        self.within_cap(len(ids), "participant_ids")
         first_body = clean_body(first_message.body, "first_message.body") if first_message else None
         await self.require_active(tenant_id, ids, participant_ids, "participant_ids")
         if first_body is not None:
             self._message_fits(tenant_id, me, ids, first_body, first_message.client_msg_id, "first_message.body")
-        key = json.dumps([ids, related.type if related else None, related.id if related else None])
+        identity: list[Any] = [ids, related.type if related else None, related.id if related else None]
+        if teams:  # threads without teams keep the key they always had
+            identity.append(teams)
+        key = json.dumps(identity)
+        named_teams: list[dict] = []
+        if teams:  # checked (404 for a team the tenant lacks) even when the thread exists already
+            assert self.requests is not None
+            if first_body is None:
+                raise Unprocessable("asking a team needs the question: a first_message", code="question_required",
+                                    field="first_message")
+            named_teams = await self.requests.resolve(tenant_id, list(team_ids or []))
         doc = await self.store.conversation_by_start_key(tenant_id, key)
         created = False
         if doc is None:
+            # Worked out only for a new thread: a repeat (a retry, a redelivered request) of an
+            # existing one must not fail on who is present or still a member now.
+            offer = await self.requests.offer(tenant_id, ids, named_teams) if named_teams else None
+            question = team_rules.question_of(first_body)
             try:
-                doc = await self.uow.run(lambda tx: self._create(tx, tenant_id, me, ids, related, key))
+                doc = await self.uow.run(lambda tx: self._create(tx, tenant_id, me, ids, related, key, offer, question))
                 created = True
+                if offer is not None:
+                    TEAM_REQUESTS_OFFERED.inc()
             except DuplicateKeyError:  # a concurrent start won: its thread is ours
                 doc = await self.store.conversation_by_start_key(tenant_id, key)
         if me not in doc["participants"]:  # a starter who left comes back by starting it again
@@ -124,17 +167,28 @@ class Conversations:
                                  "deployment", field=field)
 
     async def _create(self, tx: Transaction, tenant_id: str, me: str, ids: list[str], related: Related | None,
-                      key: str) -> dict:
+                      key: str, offer: Offer | None = None, question: str | None = None) -> dict:
         t = now()
         doc = {"_id": uuid.uuid4().hex, "tenant_id": tenant_id, "participants": ids, "start_key": key,
                "related": related.model_dump() if related else None, "created_by": me, "created_at": t,
                "last_seq": 0, "last_message": None, "last_message_at": t, "read": {}, "outbox_seq": 1}
         doc["list_key"] = list_key(t, doc["_id"])
         doc["related_key"] = related_key(related.type, related.id) if related else None
+        if offer is not None:
+            request = team_rules.new_request(offer.teams, me, question, offer.offered_to, t, offer.timeout_s)
+            doc.update(team_request=request, offered_to=list(offer.offered_to),
+                       escalate_at=team_rules.escalate_at(request), outbox_seq=2)
         await self.store.insert_conversation(doc, session=tx.session)
-        event = ConversationStarted(tenant_id=tenant_id, conversation=await self._snapshot(tenant_id, doc, tx.session),
+        event = ConversationStarted(tenant_id=tenant_id, conversation=await self.snapshot(tenant_id, doc, tx.session),
                                     recipients=ids)
         tx.publish(CONVERSATIONS, event, key=conversation_key(doc["_id"]), order_key=doc["_id"], order=1)
+        if offer is not None:
+            names = await self.store.display_names(tenant_id, {me})
+            tx.publish(CONVERSATIONS, TeamRequestChanged(
+                tenant_id=tenant_id, change="offered",
+                request=TeamRequest.model_validate(team_rules.request_view(doc, names)),
+                newly_offered=list(offer.offered_to), recipients=list(dict.fromkeys([*ids, *offer.offered_to])),
+                seq=1), key=conversation_key(doc["_id"]), order_key=doc["_id"], order=2, field="team_ids")
         return doc
 
     # --- messages -------------------------------------------------------------------------
@@ -174,14 +228,24 @@ class Conversations:
             raise Unprocessable(f"unknown or deactivated agents: {', '.join(missing)}", code="unknown_agents",
                                 field=errors[0]["field"], errors=errors)
 
-    def _within_cap(self, count: int, field: str) -> None:
+    def within_cap(self, count: int, field: str) -> None:
         cap = self.settings.max_participants
         if count > cap:
             raise Unprocessable(f"a thread holds at most {cap} agents (this would make {count})",
                                 code="too_many_participants", field=field)
 
     async def leave(self, tenant_id: str, me: str, conversation_id: str) -> None:
-        await self._visible(tenant_id, me, conversation_id)
+        doc = await self._visible(tenant_id, me, conversation_id)
+        request = doc.get("team_request") or {}
+        if request.get("status") == "claimed" and request.get("claimed_by") == me and self.requests is not None:
+            # The helper walking away hands the request back to its teams rather than leaving the
+            # asker with a request marked taken by nobody in the thread.
+            try:
+                await self.requests.release(tenant_id, me, conversation_id)
+                return
+            except Conflict:  # the asker released it meanwhile (and so took the helper out)
+                await self._change(tenant_id, me, conversation_id, add=[], remove=[me], require_member=False)
+                return
         await self._change(tenant_id, me, conversation_id, add=[], remove=[me])
 
     async def _change(self, tenant_id: str, actor: str, conversation_id: str, add: list[str], remove: list[str],
@@ -197,7 +261,7 @@ class Conversations:
                 return
             after = [p for p in current if p not in removed] + added
             if added:  # in the transaction, so concurrent adds count; leaving is always allowed
-                self._within_cap(len(after), "agent_ids")
+                self.within_cap(len(after), "agent_ids")
             names = await self.store.display_names(tenant_id, {actor, *added})
             if removed:
                 text = f"{names.get(actor, actor)} left the conversation"
@@ -216,7 +280,7 @@ class Conversations:
                                             also={"participants": after}, session=tx.session):
                 raise StaleConversation(conversation_id)
             await self.store.insert_messages([msg], session=tx.session)
-            snapshot = await self._snapshot(tenant_id, updated, tx.session)
+            snapshot = await self.snapshot(tenant_id, updated, tx.session)
             key = conversation_key(conversation_id)
             tx.publish(CONVERSATIONS, ParticipantsChanged(
                 tenant_id=tenant_id, conversation=snapshot, added=added, removed=removed, changed_by=actor,
@@ -224,9 +288,10 @@ class Conversations:
             tx.publish(MESSAGES, MessagePosted(tenant_id=tenant_id, message=message_model(msg), recipients=after),
                        key=key, order_key=conversation_id, order=order + 2)
 
-        await self._retrying(work)
+        await self.retrying(work)
 
-    async def _retrying(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
+    async def retrying(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Runs `work` in a transaction, again while it loses a compare-and-set (StaleConversation)."""
         for _ in range(RACE_ATTEMPTS - 1):
             try:
                 return await self.uow.run(work)
@@ -253,7 +318,7 @@ class Conversations:
                     key=conversation_key(conversation_id), order_key=conversation_id, order=order)
             return read_state(conv["last_seq"], max(old, target))
 
-        return await self._retrying(work)
+        return await self.retrying(work)
 
     async def unread(self, tenant_id: str, me: str) -> dict[str, Any]:
         """Over the agent's `unread_scan_max` most recently active threads: a thread with a new

@@ -86,6 +86,16 @@ class ApiSettings(CommonSettings):
     assistance_group: str = "im-api-assistance"
     # Records per poll: each opens/reuses a thread and posts, so a small batch keeps commits frequent.
     assistance_max_batch: int = 50
+    # Teams: members per team (an offer's record names each, like a thread's participants) and
+    # teams per tenant (GET /v1/teams lists them all).
+    team_members_max: int = Field(default=500, ge=1)
+    teams_max: int = Field(default=500, ge=1)
+    # How often each im-api looks for team requests nobody claimed in time, and how many it
+    # escalates per look (the rest wait for the next).
+    team_escalation_interval_s: float = Field(default=5.0, gt=0)
+    team_escalation_batch: int = Field(default=100, ge=1)
+    # A request whose escalation failed is looked at again this much later (behind the others).
+    team_escalation_retry_s: float = Field(default=60.0, gt=0)
     # The agent console's built assets (clients/console/dist), served under /console/ from this
     # origin with a Content-Security-Policy; empty = not served (e.g. a static service does it).
     console_dir: str = ""

@@ -5,8 +5,11 @@ Collections owned by im-api:
   active, outbox_seq, created_at, updated_at}` — the directory; `name_lc` serves the prefix search.
 - `conversations`: `{_id, tenant_id, participants: [agent ids], start_key, related, created_by,
   created_at, last_seq, last_message, last_message_at, read: {field_name(agent): last_read_seq},
-  outbox_seq, list_key, related_key}` — `start_key` (sorted starting agents + related) is unique per tenant, so two
-  concurrent starts yield one thread; `read` keys are `im_runtime.mongo.field_name`.
+  outbox_seq, list_key, related_key, team_request, offered_to, escalate_at}` — a thread asked of teams
+  carries its request (`team_request`: teams, asker, question, status, everyone it was ever offered
+  to, holder, opened_at, timeout), `offered_to` (who may claim it now; indexed, flat) and
+  `escalate_at` (set only while an escalation is due); `start_key` (sorted starting agents + related,
+  + teams when asked) is unique per tenant, so two concurrent starts yield one thread; `read` keys are `im_runtime.mongo.field_name`.
 - `messages`: `{_id, tenant_id, conversation_id, seq, sender_id, body, kind, client_msg_id,
   created_at}` — unique per (conversation, seq) and per (conversation, sender, client_msg_id).
 - `outbox`: `{tenant_id, shard, conversation_id (the ordering key: a conversation id, or
@@ -110,6 +113,12 @@ class Store:
             # A flat "type:id" field: SecantusDB's planner does not pick indexes on dotted paths.
             IndexModel([("tenant_id", ASCENDING), ("related_key", ASCENDING), ("list_key", DESCENDING)],
                        name="related"),
+            # Team requests open to an agent (top-level `offered_to`: the planner skips dotted paths).
+            IndexModel([("tenant_id", ASCENDING), ("offered_to", ASCENDING), ("list_key", DESCENDING)],
+                       name="offers"),
+            # EXCEPTION to "tenant_id first", like the outbox: the escalation round looks across
+            # tenants for open requests whose time has come (set only while one is due, else null).
+            IndexModel([("escalate_at", ASCENDING)], name="escalation"),
         ])
         await self._messages.create_indexes([
             IndexModel([("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("seq", ASCENDING)],
@@ -194,6 +203,30 @@ class Store:
              **({"$max": {f"read.{field_name(a)}": seq for a, seq in read.items()}} if read else {})},
             session=session)
         return bool(result.matched_count)
+
+    async def update_request(self, conv: dict, outbox_seq: int, fields: dict[str, Any], session: Any) -> bool:
+        """A team request's change without a message (an escalation): a compare-and-set on the
+        (last_seq, outbox_seq) the transaction read, like `advance`."""
+        result = await self._conversations.update_one(
+            {"_id": conv["_id"], "tenant_id": conv["tenant_id"], "last_seq": conv["last_seq"],
+             "outbox_seq": conv.get("outbox_seq", 0)},
+            {"$set": {**fields, "outbox_seq": outbox_seq}}, session=session)
+        return bool(result.matched_count)
+
+    async def due_escalations(self, at: datetime, limit: int) -> list[tuple[str, str]]:
+        """(tenant, conversation) of open team requests due to escalate by `at`, oldest first."""
+        return [(d["tenant_id"], d["_id"]) async for d in self.escalations_cursor(at, limit)]
+
+    async def defer_escalation(self, tenant_id: str, conversation_id: str, until: datetime) -> None:
+        """A due request whose escalation failed waits until `until`, behind the others."""
+        await self._conversations.update_one(
+            {"_id": conversation_id, "tenant_id": tenant_id, "escalate_at": {"$ne": None}},
+            {"$set": {"escalate_at": until}})
+
+    def escalations_cursor(self, at: datetime, limit: int):
+        # Both bounds: the index holds a null for every thread without a due request.
+        return (self._conversations.find({"escalate_at": {"$gte": EPOCH, "$lte": at}}, {"tenant_id": 1})
+                .sort("escalate_at", ASCENDING).limit(limit))
 
     async def conversation_by_start_key(self, tenant_id: str, start_key: str) -> dict | None:
         return await self._conversations.find_one({"tenant_id": tenant_id, "start_key": start_key})
@@ -390,7 +423,18 @@ class Store:
 
     async def thread_page(self, tenant_id: str, agent_id: str, snapshot: datetime,
                           after: str | None, limit: int) -> list[dict]:
-        return await self.thread_cursor(tenant_id, agent_id, snapshot, after, limit).to_list()
+        """The agent's threads and the team requests open to it, merged on the one list key: two
+        index walks of at most `limit` each (an `$or` of the two made SecantusDB scan)."""
+        mine, offers = await asyncio.gather(
+            self.thread_cursor(tenant_id, agent_id, snapshot, after, limit).to_list(),
+            self.offers_cursor(tenant_id, agent_id, snapshot, after, limit).to_list())
+        merged = {d["_id"]: d for d in [*mine, *offers]}
+        return sorted(merged.values(), key=lambda d: d["list_key"], reverse=True)[:limit]
+
+    def offers_cursor(self, tenant_id: str, agent_id: str, snapshot: datetime, after: str | None, limit: int):
+        query = self.thread_list_query(tenant_id, agent_id, snapshot, after)
+        query["offered_to"] = query.pop("participants")
+        return self._conversations.find(query).sort(self.THREAD_ORDER).limit(limit)
 
     def related_query(self, tenant_id: str, related_type: str, related_id: str,
                       agent_id: str | None) -> dict[str, Any]:

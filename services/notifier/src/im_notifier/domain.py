@@ -115,6 +115,22 @@ def updates_for_message(*, conversation_id: str, seq: int, sender_id: str, recip
     return out
 
 
+def updates_for_team_request(*, change: str, conversation_id: str, seq: int, asked_by: str, newly_offered: list[str],
+                             withdrawn_from: list[str], at: datetime, preview: str | None,
+                             due_after: timedelta) -> list[tuple[str, dict[str, Any], dict[str, Any], bool]]:
+    """A team request as the notifier sees it: an offer (at the start, an escalation, a release)
+    waits for each member it newly reaches like an assistance request to them — so an escalation
+    reaches the offline members; once it is taken it stops waiting for those it was withdrawn
+    from (marked read there; the thread's participants keep their own read state)."""
+    ops = [(agent, {}, update_for_read(agent_id=agent, conversation_id=conversation_id, seq=seq), True)
+           for agent in withdrawn_from]
+    if change != "claimed":
+        ops += updates_for_message(conversation_id=conversation_id, seq=seq, sender_id=asked_by,
+                                   recipients=newly_offered, at=at, preview=preview, assistance=True,
+                                   due_after=due_after)
+    return ops
+
+
 def update_for_read(*, agent_id: str, conversation_id: str, seq: int) -> dict[str, Any]:
     return with_defaults(agent_id, {"$max": {f"threads.{conversation_id}.read_seq": seq}, "$inc": {"version": 1}})
 

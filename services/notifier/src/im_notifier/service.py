@@ -23,6 +23,7 @@ from im_contracts.events import (
     MessagePosted,
     ParticipantsChanged,
     ReadMarkerMoved,
+    TeamRequestChanged,
     utcnow,
 )
 from im_contracts.models import ASSISTANCE_CLIENT_MSG_PREFIX
@@ -48,6 +49,7 @@ from .domain import (
     update_for_presence,
     update_for_read,
     updates_for_message,
+    updates_for_team_request,
 )
 from .render import dead_letter_value, digest_email, webhook_body
 from .senders import MailSender, WebhookSender
@@ -125,6 +127,8 @@ class Notifier:
                 # Upserted: a read may be consumed before the message it reads (another topic).
                 await self.store.apply(event.tenant_id, [(event.agent_id, {}, update_for_read(
                     agent_id=event.agent_id, conversation_id=event.conversation_id, seq=event.seq), True)])
+        elif isinstance(event, TeamRequestChanged):
+            await self._team_request(event)
         elif isinstance(event, ConversationStarted | ParticipantsChanged):
             conv = event.conversation
             related = conv.related.model_dump(mode="json") if conv.related else None
@@ -151,6 +155,23 @@ class Notifier:
             recipients=event.recipients, at=message.created_at, preview=preview, assistance=assistance,
             due_after=policy.delay_for(assistance))
         await self.store.apply(event.tenant_id, ops)
+
+    async def _team_request(self, event: TeamRequestChanged) -> None:
+        request = event.request
+        if not safe_id(request.conversation_id):
+            raise RejectedRecord("invalid_event", "conversation_id has characters the notifier cannot key")
+        tenant = await self.tenant(event.tenant_id)
+        policy = self.policy(tenant)
+        if not policy.notifies or event.seq < 1:
+            return
+        if event.change != "claimed" and self._now() - event.occurred_at > timedelta(
+                seconds=self.settings.max_message_age_s):
+            return  # an old offer replayed: nobody is told now
+        preview = request.question[:PREVIEW_MAX_CHARS] if tenant.include_bodies and request.question else None
+        await self.store.apply(event.tenant_id, updates_for_team_request(
+            change=event.change, conversation_id=request.conversation_id, seq=event.seq,
+            asked_by=request.asked_by.id, newly_offered=event.newly_offered, withdrawn_from=event.withdrawn_from,
+            at=event.occurred_at, preview=preview, due_after=policy.delay_for(True)))
 
     async def on_agent_event(self, event: Any, record: Any) -> None:
         if isinstance(event, AgentPresence):

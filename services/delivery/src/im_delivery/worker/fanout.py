@@ -20,6 +20,7 @@ from im_contracts.events import (
     MessagePosted,
     ParticipantsChanged,
     ReadMarkerMoved,
+    TeamRequestChanged,
     Typing,
 )
 from im_contracts.frames import (
@@ -30,6 +31,9 @@ from im_contracts.frames import (
     MessageCreatedBody,
     PresenceChanged,
     ReadUpdatedBody,
+    TeamRequestClaimedBody,
+    TeamRequestOfferedBody,
+    TeamRequestReleasedBody,
     TypingStarted,
 )
 from im_runtime.kafka import TransientError, is_transient
@@ -43,6 +47,8 @@ from .projections import Projections
 logger = logging.getLogger("im_delivery.fanout")
 
 AUTH_REVOKED = AuthRevoked()
+TEAM_FRAMES = {"offered": TeamRequestOfferedBody, "claimed": TeamRequestClaimedBody,
+               "released": TeamRequestReleasedBody}
 
 
 def dedupe_key(kind: str, *parts: object) -> str:
@@ -86,6 +92,8 @@ def scope_of(event: Event) -> tuple[str, ...]:
             return ("conversation", event.tenant_id, event.conversation.id)
         case ReadMarkerMoved() | Typing():
             return ("conversation", event.tenant_id, event.conversation_id)
+        case TeamRequestChanged():
+            return ("conversation", event.tenant_id, event.request.conversation_id)
         case AgentChanged() | AgentPresence():
             return ("agent", event.tenant_id, event.agent_id)
     return ("other", event.type)
@@ -185,6 +193,13 @@ class FanOut:
                 key = dedupe_key("read", event.conversation_id, event.agent_id, event.seq)
                 for agent in dict.fromkeys(event.recipients):
                     await self.bus.append(event.tenant_id, agent, key, frame)
+            case TeamRequestChanged():
+                # Queued like every thread frame (replayed on resume), to members who are not
+                # participants too: the offer is what they see of the thread until they claim it.
+                team_frame = TEAM_FRAMES[event.change](request=event.request)
+                key = dedupe_key("team", event.request.conversation_id, event.event_id)
+                for agent in dict.fromkeys(event.recipients):
+                    await self.bus.append(event.tenant_id, agent, key, team_frame)
             case AgentChanged():
                 await self.projections.save_agent(event)
                 if not event.active:

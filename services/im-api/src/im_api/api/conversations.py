@@ -47,7 +47,7 @@ async def start_conversation(body: ConversationStart, principal: Sender, respons
     view, created = await conversations.start(
         principal.tenant_id, principal.agent_id, body.participant_ids,
         Related.model_validate(body.related.model_dump()) if body.related else None,
-        FirstMessage(first.body, first.client_msg_id) if first else None)
+        FirstMessage(first.body, first.client_msg_id) if first else None, team_ids=body.team_ids)
     response.status_code = 201 if created else 200
     return view
 
@@ -118,3 +118,21 @@ async def mark_read(conversation_id: ConversationPath, body: ReadMarkerMove, pri
                     conversations: ConversationsDep) -> dict:
     return await conversations.mark_read(principal.tenant_id, principal.agent_id, known_shape(conversation_id),
                                          body.seq)
+
+
+@router.post("/{conversation_id}/claim", response_model=Conversation,
+             summary="Take a team request offered to you: you join the thread (one claim wins)",
+             responses=errors_doc(401, 404, 409))
+async def claim(conversation_id: ConversationPath, principal: CurrentPrincipal, svc: ServicesDep) -> dict:
+    """409 `already_claimed` when someone else took it first: `details.claimed_by` names them.
+    Claiming one's own claim again answers 200 and changes nothing."""
+    return await svc.team_requests.claim(principal.tenant_id, principal.agent_id, known_shape(conversation_id))
+
+
+@router.post("/{conversation_id}/release", response_model=Conversation,
+             summary="Give a taken team request back to its teams (the asker, or the member who took it)",
+             responses=errors_doc(401, 403, 404, 409))
+async def release(conversation_id: ConversationPath, principal: CurrentPrincipal, svc: ServicesDep) -> dict:
+    """The member who took it leaves the thread; it is offered again and its timeout restarts.
+    409 `not_claimed` when nobody holds it."""
+    return await svc.team_requests.release(principal.tenant_id, principal.agent_id, known_shape(conversation_id))

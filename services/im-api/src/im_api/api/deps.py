@@ -17,6 +17,8 @@ from ..notifications import Notifications
 from ..service import Conversations
 from ..settings import ApiSettings
 from ..store import Store
+from ..team_requests import TeamRequests
+from ..teams import Teams
 
 _ACTING = re.compile(r"^[A-Za-z0-9._@:-]{1,128}$")
 
@@ -33,6 +35,8 @@ class Services:
     limits: RateLimits
     active: ActiveAgents
     notifications: Notifications
+    teams: Teams
+    team_requests: TeamRequests
 
 
 def services(request: Request) -> Services:
@@ -104,6 +108,15 @@ async def directory_admin(principal: CurrentPrincipal) -> Principal:
 
 
 DirectoryAdmin = Annotated[Principal, Depends(directory_admin)]
+
+
+async def team_admin(principal: CurrentPrincipal) -> Principal:
+    if principal.role not in ("admin", "service"):
+        raise Forbidden("only admin and service tokens manage teams")
+    return principal
+
+
+TeamAdmin = Annotated[Principal, Depends(team_admin)]
 
 
 def store(svc: ServicesDep) -> Store:

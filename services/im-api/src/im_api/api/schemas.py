@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from im_contracts.events import to_rfc3339
-from im_contracts.models import ASSISTANCE_CLIENT_MSG_PREFIX
+from im_contracts.models import ASSISTANCE_CLIENT_MSG_PREFIX, QUESTION_PREVIEW_CHARS, TEAMS_PER_REQUEST_MAX
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_serializer
 
 AgentId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@:-]+$",
@@ -98,6 +98,10 @@ class Message(Response):
     created_at: datetime
 
 
+TeamId = Annotated[str, Field(min_length=1, max_length=64, description="A team id (32 hex digits).",
+                              examples=["0f1e2d3c4b5a69788796a5b4c3d2e1f0"])]
+
+
 class RelatedItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["ticket", "chat"]
@@ -108,6 +112,32 @@ class RelatedItem(BaseModel):
 class Participant(Response):
     id: str
     display_name: str
+
+
+class TeamRef(Response):
+    id: str
+    name: str = Field(description="The team's name when the request was made.")
+
+
+class TeamRequest(Response):
+    """A thread asked of teams (the same shape as the `team_request.*` frames' `request`)."""
+
+    # Every field always sent, as in the frames (one client type serves both).
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+    conversation_id: str
+    teams: list[TeamRef]
+    asked_by: Participant
+    related: RelatedItem | None = None
+    question: str | None = Field(default=None, description=(
+        f"The first {QUESTION_PREVIEW_CHARS} characters of the message the thread started with."))
+    status: Literal["open", "claimed"]
+    offered_to: list[str] = Field(description="Who may claim it now (empty once taken).")
+    claimed_by: Participant | None = None
+    claimed_at: datetime | None = None
+    opened_at: datetime = Field(description="When it was asked, or last released back.")
+    escalate_at: datetime | None = Field(default=None, description=(
+        "When it goes to every member, offline ones too, if still open (null: escalated or taken)."))
+    escalated: bool = False
 
 
 class Conversation(Response):
@@ -129,6 +159,10 @@ class Conversation(Response):
     last_message_at: datetime
     last_read_seq: int
     unread_count: int
+    team_request: TeamRequest | None = Field(default=None, description=(
+        "Set when the thread asked teams: its offer and who took it. A member it is offered to sees "
+        "the thread in their list until someone claims it, without its history: for them "
+        "`last_message` is null and nothing is unread."))
 
 
 class FirstMessage(Request):
@@ -140,7 +174,11 @@ class ConversationStart(Request):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "participant_ids": ["bob"], "related": {"type": "ticket", "id": "T-123", "title": "Printer on fire"},
         "first_message": {"body": "Can you help with this one?", "client_msg_id": "c1f3e1d2"}}]})
-    participant_ids: list[AgentId] = Field(min_length=1, max_length=100)
+    participant_ids: list[AgentId] = Field(default_factory=list, max_length=100, description=(
+        "Agents asked by name (at least one agent besides the caller, or one team)."))
+    team_ids: list[TeamId] = Field(default_factory=list, max_length=TEAMS_PER_REQUEST_MAX, description=(
+        "Teams asked: offered to their members who are online or away (every member when none is, "
+        "if the tenant says so); the first to claim it joins. Part of the start identity."))
     related: RelatedItem | None = None
     first_message: FirstMessage | None = None
 
@@ -213,6 +251,9 @@ class ErrorBody(BaseModel):
     field: str | None = None
     errors: list[ErrorDetail] = []
     request_id: str | None = None
+    details: dict | None = Field(default=None, description=(
+        "Machine-readable facts of some errors, absent otherwise: `already_claimed` carries "
+        "`claimed_by` {id, display_name}."))
 
 
 class Error(BaseModel):
@@ -272,3 +313,67 @@ class NotificationPreferences(Response):
     muted_conversation_ids: list[str]
     message_previews: bool = Field(description="The tenant lets notifications show message text (its "
                                                "include_bodies); a console shows only who wrote when it is false.")
+
+
+# --- teams ----------------------------------------------------------------------------------
+
+TeamName = Annotated[str, Field(min_length=1, max_length=200, examples=["Tier 2"],
+                                description="1 to 100 characters after trimming; unique in the tenant, whatever the case.")]
+ClaimTimeout = Annotated[int, Field(ge=1, le=7 * 24 * 3600, description=(
+    "Seconds an unclaimed request waits before it is offered to every member, offline ones too."))]
+
+
+class TeamCreate(Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "name": "Tier 2", "member_ids": ["bob", "carol"], "claim_timeout_s": 300}]})
+    name: TeamName
+    member_ids: list[AgentId] = Field(default_factory=list, max_length=1000)
+    claim_timeout_s: ClaimTimeout | None = Field(default=None, description="null: the tenant's.")
+
+
+class TeamUpdate(Request):
+    """Rename it and/or change its claim timeout (fields left out stay as they are)."""
+
+    name: TeamName | None = None
+    claim_timeout_s: ClaimTimeout | None = None
+
+
+class TeamMember(Response):
+    id: str
+    display_name: str
+    status: Literal["online", "away", "offline"]
+
+
+class Team(Response):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "0f1e2d3c4b5a69788796a5b4c3d2e1f0", "name": "Tier 2", "member_count": 3, "online_count": 1,
+        "away_count": 1, "is_member": False, "claim_timeout_s": None, "created_at": "2026-11-25T21:00:00.000Z",
+        "updated_at": "2026-11-25T21:00:00.000Z"}]})
+    id: str
+    name: str
+    member_count: int
+    online_count: int = Field(description="Members online now: who an offer reaches at once.")
+    away_count: int
+    is_member: bool = Field(description="The caller is a member.")
+    claim_timeout_s: int | None = Field(description="null: the tenant's (GET /v1/admin/team-settings).")
+    created_at: datetime
+    updated_at: datetime
+    members: list[TeamMember] | None = Field(default=None, description="In GET /v1/teams/{team_id} and admin answers.")
+
+
+class TeamPage(Response):
+    items: list[Team]
+
+
+class TeamSettingsBody(Request):
+    offer_offline_when_none_online: bool = Field(default=True, description=(
+        "A team request none of whose members is online or away goes to the offline ones at once "
+        "(false: to nobody until it escalates)."))
+    claim_timeout_s: ClaimTimeout = 300
+
+
+class TeamSettings(Response):
+    offer_offline_when_none_online: bool
+    claim_timeout_s: int
+    updated_at: datetime | None = None
+    updated_by: str | None = None
