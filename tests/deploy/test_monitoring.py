@@ -52,7 +52,9 @@ def test_the_dashboard_covers_every_metric_operators_need():
                    "im_api_outbox_oldest_age_seconds", "im_consumer_lag_records", "im_delivery_connections_open",
                    "im_presence_agents", "im_api_dead_letters_total", "im_delivery_dead_letters_total",
                    "im_presence_dead_letters_total", "im_notifier_dead_letters_total",
-                   "im_notifier_notifications_total", "im_notifier_skipped_total"):
+                   "im_notifier_notifications_total", "im_notifier_skipped_total",
+                   "im_api_team_requests_offered_total", "im_api_team_requests_claimed_total",
+                   "im_api_team_requests_escalated_total", "im_api_team_request_claim_seconds_bucket"):
         assert needed in used, needed
 
 

@@ -75,6 +75,19 @@ async def test_assist_publishes_a_valid_request_with_a_service_token(kafka_boots
     assert claims["role"] == "service" and claims["tid"] == "acme" and claims["aud"] == "im-kafka"
 
 
+async def test_assist_asks_teams_and_refuses_a_request_that_asks_nobody(kafka_bootstrap, kafka_topics, jwt_secret):
+    base = ["assist", "--bootstrap", kafka_bootstrap, "--prefix", kafka_topics, "--tenant", "acme", "--from", "alice",
+            "--ticket", "9"]
+    nobody = await asyncio.to_thread(imctl, *base, "Anyone?", env={"IM_JWT_SECRET": jwt_secret})
+    assert nobody.returncode == 2 and "--team" in nobody.stderr
+    out = await asyncio.to_thread(imctl, *base, "--team", "t1, t2", "Anyone?", env={"IM_JWT_SECRET": jwt_secret})
+    assert out.returncode == 0, out.stderr
+    reads = await read_topic(ASSISTANCE_REQUESTS, kafka_topics, bootstrap=kafka_bootstrap, count=1, timeout=20)
+    event = reads[0].event
+    assert isinstance(event, AssistanceRequested)
+    assert (event.agent_ids, event.team_ids, event.message) == ([], ["t1", "t2"], "Anyone?")
+
+
 async def test_dead_letters_lists_each_rejected_record_with_its_reason(kafka_bootstrap, kafka_topics, endpoints):
     settings = CommonSettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=kafka_topics,
                               kafka_idempotence=endpoints.kafka_idempotence)
@@ -117,7 +130,7 @@ async def test_migrate_creates_every_services_indexes_step_by_step_and_twice_is_
     for _ in range(2):
         out = await asyncio.to_thread(imctl, "migrate", "--mongo-uri", mongo_uri, "--db", mongo_db_name)
         assert out.returncode == 0, out.stderr
-        assert all(f"[{i}/7]" in out.stderr for i in range(1, 8)) and "indexes in place: 7 steps" in out.stderr
+        assert all(f"[{i}/8]" in out.stderr for i in range(1, 9)) and "indexes in place: 8 steps" in out.stderr
     db = mongo[mongo_db_name]
     assert "history" in await db["messages"].index_information()
     assert "pending" in await db["outbox"].index_information()
@@ -125,6 +138,7 @@ async def test_migrate_creates_every_services_indexes_step_by_step_and_twice_is_
     assert "by_tenant_time" in await db["operator_audit"].index_information()
     assert "agent" in await db["notification_prefs"].index_information()
     assert "due" in await db["notifier_agents"].index_information()
+    assert "team_name" in await db["teams"].index_information()
     names = set(await db.list_collection_names())
     assert {"agents", "conversations", "messages", "outbox", "presence_agents", "operator_audit"} <= names
     # Delivery's collections too (the worker's projections and the gateway's queue store).

@@ -136,8 +136,12 @@ def cmd_assist(args) -> int:
         print("give exactly one of --ticket or --chat", file=sys.stderr)
         return 2
     related = Related(type="ticket" if args.ticket else "chat", id=args.ticket or args.chat, title=args.title)
-    agents = [a.strip() for a in args.to.split(",") if a.strip()]
-    request = assistance_request(args.tenant, args.sender, agents, related, args.text, args.request_id)
+    agents = [a.strip() for a in (args.to or "").split(",") if a.strip()]
+    teams = [t.strip() for t in (args.team or "").split(",") if t.strip()]
+    if not agents and not teams:
+        print("give --to (agents), --team (team ids) or both", file=sys.stderr)
+        return 2
+    request = assistance_request(args.tenant, args.sender, agents, related, args.text, args.request_id, teams)
     partition, offset = asyncio.run(publish_assistance(
         args.bootstrap, args.prefix, secret, request,
         idempotence=os.environ.get("IM_KAFKA_IDEMPOTENCE", "true") == "true"))
@@ -228,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     _bootstrap_arg(p)
     p.add_argument("--tenant", required=True)
     p.add_argument("--from", dest="sender", required=True, help="the requesting agent (the sender)")
-    p.add_argument("--to", required=True, help="comma-separated agent ids asked to help")
+    p.add_argument("--to", help="comma-separated agent ids asked to help")
+    p.add_argument("--team", help="comma-separated team ids asked to help (one member claims it)")
     p.add_argument("--ticket", help="the related ticket id")
     p.add_argument("--chat", help="the related live-chat id")
     p.add_argument("--title", help="the Related tag's title")

@@ -20,12 +20,14 @@ from .topics import kafka_options
 
 
 def assistance_request(tenant: str, requested_by: str, agent_ids: list[str], related: Related,
-                       message: str, request_id: str | None = None) -> AssistanceRequested:
+                       message: str, request_id: str | None = None,
+                       team_ids: list[str] | None = None) -> AssistanceRequested:
     return AssistanceRequested(
         tenant_id=tenant,
         request_id=request_id or uuid.uuid4().hex,
         requested_by=requested_by,
         agent_ids=agent_ids,
+        team_ids=team_ids or [],
         related=related,
         message=message,
     )

@@ -42,6 +42,7 @@ async def migrate(uri: str, db_name: str, progress: Callable[[str], None]) -> li
     from im_delivery.store import QueueStore
     from im_delivery.worker.projections import Projections
     from im_api.notifications import Notifications, WebhookPolicy
+    from im_api.teams import Teams
     from im_notifier.store import NotifierStore
     from im_presence.store import PresenceStore
 
@@ -55,6 +56,8 @@ async def migrate(uri: str, db_name: str, progress: Callable[[str], None]) -> li
             ("delivery: worker projections", lambda: Projections(db).ensure_indexes()),
             ("im-api: notification preferences",
              lambda: Notifications(db, WebhookPolicy(allow_http=False, allowed=[])).create_indexes()),
+            ("im-api: teams", lambda: Teams(db, Store(db, outbox_retention_s=7 * 24 * 3600), lambda t, a: "offline",
+                                           members_max=1, teams_max=1).create_indexes()),
             ("presence: agents, gateways", lambda: PresenceStore(db).ensure_indexes()),
             ("notifier: agents by due time", lambda: NotifierStore(db).ensure_indexes()),
             ("imctl: operator audit", lambda: db[AUDIT].create_indexes([
