@@ -1,6 +1,7 @@
 """The console's pure logic in Node (clients/console/test/): the windowing arithmetic of its long
-lists, and how a conversation.updated merges into the known thread. `make test` has installed the
-console's packages (`make console`)."""
+lists, how a conversation.updated merges into the known thread, and how team requests show in the
+list (offered, taken by someone else, released). `make test` has installed the console's packages
+(`make console`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 /** The console's web components and the one call a host page makes: `configure(...)`. */
-export { configure, store, whenConfigured, type ConsoleConfig, type ConsoleStore } from "./store.js";
+export { configure, store, whenConfigured, type ClaimOutcome, type ConsoleConfig, type ConsoleStore, type Recipients } from "./store.js";
 export { AgentPicker } from "./components/agent-picker.js";
 export { AssistButton } from "./components/assist-button.js";
 export { Console } from "./components/console.js";

@@ -1,11 +1,12 @@
 /**
- * The console's state, shared by every component on the page: the thread list, each thread's
- * loaded messages, presence, typing, read markers and the unread total, kept current by the
- * delivery stream. Components read it and re-render on `change`; all I/O goes through the client
- * library (clients/js), which owns the protocol.
+ * The console's state, shared by every component on the page: the thread list (with the team
+ * requests offered to this agent), each thread's loaded messages, presence, typing, read markers
+ * and the unread total, kept current by the delivery stream. Components read it and re-render on
+ * `change`; all I/O goes through the client library (clients/js), which owns the protocol.
  */
 
 import {
+  ApiError,
   type ListedAgent,
   type Conversation,
   type ConversationPage,
@@ -16,14 +17,34 @@ import {
   type PendingSend,
   type PresenceStatus,
   type QueuedFrame,
+  type Team,
 } from "@helpdesk-im/client";
 import { mergeConversation } from "./merge.js";
+import { applyRequest, offerState, type Person, takenBy } from "./team-requests.js";
 
 export interface ConsoleConfig extends HelpdeskImOptions {
   /** The signed-in agent's id (the token's `sub`). */
   agentId: string;
   /** Where a Related tag links: `{type}` and `{id}` are replaced, e.g. `/desk/{type}s/{id}`. */
   relatedUrlTemplate?: string;
+}
+
+/** How a press of Claim ended: the thread is the agent's now, someone else was faster (named), or
+ * the request is no longer offered to the agent at all. */
+export type ClaimOutcome = { claimed: true } | { takenBy: string } | { gone: true };
+
+/** What to tell the agent when a claim did not make the thread theirs ("" when it did). */
+export function claimNotice(outcome: ClaimOutcome): string {
+  if ("takenBy" in outcome) return `${outcome.takenBy} already took this request.`;
+  return "gone" in outcome ? "This request is no longer offered to you." : "";
+}
+
+/** Whom "New Instant Message" or Assistance asks: agents by name and/or teams, with the question a
+ * team's members decide on before one of them takes it. */
+export interface Recipients {
+  agentIds: string[];
+  teamIds: string[];
+  question?: string;
 }
 
 export interface ThreadState {
@@ -198,6 +219,8 @@ export class ConsoleStore extends EventTarget {
       this.conversations.set(conversationId, await this.im.http.conversation(conversationId));
       this.changed();
     }
+    // An offer's history is the claimer's to read: the server answers 404 until then.
+    if (this.isOffer(conversationId)) return;
     if (!t.fetched && !t.loading) {
       t.loading = true;
       this.changed();
@@ -246,7 +269,7 @@ export class ConsoleStore extends EventTarget {
    * moves our last_seq up instead of asking again. */
   async markRead(conversationId: string): Promise<void> {
     const c = this.conversations.get(conversationId);
-    if (!c || c.unread_count === 0 || this.marking.has(conversationId)) return;
+    if (!c || c.unread_count === 0 || this.marking.has(conversationId) || this.isOffer(conversationId)) return;
     if ((this.marked.get(conversationId) ?? 0) >= c.last_seq) return;
     this.marking.add(conversationId);
     this.marked.set(conversationId, c.last_seq);
@@ -265,12 +288,72 @@ export class ConsoleStore extends EventTarget {
     this.changed();
   }
 
-  async startConversation(participantIds: string[], related?: { type: "ticket" | "chat"; id: string; title?: string }): Promise<Conversation> {
-    const c = await this.im.http.startConversation({ participant_ids: participantIds, related: related ?? null });
+  /** A new thread with agents (`string[]`, as before teams) or with agents and teams. A question
+   * for the teams goes as the first message: it is what their members see before they claim. */
+  async startConversation(to: string[] | Recipients, related?: { type: "ticket" | "chat"; id: string; title?: string }): Promise<Conversation> {
+    const { agentIds, teamIds, question } = Array.isArray(to) ? { agentIds: to, teamIds: [], question: undefined } : to;
+    const c = await this.im.http.startConversation({
+      participant_ids: agentIds,
+      ...(teamIds.length ? { team_ids: teamIds } : {}),
+      related: related ?? null,
+      ...(question?.trim() ? { first_message: { body: question.trim(), client_msg_id: globalThis.crypto.randomUUID() } } : {}),
+    });
     this.conversations.set(c.id, c);
     this.recountUnread();
     this.changed();
     return c;
+  }
+
+  /** The team request is offered to this agent, who does not take part in the thread (yet). */
+  isOffer(conversationId: string): boolean {
+    const c = this.conversations.get(conversationId);
+    return Boolean(c && offerState(c, this.agentId));
+  }
+
+  /** Takes an offered team request: on success the thread is this agent's, its history loading. */
+  async claim(conversationId: string): Promise<ClaimOutcome> {
+    try {
+      const c = await this.im.http.claim(conversationId);
+      const known = this.conversations.get(conversationId);
+      this.conversations.set(conversationId, mergeConversation(known, c).conversation);
+      this.recountUnread();
+      this.changed();
+      void this.open(conversationId).catch(() => undefined);
+      return { claimed: true };
+    } catch (error) {
+      if (!(error instanceof ApiError) || (error.status !== 409 && error.status !== 404)) {
+        this.error = `The request could not be claimed: ${error instanceof Error ? error.message : String(error)}`;
+        this.changed();
+        throw error;
+      }
+      const c = this.conversations.get(conversationId);
+      const winner = error.details?.claimed_by as Person | undefined;
+      if (error.status === 409 && winner && c) {
+        this.conversations.set(conversationId, takenBy(c, winner));
+        this.changed();
+        return { takenBy: winner.display_name };
+      }
+      // No longer offered to this agent (handed back to others, or gone): out of the list.
+      this.conversations.delete(conversationId);
+      this.changed();
+      return { gone: true };
+    }
+  }
+
+  /** Gives a taken team request back to its teams (the asker's choice): offered again. */
+  async release(conversationId: string): Promise<void> {
+    try {
+      const c = await this.im.http.release(conversationId);
+      this.conversations.set(conversationId, mergeConversation(this.conversations.get(conversationId), c).conversation);
+    } catch (error) {
+      this.error = `The request could not be released: ${error instanceof Error ? error.message : String(error)}`;
+    }
+    this.changed();
+  }
+
+  /** The teams the picker offers (name prefix `q`), by name. */
+  async teams(q: string): Promise<Team[]> {
+    return (await this.im.http.teams(q || undefined)).items;
   }
 
   /** The participants of a thread first seen through a message's update (which omits them). */
@@ -421,6 +504,15 @@ export class ConsoleStore extends EventTarget {
           t.readBy.set(frame.agent_id, Math.max(t.readBy.get(frame.agent_id) ?? 0, frame.seq));
         }
         break;
+      case "team_request.offered":
+      case "team_request.claimed":
+      case "team_request.released": {
+        const id = frame.request.conversation_id;
+        const next = applyRequest(this.conversations.get(id), frame.request, this.agentId);
+        if (next) this.conversations.set(id, next);
+        this.recountUnread();
+        break;
+      }
       case "presence.changed":
         this.presence.set(frame.agent_id, frame.status);
         break;
@@ -468,7 +560,7 @@ export class ConsoleStore extends EventTarget {
 
   private recountUnread(): void {
     let total = 0;
-    for (const c of this.conversations.values()) total += c.unread_count;
+    for (const c of this.conversations.values()) if (!offerState(c, this.agentId)) total += c.unread_count;
     this.unreadTotal = total;
   }
 

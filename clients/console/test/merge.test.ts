@@ -5,7 +5,7 @@ import { mergeConversation } from "../src/merge.js";
 
 const ana = { id: "ana", display_name: "Ana" };
 const ben = { id: "ben", display_name: "Ben" };
-const thread = (over: object) => ({ id: "c1", last_seq: 1, unread_count: 0, participants: [ana, ben], ...over });
+const thread = <O extends object>(over: O) => ({ id: "c1", last_seq: 1, unread_count: 0, participants: [ana, ben], ...over });
 
 test("a message's update (participants null) keeps the participants known", () => {
   const { conversation, needsParticipants } = mergeConversation(thread({}), { ...thread({ last_seq: 2 }), participants: null });
@@ -23,4 +23,16 @@ test("a thread first seen through a message's update asks for its participants",
   const { conversation, needsParticipants } = mergeConversation(undefined, { ...thread({}), participants: null });
   assert.deepEqual(conversation.participants, []);
   assert.equal(needsParticipants, true);
+});
+
+test("the frame's thread has no team_request: the known one stays", () => {
+  const request = { status: "claimed", claimed_by: ben };
+  const { conversation } = mergeConversation(thread({ team_request: request }), { ...thread({ last_seq: 3 }), participants: null });
+  assert.deepEqual(conversation.team_request, request);
+  assert.equal(conversation.last_seq, 3);
+});
+
+test("a thread read over HTTP brings its own team_request, even none", () => {
+  const { conversation } = mergeConversation(thread({ team_request: { status: "open" } }), thread({ team_request: null }));
+  assert.equal(conversation.team_request, null);
 });

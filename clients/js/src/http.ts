@@ -14,6 +14,12 @@ export type ConversationStart = Schemas["ConversationStart"];
 export type Message = Schemas["Message"];
 export type MessagePage = Schemas["MessagePage"];
 export type ReadMarker = Schemas["ReadMarker"];
+/** A team an agent can ask instead of (or besides) named agents: `GET /v1/teams`. */
+export type Team = Schemas["Team"];
+export type TeamPage = Schemas["TeamPage"];
+export type TeamMember = Schemas["TeamMember"];
+/** A thread asked of teams: offered to their members until one claims it (`Conversation.team_request`). */
+export type TeamRequest = Schemas["TeamRequest"];
 export type RelatedItem = Schemas["RelatedItem"];
 export type Ticket = Schemas["Ticket"];
 export type Unread = Schemas["Unread"];
@@ -38,6 +44,8 @@ export class ApiError extends Error {
     readonly requestId?: string,
     /** Seconds the server asked to wait (429, 503). */
     readonly retryAfterS?: number,
+    /** Machine-readable facts some errors carry, e.g. `claimed_by` on 409 `already_claimed`. */
+    readonly details?: Record<string, unknown>,
   ) {
     super(message);
     this.name = "ApiError";
@@ -144,8 +152,30 @@ export class Http {
     return this.request("GET", `/v1/conversations/${enc(id)}`);
   }
 
+  /** `participant_ids`, `team_ids` or both: a thread that asks teams is offered to their members. */
   startConversation(start: ConversationStart): Promise<Conversation> {
     return this.request("POST", "/v1/conversations", start);
+  }
+
+  /** The tenant's teams by name (`q`: a name prefix), with how many members are online. */
+  teams(q?: string): Promise<TeamPage> {
+    return this.request("GET", `/v1/teams${qs({ q })}`);
+  }
+
+  /** One team with its members and their presence. */
+  team(id: string): Promise<Team> {
+    return this.request("GET", `/v1/teams/${enc(id)}`);
+  }
+
+  /** Takes a team request offered to this agent, who joins the thread. Someone faster: ApiError
+   * 409 `already_claimed`, whose `details.claimed_by` ({id, display_name}) names them. */
+  claim(conversationId: string): Promise<Conversation> {
+    return this.request("POST", `/v1/conversations/${enc(conversationId)}/claim`);
+  }
+
+  /** Gives a taken team request back to its teams (the asker, or the member who took it). */
+  release(conversationId: string): Promise<Conversation> {
+    return this.request("POST", `/v1/conversations/${enc(conversationId)}/release`);
   }
 
   messages(id: string, query: { before_seq?: number; after_seq?: number; limit?: number } = {}): Promise<MessagePage> {
@@ -218,7 +248,8 @@ function safeJson(text: string): unknown {
 }
 
 function errorOf(response: Response, data: unknown): ApiError {
-  const error = (data as { error?: { code?: string; message?: string; field?: string; request_id?: string } })?.error;
+  const error = (data as { error?: { code?: string; message?: string; field?: string; request_id?: string;
+    details?: Record<string, unknown> | null } })?.error;
   const retry = Number(response.headers.get("Retry-After"));
   return new ApiError(
     response.status,
@@ -227,5 +258,6 @@ function errorOf(response: Response, data: unknown): ApiError {
     error?.field,
     error?.request_id ?? response.headers.get("X-Request-Id") ?? undefined,
     Number.isFinite(retry) && retry > 0 ? retry : undefined,
+    error?.details ?? undefined,
   );
 }

@@ -35,6 +35,10 @@ export type {
   PresenceStatus,
   ReadMarker,
   RelatedItem,
+  Team,
+  TeamMember,
+  TeamPage,
+  TeamRequest,
   Ticket,
   Unread,
 } from "./http.js";

@@ -8,16 +8,27 @@
 
 import { Backoff, type BackoffOptions, sleep } from "./backoff.js";
 import type {
+  Batch,
   ConversationUpdated,
   MessageCreated,
   PresenceChanged,
   ReadUpdated,
   ServerFrame,
+  TeamRequestClaimed,
+  TeamRequestOffered,
+  TeamRequestReleased,
   TypingStarted,
 } from "./generated/frames.js";
 import type { ConversationPage, Http } from "./http.js";
 
-export type QueuedFrame = MessageCreated | ConversationUpdated | ReadUpdated;
+/** Every frame with a cursor: what a batch carries and a reconnect replays. */
+export type QueuedFrame =
+  | MessageCreated
+  | ConversationUpdated
+  | ReadUpdated
+  | TeamRequestOffered
+  | TeamRequestClaimed
+  | TeamRequestReleased;
 export type LiveFrame = PresenceChanged | TypingStarted;
 
 export type StreamState = "idle" | "connecting" | "open" | "reconnecting" | "stopped";
@@ -33,6 +44,11 @@ export interface StreamEvents {
 }
 
 type Listener<K extends keyof StreamEvents> = (event: StreamEvents[K]) => void;
+
+// Fails to compile when the contracts add a frame that neither union names: listeners are typed by
+// these unions, so an unnamed frame would reach them unseen by the compiler.
+const everyFrameNamed: [Exclude<ServerFrame, Batch | QueuedFrame | LiveFrame>] extends [never] ? true : never = true;
+void everyFrameNamed;
 
 /** What the library needs of a WebSocket: the browser's, or Node's global one (Node ≥ 22; 20 with
  * --experimental-websocket). */

@@ -1,7 +1,8 @@
 /**
  * `<im-assist-button related-type="ticket|chat" related-id=… related-title=…>`: the Assistance
- * action a ticket or live chat page embeds. Pick agents, and a chat window opens, tied to the item
- * by the Related tag at its top; the same agents with the same item open the same thread again.
+ * action a ticket or live chat page embeds. Pick agents or a team, and a chat window opens, tied to
+ * the item by the Related tag at its top; the same agents with the same item open the same thread
+ * again.
  */
 
 import { css, html, nothing } from "lit";
@@ -39,11 +40,11 @@ export class AssistButton extends StoreElement {
   private async assist(): Promise<void> {
     if (!this.store || this.busy) return;
     const what = this.relatedType === "ticket" ? "ticket" : "live chat";
-    const ids = await this.picker.pick({ title: `Ask for assistance with this ${what}` });
-    if (!ids) return;
+    const to = await this.picker.pickRecipients({ title: `Ask for assistance with this ${what}` });
+    if (!to) return;
     this.busy = true;
     try {
-      const c = await this.store.startConversation(ids, {
+      const c = await this.store.startConversation(to, {
         type: this.relatedType, id: this.relatedId, ...(this.relatedTitle ? { title: this.relatedTitle } : {}),
       });
       this.conversationId = c.id;

@@ -71,6 +71,10 @@ export const shared = css`
     max-width: 100%; overflow: hidden; text-overflow: ellipsis; white-space: nowrap;
   }
   a.related:hover { text-decoration: underline; }
+  .team {
+    display: inline-block; padding: 2px 8px; border-radius: 999px; background: #fff1d6; color: #5c3400;
+    font-size: 12px; font-weight: 600; white-space: nowrap;
+  }
   .badge {
     display: inline-flex; align-items: center; justify-content: center; min-width: 20px; height: 20px;
     padding: 0 6px; border-radius: 10px; background: #b42318; color: #fff; font-size: 12px; font-weight: 700;

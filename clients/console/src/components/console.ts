@@ -3,6 +3,9 @@
  * its participants, last message time, Related tag and unread count) beside the open thread, and
  * the "New Instant Message" action. Below 720 px wide it shows one pane at a time.
  *
+ * A team request offered to this agent is a row of its own: the team, the asker, the question and
+ * a Claim button; once someone else takes it, the row says who, greyed, without the button.
+ *
  * The list renders only the rows near the viewport (thousands of threads cost a screenful of DOM)
  * and is one stop for Tab: the arrow keys, Home and End move between threads, Enter opens one.
  */
@@ -11,10 +14,11 @@ import type { Conversation } from "@helpdesk-im/client";
 import { css, html, nothing } from "lit";
 import { customElement, query, state } from "lit/decorators.js";
 import { repeat } from "lit/directives/repeat.js";
+import { offerState, type OfferState, teamNames, threadTitle } from "../team-requests.js";
 import { Windowing } from "../windowing.js";
 import "./agent-picker.js";
 import type { AgentPicker } from "./agent-picker.js";
-import type { ConsoleStore } from "../store.js";
+import { claimNotice, type ConsoleStore } from "../store.js";
 import { shared, StoreElement, when } from "./base.js";
 import "./thread.js";
 import type { Thread } from "./thread.js";
@@ -42,6 +46,17 @@ export class Console extends StoreElement {
     }
     li button[aria-current="true"] { background: #e7effc; }
     li button:hover { background: var(--im-bg-alt); }
+    li.offer { position: relative; }
+    li.offer > button.row { box-shadow: inset 4px 0 0 var(--im-accent); }
+    li.offer.claimable > button.row { padding-right: 84px; }
+    li.offer.taken > button.row, li.offer.closed > button.row { box-shadow: inset 4px 0 0 var(--im-offline);
+      background: var(--im-bg-alt); }
+    li.offer.taken .who, li.offer.closed .who { color: var(--im-muted); }
+    li.offer > button.claim { position: absolute; right: 12px; top: 50%; transform: translateY(-50%); width: auto;
+      height: auto; min-height: 30px; display: inline-block; padding: 4px 14px; border: 1px solid var(--im-accent);
+      border-radius: 6px; background: var(--im-accent); color: var(--im-accent-text); font-weight: 600; }
+    li.offer > button.claim:hover { background: #174c99; }
+    .taken-by { font-style: italic; font-weight: 600; }
     .who { font-weight: 600; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
     .unread .who { font-weight: 800; }
     .time { color: var(--im-muted); font-size: 12px; }
@@ -69,6 +84,8 @@ export class Console extends StoreElement {
   @state() private openId = "";
   /** The row that holds the list's one Tab stop (roving tabindex). */
   @state() private focusId = "";
+  /** Read out by screen readers: how a claim ended when it did not open the thread. */
+  @state() private notice = "";
   private readonly window = new Windowing<string>(this, {
     estimate: ROW_HEIGHT,
     overscan: 600,
@@ -91,10 +108,21 @@ export class Console extends StoreElement {
   }
 
   private async newIm(): Promise<void> {
-    const ids = await this.picker.pick({ title: "New Instant Message" });
-    if (!ids || !this.store) return;
-    const c = await this.store.startConversation(ids);
+    const to = await this.picker.pickRecipients({ title: "New Instant Message" });
+    if (!to || !this.store) return;
+    const c = await this.store.startConversation(to);
     this.open(c.id);
+  }
+
+  /** Claim pressed (in the list or in the open offer): the thread opens on success; else the row
+   * now says who was faster, or leaves the list when it is no longer offered to this agent. */
+  async claim(conversationId: string): Promise<void> {
+    if (!this.store) return;
+    const outcome = await this.store.claim(conversationId).catch(() => null); // the store shows the error
+    if (!outcome) return;
+    this.notice = claimNotice(outcome);
+    if ("claimed" in outcome) this.open(conversationId);
+    else if ("gone" in outcome && this.openId === conversationId) this.openId = "";
   }
 
   override render() {
@@ -117,6 +145,7 @@ export class Console extends StoreElement {
           ${!store || !store.loaded ? html`<p class="state">${store?.error ?? "Loading…"}</p>` : nothing}
           ${store?.loaded && store.error ? html`<p class="state error" role="alert">${store.error}</p>` : nothing}
           ${store?.loaded && items.length === 0 ? html`<p class="state">No threads yet: start one with “New Instant Message”.</p>` : nothing}
+          <p class="visually-hidden" role="status">${this.notice}</p>
           <ol aria-label="Threads" @scroll=${this.window.onScroll} @keydown=${(e: KeyboardEvent) => this.onKey(e, items)}>
             <li class="spacer above" aria-hidden="true"></li>
             ${repeat(rendered, (c) => c.id,
@@ -183,7 +212,8 @@ export class Console extends StoreElement {
 
   private row(c: Conversation, index: number, count: number, tabStop: string) {
     const store = this.store!;
-    const others = c.participants.filter((p) => p.id !== store.agentId).map((p) => p.display_name);
+    const offer = offerState(c, store.agentId);
+    if (offer) return this.offerRow(c, offer, index, count, tabStop);
     const last = c.last_message;
     const lastText = last ? `${last.sender_id === store.agentId ? "You" : store.nameOf(last.sender_id, c)}: ${last.body}` : "No messages yet";
     return html`
@@ -191,16 +221,45 @@ export class Console extends StoreElement {
         <button class=${c.unread_count ? "unread" : ""} aria-current=${c.id === this.openId ? "true" : "false"}
           tabindex=${c.id === tabStop ? 0 : -1} data-conversation=${c.id}
           @click=${() => this.open(c.id)} @focus=${() => (this.focusId = c.id)}>
-          <span class="who">${others.join(", ") || "Only you"}</span>
+          <span class="who">${threadTitle(c, store.agentId)}</span>
           <time class="time" datetime=${c.last_message_at ?? c.created_at}>${when(c.last_message_at ?? c.created_at)}</time>
           <span class="last">${lastText}</span>
           <span class="tags">
-            ${c.related ? html`<span class="related">${c.related.type === "ticket" ? "Ticket" : "Chat"} ${c.related.id}</span>` : nothing}
+            ${relatedTag(c)}
             ${c.unread_count ? html`<span class="badge" aria-label="${c.unread_count} unread">${c.unread_count}</span>` : nothing}
           </span>
         </button>
       </li>`;
   }
+
+  /** A team request offered to this agent: the team, the asker, the question, and Claim beside the
+   * row (a button cannot hold another); the Claim button shares the row's roving tab stop. */
+  private offerRow(c: Conversation, offer: OfferState, index: number, count: number, tabStop: string) {
+    const r = c.team_request!;
+    const tabindex = c.id === tabStop ? 0 : -1;
+    return html`
+      <li data-conversation=${c.id} class="offer ${offer}" aria-posinset=${index + 1} aria-setsize=${count}>
+        <button class="row" aria-current=${c.id === this.openId ? "true" : "false"} tabindex=${tabindex}
+          data-conversation=${c.id} @click=${() => this.open(c.id)} @focus=${() => (this.focusId = c.id)}>
+          <span class="who">${r.asked_by.display_name}</span>
+          <time class="time" datetime=${r.opened_at}>${when(r.opened_at)}</time>
+          <span class="last">${offer === "taken" ? html`<span class="taken-by">Taken by ${r.claimed_by?.display_name}</span> · `
+            : offer === "closed" ? html`<span class="taken-by">Offered to others now</span> · ` : nothing}${r.question ?? "No question given"}</span>
+          <span class="tags">
+            <span class="team">${teamNames(r)} request</span>
+            ${relatedTag(c)}
+          </span>
+        </button>
+        ${offer === "claimable" ? html`
+          <button class="claim primary" tabindex=${tabindex} data-conversation=${c.id}
+            @click=${() => this.claim(c.id)} @focus=${() => (this.focusId = c.id)}>Claim<span class="visually-hidden">
+            the ${teamNames(r)} request from ${r.asked_by.display_name}</span></button>` : nothing}
+      </li>`;
+  }
+}
+
+function relatedTag(c: Conversation) {
+  return c.related ? html`<span class="related">${c.related.type === "ticket" ? "Ticket" : "Chat"} ${c.related.id}</span>` : nothing;
 }
 
 declare global {

@@ -3,6 +3,10 @@
  * their presence at the top, the history (older pages load as you scroll up; only the messages
  * near the viewport are in the DOM, so a history of any length scrolls smoothly), who is typing,
  * read markers, and the send box (Enter sends, Shift+Enter is a new line).
+ *
+ * A thread that asked teams says in its header whom it waits for or who took it (the asker can
+ * release it back to the teams); a team request merely offered to this agent shows the question
+ * and Claim instead of a history it may not read yet.
  */
 
 import type { Conversation, Message } from "@helpdesk-im/client";
@@ -10,7 +14,8 @@ import { css, html, nothing, type PropertyValues } from "lit";
 import { customElement, property, query, state } from "lit/decorators.js";
 import { repeat } from "lit/directives/repeat.js";
 import { Windowing } from "../windowing.js";
-import type { ConsoleStore } from "../store.js";
+import { claimNotice, type ConsoleStore } from "../store.js";
+import { offerState, requestStatus, teamNames } from "../team-requests.js";
 import { shared, STATUS_TEXT, StoreElement, when } from "./base.js";
 
 /** Older messages are asked for when the agent scrolls this close to the top (px). */
@@ -48,10 +53,23 @@ export class Thread extends StoreElement {
     .empty { color: var(--im-muted); align-self: center; margin: auto; }
     .failed { margin: 0 14px; padding: 6px 10px; border-radius: 6px; background: #fdecea; color: #8a1c12;
       overflow-wrap: anywhere; }
+    .request { display: flex; flex-wrap: wrap; align-items: center; gap: 6px 10px; font-size: 13px; }
+    .request .state { font-weight: 600; }
+    .request button { font-size: 12px; padding: 2px 10px; min-height: 28px; }
+    .offer { flex: 1; overflow-y: auto; padding: 20px 18px; display: flex; flex-direction: column; gap: 12px;
+      align-items: flex-start; }
+    .offer h3 { margin: 0; font-size: 16px; }
+    .offer blockquote { margin: 0; padding: 10px 14px; border-left: 4px solid var(--im-accent); background: var(--im-bg-alt);
+      border-radius: 0 8px 8px 0; white-space: pre-wrap; overflow-wrap: anywhere; max-width: 100%; }
+    .offer .state { margin: 0; color: var(--im-muted); }
+    .offer .hint { margin: 0; color: var(--im-muted); font-size: 13px; }
   `];
 
   @property({ attribute: "conversation-id" }) conversationId = "";
   @state() private draft = "";
+  /** How the last Claim pressed here ended, when it did not make the thread this agent's. */
+  @state() private claimNote = "";
+  @state() private claiming = false;
   @query(".history") private history!: HTMLElement;
   @query("textarea") private input!: HTMLTextAreaElement;
   // New messages at the bottom are followed while the agent is there; older ones loaded on top,
@@ -87,6 +105,7 @@ export class Thread extends StoreElement {
     if (changed.has("conversationId")) {
       this.window.reset();
       this.openedAtSeq = null;
+      this.claimNote = "";
     }
   }
 
@@ -101,9 +120,24 @@ export class Thread extends StoreElement {
     if (this.conversationId) void this.store!.open(this.conversationId);
   }
 
-  /** Focus the send box (after the thread was opened from a list or a button). */
+  /** Focus the send box (after the thread was opened from a list or a button); an offer's Claim. */
   focusInput(): void {
-    void this.updateComplete.then(() => this.input?.focus());
+    void this.updateComplete.then(() => (this.input ?? this.renderRoot.querySelector<HTMLElement>(".offer button.claim"))?.focus());
+  }
+
+  private async claim(): Promise<void> {
+    const store = this.store;
+    const id = this.conversationId;
+    if (!store || this.claiming) return;
+    this.claiming = true;
+    try {
+      const outcome = await store.claim(id).catch(() => null); // the store shows the error
+      if (id !== this.conversationId || !outcome) return;
+      this.claimNote = claimNotice(outcome);
+      if ("claimed" in outcome) this.focusInput();
+    } finally {
+      this.claiming = false;
+    }
   }
 
   private onScroll(): void {
@@ -144,6 +178,8 @@ export class Thread extends StoreElement {
     const store = this.store;
     if (!store || !this.conversationId) return html`<p class="empty">Pick a thread on the left, or start a new one.</p>`;
     const c = store.conversations.get(this.conversationId);
+    if (!c && this.claimNote) return html`<p class="empty" role="status">${this.claimNote}</p>`;
+    if (c && offerState(c, store.agentId)) return this.offer(c);
     const t = store.thread(this.conversationId);
     const typing = store.typingIn(this.conversationId).map((a) => store.nameOf(a, c));
     const range = this.window.slice(t.messages, (m) => m.seq);
@@ -153,6 +189,7 @@ export class Thread extends StoreElement {
           ${c?.related ? this.relatedTag(c) : html`<span></span>`}
           ${this.muteButton(store)}
         </div>
+        ${c?.team_request ? this.requestLine(store, c) : nothing}
         <div class="people" aria-label="Participants">
           ${(c?.participants ?? []).map((p) => {
             const status = p.id === store.agentId ? "online" : (store.presence.get(p.id) ?? "offline");
@@ -183,6 +220,41 @@ export class Thread extends StoreElement {
           @input=${this.onInput} @keydown=${this.onKey}></textarea>
         <button type="submit" class="primary" ?disabled=${!this.draft.trim()}>Send</button>
       </form>`;
+  }
+
+  /** Whom a team request waits for, or who took it; the asker may give a taken one back. */
+  private requestLine(store: ConsoleStore, c: Conversation) {
+    const r = c.team_request!;
+    const id = c.id;
+    return html`<div class="request">
+      <span class="team">${teamNames(r)} request</span>
+      <span class="state" role="status">${requestStatus(r, store.agentId)}</span>
+      ${r.status === "claimed" && r.asked_by.id === store.agentId ? html`
+        <button class="release" title="Give it back to ${teamNames(r)}: offered to its members again"
+          @click=${() => store.release(id)}>Release</button>` : nothing}
+    </div>`;
+  }
+
+  /** A team request offered to this agent: what it is about and Claim, not the history (the
+   * server shows that to the one who claims it). */
+  private offer(c: Conversation) {
+    const store = this.store!;
+    const r = c.team_request!;
+    const state = offerState(c, store.agentId);
+    const status = state === "taken" ? `Taken by ${r.claimed_by?.display_name}`
+      : state === "closed" ? "Offered to other members now." : "Offered to you: the first to claim it joins the thread.";
+    return html`
+      <header>
+        <div class="top">${c.related ? this.relatedTag(c) : html`<span></span>`}</div>
+      </header>
+      <section class="offer" aria-labelledby="offer-title">
+        <h3 id="offer-title"><span class="team">${teamNames(r)} request</span> from ${r.asked_by.display_name}</h3>
+        ${r.question ? html`<blockquote aria-label="Question">${r.question}</blockquote>` : html`<p class="hint">No question given.</p>`}
+        <p class="state" role="status">${this.claimNote || status}</p>
+        ${state === "claimable" ? html`
+          <button class="primary claim" ?disabled=${this.claiming} @click=${this.claim}>Claim</button>
+          <p class="hint">Claiming adds you to the thread: you see its history and answer ${r.asked_by.display_name}.</p>` : nothing}
+      </section>`;
   }
 
   /** Muted: no notification about this thread (the browser's, email, the help desk's webhook). */
