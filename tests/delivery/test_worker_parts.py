@@ -319,14 +319,17 @@ async def test_a_presence_change_reads_a_bounded_number_of_threads_of_an_agent_i
     from support.reads import Reads
 
     reads = Reads()
-    client = AsyncMongoClient(mongo_uri, event_listeners=[reads], tz_aware=True)
+    client = AsyncMongoClient(mongo_uri, event_listeners=[reads], tz_aware=True,
+                              socketTimeoutMS=120_000)  # a wedged server fails the test
     try:
         projections = Projections(client[mongo_db_name])
         await projections.ensure_indexes()
         start = datetime(2026, 1, 1, tzinfo=UTC)
-        await client[mongo_db_name]["delivery_conversations"].insert_many([
-            {"_id": f"c{i}", "tenant_id": "acme", "conversation_id": f"c{i}", "participant_ids": ["ana", f"p{i:05d}"],
-             "last_message_at": (start + timedelta(seconds=i)).isoformat()} for i in range(20_000)])
+        for first in range(0, 20_000, 2_000):  # in parts: one write of 20,000 rows strains the server's cache
+            await client[mongo_db_name]["delivery_conversations"].insert_many([
+                {"_id": f"c{i}", "tenant_id": "acme", "conversation_id": f"c{i}",
+                 "participant_ids": ["ana", f"p{i:05d}"], "last_message_at": (start + timedelta(seconds=i)).isoformat()}
+                for i in range(first, first + 2_000)])
         with reads.counting():
             partners = await projections.co_participants("acme", "ana", threads=500, partners=300)
         assert partners == {f"p{i:05d}" for i in range(19_700, 20_000)}, "the partners of the newest threads"
@@ -335,7 +338,9 @@ async def test_a_presence_change_reads_a_bounded_number_of_threads_of_an_agent_i
         found = stages(await projections.recent_threads("acme", "ana", 500).explain())
         assert "IXSCAN" in found and "COLLSCAN" not in found, found
     finally:
-        await client.drop_database(mongo_db_name)
+        # Not dropped: SecantusDB deletes a database's rows under its global storage lock in one
+        # go, and 20,000 rows (with their index entries) stalled it there — every client of the
+        # test server hung for minutes (CI). The server is the session's and is discarded with it.
         await client.close()
 
 
