@@ -269,26 +269,40 @@ class Conversations:
                 text = f"{names.get(actor, actor)} rejoined the conversation"
             else:
                 text = f"{names.get(actor, actor)} added {_join([names.get(a, a) for a in added])}"
-            seq, at, order = conv["last_seq"] + 1, now(), conv.get("outbox_seq", 0)
-            msg = message_doc(tenant_id, conversation_id, seq, actor, text, "system", None, at)
+            seq = conv["last_seq"] + 1
             # New participants read the history over HTTP; only the "added you" message is unread.
             marks = {a: seq - 1 for a in added if a != actor}
             if actor in after:
                 marks[actor] = seq
-            updated = {**conv, "participants": after, "last_seq": seq, "last_message": msg, "last_message_at": at}
-            if not await self.store.advance(conv, msg, outbox_seq=order + 2, read=marks,
-                                            also={"participants": after}, session=tx.session):
-                raise StaleConversation(conversation_id)
-            await self.store.insert_messages([msg], session=tx.session)
-            snapshot = await self.snapshot(tenant_id, updated, tx.session)
-            key = conversation_key(conversation_id)
-            tx.publish(CONVERSATIONS, ParticipantsChanged(
-                tenant_id=tenant_id, conversation=snapshot, added=added, removed=removed, changed_by=actor,
-                recipients=after + removed), key=key, order_key=conversation_id, order=order + 1)
-            tx.publish(MESSAGES, MessagePosted(tenant_id=tenant_id, message=message_model(msg), recipients=after),
-                       key=key, order_key=conversation_id, order=order + 2)
+            await self.change_with_line(tx, conv, actor, text, after, added=added, removed=removed, read=marks)
 
         await self.retrying(work)
+
+    async def change_with_line(self, tx: Transaction, conv: dict, actor: str, text: str, after: list[str], *,
+                               added: list[str], removed: list[str], read: dict[str, int],
+                               also: dict[str, Any] | None = None, at: datetime | None = None,
+                               more_events: int = 0) -> tuple[dict, int]:
+        """The participants become `after` and a system line (`text`, by `actor`) says so, in the
+        caller's transaction: one compare-and-set on the thread (`also`: more of its fields), then
+        ParticipantsChanged and MessagePosted in its order. `more_events` order numbers are kept
+        for the caller's own events after them. (The thread as it is now, the first kept order.)"""
+        tenant_id, conversation_id = conv["tenant_id"], conv["_id"]
+        seq, at, order = conv["last_seq"] + 1, at or now(), conv.get("outbox_seq", 0)
+        msg = message_doc(tenant_id, conversation_id, seq, actor, text, "system", None, at)
+        fields = {"participants": after, **(also or {})}
+        if not await self.store.advance(conv, msg, outbox_seq=order + 2 + more_events, read=read, also=fields,
+                                        session=tx.session):
+            raise StaleConversation(conversation_id)
+        await self.store.insert_messages([msg], session=tx.session)
+        updated = {**conv, **fields, "last_seq": seq, "last_message": msg, "last_message_at": at}
+        snapshot = await self.snapshot(tenant_id, updated, tx.session)
+        key = conversation_key(conversation_id)
+        tx.publish(CONVERSATIONS, ParticipantsChanged(
+            tenant_id=tenant_id, conversation=snapshot, added=added, removed=removed, changed_by=actor,
+            recipients=after + removed), key=key, order_key=conversation_id, order=order + 1)
+        tx.publish(MESSAGES, MessagePosted(tenant_id=tenant_id, message=message_model(msg), recipients=after),
+                   key=key, order_key=conversation_id, order=order + 2)
+        return updated, order + 3
 
     async def retrying(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
         """Runs `work` in a transaction, again while it loses a compare-and-set (StaleConversation)."""

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from im_contracts.events import MessagePosted, ParticipantsChanged, TeamRequestChanged
+from im_contracts.events import TeamRequestChanged
 from im_contracts.models import TeamRequest
-from im_contracts.topics import CONVERSATIONS, MESSAGES, conversation_key
+from im_contracts.topics import CONVERSATIONS, conversation_key
 from im_runtime.logs import log
 
 from . import team_rules as rules
@@ -23,9 +23,8 @@ from .errors import Conflict, Forbidden, NotFound, Unprocessable
 from .metrics import TEAM_CLAIM_SECONDS, TEAM_REQUESTS_CLAIMED, TEAM_REQUESTS_ESCALATED, TEAM_REQUESTS_RELEASED
 from .outbox import Transaction
 from .service import Conversations
-from .store import message_doc, now
+from .store import now
 from .teams import Teams
-from .views import message_model
 
 logger = logging.getLogger("im_api.team_requests")
 
@@ -167,25 +166,13 @@ class TeamRequests:
                     withdrawn: list[str] | None = None) -> None:
         """A claim or a release: the participants change, a system line says so, the request
         moves on — one compare-and-set on the thread, three events in its order."""
-        tenant_id, conversation_id = conv["tenant_id"], conv["_id"]
-        seq, order = conv["last_seq"] + 1, conv.get("outbox_seq", 0)
-        msg = message_doc(tenant_id, conversation_id, seq, actor, text, "system", None, at)
-        fields = {"participants": after, "team_request": request_after, "offered_to": offered_to,
+        fields = {"team_request": request_after, "offered_to": offered_to,
                   "escalate_at": rules.escalate_at(request_after)}
-        if not await self.store.advance(conv, msg, outbox_seq=order + 3, read={}, also=fields, session=tx.session):
-            raise StaleConversation(conversation_id)
-        await self.store.insert_messages([msg], session=tx.session)
-        updated = {**conv, **fields, "last_seq": seq, "last_message": msg, "last_message_at": at}
-        snapshot = await self.conversations.snapshot(tenant_id, updated, tx.session)
-        key = conversation_key(conversation_id)
-        tx.publish(CONVERSATIONS, ParticipantsChanged(
-            tenant_id=tenant_id, conversation=snapshot, added=added, removed=removed, changed_by=actor,
-            recipients=after + removed), key=key, order_key=conversation_id, order=order + 1)
-        tx.publish(MESSAGES, MessagePosted(tenant_id=tenant_id, message=message_model(msg), recipients=after),
-                   key=key, order_key=conversation_id, order=order + 2)
-        tx.publish(CONVERSATIONS, request_event(tenant_id, change, updated, names, newly, [*after, *extra_recipients],
-                                                withdrawn), key=key, order_key=conversation_id, order=order + 3,
-                   field="team_ids")
+        updated, order = await self.conversations.change_with_line(
+            tx, conv, actor, text, after, added=added, removed=removed, read={}, also=fields, at=at, more_events=1)
+        tx.publish(CONVERSATIONS, request_event(conv["tenant_id"], change, updated, names, newly,
+                                                [*after, *extra_recipients], withdrawn),
+                   key=conversation_key(conv["_id"]), order_key=conv["_id"], order=order, field="team_ids")
 
     # --- escalation ---------------------------------------------------------------------------
 

@@ -37,7 +37,6 @@ from prometheus_client import Counter, Histogram
 from .domain import (
     Channel,
     Policy,
-    Prefs,
     attempt_deferred,
     attempt_finished,
     attempt_started,

@@ -122,8 +122,8 @@ async def mark_read(conversation_id: ConversationPath, body: ReadMarkerMove, pri
 
 @router.post("/{conversation_id}/claim", response_model=Conversation,
              summary="Take a team request offered to you: you join the thread (one claim wins)",
-             responses=errors_doc(401, 404, 409))
-async def claim(conversation_id: ConversationPath, principal: CurrentPrincipal, svc: ServicesDep) -> dict:
+             responses=errors_doc(401, 404, 409, 429))
+async def claim(conversation_id: ConversationPath, principal: Sender, svc: ServicesDep) -> dict:
     """409 `already_claimed` when someone else took it first: `details.claimed_by` names them.
     Claiming one's own claim again answers 200 and changes nothing."""
     return await svc.team_requests.claim(principal.tenant_id, principal.agent_id, known_shape(conversation_id))
@@ -131,8 +131,8 @@ async def claim(conversation_id: ConversationPath, principal: CurrentPrincipal, 
 
 @router.post("/{conversation_id}/release", response_model=Conversation,
              summary="Give a taken team request back to its teams (the asker, or the member who took it)",
-             responses=errors_doc(401, 403, 404, 409))
-async def release(conversation_id: ConversationPath, principal: CurrentPrincipal, svc: ServicesDep) -> dict:
+             responses=errors_doc(401, 403, 404, 409, 429))
+async def release(conversation_id: ConversationPath, principal: Sender, svc: ServicesDep) -> dict:
     """The member who took it leaves the thread; it is offered again and its timeout restarts.
     409 `not_claimed` when nobody holds it."""
     return await svc.team_requests.release(principal.tenant_id, principal.agent_id, known_shape(conversation_id))
