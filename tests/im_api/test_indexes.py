@@ -84,3 +84,30 @@ async def test_the_send_paths_idempotency_read_and_the_outbox_reads_use_indexes(
         assert await quiet.outbox_backlog([2]) == (0, None)
     finally:
         await mongo.drop_database(f"{mongo_db_name}_b")
+
+
+async def test_the_audit_log_versions_and_exports_read_on_indexes(api, mongo, mongo_db_name):
+    from im_api.lifecycle import Audit, messages_after, threads_from
+    from im_api.store import list_key
+
+    await api.add_agents(T, "alice", "bob")
+    c = await api.start(T, "alice", "bob")
+    for i in range(3):
+        await api.send(T, "alice", c["id"], f"m{i}", f"m{i}")
+    await api.http.patch(f"/v1/conversations/{c['id']}/messages/1", json={"body": "m0!"}, headers=api.auth(T, "alice"))
+    db = mongo[mongo_db_name]
+    audit = Audit(db)
+    from bson import ObjectId
+    plans = {
+        "audit page": audit.page_cursor(T, None, 50, None),
+        "audit next page": audit.page_cursor(T, None, 50, ObjectId()),
+        "audit by action": audit.page_cursor(T, "message.edit", 50, ObjectId()),
+        "export messages": messages_after(db, T, c["id"], 0),
+        "export threads": threads_from(db, T, {"$gte": list_key(now() - timedelta(days=1), "")}),
+        "versions": db["message_versions"].find({"tenant_id": T, "conversation_id": c["id"], "seq": 1}).sort("version", 1),
+    }
+    for name, cursor in plans.items():
+        explained = await cursor.explain()
+        found = stages(explained)
+        assert "IXSCAN" in found, f"{name}: {json.dumps(explained.get('queryPlanner'), default=str)[:800]}"
+        assert "COLLSCAN" not in found, name

@@ -130,7 +130,7 @@ async def test_migrate_creates_every_services_indexes_step_by_step_and_twice_is_
     for _ in range(2):
         out = await asyncio.to_thread(imctl, "migrate", "--mongo-uri", mongo_uri, "--db", mongo_db_name)
         assert out.returncode == 0, out.stderr
-        assert all(f"[{i}/8]" in out.stderr for i in range(1, 9)) and "indexes in place: 8 steps" in out.stderr
+        assert all(f"[{i}/9]" in out.stderr for i in range(1, 10)) and "indexes in place: 9 steps" in out.stderr
     db = mongo[mongo_db_name]
     assert "history" in await db["messages"].index_information()
     assert "pending" in await db["outbox"].index_information()
@@ -139,6 +139,8 @@ async def test_migrate_creates_every_services_indexes_step_by_step_and_twice_is_
     assert "agent" in await db["notification_prefs"].index_information()
     assert "due" in await db["notifier_agents"].index_information()
     assert "team_name" in await db["teams"].index_information()
+    assert "by_tenant" in await db["audit_log"].index_information()
+    assert "versions" in await db["message_versions"].index_information()
     names = set(await db.list_collection_names())
     assert {"agents", "conversations", "messages", "outbox", "presence_agents", "operator_audit"} <= names
     # Delivery's collections too (the worker's projections and the gateway's queue store).
@@ -218,3 +220,34 @@ async def test_dead_letter_bodies_are_shown_only_to_the_tenants_admin_audited(
     assert "private" in shown.stdout and "malformed_json" in shown.stdout
     assert await mongo[mongo_db_name]["operator_audit"].count_documents(
         {"tenant_id": "acme", "action": "dead-letters --bodies"}) == 1
+
+
+async def test_audit_lists_one_tenants_records_from_im_api_and_imctl_newest_first(jwt_secret, mongo_uri,
+                                                                                   mongo_db_name, mongo):
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+    await mongo[mongo_db_name]["audit_log"].insert_many([  # as im-api writes them
+        {"tenant_id": "acme", "at": t0, "actor": "alice", "role": "agent", "action": "message.edit",
+         "target": {"type": "message", "conversation_id": "c1", "seq": 2}, "request_id": "r1", "details": {}},
+        {"tenant_id": "acme", "at": t0 + timedelta(minutes=1), "actor": "root", "role": "admin",
+         "action": "message.delete", "target": {"type": "message", "conversation_id": "c1", "seq": 3},
+         "request_id": "r2", "details": {}},
+        {"tenant_id": "globex", "at": t0, "actor": "olga", "role": "admin", "action": "message.delete",
+         "target": {"type": "message", "conversation_id": "g1", "seq": 1}, "request_id": "r3", "details": {}},
+    ])
+    env = admin_env(jwt_secret, mongo_uri, mongo_db_name)
+    base = ["audit", "--tenant", "acme"]
+    out = await asyncio.to_thread(imctl, *base, env={**env, "IM_ADMIN_TOKEN": mint(jwt_secret, "acme", "bob", "agent")})
+    assert out.returncode == 3 and not out.stdout
+    out = await asyncio.to_thread(imctl, *base, env={**env, "IM_ADMIN_TOKEN": mint(jwt_secret, "acme", "root", "admin")})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    # Its own listing first (imctl records it), then im-api's two, newest first; nothing of globex.
+    assert [line.split()[3:5] for line in lines] == [["(admin)", "audit"], ["(admin)", "message.delete"],
+                                                    ["(agent)", "message.edit"]]
+    assert "seq=3" in lines[1] and "request=r2" in lines[1] and "olga" not in out.stdout
+    out = await asyncio.to_thread(imctl, *base, "--action", "message.edit", "--json",
+                                  env={**env, "IM_ADMIN_TOKEN": mint(jwt_secret, "acme", "root", "admin")})
+    records = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    assert [(r["source"], r["actor"], r["target"]["seq"]) for r in records] == [("im-api", "alice", 2)]

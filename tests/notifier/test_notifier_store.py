@@ -15,6 +15,7 @@ from im_notifier.domain import (
     update_for_agent,
     update_for_presence,
     update_for_read,
+    updates_for_changed_message,
     updates_for_message,
     updates_for_team_request,
 )
@@ -123,3 +124,19 @@ async def test_an_escalated_team_request_notifies_the_offline_member_until_someo
     assert bob.threads["c9"].read_seq == 0, "the winner's thread is his to read"
     alice = await store.load("t1", "alice")
     assert (alice.threads["c9"].last_seq, alice.threads["c9"].read_seq) == (2, 0), "the asker's unread reply waits"
+
+
+async def test_a_deleted_messages_preview_is_dropped_and_an_edits_followed_only_while_it_is_the_latest(
+        mongo, mongo_db_name):
+    store = NotifierStore(mongo[mongo_db_name])
+    await store.apply("t1", message(1, T0, preview="the card number"))
+    await store.apply("t1", updates_for_changed_message(conversation_id="c1", seq=1, recipients=["alice", "bob"],
+                                                        preview="fixed"))
+    assert (await store.load("t1", "alice")).threads["c1"].preview == "fixed"
+    await store.apply("t1", updates_for_changed_message(conversation_id="c1", seq=1, recipients=["alice", "bob"],
+                                                        preview=None))
+    assert (await store.load("t1", "alice")).threads["c1"].preview is None
+    await store.apply("t1", message(2, T0 + S, preview="a later one"))
+    await store.apply("t1", updates_for_changed_message(conversation_id="c1", seq=1, recipients=["alice"],
+                                                        preview=None))  # no longer the latest: untouched
+    assert (await store.load("t1", "alice")).threads["c1"].preview == "a later one"

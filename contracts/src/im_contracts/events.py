@@ -54,6 +54,18 @@ class MessagePosted(Event):
     )
 
 
+class MessageChanged(Event):
+    """A message was edited (its new body) or deleted (a tombstone: no body), in the thread's order
+    with the messages around it."""
+
+    type: Literal["MessageChanged"] = "MessageChanged"
+    change: Literal["edited", "deleted"]
+    message: Message = Field(description="The message as it is now.")
+    changed_by: str = Field(description="Its author, or the tenant admin who deleted it.")
+    version: int = Field(ge=2, description="The message's version after the change (1: as posted).")
+    recipients: list[str] = Field(description="The thread's participants at the change.")
+
+
 # --- im.conversations.v1 --------------------------------------------------------------------
 
 
@@ -291,6 +303,7 @@ class DeadLetter(Event):
 
 ALL_EVENTS: tuple[type[Event], ...] = (
     MessagePosted,
+    MessageChanged,
     AgentChanged,
     ConversationStarted,
     ParticipantsChanged,

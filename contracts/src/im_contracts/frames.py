@@ -64,6 +64,15 @@ class ReadUpdatedBody(Frame):
     seq: int = Field(ge=0)
 
 
+class MessageUpdatedBody(Frame):
+    """A message was edited (`edited_at`, its new body) or deleted (`deleted_at`, no body): the
+    reader replaces the one it has of that seq. Earlier frames of the message still queued are
+    rewritten too, so a replay never shows a deleted body."""
+
+    type: Literal["message.updated"] = "message.updated"
+    message: Message
+
+
 class TeamRequestOfferedBody(Frame):
     """A team request is open to the reader (asked of one of its teams, escalated to it, or
     released back): shown with a Claim button. Participants get it too, to follow the request."""
@@ -86,11 +95,15 @@ class TeamRequestReleasedBody(Frame):
     request: TeamRequest
 
 
-QueuedBody = (MessageCreatedBody | ConversationUpdatedBody | ReadUpdatedBody | TeamRequestOfferedBody
-              | TeamRequestClaimedBody | TeamRequestReleasedBody)
+QueuedBody = (MessageCreatedBody | MessageUpdatedBody | ConversationUpdatedBody | ReadUpdatedBody
+              | TeamRequestOfferedBody | TeamRequestClaimedBody | TeamRequestReleasedBody)
 
 
 class MessageCreated(MessageCreatedBody):
+    cursor: Cursor
+
+
+class MessageUpdated(MessageUpdatedBody):
     cursor: Cursor
 
 
@@ -114,8 +127,8 @@ class ReadUpdated(ReadUpdatedBody):
     cursor: Cursor
 
 
-QueuedFrame = Annotated[MessageCreated | ConversationUpdated | ReadUpdated | TeamRequestOffered | TeamRequestClaimed
-                        | TeamRequestReleased, Field(discriminator="type")]
+QueuedFrame = Annotated[MessageCreated | MessageUpdated | ConversationUpdated | ReadUpdated | TeamRequestOffered
+                        | TeamRequestClaimed | TeamRequestReleased, Field(discriminator="type")]
 
 
 class Batch(Frame):
@@ -152,8 +165,9 @@ class AuthRevoked(Frame):
 # What the fan-out sends the gateways as a live frame (im.delivery-signals.v1, `LiveFrame`).
 LiveBody = PresenceChanged | TypingStarted | AuthRevoked
 
-ServerFrame = Annotated[MessageCreated | ConversationUpdated | ReadUpdated | TeamRequestOffered | TeamRequestClaimed
-                        | TeamRequestReleased | Batch | PresenceChanged | TypingStarted, Field(discriminator="type")]
+ServerFrame = Annotated[MessageCreated | MessageUpdated | ConversationUpdated | ReadUpdated | TeamRequestOffered
+                        | TeamRequestClaimed | TeamRequestReleased | Batch | PresenceChanged | TypingStarted,
+                        Field(discriminator="type")]
 
 
 # --- client → server -------------------------------------------------------------------------

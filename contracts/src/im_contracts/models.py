@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
 
 RelatedType = Literal["ticket", "chat"]
 MessageKind = Literal["text", "system"]
@@ -55,10 +56,19 @@ class Message(Resource):
     conversation_id: str
     seq: int = Field(ge=1, description="Gap-free position inside the conversation.")
     sender_id: str
-    body: str = Field(min_length=1, max_length=BODY_MAX_CHARS)
+    body: str = Field(max_length=BODY_MAX_CHARS, description="Empty only for a deleted message (a tombstone).")
     kind: MessageKind = "text"
     client_msg_id: str | None = Field(default=None, description="The sender's idempotency key.")
     created_at: UtcTime
+    edited_at: UtcTime | None = Field(default=None, description="When its body last changed (null: never).")
+    deleted_at: UtcTime | None = Field(default=None, description=(
+        "Set when it was deleted: a tombstone, shown as \"message deleted\", with no body."))
+
+    @model_validator(mode="after")
+    def _a_body_unless_deleted(self) -> "Message":
+        if not self.body and self.deleted_at is None:
+            raise PydanticCustomError("body_required", "a message that is not deleted has a body")
+        return self
 
 
 class ConversationSnapshot(Resource):

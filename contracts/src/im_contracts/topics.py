@@ -21,6 +21,7 @@ from .events import (
     Event,
     GatewayHeartbeat,
     LiveFrame,
+    MessageChanged,
     MessagePosted,
     ParticipantsChanged,
     QueueAdvanced,
@@ -86,8 +87,8 @@ def related_key(tenant_id: str, related_type: str, related_id: str) -> bytes:
 MESSAGES = Topic(
     "im.messages.v1",
     key_rule="conversation id",
-    events=(MessagePosted,),
-    description="Every message posted, in seq order per conversation.",
+    events=(MessagePosted, MessageChanged),
+    description="Every message posted, in seq order per conversation, and every edit or deletion of one.",
 )
 CONVERSATIONS = Topic(
     "im.conversations.v1",

@@ -9,7 +9,7 @@ export type ClientFrame = (Ack | Typing | Idle | Active)
  * This interface was referenced by `StreamFrames`'s JSON-Schema
  * via the `definition` "ServerFrame".
  */
-export type ServerFrame = (MessageCreated | ConversationUpdated | ReadUpdated | TeamRequestOffered | TeamRequestClaimed | TeamRequestReleased | Batch | PresenceChanged | TypingStarted)
+export type ServerFrame = (MessageCreated | MessageUpdated | ConversationUpdated | ReadUpdated | TeamRequestOffered | TeamRequestClaimed | TeamRequestReleased | Batch | PresenceChanged | TypingStarted)
 
 /**
  * GET /v1/stream: server → client frames (ServerFrame) and client → server frames (ClientFrame).
@@ -24,6 +24,7 @@ ConversationUpdated?: ConversationUpdated
 Idle?: Idle
 Message?: Message
 MessageCreated?: MessageCreated
+MessageUpdated?: MessageUpdated
 Participant?: Participant
 PresenceChanged?: PresenceChanged
 ReadUpdated?: ReadUpdated
@@ -61,7 +62,7 @@ type: "active"
  * via the `definition` "Batch".
  */
 export interface Batch {
-frames: (MessageCreated | ConversationUpdated | ReadUpdated | TeamRequestOffered | TeamRequestClaimed | TeamRequestReleased)[]
+frames: (MessageCreated | MessageUpdated | ConversationUpdated | ReadUpdated | TeamRequestOffered | TeamRequestClaimed | TeamRequestReleased)[]
 type: "batch"
 }
 /**
@@ -81,6 +82,9 @@ type: "message.created"
  * via the `definition` "Message".
  */
 export interface Message {
+/**
+ * Empty only for a deleted message (a tombstone).
+ */
 body: string
 /**
  * The sender's idempotency key.
@@ -88,6 +92,14 @@ body: string
 client_msg_id: (string | null)
 conversation_id: string
 created_at: string
+/**
+ * Set when it was deleted: a tombstone, shown as "message deleted", with no body.
+ */
+deleted_at: (string | null)
+/**
+ * When its body last changed (null: never).
+ */
+edited_at: (string | null)
 id: string
 kind: ("text" | "system")
 sender_id: string
@@ -95,6 +107,18 @@ sender_id: string
  * Gap-free position inside the conversation.
  */
 seq: number
+}
+/**
+ * This interface was referenced by `StreamFrames`'s JSON-Schema
+ * via the `definition` "MessageUpdated".
+ */
+export interface MessageUpdated {
+/**
+ * The frame's position in the agent's queue (opaque, increasing).
+ */
+cursor: number
+message: Message
+type: "message.updated"
 }
 /**
  * This interface was referenced by `StreamFrames`'s JSON-Schema

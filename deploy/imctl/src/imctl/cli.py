@@ -79,6 +79,31 @@ def cmd_tail(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from .ops import Refused, audit_records, authorize_and_audit
+
+    if not args.token:
+        print("the audit log is the tenant admins': give an admin token of the tenant (--token or IM_ADMIN_TOKEN)",
+              file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(authorize_and_audit(args.token, args.tenant, "audit", {"action": args.action}, args.mongo_uri,
+                                        args.db))
+        records = asyncio.run(audit_records(args.mongo_uri, args.db, args.tenant, args.action, args.limit))
+    except Refused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 3
+    for r in records:
+        if args.json:
+            print(json.dumps(r, default=str))
+        else:
+            target = " ".join(f"{k}={v}" for k, v in (r.get("target") or {}).items())
+            print(f"{r['at']:%Y-%m-%dT%H:%M:%S}Z {r['source']:<6} {r['actor']} ({r['role']}) {r['action']} {target}"
+                  f"{' request=' + r['request_id'] if r.get('request_id') else ''}")
+    print(f"{len(records)} audit records", file=sys.stderr)
+    return 0
+
+
 def cmd_up(args) -> int:
     return launcher.up(launcher.LaunchConfig.from_env(kafka=args.kafka))
 
@@ -267,6 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="stop after this many messages")
     p.add_argument("--json", action="store_true", help="one MessagePosted JSON document per line")
     p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser("audit", help="a tenant's audit log, newest first: im-api's and imctl's own (admin token)")
+    _mongo_args(p)
+    _admin_args(p)
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--action", help="only this action (message.edit, message.delete, tail, ...)")
+    p.add_argument("--limit", type=int, default=100, help="at most this many records (default 100)")
+    p.add_argument("--json", action="store_true", help="one JSON document per line")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("compose", help="the compose stack in containers (docker, or podman offline)")
     p.add_argument("action", choices=["up", "down"])

@@ -42,6 +42,7 @@ async def migrate(uri: str, db_name: str, progress: Callable[[str], None]) -> li
     from im_delivery.store import QueueStore
     from im_delivery.worker.projections import Projections
     from im_api.notifications import Notifications, WebhookPolicy
+    from im_api.lifecycle import create_indexes as lifecycle_indexes
     from im_api.teams import Teams
     from im_notifier.store import NotifierStore
     from im_presence.store import PresenceStore
@@ -62,6 +63,7 @@ async def migrate(uri: str, db_name: str, progress: Callable[[str], None]) -> li
             ("notifier: agents by due time", lambda: NotifierStore(db).ensure_indexes()),
             ("imctl: operator audit", lambda: db[AUDIT].create_indexes([
                 IndexModel([("tenant_id", ASCENDING), ("at", ASCENDING)], name="by_tenant_time")])),
+            ("im-api: message versions, audit log", lambda: lifecycle_indexes(db)),
         ]
         done = []
         for i, (what, step) in enumerate(steps, 1):
@@ -107,6 +109,25 @@ async def authorize_and_audit(token: str, tenant: str, action: str, details: dic
     finally:
         await client.close()
     return Access(principal, result.inserted_id)
+
+
+async def audit_records(uri: str, db_name: str, tenant: str, action: str | None, limit: int) -> list[dict[str, Any]]:
+    """The tenant's audit records, newest first: im-api's (`audit_log`: edits, deletions, admin
+    reads, settings) and imctl's own (`operator_audit`: tail, dead letters with bodies, audit)."""
+    client = _client(uri)
+    try:
+        db = client[db_name]
+        query: dict[str, Any] = {"tenant_id": tenant, **({"action": action} if action else {})}
+        found = []
+        # Each on its own index: im-api's log newest first by id (ObjectIds start with their time).
+        for source, name, order in (("im-api", "audit_log", "_id"), ("imctl", AUDIT, "at")):
+            rows = await db[name].find(query).sort(order, -1).limit(limit).to_list()
+            found += [{"source": source, "at": r["at"], "actor": r.get("actor"), "role": r.get("role"),
+                       "action": r["action"], "target": r.get("target") or {}, "request_id": r.get("request_id"),
+                       "details": r.get("details") or {}} for r in rows]
+        return sorted(found, key=lambda r: r["at"], reverse=True)[:limit]
+    finally:
+        await client.close()
 
 
 def describe_message(event: MessagePosted) -> str:

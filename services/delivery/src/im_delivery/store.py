@@ -37,6 +37,17 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
 
 
+def dedupe_key(kind: str, *parts: object) -> str:
+    """`kind:part:part...` (brief-interfaces #4) with ':' and '%' escaped inside each part, so
+    ids that contain ':' never make two entries' keys meet (and plain ids keep the plain form)."""
+    return ":".join([kind, *(str(p).replace("%", "%25").replace(":", "%3A") for p in parts)])
+
+
+def message_key(conversation_id: str, seq: int) -> str:
+    """The dedupe key of a message's `message.created` entry."""
+    return dedupe_key("msg", conversation_id, seq)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -173,6 +184,27 @@ class QueueStore:
         await self._tickets.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
 
     # --- the queue writer (single writer per agent) ---------------------------------------------
+
+    async def rewrite_message(self, tenant_id: str, agent_id: str, message: dict[str, Any]) -> None:
+        """Every entry of the agent's queue that carries the message — as itself (created, earlier
+        changes) or as a thread's last message (any conversation.updated, a participant change's
+        included) — now holds it as it is. Two writes, each within the agent's own entries (the
+        queue's tenant/agent index), however the message got into them."""
+        base = {"tenant_id": tenant_id, "agent_id": agent_id}
+        conversation_id, seq = message["conversation_id"], message["seq"]
+        # From the message's own entry on (nothing before it can carry it): a cursor range of the
+        # agent's queue, not the whole of it. Without that entry (pruned, or never queued for
+        # this agent) nothing older is left to rewrite either.
+        first = await self._queue.find_one({**base, "dedupe_key": message_key(conversation_id, seq)}, {"cursor": 1})
+        if first is None:
+            return
+        since = {**base, "cursor": {"$gte": first["cursor"]}}
+        await self._queue.update_many(
+            {**since, "frame.message.conversation_id": conversation_id, "frame.message.seq": seq},
+            {"$set": {"frame.message": message}})
+        await self._queue.update_many(
+            {**since, "frame.conversation.id": conversation_id, "frame.conversation.last_message.seq": seq},
+            {"$set": {"frame.conversation.last_message": message}})
 
     async def existing_keys(self, tenant_id: str, agent_id: str, keys: list[str]) -> dict[str, int]:
         """The entries already queued among `keys`: dedupe key -> its cursor."""

@@ -18,6 +18,7 @@ from im_runtime.process import Process
 from im_runtime.webhook_urls import networks
 
 from .api import agents, conversations, me
+from .api import lifecycle as lifecycle_api
 from .api import teams as teams_api
 from .api import notifications as notifications_api
 from .api.console import dev_router, mount_console, require_dev_signin_safe
@@ -28,6 +29,7 @@ from .assistance import Assistance
 from .committer import Committer
 from .directory import Directory
 from .errors import install_error_handlers
+from .lifecycle import Audit, Lifecycle
 from .limits import RateLimits
 from .notifications import Notifications, WebhookPolicy
 from .handlers.assistance import assistance_subscription
@@ -81,12 +83,14 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
         await teams.create_indexes()
         team_requests = TeamRequests(conversations, teams)
         conversations.requests = team_requests
+        lifecycle = Lifecycle(conversations, Audit(db), db)
+        await lifecycle.create_indexes()
         active = ActiveAgents(store.is_active_agent, store.directory_versions, directory_bucket,
                               settings.directory_recheck_s, settings.directory_memory_max)
         app.state.services = Services(
             settings, store, verifier, Directory(store, uow, presence, scan_max=settings.agent_list_scan_max,
                                                  on_change=active.changed),
-            conversations, RateLimits.from_settings(settings), active, notifications, teams, team_requests)
+            conversations, RateLimits.from_settings(settings), active, notifications, teams, team_requests, lifecycle)
         app.state.relay, app.state.committer, app.state.presence = relay, committer, presence
         await verifier.start()
         process.on_stop("drain", "outbox leases", relay.stop)
@@ -139,6 +143,7 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
     app.include_router(me.router)
     app.include_router(notifications_api.router)
     app.include_router(teams_api.router)
+    app.include_router(lifecycle_api.router)
     if settings.dev_signin:
         require_dev_signin_safe(settings)
         # Loud on purpose: anyone who reaches this process can sign in as anyone.

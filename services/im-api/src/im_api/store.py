@@ -119,6 +119,8 @@ class Store:
             # EXCEPTION to "tenant_id first", like the outbox: the escalation round looks across
             # tenants for open requests whose time has come (set only while one is due, else null).
             IndexModel([("escalate_at", ASCENDING)], name="escalation"),
+            # A tenant's threads by last activity, whoever is in them: the admins' export.
+            IndexModel([("tenant_id", ASCENDING), ("list_key", ASCENDING)], name="by_activity"),
         ])
         await self._messages.create_indexes([
             IndexModel([("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("seq", ASCENDING)],
@@ -202,15 +204,6 @@ class Store:
                       "list_key": list_key(at, conversation_id), **(also or {})},
              **({"$max": {f"read.{field_name(a)}": seq for a, seq in read.items()}} if read else {})},
             session=session)
-        return bool(result.matched_count)
-
-    async def update_request(self, conv: dict, outbox_seq: int, fields: dict[str, Any], session: Any) -> bool:
-        """A team request's change without a message (an escalation): a compare-and-set on the
-        (last_seq, outbox_seq) the transaction read, like `advance`."""
-        result = await self._conversations.update_one(
-            {"_id": conv["_id"], "tenant_id": conv["tenant_id"], "last_seq": conv["last_seq"],
-             "outbox_seq": conv.get("outbox_seq", 0)},
-            {"$set": {**fields, "outbox_seq": outbox_seq}}, session=session)
         return bool(result.matched_count)
 
     async def due_escalations(self, at: datetime, limit: int) -> list[tuple[str, str]]:
@@ -511,6 +504,28 @@ class Store:
         found = await asyncio.gather(*(self._messages.find(q).to_list() for q in self.client_id_queries(keys)))
         return {(d["tenant_id"], d["conversation_id"], d["sender_id"], d["client_msg_id"]): d
                 for docs in found for d in docs}
+
+    async def message_at(self, tenant_id: str, conversation_id: str, seq: int, session: Any = None) -> dict | None:
+        return await self._messages.find_one({"tenant_id": tenant_id, "conversation_id": conversation_id, "seq": seq},
+                                             session=session)
+
+    async def change_message(self, message: dict, fields: dict[str, Any], session: Any) -> bool:
+        """A message's new body (an edit) or tombstone (a deletion), by a compare-and-set on the
+        `version` the transaction read (an edit and a deletion at once: one wins, one re-runs)."""
+        version = message.get("version", 1)
+        result = await self._messages.update_one(
+            {"_id": message["_id"], "tenant_id": message["tenant_id"], "version": message.get("version")},
+            {"$set": {**fields, "version": version + 1}}, session=session)
+        return bool(result.matched_count)
+
+    async def touch_conversation(self, conv: dict, outbox_seq: int, fields: dict[str, Any], session: Any) -> bool:
+        """A change of the thread that posts no message (an edit, a deletion): its outbox order
+        moves, by a compare-and-set on the (last_seq, outbox_seq) the transaction read."""
+        result = await self._conversations.update_one(
+            {"_id": conv["_id"], "tenant_id": conv["tenant_id"], "last_seq": conv["last_seq"],
+             "outbox_seq": conv.get("outbox_seq", 0)},
+            {"$set": {**fields, "outbox_seq": outbox_seq}}, session=session)
+        return bool(result.matched_count)
 
     async def outbox_backlog(self, shards: list[int]) -> tuple[int, datetime | None]:
         """Unsent outbox records over `shards` and the oldest one's created_at (on the `pending`

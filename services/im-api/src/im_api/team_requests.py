@@ -196,7 +196,7 @@ class TeamRequests:
             offered_to = [*(conv.get("offered_to") or []), *added]
             order = conv.get("outbox_seq", 0) + 1
             fields = {"team_request": request_after, "offered_to": offered_to, "escalate_at": None}
-            if not await self.store.update_request(conv, order, fields, session=tx.session):
+            if not await self.store.touch_conversation(conv, order, fields, session=tx.session):
                 raise StaleConversation(conversation_id)
             names = await self.store.display_names(tenant_id, {request["asked_by"]})
             event = request_event(tenant_id, "offered", {**conv, **fields}, names, added,

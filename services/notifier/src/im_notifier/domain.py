@@ -131,6 +131,16 @@ def updates_for_team_request(*, change: str, conversation_id: str, seq: int, ask
     return ops
 
 
+def updates_for_changed_message(*, conversation_id: str, seq: int, recipients: list[str], preview: str | None
+                                ) -> list[tuple[str, dict[str, Any], dict[str, Any], bool]]:
+    """An edited or deleted message that is still a thread's latest: its preview follows (None
+    for a deletion, or where the tenant keeps no bodies) — no notification ever shows a body the
+    author took back."""
+    t = f"threads.{conversation_id}"
+    return [(agent, {f"{t}.last_seq": seq}, {"$set": {f"{t}.preview": preview}, "$inc": {"version": 1}}, False)
+            for agent in recipients]
+
+
 def update_for_read(*, agent_id: str, conversation_id: str, seq: int) -> dict[str, Any]:
     return with_defaults(agent_id, {"$max": {f"threads.{conversation_id}.read_seq": seq}, "$inc": {"version": 1}})
 

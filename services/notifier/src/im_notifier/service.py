@@ -20,6 +20,7 @@ from im_contracts.events import (
     AgentChanged,
     AgentPresence,
     ConversationStarted,
+    MessageChanged,
     MessagePosted,
     ParticipantsChanged,
     ReadMarkerMoved,
@@ -47,6 +48,7 @@ from .domain import (
     update_for_agent,
     update_for_presence,
     update_for_read,
+    updates_for_changed_message,
     updates_for_message,
     updates_for_team_request,
 )
@@ -118,6 +120,15 @@ class Notifier:
     async def on_thread_event(self, event: Any, record: Any) -> None:
         if isinstance(event, MessagePosted):
             await self._message(event)
+        elif isinstance(event, MessageChanged):
+            message = event.message
+            if not safe_id(message.conversation_id):
+                raise RejectedRecord("invalid_event", "conversation_id has characters the notifier cannot key")
+            tenant = await self.tenant(event.tenant_id)
+            keep = tenant.include_bodies and message.deleted_at is None
+            await self.store.apply(event.tenant_id, updates_for_changed_message(
+                conversation_id=message.conversation_id, seq=message.seq, recipients=event.recipients,
+                preview=message.body[:PREVIEW_MAX_CHARS] if keep else None))
         elif isinstance(event, ReadMarkerMoved):
             if not safe_id(event.conversation_id):
                 raise RejectedRecord("invalid_event", "conversation_id has characters the notifier cannot key")

@@ -17,6 +17,7 @@ from im_contracts.events import (
     AgentPresence,
     ConversationStarted,
     Event,
+    MessageChanged,
     MessagePosted,
     ParticipantsChanged,
     ReadMarkerMoved,
@@ -29,6 +30,7 @@ from im_contracts.frames import (
     ConversationUpdatedBody,
     LiveBody,
     MessageCreatedBody,
+    MessageUpdatedBody,
     PresenceChanged,
     ReadUpdatedBody,
     TeamRequestClaimedBody,
@@ -41,7 +43,7 @@ from im_runtime.logs import log
 from im_runtime.mongo import field_name
 
 from ..bus import DeliveryBus, Item, event_scope
-from ..store import QueueStore
+from ..store import QueueStore, dedupe_key, message_key
 from .projections import Projections
 
 logger = logging.getLogger("im_delivery.fanout")
@@ -51,10 +53,9 @@ TEAM_FRAMES = {"offered": TeamRequestOfferedBody, "claimed": TeamRequestClaimedB
                "released": TeamRequestReleasedBody}
 
 
-def dedupe_key(kind: str, *parts: object) -> str:
-    """`kind:part:part...` (brief-interfaces #4) with ':' and '%' escaped inside each part, so
-    ids that contain ':' never make two entries' keys meet (and plain ids keep the plain form)."""
-    return ":".join([kind, *(str(p).replace("%", "%25").replace(":", "%3A") for p in parts)])
+def change_key(conversation_id: str, seq: int, version: int) -> str:
+    """The queue entry of a message's change to `version` (2: its first edit or its deletion)."""
+    return dedupe_key("msgchg", conversation_id, seq, version)
 
 
 def conversation_frame(conv: dict[str, Any], snapshot: dict[str, Any] | None = None) -> ConversationUpdatedBody:
@@ -86,7 +87,7 @@ def for_reader(frame: ConversationUpdatedBody, markers: dict[str, int], agent_id
 def scope_of(event: Event) -> tuple[str, ...]:
     """What an event must stay in order with: its thread, else its agent or gateway."""
     match event:
-        case MessagePosted():
+        case MessagePosted() | MessageChanged():
             return ("conversation", event.tenant_id, event.message.conversation_id)
         case ConversationStarted() | ParticipantsChanged():
             return ("conversation", event.tenant_id, event.conversation.id)
@@ -118,7 +119,7 @@ class FanOut:
         # Topics are not ordered among each other: within a poll, take the directory and thread
         # events first so a thread's first messages find its ConversationStarted (stable sort:
         # each partition keeps its own order).
-        ordered = sorted(items, key=lambda item: isinstance(item[0], MessagePosted))
+        ordered = sorted(items, key=lambda item: isinstance(item[0], MessagePosted | MessageChanged))
         # Threads (and agents, gateways) are independent: each one's events run in order, the
         # threads concurrently, so a poll costs a few MongoDB round trips, not a few per event.
         scopes: dict[tuple[str, ...], list[Item]] = {}
@@ -193,6 +194,8 @@ class FanOut:
                 key = dedupe_key("read", event.conversation_id, event.agent_id, event.seq)
                 for agent in dict.fromkeys(event.recipients):
                     await self.bus.append(event.tenant_id, agent, key, frame)
+            case MessageChanged():
+                await self.on_message_changed(event)
             case TeamRequestChanged():
                 # Queued like every thread frame (replayed on resume), to members who are not
                 # participants too: the offer is what they see of the thread until they claim it.
@@ -217,6 +220,26 @@ class FanOut:
                 others = [a for a in conv["participant_ids"] if a != event.agent_id]
                 frame = TypingStarted(conversation_id=event.conversation_id, agent_id=event.agent_id)
                 await self.live(event.tenant_id, others, frame)
+
+    async def on_message_changed(self, event: MessageChanged) -> None:
+        """An edit or a deletion, after the message itself (held until it was delivered): the
+        `message.updated` frame, and the thread's `conversation.updated` when it was its last
+        message. The queue writer rewrites the message's earlier entries (queue_writer.py)."""
+        m = event.message
+        conv = await self.projections.conversation(event.tenant_id, m.conversation_id)
+        if conv is None or m.seq > conv["last_seq"]:
+            raise TransientError("the changed message is not delivered yet")
+        key = change_key(m.conversation_id, m.seq, event.version)
+        frame = MessageUpdatedBody(message=m)
+        updated = None
+        if m.seq == conv["last_seq"]:
+            conv = await self.projections.last_message_changed(event)
+            updated = conversation_frame(conv)
+        markers = conv.get("read_markers") or {}
+        for agent in dict.fromkeys(event.recipients):
+            await self.bus.append(event.tenant_id, agent, key, frame)
+            if updated is not None:
+                await self.bus.append(event.tenant_id, agent, f"{key}:conversation", for_reader(updated, markers, agent))
 
     async def live(self, tenant_id: str, agent_ids: list[str], frame: LiveBody) -> None:
         """Live-only frames go straight to the gateways that hold the agent (never queued)."""
@@ -265,7 +288,7 @@ class FanOut:
         markers = dict(conv.get("read_markers") or {})
         sender = field_name(m.sender_id)
         markers[sender] = max(int(markers.get(sender, 0)), m.seq)
-        created_key = dedupe_key("msg", m.conversation_id, m.seq)
+        created_key = message_key(m.conversation_id, m.seq)
         for agent in dict.fromkeys(event.recipients):
             await self.bus.append(event.tenant_id, agent, created_key, created)
             await self.bus.append(event.tenant_id, agent, f"{created_key}:conversation",

@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from im_contracts.events import AgentChanged, MessagePosted
+from im_contracts.events import AgentChanged, MessageChanged, MessagePosted
 from im_contracts.models import ConversationSnapshot
 from im_runtime.mongo import compound_id, field_name
 from pymongo import ASCENDING, DESCENDING
@@ -121,6 +121,15 @@ class Projections:
             {"$set": {"last_seq": m.seq, "last_message": message, "last_message_at": message["created_at"]},
              "$max": markers},
         )
+
+    async def last_message_changed(self, event: MessageChanged) -> dict[str, Any]:
+        """The thread's last message edited or deleted: its preview follows (only while it is
+        still the last one)."""
+        m = event.message
+        await self._conversations.update_one(
+            {**conversation_id_of(event.tenant_id, m.conversation_id), "last_seq": m.seq},
+            {"$set": {"last_message": m.model_dump(mode="json")}})
+        return await self.conversation(event.tenant_id, m.conversation_id)  # type: ignore[return-value]
 
     async def read_marker_moved(self, tenant_id: str, conversation_id: str, agent_id: str, seq: int) -> None:
         """Per-agent read markers (only forward): each recipient's conversation.updated carries its own."""

@@ -58,7 +58,18 @@ class QueueWriter:
         # Agents are independent queues: write them concurrently, each in its own order. The
         # signals each produces are confirmed before the subscription commits (this task's only).
         async with self.bus.confirmed():
-            await self.signal(await self.append_all(by_agent))
+            heads = await self.append_all(by_agent)
+            await self.rewrite_changed(items)
+            await self.signal(heads)
+
+    async def rewrite_changed(self, items: list[Item]) -> None:
+        """An edited or deleted message: the agent's earlier entries that carry it (the message as
+        posted, earlier edits, thread updates that previewed it) now carry it as it is, so a replay
+        never shows a deleted or replaced body. They were appended before this one (an agent's
+        entries keep their order), so they are there to rewrite."""
+        for event, _ in items:
+            if isinstance(event, QueueAppend) and event.frame.get("type") == "message.updated":
+                await self.store.rewrite_message(event.tenant_id, event.agent_id, event.frame["message"])
 
     async def append_all(self, by_agent: dict[tuple[str, str], list[tuple[QueueAppend, str, float | None]]]
                          ) -> dict[tuple[str, str], int]:

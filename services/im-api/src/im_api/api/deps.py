@@ -12,6 +12,7 @@ from im_runtime.auth import AuthError, Principal, TokenVerifier
 from ..active_agents import ActiveAgents
 from ..directory import Directory
 from ..errors import Forbidden, Unauthorized
+from ..lifecycle import Lifecycle
 from ..limits import RateLimits
 from ..notifications import Notifications
 from ..service import Conversations
@@ -37,6 +38,7 @@ class Services:
     notifications: Notifications
     teams: Teams
     team_requests: TeamRequests
+    lifecycle: Lifecycle
 
 
 def services(request: Request) -> Services:

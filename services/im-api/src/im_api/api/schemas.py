@@ -92,10 +92,12 @@ class Message(Response):
     conversation_id: str
     seq: int
     sender_id: str
-    body: str
+    body: str = Field(description="Empty only for a deleted message (a tombstone: show \"message deleted\").")
     kind: Literal["text", "system"]
     client_msg_id: str | None = None
     created_at: datetime
+    edited_at: datetime | None = Field(default=None, description="When its body last changed (null: never).")
+    deleted_at: datetime | None = Field(default=None, description="Set when it was deleted.")
 
 
 TeamId = Annotated[str, Field(min_length=1, max_length=64, description="A team id (32 hex digits).",
@@ -253,7 +255,7 @@ class ErrorBody(BaseModel):
     request_id: str | None = None
     details: dict | None = Field(default=None, description=(
         "Machine-readable facts of some errors, absent otherwise: `already_claimed` carries "
-        "`claimed_by` {id, display_name}."))
+        "`claimed_by` {id, display_name}; `edit_window_passed` carries `edit_window_s` and `posted_at`."))
 
 
 class Error(BaseModel):
@@ -377,3 +379,49 @@ class TeamSettings(Response):
     claim_timeout_s: int
     updated_at: datetime | None = None
     updated_by: str | None = None
+
+
+# --- a message's life: edit, delete, settings, audit ----------------------------------------
+
+class MessageEdit(Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"body": "On it (ticket 123)."}]})
+    body: Body
+
+
+class MessageVersion(Response):
+    version: int = Field(description="1 is the body as first posted.")
+    body: str
+    replaced_at: datetime = Field(description="When this body was replaced (edited) or the message deleted.")
+    replaced_by: str
+
+
+class MessageVersions(Response):
+    message: Message
+    versions: list[MessageVersion] = Field(description="Earlier bodies, oldest first.")
+
+
+class MessageSettingsBody(Request):
+    edit_window_s: int = Field(default=900, ge=0, le=7 * 24 * 3600, description=(
+        "How long after posting its author may edit or delete a message (0: never). Admins delete any time."))
+
+
+class MessageSettings(Response):
+    edit_window_s: int
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+
+
+class AuditRecord(Response):
+    id: str
+    at: datetime
+    actor: str
+    role: str
+    action: str = Field(description="message.edit, message.delete, message.versions.read, settings.change, ...")
+    target: dict = Field(description="What it acted on: {type, conversation_id, seq, ...}.")
+    request_id: str | None = None
+    details: dict = Field(default_factory=dict)
+
+
+class AuditPage(Response):
+    items: list[AuditRecord]
+    next_cursor: str | None = None

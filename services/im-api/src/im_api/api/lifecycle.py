@@ -1,0 +1,111 @@
+"""HTTP: editing and deleting messages, what tenant admins may read of their past (earlier
+versions, the audit log) and the tenant's message settings."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import StreamingResponse
+from im_runtime.auth import Principal
+
+from ..errors import Forbidden, Unprocessable
+from ..lifecycle import Actor
+from .conversations import ConversationPath, known_shape
+from .deps import CurrentPrincipal, Sender, ServicesDep
+from .schemas import AuditPage, Message, MessageEdit, MessageSettings, MessageSettingsBody, MessageVersions, errors_doc
+
+router = APIRouter(tags=["message lifecycle"])
+SeqPath = Annotated[int, Path(ge=1, le=2**53, description="The message's seq in its conversation.")]
+
+
+async def tenant_admin(principal: CurrentPrincipal) -> Principal:
+    if principal.role != "admin":
+        raise Forbidden("only tenant admins read this")
+    return principal
+
+
+TenantAdmin = Annotated[Principal, Depends(tenant_admin)]
+
+
+def actor(principal: Principal) -> Actor:
+    return Actor(principal.agent_id, principal.role)
+
+
+@router.patch("/v1/conversations/{conversation_id}/messages/{seq}", response_model=Message,
+              summary="Edit one's own message within the tenant's window",
+              responses=errors_doc(400, 401, 403, 404, 409, 413, 422, 429))
+async def edit_message(conversation_id: ConversationPath, seq: SeqPath, body: MessageEdit, principal: Sender,
+                       svc: ServicesDep) -> dict:
+    """403 `edit_window_passed` after the window (`GET /v1/admin/message-settings`), 403
+    `not_author` for someone else's; participants get a `message.updated` frame."""
+    return await svc.lifecycle.edit(principal.tenant_id, actor(principal), known_shape(conversation_id), seq, body.body)
+
+
+@router.delete("/v1/conversations/{conversation_id}/messages/{seq}", response_model=Message,
+               summary="Delete a message: its author within the window, a tenant admin any time",
+               responses=errors_doc(401, 403, 404, 409, 429))
+async def delete_message(conversation_id: ConversationPath, seq: SeqPath, principal: Sender,
+                         svc: ServicesDep) -> dict:
+    """The message becomes a tombstone everywhere (history, the thread's preview, frames); its
+    last body stays among its versions, for admins, until it is redacted."""
+    return await svc.lifecycle.delete(principal.tenant_id, actor(principal), known_shape(conversation_id), seq)
+
+
+@router.get("/v1/admin/conversations/{conversation_id}/messages/{seq}/versions", response_model=MessageVersions,
+            summary="A message's earlier bodies (tenant admins; the read is audited)", responses=errors_doc(401, 403, 404))
+async def message_versions(conversation_id: ConversationPath, seq: SeqPath, principal: TenantAdmin,
+                           svc: ServicesDep) -> dict:
+    return await svc.lifecycle.versions(principal.tenant_id, actor(principal), known_shape(conversation_id), seq)
+
+
+@router.get("/v1/admin/audit", response_model=AuditPage, summary="The tenant's audit log, newest first (admins)",
+            responses=errors_doc(400, 401, 403, 422))
+async def audit_log(principal: TenantAdmin, svc: ServicesDep,
+                    action: Annotated[str | None, Query(max_length=64)] = None,
+                    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                    cursor: Annotated[str | None, Query(max_length=64)] = None) -> dict:
+    return await svc.lifecycle.audit.page(principal.tenant_id, action, limit, cursor)
+
+
+@router.get("/v1/admin/message-settings", response_model=MessageSettings, summary="The tenant's message settings (admins)",
+            responses=errors_doc(401, 403))
+async def get_message_settings(principal: TenantAdmin, svc: ServicesDep) -> dict:
+    return await svc.lifecycle.settings(principal.tenant_id)
+
+
+@router.put("/v1/admin/message-settings", response_model=MessageSettings,
+            summary="Replace the tenant's message settings (admins; audited)", responses=errors_doc(400, 401, 403, 422))
+async def put_message_settings(body: MessageSettingsBody, principal: TenantAdmin, svc: ServicesDep) -> dict:
+    return await svc.lifecycle.replace_settings(principal.tenant_id, actor(principal), body.edit_window_s)
+
+
+NDJSON = "application/x-ndjson"
+EXPORT_DOC = {200: {"content": {NDJSON: {"schema": {"type": "string"}}}, "description": (
+    "JSON lines: a `{\"type\": \"conversation\", ...}` line, then its `{\"type\": \"message\", ...}` lines "
+    "in seq order (the API's Message), for each thread; streamed as it is read.")}}
+
+
+@router.get("/v1/admin/conversations/{conversation_id}/export", response_class=StreamingResponse,
+            summary="Export a thread as JSON lines (tenant admins; audited)",
+            responses={**EXPORT_DOC, **errors_doc(401, 403, 404)})
+async def export_conversation(conversation_id: ConversationPath, principal: TenantAdmin,
+                              svc: ServicesDep) -> StreamingResponse:
+    lines = await svc.lifecycle.export_one(principal.tenant_id, actor(principal), known_shape(conversation_id))
+    return StreamingResponse(lines, media_type=NDJSON)
+
+
+@router.get("/v1/admin/export", response_class=StreamingResponse,
+            summary="Export the tenant's threads with messages posted between two times, as JSON lines (admins; audited)",
+            responses={**EXPORT_DOC, **errors_doc(401, 403, 422)})
+async def export_range(principal: TenantAdmin, svc: ServicesDep,
+                       start: Annotated[datetime, Query(alias="from", description="RFC 3339, inclusive.")],
+                       end: Annotated[datetime, Query(alias="to", description="RFC 3339, exclusive.")]
+                       ) -> StreamingResponse:
+    if start.tzinfo is None or end.tzinfo is None:
+        raise Unprocessable("times need a zone (RFC 3339, e.g. 2026-11-27T00:00:00Z)", code="invalid_time",
+                            field="from" if start.tzinfo is None else "to")
+    lines = await svc.lifecycle.export_range(principal.tenant_id, actor(principal), start, end)
+    return StreamingResponse(lines, media_type=NDJSON)
