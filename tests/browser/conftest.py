@@ -61,7 +61,7 @@ class Agent:
         await expect(picker).to_have_count(0)
 
     async def send(self, scope, text: str) -> None:
-        box = scope.locator("im-thread textarea")
+        box = scope.locator("im-thread textarea#say")  # the send box (not a message being edited)
         await box.fill(text)
         await box.press("Enter")
         # Stored: shown as sent, not as pending any more.

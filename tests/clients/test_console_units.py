@@ -1,6 +1,7 @@
 """The console's pure logic in Node (clients/console/test/): the windowing arithmetic of its long
-lists, how a conversation.updated merges into the known thread, and how team requests show in the
-list (offered, taken by someone else, released). `make test` has installed the console's packages
+lists, how a conversation.updated merges into the known thread, how team requests show in the
+list (offered, taken by someone else, released), and edited or deleted messages (the current
+version of a message, replacing one by seq, when Edit and Delete are offered). `make test` has installed the console's packages
 (`make console`)."""
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import {
   type Team,
 } from "@helpdesk-im/client";
 import { mergeConversation } from "./merge.js";
+import { DEFAULT_EDIT_WINDOW_MS, isDeleted, mergeBySeq, narrowWindow, newer, replaceBySeq, withPreview } from "./message-changes.js";
 import { applyRequest, offerState, type Person, takenBy } from "./team-requests.js";
 
 export interface ConsoleConfig extends HelpdeskImOptions {
@@ -53,6 +54,7 @@ export interface ThreadState {
   oldestLoaded: boolean; // the first message of the thread is loaded
   loading: boolean;
   readBy: Map<string, number>; // other participants' read markers (seq)
+  revised: Map<number, Message>; // the edits and deletions seen live: a page read before one cannot undo it
 }
 
 const TYPING_SHOWN_MS = 5_000;
@@ -84,6 +86,9 @@ export class ConsoleStore extends EventTarget {
     typeof Notification === "undefined" ? "unsupported" : Notification.permission;
   /** Sends the server refused, per thread: shown with their text so nothing vanishes silently. */
   failed = new Map<string, { body: string; reason: string }>();
+  /** How long after posting the console offers Edit and Delete: the tenant's default, narrowed when
+   * the server refuses a change as too late (only admins can read the tenant's setting). */
+  editWindowMs = DEFAULT_EDIT_WINDOW_MS;
   private changeQueued = false;
   private sorted: Conversation[] | null = null;
 
@@ -178,7 +183,7 @@ export class ConsoleStore extends EventTarget {
   thread(id: string): ThreadState {
     let t = this.threads.get(id);
     if (!t) {
-      t = { messages: [], fetched: false, oldestLoaded: false, loading: false, readBy: new Map() };
+      t = { messages: [], fetched: false, oldestLoaded: false, loading: false, readBy: new Map(), revised: new Map() };
       this.threads.set(id, t);
     }
     return t;
@@ -260,6 +265,33 @@ export class ConsoleStore extends EventTarget {
     } catch (error) {
       this.failed.set(conversationId, { body, reason: error instanceof Error ? error.message : String(error) });
       this.changed();
+      throw error;
+    }
+  }
+
+  /** Replaces the body of one of the agent's messages. The server may refuse (the window passed, the
+   * message was deleted meanwhile): the ApiError is thrown for the caller to show; a refusal as too
+   * late also stops the console offering changes to messages as old. */
+  async editMessage(conversationId: string, seq: number, body: string): Promise<Message> {
+    return this.change(conversationId, seq, () => this.im.http.editMessage(conversationId, seq, body));
+  }
+
+  /** Deletes one of the agent's messages for everyone: it becomes a "Message deleted" line. */
+  async deleteMessage(conversationId: string, seq: number): Promise<Message> {
+    return this.change(conversationId, seq, () => this.im.http.deleteMessage(conversationId, seq));
+  }
+
+  private async change(conversationId: string, seq: number, call: () => Promise<Message>): Promise<Message> {
+    try {
+      const m = await call();
+      this.applyChange(m); // at once: the stream's message.updated brings the same (or a later) version
+      return m;
+    } catch (error) {
+      const m = this.thread(conversationId).messages.find((x) => x.seq === seq);
+      if (m && error instanceof ApiError && error.code === "edit_window_passed") {
+        this.editWindowMs = narrowWindow(this.editWindowMs, m, Date.now());
+        this.changed();
+      }
       throw error;
     }
   }
@@ -450,7 +482,7 @@ export class ConsoleStore extends EventTarget {
    * background — not one's own, not in a muted thread, not during do-not-disturb, not one already
    * read, and not an old one a reconnect replays. Clicking it brings the tab and the thread. */
   private notifyInBackground(m: Message): void {
-    if (m.sender_id === this.agentId || m.kind !== "text" || document.visibilityState !== "hidden") return;
+    if (m.sender_id === this.agentId || m.kind !== "text" || isDeleted(m) || document.visibilityState !== "hidden") return;
     if (typeof Notification === "undefined" || Notification.permission !== "granted") return;
     if (this.doNotDisturb || this.muted.has(m.conversation_id)) return;
     const c = this.conversations.get(m.conversation_id);
@@ -483,11 +515,17 @@ export class ConsoleStore extends EventTarget {
         this.clearTyping(frame.message.conversation_id, frame.message.sender_id);
         break;
       }
+      case "message.updated":
+        this.applyChange(frame.message);
+        break;
       case "conversation.updated": {
         const id = frame.conversation.id;
         const { conversation, needsParticipants } = mergeConversation(
           this.conversations.get(id), frame.conversation as Conversation);
-        this.conversations.set(id, conversation);
+        // An edit or deletion already seen (our own answer, a message.updated) outranks an older preview.
+        const last = conversation.last_message;
+        const seen = last ? this.threads.get(id)?.revised.get(last.seq) : undefined;
+        this.conversations.set(id, seen ? withPreview(conversation, seen) : conversation);
         if (needsParticipants) void this.loadParticipants(id);
         this.recountUnread();
         break;
@@ -530,9 +568,19 @@ export class ConsoleStore extends EventTarget {
   private addMessages(conversationId: string, messages: Message[]): void {
     if (!messages.length) return;
     const t = this.thread(conversationId);
-    const bySeq = new Map(t.messages.map((m) => [m.seq, m]));
-    for (const m of messages) bySeq.set(m.seq, m);
-    t.messages = [...bySeq.values()].sort((a, b) => a.seq - b.seq);
+    t.messages = mergeBySeq(t.messages, messages, t.revised);
+    this.changed();
+  }
+
+  /** A message edited or deleted (here, or live from `message.updated`): the one of that seq in the
+   * thread's history, and the thread's preview when it is its last message, become this version. */
+  private applyChange(m: Message): void {
+    const t = this.thread(m.conversation_id);
+    const current = newer(t.revised.get(m.seq), m);
+    t.revised.set(m.seq, current);
+    t.messages = replaceBySeq(t.messages, current);
+    const c = this.conversations.get(m.conversation_id);
+    if (c) this.conversations.set(c.id, withPreview(c, current));
     this.changed();
   }
 

@@ -13,6 +13,11 @@ export type ConversationPage = Schemas["ConversationPage"];
 export type ConversationStart = Schemas["ConversationStart"];
 export type Message = Schemas["Message"];
 export type MessagePage = Schemas["MessagePage"];
+/** `PATCH …/messages/{seq}`'s body: the new text (1 to 10,000 characters after trimming). */
+export type MessageEdit = Schemas["MessageEdit"];
+/** The tenant's message settings (`GET /v1/admin/message-settings`, admins): how long authors may
+ * edit or delete their messages (`edit_window_s`, 0: never). */
+export type MessageSettings = Schemas["MessageSettings"];
 export type ReadMarker = Schemas["ReadMarker"];
 /** A team an agent can ask instead of (or besides) named agents: `GET /v1/teams`. */
 export type Team = Schemas["Team"];
@@ -184,6 +189,26 @@ export class Http {
 
   postMessage(id: string, body: string, clientMsgId: string): Promise<Message> {
     return this.request("POST", `/v1/conversations/${enc(id)}/messages`, { body, client_msg_id: clientMsgId });
+  }
+
+  /**
+   * Replaces the body of one's own message, within the tenant's edit window (15 minutes unless an
+   * admin changed it): the message as it is now, with `edited_at`. The participants' streams get a
+   * `message.updated` frame. Refusals are ApiErrors: 403 `edit_window_passed` (its message says how
+   * long the window is), `not_author`, `system_message`; 409 `deleted`; 422 for an empty body.
+   */
+  editMessage(conversationId: string, seq: number, body: string): Promise<Message> {
+    const edit: MessageEdit = { body };
+    return this.request("PATCH", `/v1/conversations/${enc(conversationId)}/messages/${enc(String(seq))}`, edit);
+  }
+
+  /**
+   * Deletes a message for everyone: its author within the edit window, a tenant admin any time.
+   * Answers the tombstone (`body: ""`, `deleted_at` set); the participants' streams get a
+   * `message.updated` frame with it. Refusals as for `editMessage`.
+   */
+  deleteMessage(conversationId: string, seq: number): Promise<Message> {
+    return this.request("DELETE", `/v1/conversations/${enc(conversationId)}/messages/${enc(String(seq))}`);
   }
 
   addParticipants(id: string, agentIds: string[]): Promise<Conversation> {

@@ -11,6 +11,7 @@ import type {
   Batch,
   ConversationUpdated,
   MessageCreated,
+  MessageUpdated,
   PresenceChanged,
   ReadUpdated,
   ServerFrame,
@@ -24,6 +25,7 @@ import type { ConversationPage, Http } from "./http.js";
 /** Every frame with a cursor: what a batch carries and a reconnect replays. */
 export type QueuedFrame =
   | MessageCreated
+  | MessageUpdated
   | ConversationUpdated
   | ReadUpdated
   | TeamRequestOffered

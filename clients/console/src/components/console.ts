@@ -62,6 +62,7 @@ export class Console extends StoreElement {
     .time { color: var(--im-muted); font-size: 12px; }
     .last { grid-column: 1 / -1; color: var(--im-muted); font-size: 13px; overflow: hidden; text-overflow: ellipsis;
       white-space: nowrap; }
+    .last .deleted { font-style: italic; }
     .tags { grid-column: 1 / -1; display: flex; gap: 6px; align-items: center; min-width: 0; }
     main { min-width: 0; min-height: 0; display: flex; flex-direction: column; }
     .back { display: none; margin: 8px 12px 0; align-self: flex-start; }
@@ -215,7 +216,8 @@ export class Console extends StoreElement {
     const offer = offerState(c, store.agentId);
     if (offer) return this.offerRow(c, offer, index, count, tabStop);
     const last = c.last_message;
-    const lastText = last ? `${last.sender_id === store.agentId ? "You" : store.nameOf(last.sender_id, c)}: ${last.body}` : "No messages yet";
+    const lastText = last ? html`${last.sender_id === store.agentId ? "You" : store.nameOf(last.sender_id, c)}: ${
+      last.deleted_at ? html`<span class="deleted">Message deleted</span>` : last.body}` : "No messages yet";
     return html`
       <li data-conversation=${c.id} aria-posinset=${index + 1} aria-setsize=${count}>
         <button class=${c.unread_count ? "unread" : ""} aria-current=${c.id === this.openId ? "true" : "false"}

@@ -4,15 +4,22 @@
  * near the viewport are in the DOM, so a history of any length scrolls smoothly), who is typing,
  * read markers, and the send box (Enter sends, Shift+Enter is a new line).
  *
+ * The agent's own text messages offer Edit and Delete (shown on hover or keyboard focus) while the
+ * edit window lasts as far as the console can tell; the server decides, and its refusal is shown
+ * on the message. Edit opens the body in place (Enter saves, Shift+Enter is a new line, Escape
+ * cancels); Delete asks first. Edited messages say "(edited)"; a deleted one is a muted
+ * "Message deleted" line. Changes made elsewhere arrive live (`message.updated`).
+ *
  * A thread that asked teams says in its header whom it waits for or who took it (the asker can
  * release it back to the teams); a team request merely offered to this agent shows the question
  * and Claim instead of a history it may not read yet.
  */
 
-import type { Conversation, Message } from "@helpdesk-im/client";
+import { ApiError, type Conversation, type Message } from "@helpdesk-im/client";
 import { css, html, nothing, type PropertyValues } from "lit";
 import { customElement, property, query, state } from "lit/decorators.js";
 import { repeat } from "lit/directives/repeat.js";
+import { editable, isDeleted, isEdited, nextExpiry } from "../message-changes.js";
 import { Windowing } from "../windowing.js";
 import { claimNotice, type ConsoleStore } from "../store.js";
 import { offerState, requestStatus, teamNames } from "../team-requests.js";
@@ -20,6 +27,13 @@ import { shared, STATUS_TEXT, StoreElement, when } from "./base.js";
 
 /** Older messages are asked for when the agent scrolls this close to the top (px). */
 const LOAD_OLDER_WITHIN = 600;
+
+/** The message being edited in place: its seq and the text typed so far. */
+interface Editing {
+  seq: number;
+  draft: string;
+  saving: boolean;
+}
 
 @customElement("im-thread")
 export class Thread extends StoreElement {
@@ -44,11 +58,31 @@ export class Thread extends StoreElement {
     .meta { font-size: 12px; color: var(--im-muted); margin-bottom: 2px; }
     .seen { font-size: 12px; color: var(--im-muted); align-self: flex-end; }
     .pending .bubble { opacity: 0.65; }
+    .line { display: flex; align-items: center; justify-content: flex-end; gap: 6px; }
+    .line .bubble { min-width: 0; }
+    .actions { display: inline-flex; gap: 4px; flex: none; opacity: 0; }
+    .msg:hover .actions, .msg:focus-within .actions { opacity: 1; }
+    @media (hover: none) { .actions { opacity: 1; } }
+    .actions button, .confirm button { font-size: 12px; padding: 2px 8px; min-height: 28px; }
+    button.danger { background: #b42318; border-color: #b42318; color: #fff; }
+    .edited { font-style: italic; }
+    .msg.deleted .tombstone { display: inline-block; padding: 4px 12px; border: 1px dashed var(--im-border);
+      border-radius: 12px; color: var(--im-muted); font-style: italic; font-size: 13px; }
+    .msg.editing { width: 80%; }
+    .edit-box { display: grid; gap: 6px; text-align: left; }
+    .edit-box textarea { font: inherit; width: 100%; resize: vertical; padding: 8px 10px; border: 1px solid var(--im-accent);
+      border-radius: 8px; min-height: 60px; max-height: 240px; }
+    .edit-actions, .confirm { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; justify-content: flex-end; }
+    .confirm { margin-top: 6px; font-size: 13px; }
+    .edit-actions .hint { margin-right: auto; font-size: 12px; color: var(--im-muted); }
+    .edit-actions button { font-size: 13px; padding: 4px 12px; }
+    .change-error { margin: 6px 0 0; padding: 4px 8px; border-radius: 6px; background: #fdecea; color: #8a1c12;
+      font-size: 12px; text-align: left; overflow-wrap: anywhere; }
     .pending, .seen { margin-bottom: 8px; }
     .typing { min-height: 20px; padding: 0 14px; font-size: 12px; color: var(--im-muted); }
     .older { align-self: center; }
-    form { display: flex; gap: 8px; padding: 10px 14px; border-top: 1px solid var(--im-border); }
-    textarea { flex: 1; font: inherit; resize: none; padding: 8px 10px; border: 1px solid var(--im-border);
+    form.send { display: flex; gap: 8px; padding: 10px 14px; border-top: 1px solid var(--im-border); }
+    form.send textarea { flex: 1; font: inherit; resize: none; padding: 8px 10px; border: 1px solid var(--im-border);
       border-radius: 6px; min-height: 40px; max-height: 140px; }
     .empty { color: var(--im-muted); align-self: center; margin: auto; }
     .failed { margin: 0 14px; padding: 6px 10px; border-radius: 6px; background: #fdecea; color: #8a1c12;
@@ -70,8 +104,14 @@ export class Thread extends StoreElement {
   /** How the last Claim pressed here ended, when it did not make the thread this agent's. */
   @state() private claimNote = "";
   @state() private claiming = false;
+  /** One of the agent's messages open for editing, or the seq whose deletion awaits confirmation. */
+  @state() private editing: Editing | null = null;
+  @state() private confirming: number | null = null;
+  @state() private deleting = false;
+  /** Why the server refused the last change of a message (shown under it). */
+  @state() private changeError: { seq: number; text: string } | null = null;
   @query(".history") private history!: HTMLElement;
-  @query("textarea") private input!: HTMLTextAreaElement;
+  @query("#say") private input!: HTMLTextAreaElement;
   // New messages at the bottom are followed while the agent is there; older ones loaded on top,
   // or rows taller than estimated, leave the message in view where it was.
   private readonly window = new Windowing<number>(this, {
@@ -88,6 +128,8 @@ export class Thread extends StoreElement {
   });
 
   private openedAtSeq: number | null = null;
+  /** Re-renders when the next of the agent's messages leaves the edit window (its buttons go). */
+  private expiry: ReturnType<typeof setTimeout> | undefined;
   // Back in front of the agent: what arrived meanwhile is read now (updated() marks it).
   private readonly onVisibility = () => this.requestUpdate();
 
@@ -99,6 +141,7 @@ export class Thread extends StoreElement {
   override disconnectedCallback(): void {
     super.disconnectedCallback();
     document.removeEventListener("visibilitychange", this.onVisibility);
+    clearTimeout(this.expiry);
   }
 
   override willUpdate(changed: PropertyValues): void {
@@ -106,6 +149,18 @@ export class Thread extends StoreElement {
       this.window.reset();
       this.openedAtSeq = null;
       this.claimNote = "";
+      this.editing = null;
+      this.confirming = null;
+      this.changeError = null;
+    }
+    // Deleted meanwhile (by an admin, from another tab): nothing left to edit or delete.
+    const open = this.editing?.seq ?? this.confirming;
+    if (open != null && this.store && this.conversationId) {
+      const m = this.store.thread(this.conversationId).messages.find((x) => x.seq === open);
+      if (m && isDeleted(m)) {
+        this.editing = null;
+        this.confirming = null;
+      }
     }
   }
 
@@ -114,6 +169,16 @@ export class Thread extends StoreElement {
       void this.store.open(this.conversationId);
     }
     if (this.window.atBottom && this.shown()) void this.store!.markRead(this.conversationId).catch(() => undefined);
+    this.scheduleExpiry();
+  }
+
+  private scheduleExpiry(): void {
+    clearTimeout(this.expiry);
+    const store = this.store;
+    if (!store || !this.conversationId) return;
+    const now = Date.now();
+    const at = nextExpiry(store.thread(this.conversationId).messages, store.agentId, now, store.editWindowMs);
+    if (at !== null) this.expiry = setTimeout(() => this.requestUpdate(), Math.min(at - now + 50, 2 ** 31 - 1));
   }
 
   protected override storeReady(): void {
@@ -183,6 +248,7 @@ export class Thread extends StoreElement {
     const t = store.thread(this.conversationId);
     const typing = store.typingIn(this.conversationId).map((a) => store.nameOf(a, c));
     const range = this.window.slice(t.messages, (m) => m.seq);
+    const now = Date.now();
     return html`
       <header>
         <div class="top">
@@ -202,7 +268,7 @@ export class Thread extends StoreElement {
           : html`<button class="older" @click=${() => store.loadOlder(this.conversationId)}>Load older messages</button>`}
         ${t.loading && t.messages.length === 0 ? html`<p class="empty">Loading…</p>` : nothing}
         <div class="spacer above"></div>
-        ${repeat(t.messages.slice(range.start, range.end), (m) => m.seq, (m) => this.message(m, c))}
+        ${repeat(t.messages.slice(range.start, range.end), (m) => m.seq, (m) => this.message(m, c, now))}
         <div class="spacer below"></div>
         ${store.pending(this.conversationId).map((p) => html`
           <div class="msg mine pending"><div class="meta">Sending…</div><div class="bubble">${p.body}</div></div>`)}
@@ -214,7 +280,7 @@ export class Thread extends StoreElement {
           <button @click=${() => { store.failed.delete(this.conversationId); this.requestUpdate(); }}>Dismiss</button></p>` : nothing}
       <p class="visually-hidden" role="status">${this.announcement(t.messages, t.fetched, c)}</p>
       <div class="typing" aria-live="polite">${typing.length ? `${typing.join(", ")} ${typing.length > 1 ? "are" : "is"} typing…` : ""}</div>
-      <form @submit=${this.submit}>
+      <form class="send" @submit=${this.submit}>
         <label class="visually-hidden" for="say">Message</label>
         <textarea id="say" rows="1" placeholder="Write a message" maxlength="10000" .value=${this.draft}
           @input=${this.onInput} @keydown=${this.onKey}></textarea>
@@ -275,15 +341,159 @@ export class Thread extends StoreElement {
       : html`<span class="related" data-related=${`${r.type}:${r.id}`}>Related: ${label}</span>`}</div>`;
   }
 
-  private message(m: Message, c: Conversation | undefined) {
+  private message(m: Message, c: Conversation | undefined, now: number) {
     const store = this.store!;
     if (m.kind === "system") return html`<div class="row" data-seq=${m.seq}><div class="msg system" data-seq=${m.seq}>${m.body}</div></div>`;
     const mine = m.sender_id === store.agentId;
+    const meta = html`<div class="meta">${mine ? "You" : store.nameOf(m.sender_id, c)} · <time datetime=${m.created_at}>${when(m.created_at)}</time>${
+      isEdited(m) ? html` · <time class="edited" datetime=${m.edited_at!} title="Edited ${longWhen(m.edited_at!)}">(edited)</time>` : nothing}</div>`;
+    if (isDeleted(m)) {
+      return html`<div class="row" data-seq=${m.seq}><div class="msg deleted ${mine ? "mine" : ""}" data-seq=${m.seq}>
+        ${meta}<div class="tombstone">Message deleted</div></div></div>`;
+    }
+    const editing = this.editing?.seq === m.seq ? this.editing : null;
+    const confirming = this.confirming === m.seq;
+    const offered = !editing && !confirming && editable(m, store.agentId, now, store.editWindowMs);
+    const error = this.changeError?.seq === m.seq ? this.changeError.text : "";
     return html`
-      <div class="row" data-seq=${m.seq}><div class="msg ${mine ? "mine" : ""}" data-seq=${m.seq}>
-        <div class="meta">${mine ? "You" : store.nameOf(m.sender_id, c)} · <time datetime=${m.created_at}>${when(m.created_at)}</time></div>
-        <div class="bubble">${m.body}</div>
+      <div class="row" data-seq=${m.seq}><div class="msg ${mine ? "mine" : ""} ${editing ? "editing" : ""}" data-seq=${m.seq}>
+        ${meta}
+        ${editing ? this.editor(m, editing) : offered ? html`
+          <div class="line">${this.actions(m)}<div class="bubble">${m.body}</div></div>` : html`
+          <div class="bubble">${m.body}</div>`}
+        ${confirming ? this.confirmation(m) : nothing}
+        ${error ? html`<p class="change-error" role="alert">${error}</p>` : nothing}
       </div></div>`;
+  }
+
+  /** Edit and Delete beside one of the agent's messages (seen on hover, or when tabbed to). */
+  private actions(m: Message) {
+    const which = html`<span class="visually-hidden"> your message of ${when(m.created_at)}</span>`;
+    return html`<span class="actions">
+      <button class="edit" @click=${() => this.startEdit(m)}>Edit${which}</button>
+      <button class="delete" @click=${() => this.askDelete(m)}>Delete${which}</button>
+    </span>`;
+  }
+
+  private editor(m: Message, editing: Editing) {
+    const lines = editing.draft.split("\n").length;
+    return html`<form class="edit-box" @submit=${(e: Event) => { e.preventDefault(); void this.saveEdit(); }}>
+      <label class="visually-hidden" for="edit-${m.seq}">Edit your message</label>
+      <textarea id="edit-${m.seq}" class="edit-input" rows=${Math.min(8, Math.max(2, lines))} maxlength="10000"
+        .value=${editing.draft} ?readonly=${editing.saving} @keydown=${this.onEditKey}
+        @input=${(e: Event) => { if (this.editing) this.editing = { ...this.editing, draft: (e.target as HTMLTextAreaElement).value }; }}
+      ></textarea>
+      <div class="edit-actions">
+        <span class="hint" aria-hidden="true">Enter saves · Esc cancels</span>
+        <button type="button" class="cancel" @click=${() => this.closeEdit()}>Cancel</button>
+        <button type="submit" class="primary save" ?disabled=${!editing.draft.trim() || editing.saving}>Save</button>
+      </div>
+    </form>`;
+  }
+
+  private confirmation(m: Message) {
+    return html`<div class="confirm" role="group" aria-labelledby="confirm-${m.seq}"
+      @keydown=${(e: KeyboardEvent) => { if (e.key === "Escape") { e.preventDefault(); e.stopPropagation(); this.cancelDelete(); } }}>
+      <span id="confirm-${m.seq}">Delete this message for everyone?</span>
+      <button class="danger confirm-delete" ?disabled=${this.deleting} @click=${() => this.confirmDelete(m.seq)}>Delete</button>
+      <button class="cancel" @click=${() => this.cancelDelete()}>Cancel</button>
+    </div>`;
+  }
+
+  /** The message's row, found again after a render (it may have left the DOM meanwhile). */
+  private rowOf(seq: number): HTMLElement | null {
+    return this.renderRoot.querySelector<HTMLElement>(`.history .msg[data-seq="${seq}"]`);
+  }
+
+  private focusAfterRender(seq: number, selector: string): void {
+    void this.updateComplete.then(() => (this.rowOf(seq)?.querySelector<HTMLElement>(selector) ?? this.history)?.focus());
+  }
+
+  private startEdit(m: Message): void {
+    this.confirming = null;
+    this.changeError = null;
+    this.editing = { seq: m.seq, draft: m.body, saving: false };
+    void this.updateComplete.then(() => {
+      const box = this.rowOf(m.seq)?.querySelector<HTMLTextAreaElement>("textarea");
+      box?.focus();
+      box?.setSelectionRange(box.value.length, box.value.length);
+    });
+  }
+
+  /** Back to the message, the focus on its Edit button (or the history when it has none now). */
+  private closeEdit(): void {
+    const seq = this.editing?.seq;
+    this.editing = null;
+    if (seq !== undefined) this.focusAfterRender(seq, "button.edit");
+  }
+
+  private onEditKey(e: KeyboardEvent): void {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      void this.saveEdit();
+    } else if (e.key === "Escape") {
+      e.preventDefault();
+      e.stopPropagation();
+      this.closeEdit();
+    }
+  }
+
+  private async saveEdit(): Promise<void> {
+    const store = this.store;
+    const id = this.conversationId;
+    const editing = this.editing;
+    if (!store || !editing || editing.saving) return;
+    const body = editing.draft.trim();
+    if (!body) return;
+    const m = store.thread(id).messages.find((x) => x.seq === editing.seq);
+    if (m && m.body === body) {
+      this.closeEdit(); // nothing changed: nothing to ask
+      return;
+    }
+    this.editing = { ...editing, saving: true };
+    this.changeError = null;
+    try {
+      await store.editMessage(id, editing.seq, body);
+      if (id === this.conversationId && this.editing?.seq === editing.seq) this.closeEdit();
+    } catch (error) {
+      if (id !== this.conversationId) return;
+      // The text stays in the box: the agent may copy it, or try again.
+      if (this.editing?.seq === editing.seq) this.editing = { ...this.editing, saving: false };
+      this.changeError = { seq: editing.seq, text: refusal("edited", error) };
+    }
+  }
+
+  private askDelete(m: Message): void {
+    this.editing = null;
+    this.changeError = null;
+    this.confirming = m.seq;
+    this.focusAfterRender(m.seq, ".confirm button.cancel");
+  }
+
+  private cancelDelete(): void {
+    const seq = this.confirming;
+    this.confirming = null;
+    if (seq !== null) this.focusAfterRender(seq, "button.delete");
+  }
+
+  private async confirmDelete(seq: number): Promise<void> {
+    const store = this.store;
+    const id = this.conversationId;
+    if (!store || this.deleting) return;
+    this.deleting = true;
+    try {
+      await store.deleteMessage(id, seq);
+      if (id !== this.conversationId) return;
+      this.confirming = null;
+      void this.updateComplete.then(() => this.history?.focus()); // the row has no buttons any more
+    } catch (error) {
+      if (id !== this.conversationId) return;
+      this.confirming = null;
+      this.changeError = { seq, text: refusal("deleted", error) };
+      this.focusAfterRender(seq, "button.delete");
+    } finally {
+      this.deleting = false;
+    }
   }
 
   /** Read out the newest message someone else sent since the thread was opened. The history itself
@@ -292,7 +502,8 @@ export class Thread extends StoreElement {
     const newest = messages[messages.length - 1];
     if (!fetched || !newest) return "";
     if (this.openedAtSeq === null) this.openedAtSeq = newest.seq;
-    if (newest.seq <= this.openedAtSeq || newest.sender_id === this.store!.agentId || newest.kind === "system") return "";
+    if (newest.seq <= this.openedAtSeq || newest.sender_id === this.store!.agentId || newest.kind === "system"
+      || isDeleted(newest)) return "";
     return `${this.store!.nameOf(newest.sender_id, c)}: ${newest.body}`;
   }
 
@@ -306,6 +517,17 @@ export class Thread extends StoreElement {
     const readers = [...readBy.entries()].filter(([, seq]) => seq >= last.seq).map(([a]) => this.store!.nameOf(a, c));
     return readers.length ? html`<div class="seen">Seen by ${readers.join(", ")}</div>` : nothing;
   }
+}
+
+/** What to say when the server refused a change: its own words (the edit window's length, ...). */
+function refusal(change: "edited" | "deleted", error: unknown): string {
+  const why = error instanceof ApiError ? error.message : error instanceof Error ? error.message : String(error);
+  return `The message could not be ${change}: ${why}`;
+}
+
+/** "27 Nov 2025, 14:05": an edit's time in full, for the "(edited)" mark's title. */
+function longWhen(iso: string): string {
+  return new Date(iso).toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
 }
 
 declare global {
