@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from im_runtime.auth import AuthError, Principal, TokenVerifier
@@ -103,22 +103,19 @@ Sender = Annotated[Principal, Depends(sender)]
 TicketMinter = Annotated[Principal, Depends(ticket_minter)]
 
 
-async def directory_admin(principal: CurrentPrincipal) -> Principal:
-    if principal.role not in ("admin", "service"):
-        raise Forbidden("only admin and service tokens manage the agents directory")
-    return principal
+def with_role(roles: tuple[str, ...], refusal: str) -> Any:
+    """The caller, when its token's role is one of `roles` (else 403 saying `refusal`)."""
+
+    async def check(principal: CurrentPrincipal) -> Principal:
+        if principal.role not in roles:
+            raise Forbidden(refusal)
+        return principal
+
+    return Annotated[Principal, Depends(check)]
 
 
-DirectoryAdmin = Annotated[Principal, Depends(directory_admin)]
-
-
-async def team_admin(principal: CurrentPrincipal) -> Principal:
-    if principal.role not in ("admin", "service"):
-        raise Forbidden("only admin and service tokens manage teams")
-    return principal
-
-
-TeamAdmin = Annotated[Principal, Depends(team_admin)]
+DirectoryAdmin = with_role(("admin", "service"), "only admin and service tokens manage the agents directory")
+TeamAdmin = with_role(("admin", "service"), "only admin and service tokens manage teams")
 
 
 def store(svc: ServicesDep) -> Store:

@@ -7,27 +7,21 @@ from typing import Annotated
 
 from datetime import datetime
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 from im_runtime.auth import Principal
 
-from ..errors import Forbidden, Unprocessable
+from ..errors import Unprocessable
 from ..lifecycle import Actor
 from .conversations import ConversationPath, known_shape
-from .deps import CurrentPrincipal, Sender, ServicesDep
+from .deps import Sender, ServicesDep, with_role
 from .schemas import AuditPage, Message, MessageEdit, MessageSettings, MessageSettingsBody, MessageVersions, errors_doc
 
 router = APIRouter(tags=["message lifecycle"])
 SeqPath = Annotated[int, Path(ge=1, le=2**53, description="The message's seq in its conversation.")]
 
 
-async def tenant_admin(principal: CurrentPrincipal) -> Principal:
-    if principal.role != "admin":
-        raise Forbidden("only tenant admins read this")
-    return principal
-
-
-TenantAdmin = Annotated[Principal, Depends(tenant_admin)]
+TenantAdmin = with_role(("admin",), "only tenant admins read this")
 
 
 def actor(principal: Principal) -> Actor:

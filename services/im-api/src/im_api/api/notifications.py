@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Response
+from fastapi import APIRouter, Path, Response
 from im_runtime.auth import Principal
 
-from ..errors import Forbidden, NotFound
-from .deps import CurrentPrincipal, Services, ServicesDep
+from ..errors import NotFound
+from .deps import CurrentPrincipal, Services, ServicesDep, with_role
 from .schemas import (
     DoNotDisturbBody,
     NotificationPreferences,
@@ -22,13 +22,7 @@ router = APIRouter(tags=["notifications"])
 ConversationPath = Annotated[str, Path(min_length=1, max_length=128)]
 
 
-async def tenant_admin(principal: CurrentPrincipal) -> Principal:
-    if principal.role != "admin":
-        raise Forbidden("only tenant admins manage notification settings")
-    return principal
-
-
-TenantAdmin = Annotated[Principal, Depends(tenant_admin)]
+TenantAdmin = with_role(("admin",), "only tenant admins manage notification settings")
 
 
 @router.get("/v1/admin/notification-settings", response_model=NotificationSettings,

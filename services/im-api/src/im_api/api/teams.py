@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response
-from im_runtime.auth import Principal
+from fastapi import APIRouter, Path, Query, Response
 
-from ..errors import Forbidden
-from .deps import CurrentPrincipal, ServicesDep, TeamAdmin
+from .deps import CurrentPrincipal, ServicesDep, TeamAdmin, with_role
 from .schemas import Team, TeamCreate, TeamPage, TeamSettings, TeamSettingsBody, TeamUpdate, errors_doc
 
 router = APIRouter(tags=["teams"])
@@ -17,13 +15,7 @@ TeamPath = Annotated[str, Path(min_length=1, max_length=64, description="A team 
 AgentPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@:-]+$")]
 
 
-async def tenant_admin(principal: CurrentPrincipal) -> Principal:
-    if principal.role != "admin":
-        raise Forbidden("only tenant admins manage the team settings")
-    return principal
-
-
-TenantAdmin = Annotated[Principal, Depends(tenant_admin)]
+TenantAdmin = with_role(("admin",), "only tenant admins manage the team settings")
 
 
 @router.get("/v1/teams", response_model=TeamPage, summary="The tenant's teams by name, with online member counts",
