@@ -43,17 +43,23 @@ class Topic:
     description: str = ""
     internal: bool = False
     config: dict[str, str] = field(default_factory=dict)
+    # Its records carry message bodies (or a question, or a queued frame): a redaction cannot reach
+    # them, so their retention is the deployment's `IM_BODY_TOPICS_RETENTION_HOURS`.
+    carries_bodies: bool = False
 
     def name(self, prefix: str = "") -> str:
         return f"{prefix}{self.base_name}"
 
-    def topic_config(self) -> dict[str, str]:
-        """The broker-side config `imctl topics create` applies."""
+    def topic_config(self, body_retention_ms: int | None = None) -> dict[str, str]:
+        """The broker-side config `imctl topics create` applies; `body_retention_ms`: the
+        deployment's retention of the topics that carry message bodies."""
         cfg = dict(self.config)
         if self.compacted:
             cfg["cleanup.policy"] = "compact"
         if self.retention_ms is not None:
             cfg["retention.ms"] = str(self.retention_ms)
+        elif self.carries_bodies and body_retention_ms is not None:
+            cfg["retention.ms"] = str(body_retention_ms)
         return cfg
 
     def event_types(self) -> dict[str, type[Event]]:
@@ -89,12 +95,14 @@ MESSAGES = Topic(
     key_rule="conversation id",
     events=(MessagePosted, MessageChanged),
     description="Every message posted, in seq order per conversation, and every edit or deletion of one.",
+    carries_bodies=True,
 )
 CONVERSATIONS = Topic(
     "im.conversations.v1",
     key_rule="conversation id",
     events=(ConversationStarted, ParticipantsChanged, ReadMarkerMoved, TeamRequestChanged),
     description="Thread lifecycle, read markers and team requests (offered, claimed, released).",
+    carries_bodies=True,
 )
 AGENTS = Topic(
     "im.agents.v1",
@@ -136,6 +144,7 @@ ASSISTANCE_REQUESTS = Topic(
     key_rule="tenant:type:id of the related item (recommended; never relied on)",
     events=(AssistanceRequested,),
     description="From ticketing / live-chat services: open or reuse the related thread and post.",
+    carries_bodies=True,
 )
 DEAD_LETTERS = Topic(
     "im.dead-letters.v1",
@@ -143,6 +152,7 @@ DEAD_LETTERS = Topic(
     events=(DeadLetter,),
     partitions=3,
     description="Records a consumer rejected, with the reason.",
+    carries_bodies=True,
 )
 INBOX = Topic(
     "im.inbox.v1",
@@ -150,6 +160,7 @@ INBOX = Topic(
     events=(QueueAppend,),
     internal=True,
     description="Delivery-internal: fan-out worker → the single writer of each agent's queue.",
+    carries_bodies=True,
 )
 DELIVERY_SIGNALS = Topic(
     "im.delivery-signals.v1",

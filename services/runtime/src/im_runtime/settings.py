@@ -23,6 +23,12 @@ class CommonSettings(BaseSettings):
 
     kafka_bootstrap: str = shared("IM_KAFKA_BOOTSTRAP", default="127.0.0.1:9092",
                                   description="Kafka bootstrap servers, comma-separated.")
+    body_topics_retention_hours: int = shared(
+        "IM_BODY_TOPICS_RETENTION_HOURS", default=72, ge=1, le=24 * 365, description=(
+            "How long Kafka keeps the records that carry message bodies (messages, conversations, "
+            "assistance requests, dead letters, delivery's inbox): a redaction or retention cannot "
+            "reach them, so this bounds how long a redacted body survives there. Consumers must "
+            "never lag by more. Applied by `imctl topics create`, to existing topics too."))
     # How the services authenticate to Kafka: PLAINTEXT for the local dev broker and tests;
     # a deployment uses SASL_SSL (or SASL_PLAINTEXT on a private network) with one SCRAM
     # principal per service, whose ACLs `imctl topics create --acls` grants (README: Operating).
