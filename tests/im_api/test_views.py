@@ -39,6 +39,7 @@ def test_a_thread_names_its_agents_and_shows_an_unknown_one_by_id():
 def test_a_message_has_the_contract_shape_and_no_storage_fields():
     view = message_view(MESSAGE)
     assert view == {"id": "m7", "conversation_id": "c1", "seq": 7, "sender_id": "ana", "body": "done?",
-                    "kind": "text", "client_msg_id": "k7", "created_at": AT, "edited_at": None, "deleted_at": None}
+                    "kind": "text", "client_msg_id": "k7", "created_at": AT, "edited_at": None, "deleted_at": None,
+                    "redacted_at": None}
     assert conversation_view(THREAD, "ana", {})["last_message"] == view
     assert conversation_view({**THREAD, "last_message": None}, "ana", {})["last_message"] is None

@@ -55,15 +55,20 @@ class MessagePosted(Event):
 
 
 class MessageChanged(Event):
-    """A message was edited (its new body) or deleted (a tombstone: no body), in the thread's order
-    with the messages around it."""
+    """A message was edited (its new body), deleted (a tombstone: no body) or redacted (a tombstone
+    whose every kept copy is gone too), in the thread's order with the messages around it."""
 
     type: Literal["MessageChanged"] = "MessageChanged"
-    change: Literal["edited", "deleted"]
+    change: Literal["edited", "deleted", "redacted"]
     message: Message = Field(description="The message as it is now.")
-    changed_by: str = Field(description="Its author, or the tenant admin who deleted it.")
+    changed_by: str = Field(description="Its author, or the tenant admin who deleted or redacted it.")
     version: int = Field(ge=2, description="The message's version after the change (1: as posted).")
-    recipients: list[str] = Field(description="The thread's participants at the change.")
+    recipients: list[str] = Field(description=(
+        "The thread's participants at the change; for a redaction also everyone else a copy of the "
+        "message may have reached (former participants, agents a team request was offered to)."))
+    question_removed: bool = Field(default=False, description=(
+        "A redaction of the message a team request's question was taken from: the question is gone "
+        "too, and copies of the request drop it."))
 
 
 # --- im.conversations.v1 --------------------------------------------------------------------
@@ -230,6 +235,9 @@ class QueueAppend(Event):
     agent_id: str
     dedupe_key: str = Field(description="e.g. msg:<conversation>:<seq>; appended at most once.")
     frame: dict[str, Any] = Field(description="The client frame, without its cursor.")
+    drop_question: bool = Field(default=False, description=(
+        "With a redacted message's `message.updated`: the agent's queued team request frames of the "
+        "thread drop their question too (it was cut from that message)."))
 
 
 class QueueAdvanced(Event):

@@ -63,6 +63,9 @@ class Message(Resource):
     edited_at: UtcTime | None = Field(default=None, description="When its body last changed (null: never).")
     deleted_at: UtcTime | None = Field(default=None, description=(
         "Set when it was deleted: a tombstone, shown as \"message deleted\", with no body."))
+    redacted_at: UtcTime | None = Field(default=None, description=(
+        "Set when a tenant admin redacted it: a tombstone (`deleted_at` is set too) whose body, earlier "
+        "versions and every copy the product kept are gone."))
 
     @model_validator(mode="after")
     def _a_body_unless_deleted(self) -> "Message":

@@ -86,6 +86,31 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/conversations/{conversation_id}/messages/{seq}/redact": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Redact a message: its body goes from everywhere the product keeps it (tenant admins)
+         * @description For text pasted by mistake: the message becomes a tombstone (`deleted_at`, `redacted_at`)
+         *     and its body is removed from its earlier versions, the thread's preview and team question, the
+         *     outbox, every agent's delivery queue (former participants' too) and the notifier's previews.
+         *     The audit log keeps who, when and `reason`. Kafka keeps the records already published until
+         *     the topics' retention (README, "Redaction"). 409 `redacted` when it was redacted already; 403
+         *     `system_message` for a system line.
+         */
+        post: operations["redact_message_v1_admin_conversations__conversation_id__messages__seq__redact_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/conversations/{conversation_id}/messages/{seq}/versions": {
         parameters: {
             query?: never;
@@ -619,7 +644,7 @@ export interface components {
         AuditRecord: {
             /**
              * Action
-             * @description message.edit, message.delete, message.versions.read, settings.change, ...
+             * @description message.edit, message.delete, message.redact, message.versions.read, export.conversation, settings.change, ...
              */
             action: string;
             /** Actor */
@@ -874,6 +899,11 @@ export interface components {
              * @enum {string}
              */
             kind: "text" | "system";
+            /**
+             * Redacted At
+             * @description Set when a tenant admin redacted it (a tombstone too): its body is gone from every copy the product kept.
+             */
+            redacted_at?: string | null;
             /** Sender Id */
             sender_id: string;
             /** Seq */
@@ -919,6 +949,19 @@ export interface components {
              */
             client_msg_id: string;
         };
+        /**
+         * MessageRedaction
+         * @example {
+         *       "reason": "customer card number pasted by mistake (ticket 4521)"
+         *     }
+         */
+        MessageRedaction: {
+            /**
+             * Reason
+             * @description Why the message is redacted: kept in the audit log (so never the redacted text itself).
+             */
+            reason: string;
+        };
         /** MessageSettings */
         MessageSettings: {
             /** Edit Window S */
@@ -941,6 +984,11 @@ export interface components {
         MessageVersion: {
             /** Body */
             body: string;
+            /**
+             * Redacted At
+             * @description Set when a redaction emptied this body.
+             */
+            redacted_at?: string | null;
             /**
              * Replaced At
              * Format: date-time
@@ -1550,6 +1598,89 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    redact_message_v1_admin_conversations__conversation_id__messages__seq__redact_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description A conversation id. */
+                conversation_id: string;
+                /** @description The message's seq in its conversation. */
+                seq: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MessageRedaction"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Message"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
         };

@@ -102,6 +102,10 @@ deleted_at: (string | null)
 edited_at: (string | null)
 id: string
 kind: ("text" | "system")
+/**
+ * Set when a tenant admin redacted it: a tombstone (`deleted_at` is set too) whose body, earlier versions and every copy the product kept are gone.
+ */
+redacted_at: (string | null)
 sender_id: string
 /**
  * Gap-free position inside the conversation.

@@ -205,9 +205,10 @@ class DeliveryBus:
         else:
             pending.append(future)
 
-    async def append(self, tenant_id: str, agent_id: str, dedupe_key: str, frame: QueuedBody) -> None:
+    async def append(self, tenant_id: str, agent_id: str, dedupe_key: str, frame: QueuedBody,
+                     drop_question: bool = False) -> None:
         event = QueueAppend(tenant_id=tenant_id, agent_id=agent_id, dedupe_key=dedupe_key,
-                            frame=frame.model_dump(mode="json"))
+                            frame=frame.model_dump(mode="json"), drop_question=drop_question)
         await self._send(topics.INBOX, topics.agent_key(tenant_id, agent_id), event)
 
     async def advanced(self, tenant_id: str, gateway_id: str, agent_id: str, cursor: int) -> None:

@@ -185,26 +185,36 @@ class QueueStore:
 
     # --- the queue writer (single writer per agent) ---------------------------------------------
 
-    async def rewrite_message(self, tenant_id: str, agent_id: str, message: dict[str, Any]) -> None:
+    async def rewrite_message(self, tenant_id: str, agent_id: str, message: dict[str, Any],
+                              drop_question: bool = False) -> None:
         """Every entry of the agent's queue that carries the message — as itself (created, earlier
         changes) or as a thread's last message (any conversation.updated, a participant change's
-        included) — now holds it as it is. Two writes, each within the agent's own entries (the
-        queue's tenant/agent index), however the message got into them."""
+        included) — now holds it as it is; with `drop_question` (a redaction of the message a team
+        request's question was cut from) the thread's team request frames lose the question. Each
+        write stays within the agent's own entries (the queue's tenant/agent index), however the
+        message got into them."""
         base = {"tenant_id": tenant_id, "agent_id": agent_id}
         conversation_id, seq = message["conversation_id"], message["seq"]
         # From the message's own entry on (nothing before it can carry it): a cursor range of the
-        # agent's queue, not the whole of it. Without that entry (pruned, or never queued for
-        # this agent) nothing older is left to rewrite either.
+        # agent's queue, not the whole of it. Without that entry (pruned, never queued for this
+        # agent), an edit or a deletion has nothing older to rewrite either; a redaction still
+        # looks at the whole queue, for an agent who joined later and was shown it as a preview,
+        # or was offered the request its question came from.
         first = await self._queue.find_one({**base, "dedupe_key": message_key(conversation_id, seq)}, {"cursor": 1})
-        if first is None:
+        redacted = message.get("redacted_at") is not None
+        if first is None and not redacted:
             return
-        since = {**base, "cursor": {"$gte": first["cursor"]}}
+        since = {**base, "cursor": {"$gte": first["cursor"]}} if first is not None else base
         await self._queue.update_many(
             {**since, "frame.message.conversation_id": conversation_id, "frame.message.seq": seq},
             {"$set": {"frame.message": message}})
         await self._queue.update_many(
             {**since, "frame.conversation.id": conversation_id, "frame.conversation.last_message.seq": seq},
             {"$set": {"frame.conversation.last_message": message}})
+        if drop_question:
+            await self._queue.update_many(
+                {**base, "frame.request.conversation_id": conversation_id, "frame.request.question": {"$ne": None}},
+                {"$set": {"frame.request.question": None}})
 
     async def existing_keys(self, tenant_id: str, agent_id: str, keys: list[str]) -> dict[str, int]:
         """The entries already queued among `keys`: dedupe key -> its cursor."""

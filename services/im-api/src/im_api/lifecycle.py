@@ -1,10 +1,11 @@
-"""A message's life after it is posted: edits and deletions (through the same transaction + outbox
+"""A message's life after it is posted: edits, deletions and redactions (through the same transaction + outbox
 path as a send, ordered with the thread's messages), the earlier versions kept for admins, the
 tenant's message settings, and the audit log of every such act.
 
 Collections owned by im-api:
 - `message_versions`: `{tenant_id, conversation_id, seq, message_id, version, body, replaced_at,
-  replaced_by}` — each body an edit or a deletion replaced (admins read them, audited).
+  replaced_by, redacted_at}` — each body an edit or a deletion replaced (admins read them,
+  audited); a redaction empties them.
 - `message_settings`: `{_id: tenant, tenant_id, edit_window_s, updated_at, updated_by}`.
 - `audit_log`: `{tenant_id, at, actor, role, action, target, request_id, details}` — never a body.
 """
@@ -28,12 +29,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from .committer import StaleConversation
 from .errors import Conflict, Forbidden, InvalidCursor, NotFound, Unprocessable
+from . import redaction
 from .outbox import Transaction
 from .service import Conversations, clean_body
 from .store import Store, list_key, now
 from .views import message_model, message_view
 
 DEFAULT_EDIT_WINDOW_S = 900
+CLOCK_MARGIN_S = 300  # how far apart the clocks of two im-api processes may be
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,87 @@ class Lifecycle:
 
         return message_view(await self.conversations.retrying(work))
 
+    # --- redaction (tenant admins) -------------------------------------------------------------
+
+    async def redact(self, tenant_id: str, actor: Actor, conversation_id: str, seq: int, reason: str
+                     ) -> dict[str, Any]:
+        """Removes a message's body from everywhere im-api keeps it, in one transaction with its
+        audit record and its `MessageChanged` (`redacted`): the message (a tombstone), its earlier
+        versions, the thread's preview and team question, and every outbox record of the thread
+        that carries a copy, sent or not. Delivery and the notifier clear their copies from the
+        event, which names everyone a copy reached (the outbox records say who)."""
+
+        async def work(tx: Transaction) -> dict:
+            conv = await self.store.conversation(tenant_id, conversation_id, session=tx.session)
+            if conv is None:
+                raise NotFound("no such conversation", field="conversation_id")
+            message = await self.store.message_at(tenant_id, conversation_id, seq, session=tx.session)
+            if message is None:
+                raise NotFound("no such message", field="seq")
+            if message["kind"] != "text":
+                raise Forbidden("a system line has no body to redact", code="system_message", field="seq")
+            if message.get("redacted_at") is not None:
+                raise Conflict("the message was redacted already", code="redacted", field="seq")
+            at = now()
+            fields: dict[str, Any] = {"body": "", "redacted_at": at, "redacted_by": actor.agent_id}
+            if message.get("deleted_at") is None:
+                fields |= {"deleted_at": at, "deleted_by": actor.agent_id}
+            if not await self.store.change_message(message, fields, session=tx.session):
+                raise StaleConversation(conversation_id)
+            where = {"tenant_id": tenant_id, "conversation_id": conversation_id, "seq": seq}
+            bodies = [message["body"]] + [v["body"] async for v in self.db["message_versions"].find(
+                where, {"body": 1}, session=tx.session)]
+            await self.db["message_versions"].update_many(
+                where, {"$set": {"body": "", "redacted_at": at}}, session=tx.session)
+            changed = {**message, **fields}
+            tombstone = message_model(changed).model_dump(mode="json")
+            request = conv.get("team_request")
+            question = redaction.question_came_from(request, message["sender_id"], bodies)
+            reached = await self._scrub_outbox(tenant_id, conversation_id, message, tombstone, question, tx.session)
+            order = conv.get("outbox_seq", 0) + 1
+            also: dict[str, Any] = {}
+            if (conv.get("last_message") or {}).get("seq") == seq:
+                also["last_message"] = changed
+            if question:
+                also["team_request.question"] = None
+            if not await self.store.touch_conversation(conv, order, also, session=tx.session):
+                raise StaleConversation(conversation_id)
+            # Everyone a copy may have reached: delivery rewrites their queues, the notifier their
+            # previews (the participants of today are not all of them: some left, some were offered).
+            everyone = set(conv["participants"]) | reached | set((request or {}).get("offered") or [])
+            if (request or {}).get("claimed_by"):
+                everyone.add(request["claimed_by"])
+            tx.publish(MESSAGES, MessageChanged(
+                tenant_id=tenant_id, change="redacted", message=message_model(changed), changed_by=actor.agent_id,
+                version=message.get("version", 1) + 1, recipients=sorted(everyone), question_removed=question),
+                key=conversation_key(conversation_id), order_key=conversation_id, order=order)
+            await self.audit.record(tenant_id, actor, "message.redact",
+                                    {"type": "message", "conversation_id": conversation_id, "seq": seq,
+                                     "message_id": message["_id"]},
+                                    {"reason": reason, "author": message["sender_id"],
+                                     "version": message.get("version", 1) + 1, "question_removed": question},
+                                    session=tx.session)
+            return changed
+
+        return message_view(await self.conversations.retrying(work))
+
+    async def _scrub_outbox(self, tenant_id: str, conversation_id: str, message: dict, tombstone: dict,
+                            question: bool, session: Any) -> set[str]:
+        """Rewrites the thread's outbox records that carry the message (or its question) with the
+        tombstone; who the thread's records since the message reached. A record is written after
+        the message it carries, so those since it was posted are all there is to look at (with a
+        margin for the clocks of several im-api processes)."""
+        since = message["created_at"] - timedelta(seconds=CLOCK_MARGIN_S)
+        reached: set[str] = set()
+        values: dict[Any, bytes] = {}
+        for record in await self.store.outbox_since(tenant_id, conversation_id, since, session):
+            event = json.loads(record["value"])
+            reached |= redaction.reached(event)
+            if redaction.scrub(event, conversation_id, message["seq"], tombstone, question):
+                values[record["_id"]] = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+        await self.store.rewrite_outbox(values, session)
+        return reached
+
     # --- what admins may read ----------------------------------------------------------------
 
     async def versions(self, tenant_id: str, actor: Actor, conversation_id: str, seq: int) -> dict[str, Any]:
@@ -229,7 +313,8 @@ class Lifecycle:
         rows = await self.db["message_versions"].find(
             {"tenant_id": tenant_id, "conversation_id": conversation_id, "seq": seq}).sort("version", 1).to_list()
         return {"message": message_view(message),
-                "versions": [{k: r[k] for k in ("version", "body", "replaced_at", "replaced_by")} for r in rows]}
+                "versions": [{**{k: r[k] for k in ("version", "body", "replaced_at", "replaced_by")},
+                              "redacted_at": r.get("redacted_at")} for r in rows]}
 
     # --- export (admins; audited before the first line) ---------------------------------------
 

@@ -39,7 +39,8 @@ import zlib
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, IndexModel
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
 from im_runtime.mongo import compound_id, field_name
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -144,6 +145,9 @@ class Store:
                         ("order", ASCENDING)], name="pending"),
             # Only sent records expire (sent_at is null until then, and TTL ignores nulls).
             IndexModel([("sent_at", ASCENDING)], expireAfterSeconds=self._retention, name="sent_ttl"),
+            # A redaction finds the records of one thread that may carry a message (sent or not).
+            IndexModel([("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("created_at", ASCENDING)],
+                       name="by_conversation"),
         ])
         # `pending` replaced it: a deployment from before would otherwise pay for it on every write.
         if "pending_by_shard" in await self._outbox.index_information():
@@ -517,6 +521,18 @@ class Store:
             {"_id": message["_id"], "tenant_id": message["tenant_id"], "version": message.get("version")},
             {"$set": {**fields, "version": version + 1}}, session=session)
         return bool(result.matched_count)
+
+    async def outbox_since(self, tenant_id: str, conversation_id: str, since: datetime, session: Any) -> list[dict]:
+        """A thread's outbox records (sent or not) written since `since`: `_id` and `value`."""
+        return await self._outbox.find(
+            {"tenant_id": tenant_id, "conversation_id": conversation_id, "created_at": {"$gte": since}},
+            {"value": 1}, session=session).to_list()
+
+    async def rewrite_outbox(self, values: dict[ObjectId, bytes], session: Any) -> None:
+        """New values for outbox records (a redaction's), in one command."""
+        if values:
+            await self._outbox.bulk_write([UpdateOne({"_id": _id}, {"$set": {"value": value}})
+                                           for _id, value in values.items()], ordered=False, session=session)
 
     async def touch_conversation(self, conv: dict, outbox_seq: int, fields: dict[str, Any], session: Any) -> bool:
         """A change of the thread that posts no message (an edit, a deletion): its outbox order

@@ -15,7 +15,8 @@ def message_model(doc: Mapping[str, Any]) -> Message:
     return Message(id=doc["_id"], conversation_id=doc["conversation_id"], seq=doc["seq"],
                    sender_id=doc["sender_id"], body=doc["body"], kind=doc["kind"],
                    client_msg_id=doc.get("client_msg_id"), created_at=doc["created_at"],
-                   edited_at=doc.get("edited_at"), deleted_at=doc.get("deleted_at"))
+                   edited_at=doc.get("edited_at"), deleted_at=doc.get("deleted_at"),
+                   redacted_at=doc.get("redacted_at"))
 
 
 def message_view(doc: Mapping[str, Any]) -> dict[str, Any]:

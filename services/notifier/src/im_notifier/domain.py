@@ -141,6 +141,19 @@ def updates_for_changed_message(*, conversation_id: str, seq: int, recipients: l
             for agent in recipients]
 
 
+def updates_for_redaction(*, conversation_id: str, seq: int, recipients: list[str], question_removed: bool
+                          ) -> list[tuple[str, dict[str, Any], dict[str, Any], bool]]:
+    """A redacted message: no preview keeps it — the thread's latest preview when it is that
+    message, and any preview of the thread when the team request's question was cut from it (an
+    offer's preview is the question, whatever seq it was kept under)."""
+    if not question_removed:
+        return updates_for_changed_message(conversation_id=conversation_id, seq=seq, recipients=recipients,
+                                           preview=None)
+    t = f"threads.{conversation_id}"
+    return [(agent, {f"{t}.preview": {"$ne": None}}, {"$set": {f"{t}.preview": None}, "$inc": {"version": 1}}, False)
+            for agent in recipients]
+
+
 def update_for_read(*, agent_id: str, conversation_id: str, seq: int) -> dict[str, Any]:
     return with_defaults(agent_id, {"$max": {f"threads.{conversation_id}.read_seq": seq}, "$inc": {"version": 1}})
 

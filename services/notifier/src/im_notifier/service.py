@@ -50,6 +50,7 @@ from .domain import (
     update_for_read,
     updates_for_changed_message,
     updates_for_message,
+    updates_for_redaction,
     updates_for_team_request,
 )
 from .render import dead_letter_value, digest_email, webhook_body
@@ -124,6 +125,11 @@ class Notifier:
             message = event.message
             if not safe_id(message.conversation_id):
                 raise RejectedRecord("invalid_event", "conversation_id has characters the notifier cannot key")
+            if event.change == "redacted":
+                await self.store.apply(event.tenant_id, updates_for_redaction(
+                    conversation_id=message.conversation_id, seq=message.seq, recipients=event.recipients,
+                    question_removed=event.question_removed))
+                return
             tenant = await self.tenant(event.tenant_id)
             keep = tenant.include_bodies and message.deleted_at is None
             await self.store.apply(event.tenant_id, updates_for_changed_message(

@@ -222,9 +222,11 @@ class FanOut:
                 await self.live(event.tenant_id, others, frame)
 
     async def on_message_changed(self, event: MessageChanged) -> None:
-        """An edit or a deletion, after the message itself (held until it was delivered): the
-        `message.updated` frame, and the thread's `conversation.updated` when it was its last
-        message. The queue writer rewrites the message's earlier entries (queue_writer.py)."""
+        """An edit, a deletion or a redaction, after the message itself (held until it was
+        delivered): the `message.updated` frame, and the thread's `conversation.updated` for its
+        participants when it was its last message. The queue writer rewrites the message's earlier
+        entries (queue_writer.py); a redaction names everyone a copy reached, former participants
+        too, so theirs are rewritten as well."""
         m = event.message
         conv = await self.projections.conversation(event.tenant_id, m.conversation_id)
         if conv is None or m.seq > conv["last_seq"]:
@@ -237,8 +239,8 @@ class FanOut:
             updated = conversation_frame(conv)
         markers = conv.get("read_markers") or {}
         for agent in dict.fromkeys(event.recipients):
-            await self.bus.append(event.tenant_id, agent, key, frame)
-            if updated is not None:
+            await self.bus.append(event.tenant_id, agent, key, frame, drop_question=event.question_removed)
+            if updated is not None and (event.change != "redacted" or agent in conv.get("participant_ids", ())):
                 await self.bus.append(event.tenant_id, agent, f"{key}:conversation", for_reader(updated, markers, agent))
 
     async def live(self, tenant_id: str, agent_ids: list[str], frame: LiveBody) -> None:

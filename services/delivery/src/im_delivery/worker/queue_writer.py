@@ -69,7 +69,8 @@ class QueueWriter:
         entries keep their order), so they are there to rewrite."""
         for event, _ in items:
             if isinstance(event, QueueAppend) and event.frame.get("type") == "message.updated":
-                await self.store.rewrite_message(event.tenant_id, event.agent_id, event.frame["message"])
+                await self.store.rewrite_message(event.tenant_id, event.agent_id, event.frame["message"],
+                                                 drop_question=event.drop_question)
 
     async def append_all(self, by_agent: dict[tuple[str, str], list[tuple[QueueAppend, str, float | None]]]
                          ) -> dict[tuple[str, str], int]:

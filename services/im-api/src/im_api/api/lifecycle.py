@@ -1,4 +1,4 @@
-"""HTTP: editing and deleting messages, what tenant admins may read of their past (earlier
+"""HTTP: editing, deleting and redacting messages, what tenant admins may read of their past (earlier
 versions, the audit log) and the tenant's message settings."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from ..errors import Unprocessable
 from ..lifecycle import Actor
 from .conversations import ConversationPath, known_shape
 from .deps import Sender, ServicesDep, with_role
-from .schemas import AuditPage, Message, MessageEdit, MessageSettings, MessageSettingsBody, MessageVersions, errors_doc
+from .schemas import (AuditPage, Message, MessageEdit, MessageRedaction, MessageSettings, MessageSettingsBody,
+                      MessageVersions, errors_doc)
 
 router = APIRouter(tags=["message lifecycle"])
 SeqPath = Annotated[int, Path(ge=1, le=2**53, description="The message's seq in its conversation.")]
@@ -46,6 +47,21 @@ async def delete_message(conversation_id: ConversationPath, seq: SeqPath, princi
     """The message becomes a tombstone everywhere (history, the thread's preview, frames); its
     last body stays among its versions, for admins, until it is redacted."""
     return await svc.lifecycle.delete(principal.tenant_id, actor(principal), known_shape(conversation_id), seq)
+
+
+@router.post("/v1/admin/conversations/{conversation_id}/messages/{seq}/redact", response_model=Message,
+             summary="Redact a message: its body goes from everywhere the product keeps it (tenant admins)",
+             responses=errors_doc(400, 401, 403, 404, 409, 422))
+async def redact_message(conversation_id: ConversationPath, seq: SeqPath, body: MessageRedaction,
+                         principal: TenantAdmin, svc: ServicesDep) -> dict:
+    """For text pasted by mistake: the message becomes a tombstone (`deleted_at`, `redacted_at`)
+    and its body is removed from its earlier versions, the thread's preview and team question, the
+    outbox, every agent's delivery queue (former participants' too) and the notifier's previews.
+    The audit log keeps who, when and `reason`. Kafka keeps the records already published until
+    the topics' retention (README, "Redaction"). 409 `redacted` when it was redacted already; 403
+    `system_message` for a system line."""
+    return await svc.lifecycle.redact(principal.tenant_id, actor(principal), known_shape(conversation_id), seq,
+                                      body.reason.strip())
 
 
 @router.get("/v1/admin/conversations/{conversation_id}/messages/{seq}/versions", response_model=MessageVersions,

@@ -98,6 +98,8 @@ class Message(Response):
     created_at: datetime
     edited_at: datetime | None = Field(default=None, description="When its body last changed (null: never).")
     deleted_at: datetime | None = Field(default=None, description="Set when it was deleted.")
+    redacted_at: datetime | None = Field(default=None, description=(
+        "Set when a tenant admin redacted it (a tombstone too): its body is gone from every copy the product kept."))
 
 
 TeamId = Annotated[str, Field(min_length=1, max_length=64, description="A team id (32 hex digits).",
@@ -383,9 +385,19 @@ class TeamSettings(Response):
 
 # --- a message's life: edit, delete, settings, audit ----------------------------------------
 
+REASON_MAX_CHARS = 500
+
+
 class MessageEdit(Request):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"body": "On it (ticket 123)."}]})
     body: Body
+
+
+class MessageRedaction(Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"reason": "customer card number pasted by mistake (ticket 4521)"}]})
+    reason: str = Field(min_length=1, max_length=REASON_MAX_CHARS, pattern=r"\S", description=(
+        "Why the message is redacted: kept in the audit log (so never the redacted text itself)."))
 
 
 class MessageVersion(Response):
@@ -393,6 +405,7 @@ class MessageVersion(Response):
     body: str
     replaced_at: datetime = Field(description="When this body was replaced (edited) or the message deleted.")
     replaced_by: str
+    redacted_at: datetime | None = Field(default=None, description="Set when a redaction emptied this body.")
 
 
 class MessageVersions(Response):
@@ -416,7 +429,7 @@ class AuditRecord(Response):
     at: datetime
     actor: str
     role: str
-    action: str = Field(description="message.edit, message.delete, message.versions.read, settings.change, ...")
+    action: str = Field(description="message.edit, message.delete, message.redact, message.versions.read, export.conversation, settings.change, ...")
     target: dict = Field(description="What it acted on: {type, conversation_id, seq, ...}.")
     request_id: str | None = None
     details: dict = Field(default_factory=dict)
