@@ -1,7 +1,7 @@
 """Editing and deleting one's own messages, in Chromium against the real stack: Ana edits a message
 in place (Escape cancels, Enter saves, by keyboard too) and deletes another after confirming; Ben's
-open thread follows live ("(edited)", "Message deleted", the thread list's preview) and still shows
-both after a reload; nobody is offered Edit or Delete on someone else's message; when the server
+open thread follows live ("(edited)", "Message deleted", the thread list's preview, an admin's
+redaction) and still shows both after a reload; nobody is offered Edit or Delete on someone else's message; when the server
 refuses (the edit window passed), its reason is shown on the message; axe-core on each screen."""
 
 from __future__ import annotations
@@ -151,5 +151,17 @@ async def test_an_agent_edits_and_deletes_her_messages_and_the_other_console_fol
     await expect(ana.console().locator("im-thread button.delete")).to_have_count(0)
     # Chromium logs every 4xx answer itself: this refusal is the one the test asked for.
     ana.problems.remove("console error: Failed to load resource: the server responded with a status of 403 (Forbidden)")
+
+    # A tenant admin redacts the edited message: both consoles show it removed, live.
+    async with world.stack.client(world.stack.token("acme", "ana")) as as_ana:
+        cid = (await as_ana.get("/v1/conversations")).json()["items"][0]["id"]
+    async with world.stack.client(world.stack.token("acme", "root", "admin")) as admin:
+        r = await admin.post(f"/v1/admin/conversations/{cid}/messages/1/redact", json={"reason": "wrong amount"})
+        assert r.status_code == 200, r.text
+    for agent in (ana, ben):
+        await expect(agent.console().locator("im-thread .msg.deleted .tombstone").first).to_have_text(
+            "Message removed by an admin")
+        await expect(bubble(agent, EDITED)).to_have_count(0)
+    violations += await ben.axe("a redacted message")
 
     assert violations == [], dump(violations)

@@ -14,6 +14,7 @@ export interface MessageLike {
   created_at: string;
   edited_at?: string | null;
   deleted_at?: string | null;
+  redacted_at?: string | null;
 }
 
 /** The tenant's default edit window; only admins can read the tenant's own (`edit_window_s`). */
@@ -23,12 +24,19 @@ export function isDeleted(m: MessageLike): boolean {
   return Boolean(m.deleted_at);
 }
 
+/** What a tombstone says: an admin's redaction is told apart from its author's deletion. */
+export function tombstoneText(m: MessageLike): string {
+  return m.redacted_at ? "Message removed by an admin" : "Message deleted";
+}
+
 export function isEdited(m: MessageLike): boolean {
   return Boolean(m.edited_at) && !isDeleted(m);
 }
 
-/** A message's versions only move forward: posted, edited (later edits later), deleted. */
+/** A message's versions only move forward: posted, edited (later edits later), deleted, redacted
+ * (a deleted message may be redacted later, keeping its `deleted_at`). */
 function rank(m: MessageLike): [number, number] {
+  if (m.redacted_at) return [3, Date.parse(m.redacted_at) || 0];
   if (m.deleted_at) return [2, Date.parse(m.deleted_at) || 0];
   if (m.edited_at) return [1, Date.parse(m.edited_at) || 0];
   return [0, 0];

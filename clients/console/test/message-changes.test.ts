@@ -10,6 +10,7 @@ import {
   narrowWindow,
   newer,
   nextExpiry,
+  tombstoneText,
   replaceBySeq,
   withPreview,
 } from "../src/message-changes.js";
@@ -26,6 +27,7 @@ interface M {
   created_at: string;
   edited_at: string | null;
   deleted_at: string | null;
+  redacted_at?: string | null;
 }
 
 function msg(seq: number, over: Partial<M> = {}): M {
@@ -53,6 +55,15 @@ test("the current version: deleted beats edited beats posted; a later edit beats
   assert.equal(newer(edited(1, 3), deleted(1, 4)).body, "");
   const same = edited(1, 3, "again");
   assert.equal(newer(edited(1, 3), same), same); // a tie: the incoming copy
+});
+
+test("a redaction comes last, even of a message deleted earlier, and says so", () => {
+  const redacted = msg(1, { body: "", deleted_at: at(4), redacted_at: at(8) });
+  assert.equal(newer(redacted, deleted(1, 4)), redacted); // the deletion's late copy changes nothing
+  assert.equal(newer(deleted(1, 4), redacted), redacted);
+  assert.equal(newer(redacted, edited(1, 9)).redacted_at, at(8));
+  assert.equal(tombstoneText(redacted), "Message removed by an admin");
+  assert.equal(tombstoneText(deleted(1, 4)), "Message deleted");
 });
 
 test("a message.updated replaces the message of its seq, and only that one", () => {

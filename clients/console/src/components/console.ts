@@ -20,6 +20,7 @@ import "./agent-picker.js";
 import type { AgentPicker } from "./agent-picker.js";
 import { claimNotice, type ConsoleStore } from "../store.js";
 import { shared, StoreElement, when } from "./base.js";
+import { tombstoneText } from "../message-changes.js";
 import "./thread.js";
 import type { Thread } from "./thread.js";
 
@@ -217,7 +218,7 @@ export class Console extends StoreElement {
     if (offer) return this.offerRow(c, offer, index, count, tabStop);
     const last = c.last_message;
     const lastText = last ? html`${last.sender_id === store.agentId ? "You" : store.nameOf(last.sender_id, c)}: ${
-      last.deleted_at ? html`<span class="deleted">Message deleted</span>` : last.body}` : "No messages yet";
+      last.deleted_at ? html`<span class="deleted">${tombstoneText(last)}</span>` : last.body}` : "No messages yet";
     return html`
       <li data-conversation=${c.id} aria-posinset=${index + 1} aria-setsize=${count}>
         <button class=${c.unread_count ? "unread" : ""} aria-current=${c.id === this.openId ? "true" : "false"}

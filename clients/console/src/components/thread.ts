@@ -19,7 +19,7 @@ import { ApiError, type Conversation, type Message } from "@helpdesk-im/client";
 import { css, html, nothing, type PropertyValues } from "lit";
 import { customElement, property, query, state } from "lit/decorators.js";
 import { repeat } from "lit/directives/repeat.js";
-import { editable, isDeleted, isEdited, nextExpiry } from "../message-changes.js";
+import { editable, isDeleted, isEdited, nextExpiry, tombstoneText } from "../message-changes.js";
 import { Windowing } from "../windowing.js";
 import { claimNotice, type ConsoleStore } from "../store.js";
 import { offerState, requestStatus, teamNames } from "../team-requests.js";
@@ -349,7 +349,7 @@ export class Thread extends StoreElement {
       isEdited(m) ? html` · <time class="edited" datetime=${m.edited_at!} title="Edited ${longWhen(m.edited_at!)}">(edited)</time>` : nothing}</div>`;
     if (isDeleted(m)) {
       return html`<div class="row" data-seq=${m.seq}><div class="msg deleted ${mine ? "mine" : ""}" data-seq=${m.seq}>
-        ${meta}<div class="tombstone">Message deleted</div></div></div>`;
+        ${meta}<div class="tombstone">${tombstoneText(m)}</div></div></div>`;
     }
     const editing = this.editing?.seq === m.seq ? this.editing : null;
     const confirming = this.confirming === m.seq;
