@@ -18,6 +18,7 @@ from im_contracts.topics import MESSAGES
 from im_runtime.auth import AuthError, Principal, TokenVerifier
 from im_runtime.settings import CommonSettings
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
 
 from .topics import kafka_options
 
@@ -85,10 +86,8 @@ class Access:
     audit_id: Any
 
 
-async def authorize_and_audit(token: str, tenant: str, action: str, details: dict[str, Any],
-                              uri: str, db_name: str) -> Access:
-    """An admin token of `tenant` (verified with IM_JWT_SECRET or IM_JWKS_URL), then the audit
-    record; refused when either fails — bodies are never shown without a record that they were."""
+async def authorize(token: str, tenant: str) -> Principal:
+    """An admin token of `tenant` (verified with IM_JWT_SECRET or IM_JWKS_URL), else Refused."""
     settings = CommonSettings()
     try:
         verifier = TokenVerifier(settings)
@@ -99,16 +98,31 @@ async def authorize_and_audit(token: str, tenant: str, action: str, details: dic
     if principal.role != "admin" or principal.tenant_id != tenant:
         raise Refused(f"an admin token of tenant {tenant!r} is required (got role {principal.role!r} "
                       f"of tenant {principal.tenant_id!r})")
-    client = _client(uri)
+    return principal
+
+
+async def record_access(db: AsyncDatabase, principal: Principal, tenant: str, action: str,
+                        details: dict[str, Any]) -> Any:
+    """imctl's own audit record (`operator_audit`); its id. Refused when it cannot be written."""
     try:
         record = {"tenant_id": tenant, "at": datetime.now(UTC), "actor": principal.subject, "role": principal.role,
                   "action": action, "details": details, "host": socket.gethostname(), "pid": os.getpid()}
-        result = await client[db_name][AUDIT].insert_one(record)
+        return (await db[AUDIT].insert_one(record)).inserted_id
     except Exception as exc:  # noqa: BLE001 - no audit record, no access
         raise Refused(f"could not write the audit record ({type(exc).__name__}): nothing shown") from None
+
+
+async def authorize_and_audit(token: str, tenant: str, action: str, details: dict[str, Any],
+                              uri: str, db_name: str) -> Access:
+    """An admin token of `tenant`, then the audit record; refused when either fails — bodies are
+    never shown without a record that they were."""
+    principal = await authorize(token, tenant)
+    client = _client(uri)
+    try:
+        audit_id = await record_access(client[db_name], principal, tenant, action, details)
     finally:
         await client.close()
-    return Access(principal, result.inserted_id)
+    return Access(principal, audit_id)
 
 
 async def audit_records(uri: str, db_name: str, tenant: str, action: str | None, limit: int) -> list[dict[str, Any]]:
