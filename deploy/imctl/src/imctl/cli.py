@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import sys
+from datetime import datetime
 
 from . import acls, launcher, tokens
 from .topics import create_topics, describe_topics
@@ -101,6 +103,69 @@ def cmd_audit(args) -> int:
             print(f"{r['at']:%Y-%m-%dT%H:%M:%S}Z {r['source']:<6} {r['actor']} ({r['role']}) {r['action']} {target}"
                   f"{' request=' + r['request_id'] if r.get('request_id') else ''}")
     print(f"{len(records)} audit records", file=sys.stderr)
+    return 0
+
+
+def _rfc3339(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {text!r} (e.g. 2026-11-27T00:00:00Z)") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a zone (RFC 3339, e.g. 2026-11-27T00:00:00Z)")
+    return value
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def cmd_export(args) -> int:
+    from .ops import Refused, Unknown, atomic_file, export
+
+    ranged = args.start is not None or args.end is not None
+    if bool(args.conversation) == ranged:
+        print("give --conversation ID (one thread), or --from and --to (the tenant's threads between them)",
+              file=sys.stderr)
+        return 2
+    if ranged and (args.start is None or args.end is None):
+        print("give both --from and --to", file=sys.stderr)
+        return 2
+    if ranged and args.end <= args.start:
+        print(f"--to must be after --from (got from {args.start.isoformat()} to {args.end.isoformat()})",
+              file=sys.stderr)
+        return 2
+    if not args.token:
+        print("an export holds message bodies: give an admin token of the tenant (--token or IM_ADMIN_TOKEN)",
+              file=sys.stderr)
+        return 2
+    if args.out is not None:
+        out = os.path.abspath(args.out)
+        if os.path.isdir(out) or not os.path.isdir(os.path.dirname(out)):
+            print(f"--out {args.out}: give a file in an existing folder", file=sys.stderr)
+            return 2
+    else:
+        out = "-"
+
+    def sink():
+        return atomic_file(out) if out != "-" else contextlib.nullcontext(sys.stdout.buffer)
+
+    try:
+        done = asyncio.run(export(args.token, args.tenant, args.mongo_uri, args.db, sink,
+                                  conversation=args.conversation, start=args.start, end=args.end, out=out))
+        sys.stdout.flush()
+    except Refused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 3
+    except Unknown as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `imctl export ... | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    print(f"audited as {done.access.principal.subject} (record {done.access.audit_id}); "
+          f"{_count(done.conversations, 'conversation')}, {_count(done.messages, 'message')} exported"
+          f"{' to ' + out if out != '-' else ''}", file=sys.stderr)
     return 0
 
 
@@ -301,6 +366,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100, help="at most this many records (default 100)")
     p.add_argument("--json", action="store_true", help="one JSON document per line")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("export", help="export a thread, or a tenant's threads between two times, as JSON lines "
+                                      "(admin token; audited)")
+    _mongo_args(p)
+    _admin_args(p)
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--conversation", help="the thread to export")
+    p.add_argument("--from", dest="start", type=_rfc3339, metavar="RFC3339",
+                   help="with --to: every thread with messages posted from this time (inclusive, with a zone)")
+    p.add_argument("--to", dest="end", type=_rfc3339, metavar="RFC3339", help="... until this time (exclusive)")
+    p.add_argument("--out", help="write to this file (whole or not at all; mode 0600) instead of stdout")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("compose", help="the compose stack in containers (docker, or podman offline)")
     p.add_argument("action", choices=["up", "down"])

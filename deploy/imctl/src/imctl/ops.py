@@ -1,15 +1,18 @@
 """Operator commands that touch the product's data: `migrate` (every service's indexes), and the
-audited reading of message bodies (`tail`, `dead-letters --bodies`): an admin token of the tenant
-is verified and an audit record written BEFORE anything is shown."""
+audited reading of message bodies (`tail`, `dead-letters --bodies`, `export`): an admin token of
+the tenant is verified and an audit record written BEFORE anything is shown."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO, ContextManager
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from im_contracts.codec import RejectedRecord, decode_record
@@ -127,7 +130,8 @@ async def authorize_and_audit(token: str, tenant: str, action: str, details: dic
 
 async def audit_records(uri: str, db_name: str, tenant: str, action: str | None, limit: int) -> list[dict[str, Any]]:
     """The tenant's audit records, newest first: im-api's (`audit_log`: edits, deletions, admin
-    reads, settings) and imctl's own (`operator_audit`: tail, dead letters with bodies, audit)."""
+    reads, settings, exports) and imctl's own (`operator_audit`: tail, dead letters with bodies,
+    export, audit)."""
     client = _client(uri)
     try:
         db = client[db_name]
@@ -140,6 +144,87 @@ async def audit_records(uri: str, db_name: str, tenant: str, action: str | None,
                        "action": r["action"], "target": r.get("target") or {}, "request_id": r.get("request_id"),
                        "details": r.get("details") or {}} for r in rows]
         return sorted(found, key=lambda r: r["at"], reverse=True)[:limit]
+    finally:
+        await client.close()
+
+
+class Unknown(Exception):
+    """What the operator named does not exist in the tenant (nothing shown, nothing recorded)."""
+
+
+@dataclass(frozen=True)
+class Exported:
+    access: Access
+    conversations: int
+    messages: int
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A file that appears whole or not at all: written beside `path` under a temporary name (mode
+    0600: an export holds message bodies), synced, then renamed over `path`; on any failure,
+    Ctrl-C included, the temporary file is removed and `path` left as it was."""
+    target = Path(path)
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+
+
+async def export(token: str, tenant: str, uri: str, db_name: str, sink: Callable[[], ContextManager[BinaryIO]], *,
+                 conversation: str | None = None, start: datetime | None = None, end: datetime | None = None,
+                 out: str = "-") -> Exported:
+    """A thread (`conversation`) or the tenant's threads with messages posted in [start, end), as
+    im-api exports them over HTTP: the same JSON lines from the same generators, written to
+    `sink()` line by line as they are read (one page of 500 messages in memory at a time).
+
+    The admin token first; then, for a thread, that it exists; then two audit records — imctl's
+    (`operator_audit`, action `export`) and im-api's (`audit_log`, `export.conversation` or
+    `export.range`, as the HTTP export writes, detail `via: imctl`) — and only then is `sink`
+    opened. Refused, or Unknown, before anything is written or recorded."""
+    from im_api.lifecycle import Actor, Audit, export_between, export_conversation
+    from im_contracts.models import to_rfc3339
+
+    if conversation is None and (start is None or end is None or end <= start):
+        raise ValueError("a conversation, or a start before an end")
+    principal = await authorize(token, tenant)
+    client = _client(uri)
+    try:
+        db = client[db_name]
+        if conversation is not None:
+            if await db["conversations"].find_one({"_id": conversation, "tenant_id": tenant}, {"_id": 1}) is None:
+                raise Unknown(f"no conversation {printable(conversation)!r} in tenant {printable(tenant)!r}: "
+                              "nothing exported")
+            action, target = "export.conversation", {"type": "conversation", "conversation_id": conversation}
+            details: dict[str, Any] = {"conversation": conversation}
+            lines = export_conversation(db, tenant, conversation)
+        else:
+            assert start is not None and end is not None
+            action, target = "export.range", {"type": "tenant", "from": to_rfc3339(start), "to": to_rfc3339(end)}
+            details = {"from": target["from"], "to": target["to"]}
+            lines = export_between(db, tenant, start, end)
+        audit_id = await record_access(db, principal, tenant, "export", {**details, "out": out})
+        try:
+            await Audit(db).record(tenant, Actor(principal.subject, principal.role), action, target,
+                                   {"via": "imctl", "operator_audit_id": str(audit_id), "host": socket.gethostname()})
+        except Exception as exc:  # noqa: BLE001 - no audit record, no export
+            raise Refused(f"could not write im-api's audit record ({type(exc).__name__}): nothing exported") from None
+        conversations = messages = 0
+        with sink() as f:
+            async for line in lines:
+                f.write(line)
+                if line.startswith(b'{"type": "conversation"'):
+                    conversations += 1
+                else:
+                    messages += 1
+        return Exported(Access(principal, audit_id), conversations, messages)
     finally:
         await client.close()
 
