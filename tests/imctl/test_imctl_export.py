@@ -24,6 +24,7 @@ from imctl.tokens import mint
 
 pytestmark = pytest.mark.integration
 T, OTHER = "acme", "globex"
+HOSTILE = "ok\x1b[2J\x1b]0;pwned\x07\rhidden\u202egnp.exe\x85end 👋"
 
 
 def imctl(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -88,7 +89,8 @@ def env(jwt_secret: str, mongo_uri: str, mongo_db_name: str) -> dict[str, str]:
 
 
 def lines_of(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines()]
+    """JSON lines end in \n alone (str.splitlines would also split a body at \x85 or \u2028)."""
+    return [json.loads(line) for line in text.split("\n") if line]
 
 
 def without_type(line: dict) -> dict:
@@ -97,7 +99,7 @@ def without_type(line: dict) -> dict:
 
 async def test_export_of_a_thread_matches_its_history_and_is_recorded_in_both_audit_logs(api, env, mongo,
                                                                                         mongo_db_name):
-    cid, _ = await api.thread(T, "alice", "bob", "the printer is on fire", "card 4111", "fixed it")
+    cid, _ = await api.thread(T, "alice", "bob", "the printer is on fire", "card 4111", "fixed it", HOSTILE)
     r = await api.http.delete(f"/v1/conversations/{cid}/messages/2", headers=api.auth(T, "alice"))
     assert r.status_code == 200, r.text
     r = await api.http.patch(f"/v1/conversations/{cid}/messages/3", json={"body": "fixed it, really"},
@@ -111,15 +113,18 @@ async def test_export_of_a_thread_matches_its_history_and_is_recorded_in_both_au
     lines = lines_of(out.stdout)
     assert lines[0]["type"] == "conversation" and lines[0]["id"] == cid
     assert sorted(lines[0]["participants"]) == ["alice", "bob"]
-    assert [line["type"] for line in lines[1:]] == ["message"] * 3
+    assert [line["type"] for line in lines[1:]] == ["message"] * 4
     assert [without_type(line) for line in lines[1:]] == await api.history(T, "bob", cid)
     assert lines[2]["body"] == "" and lines[2]["deleted_at"] and "card 4111" not in out.stdout  # a tombstone
     assert lines[3]["body"] == "fixed it, really" and lines[3]["edited_at"]
+    assert lines[4]["body"] == HOSTILE and not any(ch in out.stdout for ch in "\x1b\x07\r\u202e\x85")
     assert "another thread" not in out.stdout
-    assert "1 conversation, 3 messages exported" in out.stderr
-    # The very bytes im-api's HTTP export streams: the same generators.
+    assert "1 conversation, 4 messages exported" in out.stderr
+    # What im-api's HTTP export streams (the same generators); only the body that could drive a
+    # terminal is spelled with JSON escapes.
     r = await api.http.get(f"/v1/admin/conversations/{cid}/export", headers=api.auth(T, "root", "admin"))
-    assert r.status_code == 200 and r.text == out.stdout
+    assert r.status_code == 200 and lines_of(r.text) == lines
+    assert r.text.split("\n")[:4] == out.stdout.split("\n")[:4] and "\u202e" in r.text
 
     db = mongo[mongo_db_name]
     mine = await db["operator_audit"].find({"action": "export"}).to_list()

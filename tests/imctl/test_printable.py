@@ -8,7 +8,7 @@ import base64
 import pytest
 from im_contracts.events import DeadLetter
 from imctl.kafka_tools import describe_letter
-from imctl.text import printable
+from imctl.text import json_escaped, printable
 
 pytestmark = pytest.mark.unit
 
@@ -31,3 +31,17 @@ def test_a_dead_letter_line_escapes_what_the_record_claimed():
     line = describe_letter(letter)
     assert "\x1b" not in line and "\r" not in line
     assert "tenant=acme\\x1b[31m" in line and "bad field\\r\\x1b[2K" in line
+
+
+def test_json_lines_keep_their_meaning_with_control_characters_escaped():
+    import json
+
+    doc = {"body": HOSTILE + "\U000e0041\u2028", "plain": "Ça va? 你好 👋"}
+    line = (json.dumps(doc, ensure_ascii=False) + "\n").encode()
+    escaped = json_escaped(line)
+    assert json.loads(escaped) == doc and escaped.endswith(b"\n")
+    assert all(ch.isprintable() for ch in escaped.decode().rstrip("\n"))
+    assert "\\u202e" in escaped.decode() and "\\udb40\\udc41" in escaped.decode()
+    assert "Ça va? 你好 👋" in escaped.decode()  # letters and emoji unchanged
+    plain = b'{"type": "message", "body": "hello"}\n'
+    assert json_escaped(plain) is plain

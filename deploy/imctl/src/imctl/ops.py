@@ -26,7 +26,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from .topics import kafka_options
 
 from .kafka_tools import topic_partitions
-from .text import printable
+from .text import json_escaped, printable
 
 # imctl's own collection: who read which tenant's bodies, when, and how.
 AUDIT = "operator_audit"
@@ -183,7 +183,8 @@ async def export(token: str, tenant: str, uri: str, db_name: str, sink: Callable
                  out: str = "-") -> Exported:
     """A thread (`conversation`) or the tenant's threads with messages posted in [start, end), as
     im-api exports them over HTTP: the same JSON lines from the same generators, written to
-    `sink()` line by line as they are read (one page of 500 messages in memory at a time).
+    `sink()` line by line as they are read (one page of 500 messages in memory at a time); the
+    control and format characters of a body written as JSON escapes (the same documents).
 
     The admin token first; then, for a thread, that it exists; then two audit records — imctl's
     (`operator_audit`, action `export`) and im-api's (`audit_log`, `export.conversation` or
@@ -219,7 +220,7 @@ async def export(token: str, tenant: str, uri: str, db_name: str, sink: Callable
         conversations = messages = 0
         with sink() as f:
             async for line in lines:
-                f.write(line)
+                f.write(json_escaped(line))  # a body cannot drive the terminal it is shown on
                 if line.startswith(b'{"type": "conversation"'):
                     conversations += 1
                 else:

@@ -25,3 +25,24 @@ def printable(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def json_escaped(line: bytes) -> bytes:
+    """A UTF-8 JSON text with the characters `printable` escapes written as JSON escapes
+    (`\\u001b` is already; `\\u202e`, `\\u0085`, `\\u200b` ...): the same document to any parser,
+    harmless on a terminal. Outside its strings JSON is ASCII, so every such character is inside
+    one and its escape is valid there. Plain ASCII lines (most) are returned as they are."""
+    if line.isascii() and b"\x7f" not in line:
+        return line
+    out = []
+    for ch in line.decode():
+        if ch > "\x7e" and unicodedata.category(ch) in _ESCAPED_CATEGORIES:
+            code = ord(ch)
+            if code < 0x10000:
+                out.append(f"\\u{code:04x}")
+            else:  # a surrogate pair, as JSON spells a character beyond the BMP
+                code -= 0x10000
+                out.append(f"\\u{0xd800 + (code >> 10):04x}\\u{0xdc00 + (code & 0x3ff):04x}")
+        else:
+            out.append(ch)
+    return "".join(out).encode()
