@@ -14,7 +14,8 @@ pytestmark = pytest.mark.unit
 def message(seq: int) -> dict:
     """A message as the fan-out's projection holds it (every field, as JSON)."""
     return {"id": f"m{seq}", "conversation_id": "c1", "seq": seq, "sender_id": "ana", "body": "hi", "kind": "text",
-            "client_msg_id": None, "created_at": "2026-01-02T00:00:00.000Z", "edited_at": None, "deleted_at": None}
+            "client_msg_id": None, "created_at": "2026-01-02T00:00:00.000Z", "edited_at": None, "deleted_at": None,
+            "redacted_at": None}
 
 
 @pytest.mark.parametrize("partitions", [1, 3, 12])

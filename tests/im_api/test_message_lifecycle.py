@@ -187,3 +187,50 @@ async def test_exports_stream_json_lines_audited_and_only_to_the_tenants_admins(
     assert r.status_code == 200 and r.text == ""
     actions = [a["action"] for a in (await api.http.get("/v1/admin/audit", headers=api.admin(T))).json()["items"]]
     assert actions[:2] == ["export.range", "export.conversation"]
+
+
+async def test_a_redaction_reaches_a_deleted_message_and_names_everyone_a_copy_reached(api):
+    await api.add_agents(T, "alice", "bob", "carol")
+    conv = await api.start(T, "alice", "bob", "carol")
+    cid = conv["id"]
+    for i, body in enumerate(["the customer's card 4111 1111", "thanks"], 1):
+        assert (await api.send(T, "alice", cid, body, f"r{i}")).status_code == 201
+    r = await api.http.delete(f"/v1/conversations/{cid}/participants/me", headers=api.auth(T, "carol"))
+    assert r.status_code == 204
+    url = f"/v1/conversations/{cid}/messages/1"
+    assert (await api.http.delete(url, headers=api.auth(T, "alice"))).status_code == 200
+    redact = f"/v1/admin/conversations/{cid}/messages"
+
+    # A deleted message is still redacted: its last body lives among its versions until then.
+    r = await api.http.get(f"{redact}/1/versions", headers=api.admin(T))
+    assert [v["body"] for v in r.json()["versions"]] == ["the customer's card 4111 1111"]
+    r = await api.http.post(f"{redact}/1/redact", json={"reason": "card number"}, headers=api.admin(T))
+    assert r.status_code == 200, r.text
+    assert r.json()["redacted_at"] and r.json()["deleted_at"] and r.json()["body"] == ""
+    r = await api.http.get(f"{redact}/1/versions", headers=api.admin(T))
+    assert [(v["body"], bool(v["redacted_at"])) for v in r.json()["versions"]] == [("", True)]
+
+    # Refused with the reason, and nothing changed: a system line (carol's leaving), a reason too
+    # long, another tenant, a missing message.
+    r = await api.http.post(f"{redact}/3/redact", json={"reason": "x"}, headers=api.admin(T))
+    assert r.status_code == 403 and r.json()["error"]["code"] == "system_message"
+    r = await api.http.post(f"{redact}/2/redact", json={"reason": "x" * 501}, headers=api.admin(T))
+    assert r.status_code == 422 and r.json()["error"]["field"] == "reason"
+    r = await api.http.post(f"{redact}/2/redact", json={"reason": "x"}, headers=api.admin(OTHER))
+    assert r.status_code == 404
+    r = await api.http.post(f"{redact}/9/redact", json={"reason": "x"}, headers=api.admin(T))
+    assert r.status_code == 404 and r.json()["error"]["field"] == "seq"
+    history = (await api.http.get(f"/v1/conversations/{cid}/messages", headers=api.auth(T, "bob"))).json()["items"]
+    assert [(m["seq"], m["body"], bool(m["redacted_at"])) for m in history] == [
+        (1, "", True), (2, "thanks", False), (3, history[2]["body"], False)]
+
+    # On Kafka, after the deletion, in the thread's order; carol, who left, is among its recipients.
+    events = await read_events(api.settings.kafka_bootstrap, MESSAGES, api.settings.topic_prefix, 5)
+    mine = [e for _, e, _ in events if e.message.conversation_id == cid]
+    assert [(type(e).__name__, e.message.seq, getattr(e, "change", None)) for e in mine] == [
+        ("MessagePosted", 1, None), ("MessagePosted", 2, None), ("MessagePosted", 3, None),
+        ("MessageChanged", 1, "deleted"), ("MessageChanged", 1, "redacted")]
+    assert sorted(mine[-1].recipients) == ["alice", "bob", "carol"] and mine[-1].version == 3
+    audit = (await api.http.get("/v1/admin/audit", params={"action": "message.redact"}, headers=api.admin(T))).json()
+    assert [(a["actor"], a["target"]["seq"], a["details"]["reason"]) for a in audit["items"]] == [
+        ("root", 1, "card number")]
