@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 
-import bson
 import pytest
 import websockets
 from im_contracts.notifications import DELAY_MAX_S
 from imctl import servers as local
+from support.search import holders as holders_of
 from support.notify import WEBHOOKS_ON_LOOPBACK, WebhookReceiver, notifier_env, running_receiver
 from support.stack import Stack, frames, start_stack
 from support.wait import eventually
@@ -34,18 +34,6 @@ async def read_until(ws, predicate, seen: list[dict], timeout: float = 30) -> di
                 if predicate(frame):
                     return frame
             seen.extend(frames(await ws.recv()))
-
-
-async def holders(db) -> dict[str, int]:
-    """Every collection of the database, every document (as the raw BSON the server keeps, so a
-    binary outbox value is searched too): collection -> how many documents still hold a needle."""
-    found: dict[str, int] = {}
-    for name in await db.list_collection_names():
-        async for doc in db[name].find({}):
-            raw = bson.encode(doc)
-            if any(needle in raw for needle in NEEDLES):
-                found[name] = found.get(name, 0) + 1
-    return found
 
 
 async def test_a_redaction_leaves_no_copy_in_any_collection(services, service_env, kafka_topics, jwt_secret,
@@ -153,6 +141,10 @@ async def redact_everywhere(stack: Stack, receiver: WebhookReceiver, db) -> None
 
 
 _last_found: dict[str, int] = {}
+
+
+async def holders(db) -> dict[str, int]:
+    return await holders_of(db, NEEDLES)
 
 
 async def _nothing_holds(db) -> bool:

@@ -111,3 +111,25 @@ async def test_the_audit_log_versions_and_exports_read_on_indexes(api, mongo, mo
         found = stages(explained)
         assert "IXSCAN" in found, f"{name}: {json.dumps(explained.get('queryPlanner'), default=str)[:800]}"
         assert "COLLSCAN" not in found, name
+
+
+async def test_redaction_and_erasure_read_on_indexes(api, mongo, mongo_db_name):
+    from bson import ObjectId
+    from im_api.erasure import messages_by
+
+    await api.add_agents(T, "alice", "bob")
+    c = await api.start(T, "alice", "bob")
+    for i in range(3):
+        await api.send(T, "alice", c["id"], f"m{i}", f"m{i}")
+    db = mongo[mongo_db_name]
+    store = Store(db, outbox_retention_s=60)
+    plans = {
+        "a thread's outbox records": store.outbox_since_cursor(T, c["id"], now() - timedelta(minutes=5)),
+        "an agent's messages": messages_by(db, T, "alice", None, 100),
+        "an agent's messages, next page": messages_by(db, T, "alice", ObjectId(), 100),
+    }
+    for name, cursor in plans.items():
+        explained = await cursor.explain()
+        found = stages(explained)
+        assert "IXSCAN" in found, f"{name}: {json.dumps(explained.get('queryPlanner'), default=str)[:800]}"
+        assert "COLLSCAN" not in found, name

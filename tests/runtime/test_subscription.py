@@ -4,7 +4,6 @@ Bad records go to im.dead-letters.v1 with their reason and the consumer moves on
 failure pauses only its partition, retries with backoff, and loses nothing.
 """
 
-import asyncio
 import base64
 import json
 import time

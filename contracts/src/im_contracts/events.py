@@ -56,16 +56,18 @@ class MessagePosted(Event):
 
 class MessageChanged(Event):
     """A message was edited (its new body), deleted (a tombstone: no body) or redacted (a tombstone
-    whose every kept copy is gone too), in the thread's order with the messages around it."""
+    whose every kept copy is gone too), or a system line reworded (an erased agent's name gone
+    from it), in the thread's order with the messages around it."""
 
     type: Literal["MessageChanged"] = "MessageChanged"
-    change: Literal["edited", "deleted", "redacted"]
+    change: Literal["edited", "deleted", "redacted", "reworded"]
     message: Message = Field(description="The message as it is now.")
-    changed_by: str = Field(description="Its author, or the tenant admin who deleted or redacted it.")
+    changed_by: str = Field(description=(
+        "Its author, or the tenant admin who deleted, redacted or (erasing an agent) reworded it."))
     version: int = Field(ge=2, description="The message's version after the change (1: as posted).")
     recipients: list[str] = Field(description=(
-        "The thread's participants at the change; for a redaction also everyone else a copy of the "
-        "message may have reached (former participants, agents a team request was offered to)."))
+        "The thread's participants at the change; for a redaction or a rewording also everyone else a "
+        "copy of the message may have reached (former participants, agents a team request was offered to)."))
     question_removed: bool = Field(default=False, description=(
         "A redaction of the message a team request's question was taken from: the question is gone "
         "too, and copies of the request drop it."))

@@ -52,6 +52,49 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/admin/agents/{agent_id}/erase": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Erase an agent's personal data (tenant admins)
+         * @description At once, in one transaction with the audit record (`agent.erase`): the directory entry's
+         *     display name becomes "Erased agent", its email goes, the agent is deactivated (its tokens stop
+         *     working), and `AgentChanged` carries that to delivery and the notifier. Then in the
+         *     background (`GET .../erasure`): each of their messages is kept or redacted (`messages`), the
+         *     system lines naming them are reworded, and the outbox records naming them rewritten; a record
+         *     `agent.erase.finished` closes it. 409 `erased` when it was erased already (an upsert of the
+         *     agent afterwards makes a new entry); 422 `cannot_erase_self`.
+         */
+        post: operations["erase_agent_v1_admin_agents__agent_id__erase_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/agents/{agent_id}/erasure": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** How an agent's erasure is going (tenant admins) */
+        get: operations["erasure_status_v1_admin_agents__agent_id__erasure_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/admin/audit": {
         parameters: {
             query?: never;
@@ -775,6 +818,72 @@ export interface components {
             /** Do Not Disturb */
             do_not_disturb: boolean;
         };
+        /** Erasure */
+        Erasure: {
+            /** Agent Id */
+            agent_id: string;
+            counts: components["schemas"]["ErasureCounts"];
+            /** Finished At */
+            finished_at?: string | null;
+            /**
+             * Messages
+             * @enum {string}
+             */
+            messages: "keep" | "redact";
+            /** Requested By */
+            requested_by: string;
+            /**
+             * Started At
+             * Format: date-time
+             */
+            started_at: string;
+            /**
+             * Status
+             * @description running: the directory entry is erased; their messages and threads are being worked through.
+             * @enum {string}
+             */
+            status: "running" | "done";
+        };
+        /** ErasureCounts */
+        ErasureCounts: {
+            /**
+             * Lines Rewritten
+             * @description System lines that named them, reworded.
+             * @default 0
+             */
+            lines_rewritten: number;
+            /**
+             * Messages Redacted
+             * @default 0
+             */
+            messages_redacted: number;
+            /**
+             * Records Rewritten
+             * @description Outbox records that named them, rewritten.
+             * @default 0
+             */
+            records_rewritten: number;
+        };
+        /**
+         * ErasureRequest
+         * @example {
+         *       "messages": "keep",
+         *       "reason": "former employee's request (HR-2291)"
+         *     }
+         */
+        ErasureRequest: {
+            /**
+             * Messages
+             * @description keep: their messages stay, shown as from "Erased agent"; redact: every message they posted is redacted too (the tenant's choice).
+             * @enum {string}
+             */
+            messages: "keep" | "redact";
+            /**
+             * Reason
+             * @description Why: kept in the audit log.
+             */
+            reason: string;
+        };
         /** Error */
         Error: {
             error: components["schemas"]["ErrorBody"];
@@ -1479,6 +1588,144 @@ export interface operations {
                     "application/json": {
                         [key: string]: unknown;
                     };
+                };
+            };
+        };
+    };
+    erase_agent_v1_admin_agents__agent_id__erase_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                agent_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ErasureRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Erasure"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    erasure_status_v1_admin_agents__agent_id__erasure_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                agent_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Erasure"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
         };

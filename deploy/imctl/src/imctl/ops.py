@@ -67,7 +67,7 @@ async def migrate(uri: str, db_name: str, progress: Callable[[str], None]) -> li
             ("notifier: agents by due time", lambda: NotifierStore(db).ensure_indexes()),
             ("imctl: operator audit", lambda: db[AUDIT].create_indexes([
                 IndexModel([("tenant_id", ASCENDING), ("at", ASCENDING)], name="by_tenant_time")])),
-            ("im-api: message versions, audit log", lambda: lifecycle_indexes(db)),
+            ("im-api: message versions, audit log, erasures", lambda: lifecycle_indexes(db)),
         ]
         done = []
         for i, (what, step) in enumerate(steps, 1):

@@ -195,16 +195,20 @@ class QueueStore:
         message got into them."""
         base = {"tenant_id": tenant_id, "agent_id": agent_id}
         conversation_id, seq = message["conversation_id"], message["seq"]
-        # From the message's own entry on (nothing before it can carry it): a cursor range of the
-        # agent's queue, not the whole of it. Without that entry (pruned, never queued for this
-        # agent), an edit or a deletion has nothing older to rewrite either; a redaction still
-        # looks at the whole queue, for an agent who joined later and was shown it as a preview,
-        # or was offered the request its question came from.
-        first = await self._queue.find_one({**base, "dedupe_key": message_key(conversation_id, seq)}, {"cursor": 1})
-        redacted = message.get("redacted_at") is not None
-        if first is None and not redacted:
-            return
-        since = {**base, "cursor": {"$gte": first["cursor"]}} if first is not None else base
+        # An edit or a deletion: from the message's own entry on (a cursor range of the agent's
+        # queue, not the whole of it); without that entry (pruned, never queued for this agent)
+        # there is nothing to rewrite. A redaction, or a system line reworded by an erasure, looks
+        # at the whole queue: the agent may have joined later and been shown it as a preview, been
+        # offered the request its question came from, or (a system line) got the participant
+        # change that carries it before the line itself (they travel on two topics).
+        if message.get("redacted_at") is not None or message.get("kind") == "system":
+            since = base
+        else:
+            first = await self._queue.find_one({**base, "dedupe_key": message_key(conversation_id, seq)},
+                                               {"cursor": 1})
+            if first is None:
+                return
+            since = {**base, "cursor": {"$gte": first["cursor"]}}
         await self._queue.update_many(
             {**since, "frame.message.conversation_id": conversation_id, "frame.message.seq": seq},
             {"$set": {"frame.message": message}})
@@ -215,6 +219,30 @@ class QueueStore:
             await self._queue.update_many(
                 {**base, "frame.request.conversation_id": conversation_id, "frame.request.question": {"$ne": None}},
                 {"$set": {"frame.request.question": None}})
+
+    async def rename_agent(self, tenant_id: str, agent_id: str, display_name: str,
+                           readers: dict[str, list[str]]) -> None:
+        """An agent's new name (a rename, an erasure) in the frames already queued for `readers`
+        (reader -> the threads they share with the agent): thread updates and team requests that
+        name them. Each write within one reader's entries; rare (a directory change)."""
+        named = {"$elemMatch": {"id": agent_id, "display_name": {"$ne": display_name}}}
+        for reader, conversation_ids in sorted(readers.items()):
+            base = {"tenant_id": tenant_id, "agent_id": reader}
+            # Read, then each entry's list rewritten whole: SecantusDB refuses the positional `$`
+            # after an $elemMatch.
+            stale = await self._queue.find(
+                {**base, "frame.conversation.id": {"$in": conversation_ids}, "frame.conversation.participants": named},
+                {"frame.conversation.participants": 1}).to_list()
+            if stale:
+                await self._queue.bulk_write([UpdateOne({"_id": doc["_id"], "tenant_id": tenant_id}, {"$set": {
+                    "frame.conversation.participants": [
+                        {**p, "display_name": display_name} if p["id"] == agent_id else p
+                        for p in doc["frame"]["conversation"]["participants"]]}}) for doc in stale], ordered=False)
+            for party in ("asked_by", "claimed_by"):
+                await self._queue.update_many(
+                    {**base, f"frame.request.{party}.id": agent_id,
+                     f"frame.request.{party}.display_name": {"$ne": display_name}},
+                    {"$set": {f"frame.request.{party}.display_name": display_name}})
 
     async def existing_keys(self, tenant_id: str, agent_id: str, keys: list[str]) -> dict[str, int]:
         """The entries already queued among `keys`: dedupe key -> its cursor."""

@@ -29,6 +29,7 @@ from .assistance import Assistance
 from .committer import Committer
 from .directory import Directory
 from .errors import install_error_handlers
+from .erasure import Erasures
 from .lifecycle import Audit, Lifecycle
 from .limits import RateLimits
 from .notifications import Notifications, WebhookPolicy
@@ -87,10 +88,12 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
         await lifecycle.create_indexes()
         active = ActiveAgents(store.is_active_agent, store.directory_versions, directory_bucket,
                               settings.directory_recheck_s, settings.directory_memory_max)
+        erasures = Erasures(lifecycle, db, lease_s=settings.erasure_lease_s, on_change=active.changed)
         app.state.services = Services(
             settings, store, verifier, Directory(store, uow, presence, scan_max=settings.agent_list_scan_max,
                                                  on_change=active.changed),
-            conversations, RateLimits.from_settings(settings), active, notifications, teams, team_requests, lifecycle)
+            conversations, RateLimits.from_settings(settings), active, notifications, teams, team_requests, lifecycle,
+            erasures)
         app.state.relay, app.state.committer, app.state.presence = relay, committer, presence
         await verifier.start()
         process.on_stop("drain", "outbox leases", relay.stop)
@@ -101,6 +104,8 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
         background.insert(0, process.supervise("outbox-relay", relay.run))
         background.append(process.supervise("team-escalations", lambda: team_requests.run_escalations(
             settings.team_escalation_interval_s, settings.team_escalation_batch, settings.team_escalation_retry_s)))
+        background.append(process.supervise("erasures", lambda: erasures.run(settings.erasure_interval_s,
+                                                                             settings.erasure_batch)))
 
         async def halt_relay() -> None:
             relay.halt()

@@ -50,7 +50,8 @@ class Directory:
         async def work(tx: Transaction) -> dict:
             doc = await self.store.save_agent(
                 tenant_id, agent_id, {"display_name": display_name, "name_lc": display_name.casefold(),
-                                      "email": email, "role": role, "active": True}, now(), tx.session)
+                                      "email": email, "role": role, "active": True, "erased_at": None},
+                now(), tx.session)
             await self.store.count_directory_change(tenant_id, agent_id, tx.session)
             self._publish(tx, doc)
             return doc

@@ -120,12 +120,15 @@ class Audit:
 
 
 async def create_indexes(db: AsyncDatabase) -> None:
-    """The versions' and the audit log's indexes (im-api at start, and imctl migrate)."""
+    """The versions', the audit log's and the erasures' indexes (im-api at start, and imctl migrate)."""
     await db["message_versions"].create_indexes([
         IndexModel([("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("seq", ASCENDING),
                     ("version", ASCENDING)], unique=True, name="versions"),
     ])
     await Audit(db).create_indexes()
+    from .erasure import create_indexes as erasure_indexes  # erasure.py builds on this module
+
+    await erasure_indexes(db)
 
 
 @dataclass
@@ -255,7 +258,7 @@ class Lifecycle:
             tombstone = message_model(changed).model_dump(mode="json")
             request = conv.get("team_request")
             question = redaction.question_came_from(request, message["sender_id"], bodies)
-            reached = await self._scrub_outbox(tenant_id, conversation_id, message, tombstone, question, tx.session)
+            reached = await self.replace_in_outbox(tenant_id, conversation_id, message, tombstone, question, tx.session)
             order = conv.get("outbox_seq", 0) + 1
             also: dict[str, Any] = {}
             if (conv.get("last_message") or {}).get("seq") == seq:
@@ -283,10 +286,11 @@ class Lifecycle:
 
         return message_view(await self.conversations.retrying(work))
 
-    async def _scrub_outbox(self, tenant_id: str, conversation_id: str, message: dict, tombstone: dict,
-                            question: bool, session: Any) -> set[str]:
-        """Rewrites the thread's outbox records that carry the message (or its question) with the
-        tombstone; who the thread's records since the message reached. A record is written after
+    async def replace_in_outbox(self, tenant_id: str, conversation_id: str, message: dict, replacement: dict,
+                                question: bool, session: Any) -> set[str]:
+        """Rewrites the thread's outbox records that carry the message (or its question) with
+        `replacement` (a tombstone, a reworded line); who the thread's records since the message
+        reached. A record is written after
         the message it carries, so those since it was posted are all there is to look at (with a
         margin for the clocks of several im-api processes)."""
         since = message["created_at"] - timedelta(seconds=CLOCK_MARGIN_S)
@@ -295,7 +299,7 @@ class Lifecycle:
         for record in await self.store.outbox_since(tenant_id, conversation_id, since, session):
             event = json.loads(record["value"])
             reached |= redaction.reached(event)
-            if redaction.scrub(event, conversation_id, message["seq"], tombstone, question):
+            if redaction.scrub(event, conversation_id, message["seq"], replacement, question):
                 values[record["_id"]] = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
         await self.store.rewrite_outbox(values, session)
         return reached

@@ -96,6 +96,12 @@ class ApiSettings(CommonSettings):
     team_escalation_batch: int = Field(default=100, ge=1)
     # A request whose escalation failed is looked at again this much later (behind the others).
     team_escalation_retry_s: float = Field(default=60.0, gt=0)
+    # Erasing an agent (POST /v1/admin/agents/{id}/erase): how often each im-api works on the
+    # running erasures, and how many items (messages, system lines) one round handles per erasure.
+    erasure_interval_s: float = Field(default=2.0, gt=0)
+    erasure_batch: int = Field(default=100, ge=1)
+    # A round's hold on an erasure: another im-api takes it over after this if the holder died.
+    erasure_lease_s: float = Field(default=60.0, gt=0)
     # The agent console's built assets (clients/console/dist), served under /console/ from this
     # origin with a Content-Security-Policy; empty = not served (e.g. a static service does it).
     console_dir: str = ""

@@ -167,6 +167,13 @@ class Store:
     async def agent(self, tenant_id: str, agent_id: str, session: Any = None) -> dict | None:
         return await self._agents.find_one({"tenant_id": tenant_id, "agent_id": agent_id}, session=session)
 
+    async def conversation_ids_of(self, tenant_id: str, agent_id: str) -> list[str]:
+        """Every thread the agent is in or has a team request offered to (the list's indexes)."""
+        ids = [d["_id"] async for d in self._conversations.find({"tenant_id": tenant_id, "participants": agent_id},
+                                                                {"_id": 1})]
+        return ids + [d["_id"] async for d in self._conversations.find({"tenant_id": tenant_id, "offered_to": agent_id},
+                                                                       {"_id": 1})]
+
     async def is_active_agent(self, tenant_id: str, agent_id: str) -> bool:
         doc = await self._agents.find_one(
             {"tenant_id": tenant_id, "agent_id": agent_id}, projection={"active": 1, "_id": 0}
@@ -522,11 +529,14 @@ class Store:
             {"$set": {**fields, "version": version + 1}}, session=session)
         return bool(result.matched_count)
 
-    async def outbox_since(self, tenant_id: str, conversation_id: str, since: datetime, session: Any) -> list[dict]:
+    def outbox_since_cursor(self, tenant_id: str, conversation_id: str, since: datetime, session: Any = None):
         """A thread's outbox records (sent or not) written since `since`: `_id` and `value`."""
-        return await self._outbox.find(
+        return self._outbox.find(
             {"tenant_id": tenant_id, "conversation_id": conversation_id, "created_at": {"$gte": since}},
-            {"value": 1}, session=session).to_list()
+            {"value": 1}, session=session)
+
+    async def outbox_since(self, tenant_id: str, conversation_id: str, since: datetime, session: Any) -> list[dict]:
+        return await self.outbox_since_cursor(tenant_id, conversation_id, since, session).to_list()
 
     async def rewrite_outbox(self, values: dict[ObjectId, bytes], session: Any) -> None:
         """New values for outbox records (a redaction's), in one command."""

@@ -199,10 +199,13 @@ class Notifier:
                                             update_for_presence(agent_id=event.agent_id, status=event.status,
                                                                 at=event.occurred_at, due_after=due_after))
         elif isinstance(event, AgentChanged):
+            before = await self.store.display_name(event.tenant_id, event.agent_id)
             await self.store.apply_if_newer(event.tenant_id, event.agent_id, "agent_at", event.occurred_at,
                                             update_for_agent(agent_id=event.agent_id, display_name=event.display_name,
                                                              email=event.email, active=event.active,
                                                              at=event.occurred_at))
+            if before is not None and before != event.display_name:  # renamed (or erased)
+                await self.store.rename_in_threads(event.tenant_id, event.agent_id, event.display_name)
 
     # --- the sweep ---------------------------------------------------------------------------
 

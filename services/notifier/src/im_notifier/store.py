@@ -82,6 +82,24 @@ class NotifierStore:
             return False
         return bool(result.matched_count or result.upserted_id is not None)
 
+    async def display_name(self, tenant_id: str, agent_id: str) -> str | None:
+        doc = await self._agents.find_one({"_id": agent_doc_id(tenant_id, agent_id), "tenant_id": tenant_id},
+                                          {"display_name": 1})
+        return (doc or {}).get("display_name")
+
+    async def rename_in_threads(self, tenant_id: str, agent_id: str, display_name: str) -> int:
+        """An agent's new name (a rename, an erasure) in the names kept with the tenant's threads;
+        how many changed. The tenant's threads are an `_id` range (`tenant:conversation`), read
+        only when a name changed; agent ids may hold "." so the maps are rewritten whole."""
+        cursor = self._threads.find({"_id": {"$gt": f"{tenant_id}:", "$lt": f"{tenant_id};"}, "tenant_id": tenant_id},
+                                    {"names": 1})
+        ops = [UpdateOne({"_id": doc["_id"], "tenant_id": tenant_id},
+                         {"$set": {"names": {**doc["names"], agent_id: display_name}}})
+               async for doc in cursor if (doc.get("names") or {}).get(agent_id) not in (None, display_name)]
+        if ops:
+            await self._threads.bulk_write(ops, ordered=False)
+        return len(ops)
+
     async def save_thread(self, tenant_id: str, conversation_id: str, related: dict[str, Any] | None,
                           names: dict[str, str], at: datetime) -> None:
         try:

@@ -16,7 +16,7 @@ nature (one partition holds many tenants), so a tenant-first index cannot serve 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 

@@ -205,6 +205,9 @@ class FanOut:
                     await self.bus.append(event.tenant_id, agent, key, team_frame)
             case AgentChanged():
                 await self.projections.save_agent(event)
+                readers = await self.projections.rename_participant(event.tenant_id, event.agent_id,
+                                                                    event.display_name)
+                await self.queue.rename_agent(event.tenant_id, event.agent_id, event.display_name, readers)
                 if not event.active:
                     await self.live(event.tenant_id, [event.agent_id], AUTH_REVOKED)
             case AgentPresence():
@@ -225,8 +228,8 @@ class FanOut:
         """An edit, a deletion or a redaction, after the message itself (held until it was
         delivered): the `message.updated` frame, and the thread's `conversation.updated` for its
         participants when it was its last message. The queue writer rewrites the message's earlier
-        entries (queue_writer.py); a redaction names everyone a copy reached, former participants
-        too, so theirs are rewritten as well."""
+        entries (queue_writer.py); a redaction or a system line's rewording names everyone a copy
+        reached, former participants too, so theirs are rewritten as well."""
         m = event.message
         conv = await self.projections.conversation(event.tenant_id, m.conversation_id)
         if conv is None or m.seq > conv["last_seq"]:
@@ -240,7 +243,10 @@ class FanOut:
         markers = conv.get("read_markers") or {}
         for agent in dict.fromkeys(event.recipients):
             await self.bus.append(event.tenant_id, agent, key, frame, drop_question=event.question_removed)
-            if updated is not None and (event.change != "redacted" or agent in conv.get("participant_ids", ())):
+            # Those a redaction or rewording reaches beyond today's participants get the message's
+            # new state, never the thread back in their list.
+            if updated is not None and (event.change in ("edited", "deleted")
+                                        or agent in conv.get("participant_ids", ())):
                 await self.bus.append(event.tenant_id, agent, f"{key}:conversation", for_reader(updated, markers, agent))
 
     async def live(self, tenant_id: str, agent_ids: list[str], frame: LiveBody) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from im_contracts.events import AgentChanged, MessageChanged, MessagePosted
 from im_contracts.models import ConversationSnapshot
 from im_runtime.mongo import compound_id, field_name
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from ..store import utcnow
@@ -199,3 +199,23 @@ class Projections:
                       "display_name": event.display_name, "role": event.role, "active": event.active}},
             upsert=True,
         )
+
+    async def rename_participant(self, tenant_id: str, agent_id: str, display_name: str) -> dict[str, list[str]]:
+        """The agent's name in the threads they are in (a rename, an erasure): the frames built
+        from the projection from now on carry it. One read and one write, on the participant
+        index; directory changes are rare. The threads that named them otherwise: each current
+        participant -> those thread ids (whose queued frames name them too)."""
+        stale = await self._conversations.find(
+            {"tenant_id": tenant_id, "participant_ids": agent_id,
+             "participants": {"$elemMatch": {"id": agent_id, "display_name": {"$ne": display_name}}}},
+            {"participants": 1, "conversation_id": 1}).to_list()
+        if stale:
+            await self._conversations.bulk_write([UpdateOne(
+                {"_id": doc["_id"], "tenant_id": tenant_id},
+                {"$set": {"participants": [{**p, "display_name": display_name} if p["id"] == agent_id else p
+                                           for p in doc["participants"]]}}) for doc in stale], ordered=False)
+        readers: dict[str, list[str]] = {}
+        for doc in stale:
+            for p in doc["participants"]:
+                readers.setdefault(p["id"], []).append(doc["conversation_id"])
+        return readers

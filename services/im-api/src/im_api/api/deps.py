@@ -12,6 +12,7 @@ from im_runtime.auth import AuthError, Principal, TokenVerifier
 from ..active_agents import ActiveAgents
 from ..directory import Directory
 from ..errors import Forbidden, Unauthorized
+from ..erasure import Erasures
 from ..lifecycle import Lifecycle
 from ..limits import RateLimits
 from ..notifications import Notifications
@@ -39,6 +40,7 @@ class Services:
     teams: Teams
     team_requests: TeamRequests
     lifecycle: Lifecycle
+    erasures: Erasures
 
 
 def services(request: Request) -> Services:

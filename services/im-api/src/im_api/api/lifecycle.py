@@ -15,8 +15,9 @@ from ..errors import Unprocessable
 from ..lifecycle import Actor
 from .conversations import ConversationPath, known_shape
 from .deps import Sender, ServicesDep, with_role
-from .schemas import (AuditPage, Message, MessageEdit, MessageRedaction, MessageSettings, MessageSettingsBody,
-                      MessageVersions, errors_doc)
+from .agents import AgentPath
+from .schemas import (AuditPage, Erasure, ErasureRequest, Message, MessageEdit, MessageRedaction, MessageSettings,
+                      MessageSettingsBody, MessageVersions, errors_doc)
 
 router = APIRouter(tags=["message lifecycle"])
 SeqPath = Annotated[int, Path(ge=1, le=2**53, description="The message's seq in its conversation.")]
@@ -62,6 +63,26 @@ async def redact_message(conversation_id: ConversationPath, seq: SeqPath, body: 
     `system_message` for a system line."""
     return await svc.lifecycle.redact(principal.tenant_id, actor(principal), known_shape(conversation_id), seq,
                                       body.reason.strip())
+
+
+@router.post("/v1/admin/agents/{agent_id}/erase", response_model=Erasure, status_code=202,
+             summary="Erase an agent's personal data (tenant admins)", responses=errors_doc(400, 401, 403, 404, 409, 422))
+async def erase_agent(agent_id: AgentPath, body: ErasureRequest, principal: TenantAdmin, svc: ServicesDep) -> dict:
+    """At once, in one transaction with the audit record (`agent.erase`): the directory entry's
+    display name becomes "Erased agent", its email goes, the agent is deactivated (its tokens stop
+    working), and `AgentChanged` carries that to delivery and the notifier. Then in the
+    background (`GET .../erasure`): each of their messages is kept or redacted (`messages`), the
+    system lines naming them are reworded, and the outbox records naming them rewritten; a record
+    `agent.erase.finished` closes it. 409 `erased` when it was erased already (an upsert of the
+    agent afterwards makes a new entry); 422 `cannot_erase_self`."""
+    return await svc.erasures.erase(principal.tenant_id, actor(principal), agent_id, body.messages,
+                                    body.reason.strip())
+
+
+@router.get("/v1/admin/agents/{agent_id}/erasure", response_model=Erasure,
+            summary="How an agent's erasure is going (tenant admins)", responses=errors_doc(401, 403, 404))
+async def erasure_status(agent_id: AgentPath, principal: TenantAdmin, svc: ServicesDep) -> dict:
+    return await svc.erasures.status(principal.tenant_id, agent_id)
 
 
 @router.get("/v1/admin/conversations/{conversation_id}/messages/{seq}/versions", response_model=MessageVersions,

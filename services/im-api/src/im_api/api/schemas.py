@@ -400,6 +400,33 @@ class MessageRedaction(Request):
         "Why the message is redacted: kept in the audit log (so never the redacted text itself)."))
 
 
+class ErasureRequest(Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"messages": "keep", "reason": "former employee's request (HR-2291)"}]})
+    messages: Literal["keep", "redact"] = Field(description=(
+        "keep: their messages stay, shown as from \"Erased agent\"; redact: every message they "
+        "posted is redacted too (the tenant's choice)."))
+    reason: str = Field(min_length=1, max_length=REASON_MAX_CHARS, pattern=r"\S",
+                        description="Why: kept in the audit log.")
+
+
+class ErasureCounts(Response):
+    messages_redacted: int = 0
+    lines_rewritten: int = Field(default=0, description="System lines that named them, reworded.")
+    records_rewritten: int = Field(default=0, description="Outbox records that named them, rewritten.")
+
+
+class Erasure(Response):
+    agent_id: str
+    messages: Literal["keep", "redact"]
+    status: Literal["running", "done"] = Field(description=(
+        "running: the directory entry is erased; their messages and threads are being worked through."))
+    requested_by: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    counts: ErasureCounts
+
+
 class MessageVersion(Response):
     version: int = Field(description="1 is the body as first posted.")
     body: str
