@@ -234,3 +234,26 @@ async def test_a_redaction_reaches_a_deleted_message_and_names_everyone_a_copy_r
     audit = (await api.http.get("/v1/admin/audit", params={"action": "message.redact"}, headers=api.admin(T))).json()
     assert [(a["actor"], a["target"]["seq"], a["details"]["reason"]) for a in audit["items"]] == [
         ("root", 1, "card number")]
+
+
+async def test_an_admins_reads_of_others_threads_are_audited(api):
+    await api.add_agents(T, "alice", "bob")
+    conv = await api.start(T, "alice", "bob", related={"type": "ticket", "id": "T-77"})
+    assert (await api.send(T, "alice", conv["id"], "refund approved", "x1")).status_code == 201
+    # Agents reading their own threads leave no record.
+    assert (await api.http.get(f"/v1/conversations/{conv['id']}", headers=api.auth(T, "bob"))).status_code == 200
+    assert (await api.http.get("/v1/related/ticket/T-77/conversations", headers=api.auth(T, "bob"))).status_code == 200
+    assert (await api.http.get("/v1/admin/audit", headers=api.admin(T))).json()["items"] == []
+
+    r = await api.http.get(f"/v1/conversations/{conv['id']}", headers=api.admin(T))
+    assert r.status_code == 200 and r.json()["last_message"]["body"] == "refund approved"
+    r = await api.http.get("/v1/related/ticket/T-77/conversations", headers=api.admin(T))
+    assert r.status_code == 200 and len(r.json()["items"]) == 1
+    audit = (await api.http.get("/v1/admin/audit", headers=api.admin(T))).json()["items"]
+    assert [(a["action"], a["actor"], a["target"]) for a in audit] == [
+        ("related.read", "root", {"type": "ticket", "id": "T-77"}),
+        ("conversation.read", "root", {"type": "conversation", "conversation_id": conv["id"]})]
+    assert all(a["request_id"] for a in audit)
+    r = await api.http.get(f"/v1/conversations/{conv['id']}", headers=api.admin(OTHER))
+    assert r.status_code == 404  # another tenant's admin: nothing, and nothing recorded for them
+    assert (await api.http.get("/v1/admin/audit", headers=api.admin(OTHER))).json()["items"] == []

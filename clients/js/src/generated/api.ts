@@ -307,7 +307,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** One conversation */
+        /**
+         * One conversation
+         * @description A tenant admin may read any thread of the tenant; outside their own, the read (its last
+         *     message is a body) is audited (`conversation.read`).
+         */
         get: operations["get_conversation_v1_conversations__conversation_id__get"];
         put?: never;
         post?: never;
@@ -534,7 +538,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Threads about a ticket or chat (admins: all of the tenant's) */
+        /**
+         * Threads about a ticket or chat (admins: all of the tenant's)
+         * @description Admins get every thread of the tenant about it, with their last messages: that read is
+         *     audited (`related.read`).
+         */
         get: operations["related_v1_related__related_type___related_id__conversations_get"];
         put?: never;
         post?: never;

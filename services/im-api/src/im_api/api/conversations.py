@@ -11,7 +11,7 @@ from im_contracts.models import Related
 
 from ..errors import NotFound
 from ..service import FirstMessage
-from .deps import ConversationsDep, CurrentPrincipal, Sender, ServicesDep
+from .deps import ConversationsDep, CurrentPrincipal, Sender, ServicesDep, audit_admin_read
 from .schemas import (
     Conversation,
     ConversationPage,
@@ -66,9 +66,15 @@ async def list_conversations(
 @router.get("/{conversation_id}", response_model=Conversation, summary="One conversation",
             responses=errors_doc(401, 404))
 async def get_conversation(conversation_id: ConversationPath, principal: CurrentPrincipal,
-                           conversations: ConversationsDep) -> dict:
-    return await conversations.view(principal.tenant_id, principal.agent_id, known_shape(conversation_id),
+                           conversations: ConversationsDep, svc: ServicesDep) -> dict:
+    """A tenant admin may read any thread of the tenant; outside their own, the read (its last
+    message is a body) is audited (`conversation.read`)."""
+    view = await conversations.view(principal.tenant_id, principal.agent_id, known_shape(conversation_id),
                                     admin=principal.role == "admin")
+    if principal.role == "admin" and principal.agent_id not in {p["id"] for p in view["participants"]}:
+        await audit_admin_read(svc, principal, "conversation.read",
+                               {"type": "conversation", "conversation_id": view["id"]})
+    return view
 
 
 @router.get("/{conversation_id}/messages", response_model=MessagePage,

@@ -13,7 +13,7 @@ from ..active_agents import ActiveAgents
 from ..directory import Directory
 from ..errors import Forbidden, Unauthorized
 from ..erasure import Erasures
-from ..lifecycle import Lifecycle
+from ..lifecycle import Actor, Lifecycle
 from ..limits import RateLimits
 from ..notifications import Notifications
 from ..service import Conversations
@@ -135,3 +135,11 @@ def directory(svc: ServicesDep) -> Directory:
 StoreDep = Annotated[Store, Depends(store)]
 ConversationsDep = Annotated[Conversations, Depends(conversations)]
 DirectoryDep = Annotated[Directory, Depends(directory)]
+
+
+async def audit_admin_read(svc: Services, principal: Principal, action: str, target: dict[str, Any],
+                           details: dict[str, Any] | None = None) -> None:
+    """An admin's read of message bodies outside their own threads (a thread's preview, the
+    threads about a ticket): recorded before the answer leaves, like every admin read of bodies."""
+    await svc.lifecycle.audit.record(principal.tenant_id, Actor(principal.agent_id, principal.role), action,
+                                     target, details)

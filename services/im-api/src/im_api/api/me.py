@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Path
 
-from .deps import ConversationsDep, CurrentPrincipal, ServicesDep, TicketMinter
+from .deps import ConversationsDep, CurrentPrincipal, ServicesDep, TicketMinter, audit_admin_read
 from .schemas import RelatedConversations, Ticket, TicketRequest, Unread, errors_doc
 
 router = APIRouter(tags=["me"])
@@ -24,8 +24,13 @@ async def unread(principal: CurrentPrincipal, conversations: ConversationsDep) -
 async def related(related_type: Literal["ticket", "chat"],
                   related_id: Annotated[str, Path(min_length=1, max_length=200)],
                   principal: CurrentPrincipal, conversations: ConversationsDep, svc: ServicesDep) -> dict:
+    """Admins get every thread of the tenant about it, with their last messages: that read is
+    audited (`related.read`)."""
     items = await conversations.related(principal.tenant_id, principal.agent_id, principal.role == "admin",
                                         related_type, related_id, svc.settings.max_page_size)
+    if principal.role == "admin" and items:
+        await audit_admin_read(svc, principal, "related.read", {"type": related_type, "id": related_id},
+                               {"conversations": len(items)})
     return {"items": items}
 
 
