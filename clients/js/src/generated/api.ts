@@ -197,7 +197,12 @@ export interface paths {
         };
         /** The tenant's message settings (admins) */
         get: operations["get_message_settings_v1_admin_message_settings_get"];
-        /** Replace the tenant's message settings (admins; audited) */
+        /**
+         * Change the tenant's message settings (admins; audited)
+         * @description The settings given change, the others keep their value; the audit record
+         *     (`settings.change`) holds each given one's value before and after. `retention_days` starts
+         *     the deletion of older messages within a round of the retention job (`IM_API_RETENTION_INTERVAL_S`).
+         */
         put: operations["put_message_settings_v1_admin_message_settings_put"];
         post?: never;
         delete?: never;
@@ -695,7 +700,7 @@ export interface components {
         AuditRecord: {
             /**
              * Action
-             * @description message.edit, message.delete, message.redact, message.versions.read, export.conversation, settings.change, ...
+             * @description message.edit, message.delete, message.redact, message.versions.read, export.conversation, agent.erase, settings.change, retention.delete (actor `system:retention`), ...
              */
             action: string;
             /** Actor */
@@ -1083,19 +1088,38 @@ export interface components {
         MessageSettings: {
             /** Edit Window S */
             edit_window_s: number;
+            /**
+             * Retention Days
+             * @description Days messages are kept; null: for ever.
+             */
+            retention_days?: number | null;
             /** Updated At */
             updated_at?: string | null;
             /** Updated By */
             updated_by?: string | null;
         };
-        /** MessageSettingsBody */
+        /**
+         * MessageSettingsBody
+         * @description The settings to change; a setting left out keeps its value.
+         * @example {
+         *       "retention_days": 365
+         *     }
+         * @example {
+         *       "edit_window_s": 600,
+         *       "retention_days": 90
+         *     }
+         */
         MessageSettingsBody: {
             /**
              * Edit Window S
-             * @description How long after posting its author may edit or delete a message (0: never). Admins delete any time.
-             * @default 900
+             * @description How long after posting its author may edit or delete a message (0: never). Admins delete any time. Not null: leave it out to keep the current window.
              */
-            edit_window_s: number;
+            edit_window_s?: number | null;
+            /**
+             * Retention Days
+             * @description Messages older than this many days are deleted, with their earlier versions, the thread's preview of them and every copy the services keep (queued frames, notification previews), within minutes of passing it. null: kept for ever (the default).
+             */
+            retention_days?: number | null;
         };
         /** MessageVersion */
         MessageVersion: {

@@ -6,7 +6,9 @@ Collections owned by im-api:
 - `message_versions`: `{tenant_id, conversation_id, seq, message_id, version, body, replaced_at,
   replaced_by, redacted_at}` — each body an edit or a deletion replaced (admins read them,
   audited); a redaction empties them.
-- `message_settings`: `{_id: tenant, tenant_id, edit_window_s, updated_at, updated_by}`.
+- `message_settings`: `{_id: tenant, tenant_id, edit_window_s, retention_days, updated_at, updated_by}`
+  (`retention_days`: null or absent = kept for ever; delivery and the notifier read it too,
+  im_contracts.retention; retention.py deletes what is past it).
 - `audit_log`: `{tenant_id, at, actor, role, action, target, request_id, details}` — never a body.
 """
 
@@ -22,6 +24,7 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from im_contracts.events import MessageChanged
 from im_contracts.models import to_rfc3339
+from im_contracts.retention import MESSAGE_SETTINGS_COLLECTION, retention_days
 from im_contracts.topics import MESSAGES, conversation_key
 from im_runtime.logs import trace_id
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -147,18 +150,20 @@ class Lifecycle:
     # --- settings ---------------------------------------------------------------------------
 
     async def settings(self, tenant_id: str) -> dict[str, Any]:
-        doc = await self.db["message_settings"].find_one({"_id": tenant_id, "tenant_id": tenant_id}) or {}
+        doc = await self.db[MESSAGE_SETTINGS_COLLECTION].find_one({"_id": tenant_id, "tenant_id": tenant_id}) or {}
         return {"edit_window_s": doc.get("edit_window_s", DEFAULT_EDIT_WINDOW_S),
+                "retention_days": retention_days(doc),
                 "updated_at": doc.get("updated_at"), "updated_by": doc.get("updated_by")}
 
-    async def replace_settings(self, tenant_id: str, actor: Actor, edit_window_s: int) -> dict[str, Any]:
+    async def replace_settings(self, tenant_id: str, actor: Actor, changes: dict[str, Any]) -> dict[str, Any]:
+        """`changes`: the settings given (validated); the others keep their value. Audited with
+        each given one's value before and after."""
         before = await self.settings(tenant_id)
-        await self.db["message_settings"].update_one(
+        await self.db[MESSAGE_SETTINGS_COLLECTION].update_one(
             {"_id": tenant_id, "tenant_id": tenant_id},
-            {"$set": {"edit_window_s": edit_window_s, "updated_at": now(), "updated_by": actor.agent_id}},
-            upsert=True)
+            {"$set": {**changes, "updated_at": now(), "updated_by": actor.agent_id}}, upsert=True)
         await self.audit.record(tenant_id, actor, "settings.change", {"type": "message_settings"},
-                                {"edit_window_s": [before["edit_window_s"], edit_window_s]})
+                                {name: [before[name], value] for name, value in changes.items()})
         return await self.settings(tenant_id)
 
     # --- edit and delete --------------------------------------------------------------------

@@ -108,9 +108,13 @@ async def get_message_settings(principal: TenantAdmin, svc: ServicesDep) -> dict
 
 
 @router.put("/v1/admin/message-settings", response_model=MessageSettings,
-            summary="Replace the tenant's message settings (admins; audited)", responses=errors_doc(400, 401, 403, 422))
+            summary="Change the tenant's message settings (admins; audited)", responses=errors_doc(400, 401, 403, 422))
 async def put_message_settings(body: MessageSettingsBody, principal: TenantAdmin, svc: ServicesDep) -> dict:
-    return await svc.lifecycle.replace_settings(principal.tenant_id, actor(principal), body.edit_window_s)
+    """The settings given change, the others keep their value; the audit record
+    (`settings.change`) holds each given one's value before and after. `retention_days` starts
+    the deletion of older messages within a round of the retention job (`IM_API_RETENTION_INTERVAL_S`)."""
+    return await svc.lifecycle.replace_settings(principal.tenant_id, actor(principal),
+                                                body.model_dump(exclude_unset=True))
 
 
 NDJSON = "application/x-ndjson"

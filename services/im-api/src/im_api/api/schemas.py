@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 from im_contracts.events import to_rfc3339
 from im_contracts.models import ASSISTANCE_CLIENT_MSG_PREFIX, QUESTION_PREVIEW_CHARS, TEAMS_PER_REQUEST_MAX
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_serializer
+from im_contracts.retention import RETENTION_DAYS_MAX, RETENTION_DAYS_MIN
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 AgentId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@:-]+$",
                                examples=["alice"])]
@@ -441,12 +442,29 @@ class MessageVersions(Response):
 
 
 class MessageSettingsBody(Request):
-    edit_window_s: int = Field(default=900, ge=0, le=7 * 24 * 3600, description=(
-        "How long after posting its author may edit or delete a message (0: never). Admins delete any time."))
+    """The settings to change; a setting left out keeps its value."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"retention_days": 365}, {"edit_window_s": 600, "retention_days": 90}]})
+    edit_window_s: int | None = Field(default=None, ge=0, le=7 * 24 * 3600, description=(
+        "How long after posting its author may edit or delete a message (0: never). Admins delete any time. "
+        "Not null: leave it out to keep the current window."))
+    retention_days: int | None = Field(default=None, ge=RETENTION_DAYS_MIN, le=RETENTION_DAYS_MAX, description=(
+        "Messages older than this many days are deleted, with their earlier versions, the thread's preview of "
+        "them and every copy the services keep (queued frames, notification previews), within minutes of "
+        "passing it. null: kept for ever (the default)."))
+
+    @field_validator("edit_window_s")
+    @classmethod
+    def _a_window_is_a_number(cls, value: int | None) -> int:
+        if value is None:  # only when given: a left-out field is not validated
+            raise ValueError("a number of seconds (leave it out to keep the current window)")
+        return value
 
 
 class MessageSettings(Response):
     edit_window_s: int
+    retention_days: int | None = Field(default=None, description="Days messages are kept; null: for ever.")
     updated_at: datetime | None = None
     updated_by: str | None = None
 
@@ -456,7 +474,9 @@ class AuditRecord(Response):
     at: datetime
     actor: str
     role: str
-    action: str = Field(description="message.edit, message.delete, message.redact, message.versions.read, export.conversation, settings.change, ...")
+    action: str = Field(description="message.edit, message.delete, message.redact, message.versions.read, "
+                                    "export.conversation, agent.erase, settings.change, retention.delete (actor "
+                                    "`system:retention`), ...")
     target: dict = Field(description="What it acted on: {type, conversation_id, seq, ...}.")
     request_id: str | None = None
     details: dict = Field(default_factory=dict)
