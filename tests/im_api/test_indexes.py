@@ -113,6 +113,14 @@ async def test_the_audit_log_versions_and_exports_read_on_indexes(api, mongo, mo
         assert "COLLSCAN" not in found, name
 
 
+async def assert_on_indexes(plans: dict) -> None:
+    for name, cursor in plans.items():
+        explained = await cursor.explain()
+        found = stages(explained)
+        assert "IXSCAN" in found, f"{name}: {json.dumps(explained.get('queryPlanner'), default=str)[:800]}"
+        assert "COLLSCAN" not in found, name
+
+
 async def test_redaction_and_erasure_read_on_indexes(api, mongo, mongo_db_name):
     from bson import ObjectId
     from im_api.erasure import messages_by
@@ -123,13 +131,35 @@ async def test_redaction_and_erasure_read_on_indexes(api, mongo, mongo_db_name):
         await api.send(T, "alice", c["id"], f"m{i}", f"m{i}")
     db = mongo[mongo_db_name]
     store = Store(db, outbox_retention_s=60)
-    plans = {
+    await assert_on_indexes({
         "a thread's outbox records": store.outbox_since_cursor(T, c["id"], now() - timedelta(minutes=5)),
         "an agent's messages": messages_by(db, T, "alice", None, 100),
         "an agent's messages, next page": messages_by(db, T, "alice", ObjectId(), 100),
-    }
-    for name, cursor in plans.items():
-        explained = await cursor.explain()
-        found = stages(explained)
-        assert "IXSCAN" in found, f"{name}: {json.dumps(explained.get('queryPlanner'), default=str)[:800]}"
-        assert "COLLSCAN" not in found, name
+    })
+
+
+async def test_the_retention_jobs_reads_use_indexes(api, mongo, mongo_db_name):
+    """A round reads a tenant's oldest messages, their versions by a list of ids, and the tenant's
+    sent outbox records by age: each on an index, never a scan of every message. (Its reads and
+    writes by `_id` are not listed: SecantusDB's explain() says COLLSCAN for an `_id` with other
+    fields, yet serves them by `_id` — measured 0.5 ms a read at 50,000 threads either way.)"""
+    from im_api.store import EPOCH
+
+    await api.add_agents(T, "alice", "bob")
+    c = await api.start(T, "alice", "bob")
+    for i in range(3):
+        await api.send(T, "alice", c["id"], f"m{i}", f"m{i}")
+    db = mongo[mongo_db_name]
+    retention = api.app.state.retention
+    cutoff = now() + timedelta(seconds=1)
+    ids = [m["_id"] for m in await retention.expired_messages(T, cutoff, 10)]
+    assert len(ids) == 3
+    await assert_on_indexes({
+        "expired messages": db["messages"].find({"tenant_id": T, "created_at": {"$lt": cutoff}}).sort("created_at", 1)
+        .limit(10),
+        "oldest message": db["messages"].find({"tenant_id": T}).sort("created_at", 1).limit(1),
+        "versions of messages": db["message_versions"].find({"tenant_id": T, "message_id": {"$in": ids}}),
+        "expired outbox": db["outbox"].find({"tenant_id": T, "sent_at": {"$lt": cutoff}}).sort("sent_at", 1).limit(10),
+        "oldest sent outbox": db["outbox"].find({"tenant_id": T, "sent_at": {"$gte": EPOCH}}).sort("sent_at", 1)
+        .limit(1),
+    })

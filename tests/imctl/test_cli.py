@@ -130,9 +130,10 @@ async def test_migrate_creates_every_services_indexes_step_by_step_and_twice_is_
     for _ in range(2):
         out = await asyncio.to_thread(imctl, "migrate", "--mongo-uri", mongo_uri, "--db", mongo_db_name)
         assert out.returncode == 0, out.stderr
-        assert all(f"[{i}/9]" in out.stderr for i in range(1, 10)) and "indexes in place: 9 steps" in out.stderr
+        assert all(f"[{i}/10]" in out.stderr for i in range(1, 11)) and "indexes in place: 10 steps" in out.stderr
     db = mongo[mongo_db_name]
     assert "history" in await db["messages"].index_information()
+    assert "by_age" in await db["messages"].index_information()
     assert "pending" in await db["outbox"].index_information()
     assert "tenant_agent" in await db["presence_agents"].index_information()
     assert "by_tenant_time" in await db["operator_audit"].index_information()

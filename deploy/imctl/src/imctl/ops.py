@@ -47,6 +47,7 @@ async def migrate(uri: str, db_name: str, progress: Callable[[str], None]) -> li
     from im_delivery.worker.projections import Projections
     from im_api.notifications import Notifications, WebhookPolicy
     from im_api.lifecycle import create_indexes as lifecycle_indexes
+    from im_api.retention import create_indexes as retention_indexes
     from im_api.teams import Teams
     from im_notifier.store import NotifierStore
     from im_presence.store import PresenceStore
@@ -68,6 +69,8 @@ async def migrate(uri: str, db_name: str, progress: Callable[[str], None]) -> li
             ("imctl: operator audit", lambda: db[AUDIT].create_indexes([
                 IndexModel([("tenant_id", ASCENDING), ("at", ASCENDING)], name="by_tenant_time")])),
             ("im-api: message versions, audit log, erasures", lambda: lifecycle_indexes(db)),
+            ("im-api: retention (messages by age, versions by message, sent outbox by tenant)",
+             lambda: retention_indexes(db)),
         ]
         done = []
         for i, (what, step) in enumerate(steps, 1):

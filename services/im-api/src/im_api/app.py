@@ -38,6 +38,8 @@ from .metrics import DEAD_LETTERED
 from .outbox import UnitOfWork
 from .relay import Relay
 from .presence_cache import PresenceCache
+from .retention import Retention
+from .retention import create_indexes as retention_indexes
 from .service import Conversations
 from .settings import ApiSettings
 from .store import Store, directory_bucket
@@ -86,6 +88,9 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
         conversations.requests = team_requests
         lifecycle = Lifecycle(conversations, Audit(db), db)
         await lifecycle.create_indexes()
+        await retention_indexes(db)
+        retention = Retention(db, lifecycle.audit, owner, budget=settings.retention_batch,
+                              lease_s=settings.retention_lease_s, outbox_retention_s=settings.outbox_retention_s)
         active = ActiveAgents(store.is_active_agent, store.directory_versions, directory_bucket,
                               settings.directory_recheck_s, settings.directory_memory_max)
         erasures = Erasures(lifecycle, db, lease_s=settings.erasure_lease_s, on_change=active.changed)
@@ -95,6 +100,7 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
             conversations, RateLimits.from_settings(settings), active, notifications, teams, team_requests, lifecycle,
             erasures)
         app.state.relay, app.state.committer, app.state.presence = relay, committer, presence
+        app.state.retention = retention
         await verifier.start()
         process.on_stop("drain", "outbox leases", relay.stop)
         background = []
@@ -106,6 +112,8 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
             settings.team_escalation_interval_s, settings.team_escalation_batch, settings.team_escalation_retry_s)))
         background.append(process.supervise("erasures", lambda: erasures.run(settings.erasure_interval_s,
                                                                              settings.erasure_batch)))
+        process.on_stop("drain", "retention lease", retention.release)  # after the rounds end
+        background.append(process.supervise("retention", lambda: retention.run(settings.retention_interval_s)))
 
         async def halt_relay() -> None:
             relay.halt()

@@ -29,3 +29,8 @@ TEAM_REQUESTS_ESCALATED = Counter("im_api_team_requests_escalated_total",
 # From asked (or released) to taken: seconds to hours.
 TEAM_CLAIM_SECONDS = Histogram("im_api_team_request_claim_seconds", "Time from a team request's offer to its claim",
                                buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200))
+RETENTION_MESSAGES_DELETED = Counter("im_api_retention_messages_deleted_total",
+                                     "Messages deleted for being older than their tenant's retention")
+RETENTION_DERIVED_DELETED = Counter("im_api_retention_derived_deleted_total",
+                                    "Copies of expired messages removed with them (versions, previews, questions, "
+                                    "outbox records)", ["what"])

@@ -102,6 +102,15 @@ class ApiSettings(CommonSettings):
     erasure_batch: int = Field(default=100, ge=1)
     # A round's hold on an erasure: another im-api takes it over after this if the holder died.
     erasure_lease_s: float = Field(default=60.0, gt=0)
+    # Message retention (a tenant's `retention_days`): how often the job looks for messages past
+    # their tenant's limit. A limit is in days: a round every few seconds is plenty.
+    retention_interval_s: float = Field(default=10.0, gt=0)
+    # Messages (and the tenant's sent outbox records) one round deletes, across all tenants: a small
+    # round never holds MongoDB for long, and 500 every 10 s still clears 4 million messages a day.
+    retention_batch: int = Field(default=500, ge=1)
+    # One im-api process runs the rounds at a time, renewing its lease each round; one that dies
+    # holding it is replaced after this long. Keep it a few intervals long.
+    retention_lease_s: float = Field(default=60.0, gt=0)
     # The agent console's built assets (clients/console/dist), served under /console/ from this
     # origin with a Content-Security-Policy; empty = not served (e.g. a static service does it).
     console_dir: str = ""
