@@ -67,6 +67,10 @@ class DeliverySettings(CommonSettings):
     # so an abandoned browser no longer holds its agent's queue back until the cap; twice the
     # retention, so a device away for a holiday still catches up.
     device_expiry_s: float = 14 * 24 * 3600.0
+    # How often the pruning job applies the tenants' message retention (`retention_days`, im-api's
+    # setting) to the queues and the thread previews: it reads every queue of those tenants, and a
+    # limit in days needs no finer step than an hour.
+    tenant_retention_interval_s: float = Field(default=3600.0, gt=0)
 
     # --- gateway ---
     # GatewayHeartbeat period (brief-interfaces #7): presence expires a silent gateway after a few.

@@ -169,6 +169,37 @@ class QueueStore:
                                                "cursor": {"$lte": through}})
         return result.deleted_count
 
+    # --- what a tenant's retention removes (worker/retention.py) -----------------------------
+
+    async def tenant_heads(self, tenant_id: str) -> list[tuple[str, int, int]]:
+        """(agent, head cursor, pruned through) of every queue of the tenant."""
+        found = self._heads.find({"tenant_id": tenant_id}, {"agent_id": 1, "cursor": 1, "pruned_through": 1})
+        return [(d["agent_id"], int(d.get("cursor", 0)), int(d.get("pruned_through", 0))) async for d in found]
+
+    async def entry_times(self, tenant_id: str, agent_id: str, after: int, limit: int) -> list[dict[str, Any]]:
+        """Entries after `after` in cursor order, with only what says how old they are and what
+        they carry: when each was queued, the time of the message (or preview) in it, a team
+        request's question and thread."""
+        found = self._queue.find(
+            {"tenant_id": tenant_id, "agent_id": agent_id, "cursor": {"$gt": after}},
+            {"cursor": 1, "created_at": 1, "frame.message.created_at": 1,
+             "frame.conversation.last_message.created_at": 1, "frame.request.conversation_id": 1,
+             "frame.request.question": 1}).sort("cursor", ASCENDING).limit(limit)
+        return await found.to_list()
+
+    async def drop_entries(self, tenant_id: str, ids: list[Any]) -> int:
+        """Deletes entries in the middle of a queue: gaps, which readers allow."""
+        if not ids:
+            return 0
+        return (await self._queue.delete_many({"_id": {"$in": ids}, "tenant_id": tenant_id})).deleted_count
+
+    async def clear_in_entries(self, tenant_id: str, ids: list[Any], path: str) -> int:
+        """Sets `path` of the frames of entries `ids` to null (a preview, a question)."""
+        if not ids:
+            return 0
+        result = await self._queue.update_many({"_id": {"$in": ids}, "tenant_id": tenant_id}, {"$set": {path: None}})
+        return result.modified_count
+
     async def ensure_indexes(self) -> None:
         await self._queue.create_index(
             [("tenant_id", ASCENDING), ("agent_id", ASCENDING), ("cursor", ASCENDING)], unique=True

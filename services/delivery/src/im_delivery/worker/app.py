@@ -20,6 +20,7 @@ from .gateways import GatewayHeartbeats
 from .projections import Projections
 from .maintenance import Maintenance
 from .queue_writer import QueueWriter
+from .retention import TenantRetention
 
 logger = logging.getLogger("im_delivery.worker")
 
@@ -66,7 +67,8 @@ def create_app(settings: DeliverySettings) -> FastAPI:
         for sub in subscriptions:
             sub.register(broker)
         await process.start("kafka consumers", broker.start, stop=broker.stop)
-        process.supervise("maintenance", Maintenance(store, fanout, settings).run_forever)
+        retention = TenantRetention(db, store, projections, settings)
+        process.supervise("maintenance", Maintenance(store, fanout, settings, retention=retention).run_forever)
 
         async def kafka_ok() -> bool:
             return await broker.ping(timeout=2.0)

@@ -1,7 +1,8 @@
 """The worker's maintenance job, once per `prune_interval_s`: releases overdue held messages,
 expires silent gateways' registrations, forgets unused devices, drops queue entries every device
 acknowledged (and older than retention) and truncates a queue over its cap; `pruned_through` on
-the head tells gateways to answer 4409."""
+the head tells gateways to answer 4409. It also applies the tenants' message retention
+(retention.py) every `tenant_retention_interval_s`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from prometheus_client import Counter
 from ..settings import DeliverySettings
 from ..store import QueueStore, device_doc_id, utcnow
 from .fanout import FanOut
+from .retention import TenantRetention
 
 logger = logging.getLogger("im_delivery.pruning")
 
@@ -24,8 +26,10 @@ PRUNED = Counter("im_delivery_entries_pruned_total", "Queue entries pruned", ["w
 
 
 class Maintenance:
-    def __init__(self, store: QueueStore, fanout: FanOut, settings: DeliverySettings, remember: int = 100_000) -> None:
+    def __init__(self, store: QueueStore, fanout: FanOut, settings: DeliverySettings, remember: int = 100_000,
+                 retention: TenantRetention | None = None) -> None:
         self.store = store
+        self.retention = retention
         self.fanout = fanout
         self.settings = settings
         # Per agent: no entry of its queue is older than retention before this time (the oldest
@@ -43,6 +47,8 @@ class Maintenance:
                 for gateway_id in await self.store.expire_gateways(self.settings.gateway_expiry_s):
                     log(logger, logging.WARNING, "gateway silent: registrations dropped", gateway_id=gateway_id)
                 await self.sweep()
+                if self.retention is not None:
+                    await self.retention.sweep_if_due()
             except Exception as exc:  # noqa: BLE001 - the next sweep tries again
                 if not is_transient(exc):
                     logger.exception("pruning sweep failed")

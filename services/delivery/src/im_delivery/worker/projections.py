@@ -49,6 +49,9 @@ class Projections:
         await self._conversations.create_index(
             [("tenant_id", ASCENDING), ("participant_ids", ASCENDING), ("last_message_at", DESCENDING)],
             name="recent_by_participant")
+        # A tenant's previews by age: what its retention clears (worker/retention.py).
+        await self._conversations.create_index([("tenant_id", ASCENDING), ("last_message_at", ASCENDING)],
+                                               name="by_activity")
         await self._agents.create_index([("tenant_id", ASCENDING), ("agent_id", ASCENDING)])
         await self._held.create_index(
             [("tenant_id", ASCENDING), ("conversation_id", ASCENDING), ("seq", ASCENDING)]
@@ -130,6 +133,23 @@ class Projections:
             {**conversation_id_of(event.tenant_id, m.conversation_id), "last_seq": m.seq},
             {"$set": {"last_message": m.model_dump(mode="json")}})
         return await self.conversation(event.tenant_id, m.conversation_id)  # type: ignore[return-value]
+
+    async def clear_previews_before(self, tenant_id: str, before: str) -> int:
+        """The tenant's thread previews of messages posted before `before` (RFC 3339) are cleared,
+        their time too (so the next look skips them on the index); a new message sets both again."""
+        result = await self._conversations.update_many(
+            {"tenant_id": tenant_id, "last_message_at": {"$lt": before}},
+            {"$set": {"last_message": None, "last_message_at": None}})
+        return result.modified_count
+
+    async def created_at_of(self, tenant_id: str, conversation_ids: list[str]) -> dict[str, str]:
+        """conversation id -> when it was started (ISO 8601), for those projected."""
+        if not conversation_ids:
+            return {}
+        found = self._conversations.find(
+            {"_id": {"$in": [compound_id(tenant_id, c) for c in conversation_ids]}, "tenant_id": tenant_id},
+            {"conversation_id": 1, "created_at": 1})
+        return {d["conversation_id"]: d["created_at"] async for d in found if d.get("created_at")}
 
     async def read_marker_moved(self, tenant_id: str, conversation_id: str, agent_id: str, seq: int) -> None:
         """Per-agent read markers (only forward): each recipient's conversation.updated carries its own."""
