@@ -7,6 +7,7 @@ import logging
 
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
+from im_contracts.events import utcnow
 from im_contracts.topics import AGENTS, CONVERSATIONS, MESSAGES, PRESENCE
 from im_runtime.health import Readiness, health_router
 from im_runtime.kafka import DeadLetters, Subscription, broker_security
@@ -15,6 +16,7 @@ from im_runtime.process import Process
 from im_runtime.webhook_urls import networks
 from prometheus_client import Counter
 
+from .retention import PreviewRetention
 from .senders import MailSender, WebhookSender
 from .service import Notifier, dead_letter_publisher
 from .settings import NotifierSettings
@@ -73,6 +75,8 @@ class NotifierProcess:
         subscribers = [s.register(broker) for s in subscriptions]
         await process.start("kafka consumers", broker.start, stop=broker.stop)
         process.supervise("notifier-sweeper", notifier.run_sweeper)
+        retention = PreviewRetention(db, store, utcnow)
+        process.supervise("notifier-retention", lambda: retention.run(settings.retention_interval_s))
 
         async def kafka_reachable() -> bool:
             return bool(await producer.client.force_metadata_update())

@@ -32,6 +32,9 @@ class NotifierSettings(CommonSettings):
     max_message_age_s: float = Field(default=24 * 3600.0, gt=0)
     # A tenant's settings are read at most this often (a change applies within it).
     settings_cache_s: float = Field(default=5.0, ge=0)
+    # How often the previews of messages past their tenant's retention (`retention_days`) are
+    # cleared: a look reads every agent of those tenants, and a limit in days needs no finer step.
+    retention_interval_s: float = Field(default=3600.0, gt=0)
 
     # --- sending ---
     # One attempt (connect, send, answer) of a webhook or an SMTP session.

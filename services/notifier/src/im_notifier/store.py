@@ -56,8 +56,10 @@ class NotifierStore:
         self._prefs = db[PREFS_COLLECTION]
 
     async def ensure_indexes(self) -> None:
-        # The sweep's one range: agents due by now (NEVER for everyone with nothing to do).
-        await self._agents.create_indexes([IndexModel([("due_at", ASCENDING)], name="due")])
+        # The sweep's one range: agents due by now (NEVER for everyone with nothing to do); and a
+        # tenant's agents, in pages (its message retention: retention.py).
+        await self._agents.create_indexes([IndexModel([("due_at", ASCENDING)], name="due"),
+                                           IndexModel([("tenant_id", ASCENDING), ("_id", ASCENDING)], name="by_tenant")])
 
     # --- the consumers: raise-only updates ----------------------------------------------------
 
@@ -115,6 +117,13 @@ class NotifierStore:
     async def due(self, now: datetime, limit: int) -> list[AgentDoc]:
         cursor = self._agents.find({"due_at": {"$lte": now}}).sort("due_at", ASCENDING).limit(limit)
         return [from_doc(raw) async for raw in cursor]
+
+    async def agents_of(self, tenant_id: str, after: str | None, limit: int) -> list[AgentDoc]:
+        """A page of the tenant's agents, in document id order after `after`."""
+        query: dict[str, Any] = {"tenant_id": tenant_id}
+        if after is not None:
+            query["_id"] = {"$gt": after}
+        return [from_doc(raw) async for raw in self._agents.find(query).sort("_id", ASCENDING).limit(limit)]
 
     async def load(self, tenant_id: str, agent_id: str) -> AgentDoc | None:
         raw = await self._agents.find_one({"_id": agent_doc_id(tenant_id, agent_id), "tenant_id": tenant_id})
