@@ -8,22 +8,11 @@ import json
 
 import pytest
 import websockets
-from support.stack import Stack, frames
+from support.stack import Stack, read_until
 
 pytestmark = pytest.mark.e2e
 T = "acme"
 SECRET = "card 4111 1111 1111 1111"
-
-
-async def read_until(ws, predicate, seen: list[dict], timeout: float = 30) -> dict:
-    import asyncio
-
-    async with asyncio.timeout(timeout):
-        while True:
-            for frame in seen:
-                if predicate(frame):
-                    return frame
-            seen.extend(frames(await ws.recv()))
 
 
 async def test_edits_and_deletions_reach_the_online_live_and_the_offline_on_replay_in_order(stack: Stack):

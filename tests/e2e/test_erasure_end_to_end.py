@@ -6,8 +6,7 @@ system lines, the outbox, the delivery queues and projections, nor the notifier'
 from __future__ import annotations
 
 import pytest
-from imctl import servers as local
-from support.notify import WEBHOOKS_ON_LOOPBACK, WebhookReceiver, notifier_env, running_receiver
+from support.notify import WEBHOOKS_ON_LOOPBACK, WebhookReceiver, running_receiver, start_notifier
 from support.search import holders
 from support.stack import Stack, start_stack
 from support.wait import eventually
@@ -25,9 +24,7 @@ async def test_an_erased_agent_is_named_nowhere(services, service_env, kafka_top
     async with running_receiver(receiver):
         env = {**service_env, **WEBHOOKS_ON_LOOPBACK, "IM_API_ERASURE_INTERVAL_S": "0.2"}
         stack = await start_stack(services, env, jwt_secret)
-        port = local.free_port()
-        notifier = services.start("notifier", ["-m", "im_notifier"], notifier_env(env, port=port, smtp_port=None),
-                                  f"http://127.0.0.1:{port}/readyz")
+        notifier, _ = start_notifier(services, env, smtp_port=None)
         await notifier.wait_ready(90)
         await erase_everywhere(stack, receiver, mongo[mongo_db_name])
 

@@ -7,16 +7,14 @@ shows it. The audit log keeps who, when and why."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 import websockets
 from im_contracts.notifications import DELAY_MAX_S
-from imctl import servers as local
 from support.search import holders as holders_of
-from support.notify import WEBHOOKS_ON_LOOPBACK, WebhookReceiver, notifier_env, running_receiver
-from support.stack import Stack, frames, start_stack
+from support.notify import WEBHOOKS_ON_LOOPBACK, WebhookReceiver, running_receiver, start_notifier
+from support.stack import Stack, read_until, start_stack
 from support.wait import eventually
 
 pytestmark = pytest.mark.e2e
@@ -27,24 +25,13 @@ QUESTION = "may I refund card 5500-0000-0000-0004 directly?"  # the start of a t
 NEEDLES = [s.encode() for s in ("4111-1111-1111-1111", "5500-0000-0000-0004")]
 
 
-async def read_until(ws, predicate, seen: list[dict], timeout: float = 30) -> dict:
-    async with asyncio.timeout(timeout):
-        while True:
-            for frame in seen:
-                if predicate(frame):
-                    return frame
-            seen.extend(frames(await ws.recv()))
-
-
 async def test_a_redaction_leaves_no_copy_in_any_collection(services, service_env, kafka_topics, jwt_secret,
                                                             mongo, mongo_db_name):
     receiver = WebhookReceiver(secrets={f"/{T}": "acme-webhook-secret"})
     async with running_receiver(receiver):
         env = {**service_env, **WEBHOOKS_ON_LOOPBACK}
         stack = await start_stack(services, env, jwt_secret)
-        port = local.free_port()
-        notifier = services.start("notifier", ["-m", "im_notifier"], notifier_env(env, port=port, smtp_port=None),
-                                  f"http://127.0.0.1:{port}/readyz")
+        notifier, _ = start_notifier(services, env, smtp_port=None)
         await notifier.wait_ready(90)
         await redact_everywhere(stack, receiver, mongo[mongo_db_name])
 

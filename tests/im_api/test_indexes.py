@@ -14,6 +14,14 @@ pytestmark = pytest.mark.integration
 T = "acme"
 
 
+async def assert_on_indexes(plans: dict) -> None:
+    for name, cursor in plans.items():
+        explained = await cursor.explain()
+        found = stages(explained)
+        assert "IXSCAN" in found, f"{name}: {json.dumps(explained.get('queryPlanner'), default=str)[:800]}"
+        assert "COLLSCAN" not in found, name
+
+
 async def test_thread_list_history_and_related_lookup_use_indexes(api, mongo, mongo_db_name):
     await api.add_agents(T, "alice", "bob", "carol")
     c = await api.start(T, "alice", "bob", related={"type": "ticket", "id": "T-1"})
@@ -40,11 +48,7 @@ async def test_thread_list_history_and_related_lookup_use_indexes(api, mongo, mo
         "teams": mongo[mongo_db_name]["teams"].find({"tenant_id": T}).sort("name_lc", 1).limit(50),
         "due escalations": store.escalations_cursor(now(), 100),
     }
-    for name, cursor in plans.items():
-        explained = await cursor.explain()
-        found = stages(explained)
-        assert "IXSCAN" in found, f"{name}: {json.dumps(explained.get('queryPlanner'), default=str)[:800]}"
-        assert "COLLSCAN" not in found, name
+    await assert_on_indexes(plans)
 
 
 async def test_the_send_paths_idempotency_read_and_the_outbox_reads_use_indexes(api, mongo, mongo_db_name):
@@ -67,11 +71,7 @@ async def test_the_send_paths_idempotency_read_and_the_outbox_reads_use_indexes(
         pending = store.pending_query(shards)
         plans[f"outbox pending {shards}"] = db["outbox"].find(pending).sort(PENDING_ORDER)
         plans[f"outbox oldest {shards}"] = db["outbox"].find(pending).sort([("created_at", 1)]).limit(1)
-    for name, cursor in plans.items():
-        explained = await cursor.explain()
-        stages_found = stages(explained)
-        assert "IXSCAN" in stages_found, f"{name}: {json.dumps(explained.get('queryPlanner'), default=str)[:800]}"
-        assert "COLLSCAN" not in stages_found, name
+    await assert_on_indexes(plans)
     # The backlog gauge's figures, on an outbox no relay is draining meanwhile.
     quiet = Store(mongo[f"{mongo_db_name}_b"], outbox_retention_s=60)
     try:
@@ -106,19 +106,7 @@ async def test_the_audit_log_versions_and_exports_read_on_indexes(api, mongo, mo
         "export threads": threads_from(db, T, {"$gte": list_key(now() - timedelta(days=1), "")}),
         "versions": db["message_versions"].find({"tenant_id": T, "conversation_id": c["id"], "seq": 1}).sort("version", 1),
     }
-    for name, cursor in plans.items():
-        explained = await cursor.explain()
-        found = stages(explained)
-        assert "IXSCAN" in found, f"{name}: {json.dumps(explained.get('queryPlanner'), default=str)[:800]}"
-        assert "COLLSCAN" not in found, name
-
-
-async def assert_on_indexes(plans: dict) -> None:
-    for name, cursor in plans.items():
-        explained = await cursor.explain()
-        found = stages(explained)
-        assert "IXSCAN" in found, f"{name}: {json.dumps(explained.get('queryPlanner'), default=str)[:800]}"
-        assert "COLLSCAN" not in found, name
+    await assert_on_indexes(plans)
 
 
 async def test_redaction_and_erasure_read_on_indexes(api, mongo, mongo_db_name):

@@ -9,14 +9,13 @@ import pytest
 import websockets
 from im_contracts.events import DeadLetter
 from im_contracts.topics import DEAD_LETTERS
-from imctl import servers as local
 from support.notify import (
     WEBHOOKS_ON_LOOPBACK,
     WebhookReceiver,
     mail_catcher,
     metric,
-    notifier_env,
     running_receiver,
+    start_notifier,
 )
 from support.stack import Stack, start_stack
 from support.topics import read_topic
@@ -25,13 +24,6 @@ from support.wait import eventually
 pytestmark = pytest.mark.e2e
 
 SECRETS = {f"/n{i}": f"tenant-n{i}-webhook-secret" for i in range(1, 6)}
-
-
-def start_notifier(services, env: dict[str, str], smtp_port: int | None, port: int | None = None, **more: str):
-    port = port or local.free_port()
-    proc = services.start("notifier", ["-m", "im_notifier"], notifier_env(env, port=port, smtp_port=smtp_port, **more),
-                          f"http://127.0.0.1:{port}/readyz")
-    return proc, f"http://127.0.0.1:{port}"
 
 
 async def directory(stack: Stack, tenant: str, agents: list[str]) -> None:

@@ -170,3 +170,10 @@ async def metric(base_url: str, name: str, **labels: str) -> float:
         if got == want:
             return float(value)
     return 0.0
+
+
+def start_notifier(services, env: dict[str, str], smtp_port: int | None, port: int | None = None, **more: str):
+    port = port or local.free_port()
+    proc = services.start("notifier", ["-m", "im_notifier"], notifier_env(env, port=port, smtp_port=smtp_port, **more),
+                          f"http://127.0.0.1:{port}/readyz")
+    return proc, f"http://127.0.0.1:{port}"

@@ -68,3 +68,14 @@ def frames(raw: str) -> list[dict]:
     """A server frame, or the frames of a `batch`, flattened."""
     frame = json.loads(raw)
     return frame["frames"] if frame.get("type") == "batch" else [frame]
+
+
+async def read_until(ws, predicate, seen: list[dict], timeout: float = 30) -> dict:
+    """The first frame (of those in `seen`, then of what `ws` sends, added to `seen`) that
+    `predicate` accepts."""
+    async with asyncio.timeout(timeout):
+        while True:
+            for frame in seen:
+                if predicate(frame):
+                    return frame
+            seen.extend(frames(await ws.recv()))
