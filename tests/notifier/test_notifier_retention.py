@@ -63,3 +63,32 @@ async def test_a_look_clears_the_old_previews_of_the_tenants_with_retention_only
     explained = await db["notifier_agents"].find({"tenant_id": "acme", "_id": {"$gt": "acme:alice"}}).sort(
         "_id", 1).limit(200).explain()
     assert "IXSCAN" in stages(explained) and "COLLSCAN" not in stages(explained)
+
+
+async def test_a_redaction_clears_its_threads_previews_from_notifications_being_sent(mongo, mongo_db_name):
+    """A redacted message may be the preview of a notification already claimed for sending (a
+    webhook retried for an hour): that copy goes too, and nothing else of the claim."""
+    from im_notifier.domain import updates_for_redaction
+
+    store = NotifierStore(mongo[mongo_db_name])
+    await store.ensure_indexes()
+    for cid, text in [("c-secret", "card 4111"), ("c-other", "hello")]:
+        await store.apply("acme", updates_for_message(
+            conversation_id=cid, seq=1, sender_id="bob", recipients=["alice"], at=YOUNG, preview=text,
+            assistance=False, due_after=timedelta(seconds=60)))
+    doc = await store.load("acme", "alice")
+    policy = Policy(delay=timedelta(seconds=60), assistance_delay=timedelta(0), digest_window=timedelta(minutes=10),
+                    webhook=True, email=False)
+    assert "webhook" in decide(doc, NOW, policy, Prefs()).claimed
+    assert await store.save(doc)
+
+    await store.apply("acme", updates_for_redaction(conversation_id="c-secret", seq=1, recipients=["alice"],
+                                                    question_removed=False))
+    assert await store.forget_claimed("acme", "alice", "c-secret")
+    alice = await store.load("acme", "alice")
+    assert alice.threads["c-secret"].preview is None and alice.threads["c-other"].preview == "hello"
+    claim = alice.outgoing["webhook"]
+    assert {i["conversation_id"]: i["preview"] for i in claim["threads"]} == {"c-secret": None, "c-other": "hello"}
+    assert [i["unread"] for i in claim["threads"]] == [1, 1]  # the notification itself still goes
+    assert await store.forget_claimed("acme", "alice", "c-secret")  # nothing left: no write
+    assert await store.forget_claimed("acme", "nobody", "c-secret")

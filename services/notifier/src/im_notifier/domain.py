@@ -154,6 +154,18 @@ def updates_for_redaction(*, conversation_id: str, seq: int, recipients: list[st
             for agent in recipients]
 
 
+def forget_claimed_previews(doc: "AgentDoc", conversation_id: str) -> int:
+    """Pure: clears the previews of a thread inside the notifications still being sent to the
+    agent (a claim carries its own copy); how many. A redaction reaches them too."""
+    cleared = 0
+    for claim in doc.outgoing.values():
+        for item in claim.get("threads", []):
+            if item.get("conversation_id") == conversation_id and item.get("preview") is not None:
+                item["preview"] = None
+                cleared += 1
+    return cleared
+
+
 def update_for_read(*, agent_id: str, conversation_id: str, seq: int) -> dict[str, Any]:
     return with_defaults(agent_id, {"$max": {f"threads.{conversation_id}.read_seq": seq}, "$inc": {"version": 1}})
 

@@ -31,7 +31,7 @@ from im_contracts.models import ASSISTANCE_CLIENT_MSG_PREFIX
 from im_contracts.notifications import PREVIEW_MAX_CHARS, TenantNotificationSettings
 from im_contracts.topics import DEAD_LETTERS, agent_key
 from im_contracts.codec import dead_letter_for
-from im_runtime.kafka import RejectedRecord
+from im_runtime.kafka import RejectedRecord, TransientError
 from im_runtime.logs import log
 from prometheus_client import Counter, Histogram
 
@@ -129,6 +129,9 @@ class Notifier:
                 await self.store.apply(event.tenant_id, updates_for_redaction(
                     conversation_id=message.conversation_id, seq=message.seq, recipients=event.recipients,
                     question_removed=event.question_removed))
+                for agent in event.recipients:
+                    if not await self.store.forget_claimed(event.tenant_id, agent, message.conversation_id):
+                        raise TransientError("an agent document kept changing while a redaction cleared its claims")
                 return
             tenant = await self.tenant(event.tenant_id)
             keep = tenant.include_bodies and message.deleted_at is None
@@ -199,13 +202,15 @@ class Notifier:
                                             update_for_presence(agent_id=event.agent_id, status=event.status,
                                                                 at=event.occurred_at, due_after=due_after))
         elif isinstance(event, AgentChanged):
-            before = await self.store.display_name(event.tenant_id, event.agent_id)
+            # A newer name (a rename, an erasure) goes into the thread names first: a crash before
+            # the agent's own update then leaves the name to change again on the redelivery.
+            name, known_at = await self.store.agent_name(event.tenant_id, event.agent_id)
+            if name is not None and name != event.display_name and known_at < event.occurred_at:
+                await self.store.rename_in_threads(event.tenant_id, event.agent_id, event.display_name)
             await self.store.apply_if_newer(event.tenant_id, event.agent_id, "agent_at", event.occurred_at,
                                             update_for_agent(agent_id=event.agent_id, display_name=event.display_name,
                                                              email=event.email, active=event.active,
                                                              at=event.occurred_at))
-            if before is not None and before != event.display_name:  # renamed (or erased)
-                await self.store.rename_in_threads(event.tenant_id, event.agent_id, event.display_name)
 
     # --- the sweep ---------------------------------------------------------------------------
 

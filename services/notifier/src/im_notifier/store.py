@@ -19,7 +19,7 @@ from pymongo import ASCENDING, IndexModel, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from .domain import DECISION_FIELDS, EPOCH, NEVER, AgentDoc, Prefs, Thread, agent_doc_id
+from .domain import DECISION_FIELDS, EPOCH, NEVER, AgentDoc, Prefs, Thread, agent_doc_id, forget_claimed_previews
 
 AGENTS = "notifier_agents"
 THREADS = "notifier_threads"
@@ -84,10 +84,23 @@ class NotifierStore:
             return False
         return bool(result.matched_count or result.upserted_id is not None)
 
-    async def display_name(self, tenant_id: str, agent_id: str) -> str | None:
+    async def forget_claimed(self, tenant_id: str, agent_id: str, conversation_id: str, tries: int = 5) -> bool:
+        """A thread's previews out of the agent's notifications still being sent (a redaction): a
+        compare-and-set on the agent's version, read again when a decision wrote meanwhile. False
+        when it kept changing (the caller retries later)."""
+        for _ in range(tries):
+            doc = await self.load(tenant_id, agent_id)
+            if doc is None or not forget_claimed_previews(doc, conversation_id):
+                return True
+            if await self.save(doc):
+                return True
+        return False
+
+    async def agent_name(self, tenant_id: str, agent_id: str) -> tuple[str | None, datetime]:
+        """The agent's display name as known here, and the time of the change it came from."""
         doc = await self._agents.find_one({"_id": agent_doc_id(tenant_id, agent_id), "tenant_id": tenant_id},
-                                          {"display_name": 1})
-        return (doc or {}).get("display_name")
+                                          {"display_name": 1, "agent_at": 1}) or {}
+        return doc.get("display_name"), doc.get("agent_at") or EPOCH
 
     async def rename_in_threads(self, tenant_id: str, agent_id: str, display_name: str) -> int:
         """An agent's new name (a rename, an erasure) in the names kept with the tenant's threads;
