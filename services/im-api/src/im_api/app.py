@@ -93,7 +93,8 @@ def create_app(settings: ApiSettings | None = None, mongo_options: dict[str, Any
                               lease_s=settings.retention_lease_s, outbox_retention_s=settings.outbox_retention_s)
         active = ActiveAgents(store.is_active_agent, store.directory_versions, directory_bucket,
                               settings.directory_recheck_s, settings.directory_memory_max)
-        erasures = Erasures(lifecycle, db, lease_s=settings.erasure_lease_s, on_change=active.changed)
+        erasures = Erasures(lifecycle, db, lease_s=settings.erasure_lease_s, on_change=active.changed,
+                            settle_s=2 * settings.directory_recheck_s)
         app.state.services = Services(
             settings, store, verifier, Directory(store, uow, presence, scan_max=settings.agent_list_scan_max,
                                                  on_change=active.changed),

@@ -12,7 +12,7 @@ and resumable from its state in MongoDB, goes through what the agent left behind
 
 Collection `erasures`: `{_id: compound_id(tenant, agent), tenant_id, agent_id, requested_by,
 messages: keep|redact, reason, status: running|done, phase: messages|threads|directory, after
-(the last message _id done), threads (ids to visit), thread_index, thread_seq, name (the former
+and after_ids (the walk's position: the time of the last message done, the ids done at it), threads (ids to visit), thread_index, thread_seq, name (the former
 display name: needed to find it in system lines, unset when done), counts, started_at,
 finished_at, lease_until}`.
 """
@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -44,6 +46,7 @@ from .views import message_model
 logger = logging.getLogger("im_api.erasure")
 
 ERASED_NAME = "Erased agent"
+OUTBOX_TRIES = 5  # rereads of a thread's outbox records rewritten by someone else meanwhile
 EPOCH = datetime(1970, 1, 1)
 MessagesChoice = Literal["keep", "redact"]
 
@@ -51,8 +54,13 @@ MessagesChoice = Literal["keep", "redact"]
 # --- pure -------------------------------------------------------------------------------------
 
 def without_name(text: str, name: str) -> str | None:
-    """`text` with every occurrence of `name` as "Erased agent"; None when it has none."""
-    return text.replace(name, ERASED_NAME) if name and name in text else None
+    """`text` with `name`, wherever it stands as a whole name, as "Erased agent"; None when it has
+    none (erasing "Al" leaves "Bob added Alice" alone)."""
+    if not name:
+        return None
+    whole = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)")
+    changed = whole.sub(ERASED_NAME, text)
+    return changed if changed != text else None
 
 
 def erase_in(node: Any, agent_id: str) -> bool:
@@ -91,6 +99,9 @@ class Erasures:
     lifecycle: Lifecycle
     db: AsyncDatabase
     lease_s: float = 60.0
+    # How long after the erasure the walk of their messages stays open: every im-api refuses the
+    # agent within its directory recheck, so nothing they post can come later than this.
+    settle_s: float = 5.0
     # Told after the erasure commits: the auth check's cache forgets the agent (now inactive) at once.
     on_change: Callable[[str, str], None] = lambda tenant_id, agent_id: None
 
@@ -127,6 +138,7 @@ class Erasures:
                        order=doc["outbox_seq"])
             job = {"_id": job_id, "tenant_id": tenant_id, "agent_id": agent_id, "requested_by": actor.agent_id,
                    "messages": messages, "reason": reason, "status": "running", "phase": "messages", "after": None,
+                   "after_ids": [],
                    "threads": [], "thread_index": 0, "thread_seq": 0, "name": agent["display_name"],
                    "counts": {"messages_redacted": 0, "lines_rewritten": 0, "records_rewritten": 0},
                    "started_at": at, "finished_at": None, "lease_until": EPOCH}
@@ -161,27 +173,33 @@ class Erasures:
             await asyncio.sleep(interval_s)
 
     async def round(self, batch: int) -> int:
-        """One round over the running erasures; how many are still running after it."""
+        """One round over the running erasures; how many are still running after it. One that
+        fails (a thread too busy to redact in, MongoDB away) is left for the next round and the
+        others go on."""
         running = 0
         async for job in self.jobs.find({"status": "running"}, {"_id": 1, "tenant_id": 1}):
-            if not await self._lease(job):
-                running += 1
+            running += 1
+            token = uuid.uuid4().hex
+            if not await self._lease(job, token):
                 continue
-            job = await self.jobs.find_one({"_id": job["_id"], "tenant_id": job["tenant_id"]})
+            key = {"_id": job["_id"], "tenant_id": job["tenant_id"]}
             try:
-                if await self._step(job, batch):
-                    running += 1
+                if not await self._step(await self.jobs.find_one(key), batch):
+                    running -= 1
+            except Exception as exc:  # noqa: BLE001 - retried at the next round
+                log(logger, logging.WARNING, "erasure step failed", tenant_id=job["tenant_id"],
+                    error=type(exc).__name__)
             finally:  # the next round (here or in another im-api) takes it again at once
-                await self.jobs.update_one({"_id": job["_id"], "tenant_id": job["tenant_id"]},
-                                           {"$set": {"lease_until": EPOCH}})
+                await self.jobs.update_one({**key, "lease_token": token}, {"$set": {"lease_until": EPOCH}})
         return running
 
-    async def _lease(self, job: dict) -> bool:
-        """Holds the job for one round; a holder that died lets go after `lease_s`."""
+    async def _lease(self, job: dict, token: str) -> bool:
+        """Holds the job for one round (`token` names this hold); a holder that died lets go after
+        `lease_s`, and one that outlived its lease cannot release another's."""
         at = now()
         result = await self.jobs.update_one(
             {"_id": job["_id"], "tenant_id": job["tenant_id"], "status": "running", "lease_until": {"$lt": at}},
-            {"$set": {"lease_until": at + timedelta(seconds=self.lease_s)}})
+            {"$set": {"lease_until": at + timedelta(seconds=self.lease_s), "lease_token": token}})
         return bool(result.modified_count)
 
     async def _save(self, job: dict, fields: dict[str, Any], counts: dict[str, int]) -> None:
@@ -196,15 +214,23 @@ class Erasures:
         actor = Actor(job["requested_by"], "admin")
         counts = {"messages_redacted": 0, "lines_rewritten": 0, "records_rewritten": 0}
         if job["phase"] == "messages":
-            page = await messages_by(self.db, tenant_id, agent_id, job["after"], batch).to_list()
+            seen = set(job.get("after_ids") or [])
+            page = [m for m in await messages_by(self.db, tenant_id, agent_id, job["after"], batch + len(seen))
+                    .to_list() if m["_id"] not in seen][:batch]
             threads = sorted({m["conversation_id"] for m in page})
             for m in page:
                 if m["kind"] == "system":
                     counts["lines_rewritten"] += await self._rewrite_line(tenant_id, actor, m, job["name"])
                 elif job["messages"] == "redact" and m.get("redacted_at") is None:
                     counts["messages_redacted"] += await self._redact(tenant_id, actor, m, job["reason"])
-            fields: dict[str, Any] = {"after": page[-1]["_id"]} if page else {}
-            if len(page) < batch:  # the last page: on to the threads, with those they are in now
+            fields: dict[str, Any] = {}
+            if page:  # where the walk goes on: after this time, but for the ids of it done already
+                last = page[-1]["created_at"]
+                done_at_last = [m["_id"] for m in page if m["created_at"] == last]
+                fields = {"after": last, "after_ids": done_at_last + (list(seen) if last == job["after"] else [])}
+            # The last page, once anything they could still post (another im-api accepts their
+            # token until its directory check) would be in the walk: on to the threads.
+            if len(page) < batch and now() >= job["started_at"] + timedelta(seconds=self.settle_s):
                 fields["phase"] = "threads"
                 threads += await self.store.conversation_ids_of(tenant_id, agent_id)
             await self.jobs.update_one({"_id": job["_id"], "tenant_id": tenant_id},
@@ -283,24 +309,33 @@ class Erasures:
 
     async def _erase_in_outbox(self, tenant_id: str, order_key: str, agent_id: str) -> int:
         """The agent's name and email out of every outbox record kept under `order_key` (a thread,
-        or the agent's own directory changes). Outside a transaction: each record is rewritten
-        whole, and a repeat finds nothing left to change."""
-        records = await self.store.outbox_since(tenant_id, order_key, EPOCH, None)
-        values: dict[Any, bytes] = {}
-        for record in records:
-            event = json.loads(record["value"])
-            if erase_in(event, agent_id):
-                values[record["_id"]] = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
-        await self.store.rewrite_outbox(values, None)
-        return len(values)
+        or the agent's own directory changes). Outside a transaction, so each rewrite is a
+        compare-and-set on the value it read: a record a redaction or another erasure rewrote in
+        between is read again, never written back as it was. A repeat finds nothing to change."""
+        rewritten = 0
+        for _ in range(OUTBOX_TRIES):
+            swaps = []
+            for record in await self.store.outbox_since(tenant_id, order_key, EPOCH, None):
+                event = json.loads(record["value"])
+                if erase_in(event, agent_id):
+                    swaps.append((record["_id"], record["value"],
+                                  json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()))
+            if not swaps:
+                return rewritten
+            matched = await self.store.swap_outbox_values(tenant_id, swaps)
+            rewritten += matched
+            if matched == len(swaps):
+                return rewritten
+        raise RuntimeError("outbox records kept changing under the erasure")  # the next round retries
 
 
-def messages_by(db: AsyncDatabase, tenant_id: str, agent_id: str, after: Any, limit: int):
-    """A page of the agent's messages, any thread, in insertion order after `after` (an _id)."""
+def messages_by(db: AsyncDatabase, tenant_id: str, agent_id: str, since: datetime | None, limit: int):
+    """A page of the agent's messages, any thread, by the time they were posted from `since` on
+    (ids are random: only the time orders them; the caller skips those at `since` it has done)."""
     query: dict[str, Any] = {"tenant_id": tenant_id, "sender_id": agent_id}
-    if after is not None:
-        query["_id"] = {"$gt": after}
-    return db["messages"].find(query).sort("_id", ASCENDING).limit(limit)
+    if since is not None:
+        query["created_at"] = {"$gte": since}
+    return db["messages"].find(query).sort("created_at", ASCENDING).limit(limit)
 
 
 async def create_indexes(db: AsyncDatabase) -> None:
@@ -308,6 +343,7 @@ async def create_indexes(db: AsyncDatabase) -> None:
     from pymongo import IndexModel
 
     await db["messages"].create_indexes([
-        IndexModel([("tenant_id", ASCENDING), ("sender_id", ASCENDING), ("_id", ASCENDING)], name="by_sender")])
+        IndexModel([("tenant_id", ASCENDING), ("sender_id", ASCENDING), ("created_at", ASCENDING)],
+                   name="by_sender")])
     await db["erasures"].create_indexes([IndexModel([("status", ASCENDING)], name="running")])
 

@@ -544,6 +544,16 @@ class Store:
             await self._outbox.bulk_write([UpdateOne({"_id": _id}, {"$set": {"value": value}})
                                            for _id, value in values.items()], ordered=False, session=session)
 
+    async def swap_outbox_values(self, tenant_id: str, swaps: list[tuple[Any, bytes, bytes]]) -> int:
+        """(id, value read, new value) compare-and-sets outside a transaction, in one command; how
+        many matched (a record rewritten meanwhile — a redaction, another erasure — is not)."""
+        if not swaps:
+            return 0
+        result = await self._outbox.bulk_write(
+            [UpdateOne({"_id": _id, "tenant_id": tenant_id, "value": old}, {"$set": {"value": new}})
+             for _id, old, new in swaps], ordered=False)
+        return result.matched_count
+
     async def touch_conversation(self, conv: dict, outbox_seq: int, fields: dict[str, Any], session: Any) -> bool:
         """A change of the thread that posts no message (an edit, a deletion): its outbox order
         moves, by a compare-and-set on the (last_seq, outbox_seq) the transaction read."""
