@@ -149,21 +149,29 @@ class Lifecycle:
 
     # --- settings ---------------------------------------------------------------------------
 
-    async def settings(self, tenant_id: str) -> dict[str, Any]:
-        doc = await self.db[MESSAGE_SETTINGS_COLLECTION].find_one({"_id": tenant_id, "tenant_id": tenant_id}) or {}
+    async def settings(self, tenant_id: str, session: Any = None) -> dict[str, Any]:
+        doc = await self.db[MESSAGE_SETTINGS_COLLECTION].find_one({"_id": tenant_id, "tenant_id": tenant_id},
+                                                                  session=session) or {}
         return {"edit_window_s": doc.get("edit_window_s", DEFAULT_EDIT_WINDOW_S),
                 "retention_days": retention_days(doc),
                 "updated_at": doc.get("updated_at"), "updated_by": doc.get("updated_by")}
 
     async def replace_settings(self, tenant_id: str, actor: Actor, changes: dict[str, Any]) -> dict[str, Any]:
         """`changes`: the settings given (validated); the others keep their value. Audited with
-        each given one's value before and after."""
-        before = await self.settings(tenant_id)
-        await self.db[MESSAGE_SETTINGS_COLLECTION].update_one(
-            {"_id": tenant_id, "tenant_id": tenant_id},
-            {"$set": {**changes, "updated_at": now(), "updated_by": actor.agent_id}}, upsert=True)
-        await self.audit.record(tenant_id, actor, "settings.change", {"type": "message_settings"},
-                                {name: [before[name], value] for name, value in changes.items()})
+        each given one's value before and after, in the change's own transaction (two changes at
+        once conflict, and the one retried records the other's value as its "before")."""
+
+        async def work(tx: Transaction) -> None:
+            before = await self.settings(tenant_id, session=tx.session)
+            await self.db[MESSAGE_SETTINGS_COLLECTION].update_one(
+                {"_id": tenant_id, "tenant_id": tenant_id},
+                {"$set": {**changes, "updated_at": now(), "updated_by": actor.agent_id}}, upsert=True,
+                session=tx.session)
+            await self.audit.record(tenant_id, actor, "settings.change", {"type": "message_settings"},
+                                    {name: [before[name], value] for name, value in changes.items()},
+                                    session=tx.session)
+
+        await self.conversations.uow.run(work)
         return await self.settings(tenant_id)
 
     # --- edit and delete --------------------------------------------------------------------
