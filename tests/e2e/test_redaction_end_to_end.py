@@ -1,6 +1,6 @@
 """Redaction end to end, through the real processes (im-api, delivery, the notifier, Kafka and
-SecantusDB): after a tenant admin redacts two messages — one the last of its thread and edited
-before, one a team request's question — no collection of the product's MongoDB database still
+SecantusDB): after a tenant admin redacts two messages — one edited before and previewed as its
+thread's latest until a participant left, one a team request's question — no collection of the product's MongoDB database still
 holds their text anywhere (every document of every collection is searched, binary values
 included), an online participant gets the tombstone live, and a former participant's replay
 shows it. The audit log keeps who, when and why."""

@@ -65,7 +65,8 @@ class ReadUpdatedBody(Frame):
 
 
 class MessageUpdatedBody(Frame):
-    """A message was edited (`edited_at`, its new body) or deleted (`deleted_at`, no body): the
+    """A message was edited (`edited_at`, its new body), deleted (`deleted_at`, no body), redacted
+    by an admin (`redacted_at` too), or a system line reworded (an erased agent's name gone): the
     reader replaces the one it has of that seq. Earlier frames of the message still queued are
     rewritten too, so a replay never shows a deleted body."""
 

@@ -1117,7 +1117,7 @@ export interface components {
             edit_window_s?: number | null;
             /**
              * Retention Days
-             * @description Messages older than this many days are deleted, with their earlier versions, the thread's preview of them and every copy the services keep (queued frames, notification previews), within minutes of passing it. null: kept for ever (the default).
+             * @description Messages older than this many days are deleted, with their earlier versions, the thread's preview of them and every copy the services keep (queued frames, notification previews): im-api within seconds of passing it, delivery and the notifier at their next retention look (hourly by default). null: kept for ever (the default).
              */
             retention_days?: number | null;
         };

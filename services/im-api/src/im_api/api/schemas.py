@@ -451,8 +451,9 @@ class MessageSettingsBody(Request):
         "Not null: leave it out to keep the current window."))
     retention_days: int | None = Field(default=None, ge=RETENTION_DAYS_MIN, le=RETENTION_DAYS_MAX, description=(
         "Messages older than this many days are deleted, with their earlier versions, the thread's preview of "
-        "them and every copy the services keep (queued frames, notification previews), within minutes of "
-        "passing it. null: kept for ever (the default)."))
+        "them and every copy the services keep (queued frames, notification previews): im-api within "
+        "seconds of passing it, delivery and the notifier at their next retention look (hourly by default). "
+        "null: kept for ever (the default)."))
 
     @field_validator("edit_window_s")
     @classmethod
