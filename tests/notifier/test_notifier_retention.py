@@ -20,6 +20,15 @@ OLD, YOUNG = NOW - timedelta(days=3), NOW - timedelta(hours=2)
 CUTOFF = NOW - timedelta(days=1)
 
 
+async def claim_webhook(store: NotifierStore, tenant_id: str, agent_id: str) -> None:
+    """The agent's unread threads claimed for a webhook, as a decision makes it (in flight)."""
+    doc = await store.load(tenant_id, agent_id)
+    policy = Policy(delay=timedelta(seconds=60), assistance_delay=timedelta(0), digest_window=timedelta(minutes=10),
+                    webhook=True, email=False)
+    assert "webhook" in decide(doc, NOW, policy, Prefs()).claimed
+    assert await store.save(doc)
+
+
 def test_only_previews_of_messages_posted_before_the_cutoff_are_forgotten():
     doc = AgentDoc("acme", "alice", threads={
         "old": Thread("old", last_seq=4, last_at=OLD, preview="card 4111"),
@@ -43,12 +52,7 @@ async def test_a_look_clears_the_old_previews_of_the_tenants_with_retention_only
             await store.apply(tenant, updates_for_message(
                 conversation_id=cid, seq=1, sender_id="bob", recipients=["alice", "bob"], at=at, preview=text,
                 assistance=False, due_after=timedelta(seconds=60)))
-    # alice has a notification in flight about both threads.
-    doc = await store.load("acme", "alice")
-    policy = Policy(delay=timedelta(seconds=60), assistance_delay=timedelta(0), digest_window=timedelta(minutes=10),
-                    webhook=True, email=False)
-    assert "webhook" in decide(doc, NOW, policy, Prefs()).claimed
-    assert await store.save(doc)
+    await claim_webhook(store, "acme", "alice")  # a notification in flight about both threads
     await db[MESSAGE_SETTINGS_COLLECTION].insert_one({"_id": "acme", "tenant_id": "acme", "retention_days": 1})
 
     retention = PreviewRetention(db, store, lambda: NOW)
@@ -76,11 +80,7 @@ async def test_a_redaction_clears_its_threads_previews_from_notifications_being_
         await store.apply("acme", updates_for_message(
             conversation_id=cid, seq=1, sender_id="bob", recipients=["alice"], at=YOUNG, preview=text,
             assistance=False, due_after=timedelta(seconds=60)))
-    doc = await store.load("acme", "alice")
-    policy = Policy(delay=timedelta(seconds=60), assistance_delay=timedelta(0), digest_window=timedelta(minutes=10),
-                    webhook=True, email=False)
-    assert "webhook" in decide(doc, NOW, policy, Prefs()).claimed
-    assert await store.save(doc)
+    await claim_webhook(store, "acme", "alice")
 
     await store.apply("acme", updates_for_redaction(conversation_id="c-secret", seq=1, recipients=["alice"],
                                                     question_removed=False))
