@@ -1,7 +1,8 @@
 """An agent's erasure end to end, through the real processes (im-api with its background job,
 delivery, the notifier, Kafka and SecantusDB): once the job is done, no collection of the
 product's database holds the agent's former display name or email — not the directory, the
-system lines, the outbox, the delivery queues and projections, nor the notifier's agents."""
+system lines, the outbox, the delivery queues and projections, nor the notifier's agents and
+threads."""
 
 from __future__ import annotations
 
@@ -61,6 +62,21 @@ async def erase_everywhere(stack: Stack, receiver: WebhookReceiver, db) -> None:
         assert (await carol.post(f"/v1/conversations/{asked}/claim")).status_code == 200
     await eventually(lambda: named_in(EVERYWHERE), timeout=30,
                      message=lambda: f"never named everywhere (else the test proves nothing): {found}")
+    # Each thread's last frames queued: the erasure comes after what was asked before it.
+    last_frames = [("carol", {"frame.type": "team_request.claimed", "frame.request.conversation_id": asked}),
+                   ("alice", {"frame.type": "team_request.claimed", "frame.request.conversation_id": asked}),
+                   ("carol", {"frame.type": "message.created", "frame.message.conversation_id": asked,
+                              "frame.message.seq": 2}),
+                   ("bob", {"frame.type": "message.created", "frame.message.conversation_id": other}),
+                   ("bob", {"frame.type": "message.created", "frame.message.conversation_id": cid})]
+
+    async def all_queued() -> bool:
+        for agent, query in last_frames:
+            if await db["delivery_queue"].find_one({"tenant_id": T, "agent_id": agent, **query}) is None:
+                return False
+        return True
+
+    await eventually(all_queued, timeout=30, message="the frames asked for before the erasure never came")
 
     async with stack.client(stack.token(T, "root", "admin")) as admin:
         r = await admin.post("/v1/admin/agents/alice/erase", json={"messages": "keep", "reason": "her request"})

@@ -124,6 +124,10 @@ class TeamRequestChanged(Event):
 # --- im.agents.v1 (compacted) ---------------------------------------------------------------
 
 
+# The display name an erased agent's directory entry takes (POST /v1/admin/agents/{id}/erase).
+ERASED_NAME = "Erased agent"
+
+
 class AgentChanged(Event):
     """The directory entry of an agent after an upsert or deactivation (event-carried state)."""
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from im_contracts.events import AgentChanged, MessageChanged
+from im_contracts.events import ERASED_NAME, AgentChanged, MessageChanged
 from im_contracts.topics import AGENTS, MESSAGES, agent_key, conversation_key
 from im_runtime.logs import log
 from im_runtime.mongo import compound_id
@@ -45,7 +45,6 @@ from .views import message_model
 
 logger = logging.getLogger("im_api.erasure")
 
-ERASED_NAME = "Erased agent"
 OUTBOX_TRIES = 5  # rereads of a thread's outbox records rewritten by someone else meanwhile
 EPOCH = datetime(1970, 1, 1)
 MessagesChoice = Literal["keep", "redact"]
@@ -132,10 +131,7 @@ class Erasures:
                 "display_name": ERASED_NAME, "name_lc": ERASED_NAME.casefold(), "email": None, "active": False,
                 "erased_at": at, "erased_by": actor.agent_id}, at, tx.session)
             await self.store.count_directory_change(tenant_id, agent_id, tx.session)
-            tx.publish(AGENTS, AgentChanged(tenant_id=tenant_id, agent_id=agent_id, display_name=ERASED_NAME,
-                                            role=doc.get("role", "agent"), active=False, email=None),
-                       key=agent_key(tenant_id, agent_id), order_key=f"agent:{tenant_id}:{agent_id}",
-                       order=doc["outbox_seq"])
+            self._publish_erased(tx, doc)
             job = {"_id": job_id, "tenant_id": tenant_id, "agent_id": agent_id, "requested_by": actor.agent_id,
                    "messages": messages, "reason": reason, "status": "running", "phase": "messages", "after": None,
                    "after_ids": [],
@@ -255,9 +251,12 @@ class Erasures:
             counts["records_rewritten"] += await self._erase_in_outbox(tenant_id, conversation_id, agent_id)
             await self._save(job, {"thread_index": index + 1, "thread_seq": 0}, counts)
             return True
-        # phase "directory": the records of the agent's own directory changes, then done.
+        # phase "directory": the records of the agent's own directory changes, the erased entry
+        # announced again (delivery looks at every frame queued for the agent's threads once
+        # more: some were on their way at the erasure), then done.
         counts["records_rewritten"] += await self._erase_in_outbox(tenant_id, f"agent:{tenant_id}:{agent_id}",
                                                                    agent_id)
+        await self._announce(tenant_id, agent_id)
         await self.jobs.update_one({"_id": job["_id"], "tenant_id": tenant_id},
                                    {"$set": {"status": "done", "finished_at": now(), "threads": []},
                                     "$unset": {"name": ""}, "$inc": {f"counts.{k}": v for k, v in counts.items()}})
@@ -266,6 +265,26 @@ class Erasures:
                                           {"type": "agent", "agent_id": agent_id}, done["counts"])
         log(logger, logging.INFO, "erasure finished", tenant_id=tenant_id, **done["counts"])
         return False
+
+    async def _announce(self, tenant_id: str, agent_id: str) -> None:
+        """The erased entry's AgentChanged once more (unless an upsert made a new entry since)."""
+
+        async def work(tx: Transaction) -> None:
+            agent = await self.store.agent(tenant_id, agent_id, session=tx.session)
+            if agent is None or agent.get("erased_at") is None:
+                return
+            doc = await self.store.save_agent(tenant_id, agent_id, {}, now(), tx.session)
+            self._publish_erased(tx, doc)
+
+        await self.lifecycle.conversations.uow.run(work)
+
+    @staticmethod
+    def _publish_erased(tx: Transaction, doc: dict) -> None:
+        tenant_id, agent_id = doc["tenant_id"], doc["agent_id"]
+        tx.publish(AGENTS, AgentChanged(tenant_id=tenant_id, agent_id=agent_id, display_name=ERASED_NAME,
+                                        role=doc.get("role", "agent"), active=False, email=None),
+                   key=agent_key(tenant_id, agent_id), order_key=f"agent:{tenant_id}:{agent_id}",
+                   order=doc["outbox_seq"])
 
     async def _redact(self, tenant_id: str, actor: Actor, message: dict, reason: str) -> int:
         try:

@@ -17,6 +17,7 @@ from im_contracts.events import (
     AgentPresence,
     ConversationStarted,
     Event,
+    ERASED_NAME,
     MessageChanged,
     MessagePosted,
     ParticipantsChanged,
@@ -205,8 +206,11 @@ class FanOut:
                     await self.bus.append(event.tenant_id, agent, key, team_frame)
             case AgentChanged():
                 await self.projections.save_agent(event)
+                # An erased agent's entry is announced again when the erasure's job ends: every
+                # frame queued by then (some were on their way at the erasure) is looked at again.
+                erased = event.display_name == ERASED_NAME and not event.active
                 readers = await self.projections.rename_participant(event.tenant_id, event.agent_id,
-                                                                    event.display_name)
+                                                                    event.display_name, every_thread=erased)
                 await self.queue.rename_agent(event.tenant_id, event.agent_id, event.display_name, readers)
                 if not event.active:
                     await self.live(event.tenant_id, [event.agent_id], AUTH_REVOKED)

@@ -220,22 +220,27 @@ class Projections:
             upsert=True,
         )
 
-    async def rename_participant(self, tenant_id: str, agent_id: str, display_name: str) -> dict[str, list[str]]:
+    async def rename_participant(self, tenant_id: str, agent_id: str, display_name: str,
+                                 every_thread: bool = False) -> dict[str, list[str]]:
         """The agent's name in the threads they are in (a rename, an erasure): the frames built
         from the projection from now on carry it. One read and one write, on the participant
-        index; directory changes are rare. The threads that named them otherwise: each current
-        participant -> those thread ids (whose queued frames name them too)."""
-        stale = await self._conversations.find(
-            {"tenant_id": tenant_id, "participant_ids": agent_id,
-             "participants": {"$elemMatch": {"id": agent_id, "display_name": {"$ne": display_name}}}},
+        index; directory changes are rare. The threads that named them otherwise (`every_thread`:
+        all of theirs, for an erasure, whose queued frames may have been written since the last
+        look): each current participant -> those thread ids (whose queued frames name them too)."""
+        named = {} if every_thread else {
+            "participants": {"$elemMatch": {"id": agent_id, "display_name": {"$ne": display_name}}}}
+        threads = await self._conversations.find(
+            {"tenant_id": tenant_id, "participant_ids": agent_id, **named},
             {"participants": 1, "conversation_id": 1}).to_list()
+        stale = [doc for doc in threads if any(p["id"] == agent_id and p["display_name"] != display_name
+                                               for p in doc["participants"])]
         if stale:
             await self._conversations.bulk_write([UpdateOne(
                 {"_id": doc["_id"], "tenant_id": tenant_id},
                 {"$set": {"participants": [{**p, "display_name": display_name} if p["id"] == agent_id else p
                                            for p in doc["participants"]]}}) for doc in stale], ordered=False)
         readers: dict[str, list[str]] = {}
-        for doc in stale:
+        for doc in threads:
             for p in doc["participants"]:
                 readers.setdefault(p["id"], []).append(doc["conversation_id"])
         return readers
