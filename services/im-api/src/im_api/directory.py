@@ -23,6 +23,15 @@ class PresenceView(Protocol):
     def members(self, tenant_id: str, status: str) -> Set[str]: ...
 
 
+def publish_agent(tx: Transaction, doc: dict) -> None:
+    """The stored directory entry as an AgentChanged, in the transaction that changed it."""
+    event = AgentChanged(tenant_id=doc["tenant_id"], agent_id=doc["agent_id"],
+                         display_name=doc["display_name"], role=doc.get("role", "agent"),
+                         active=doc["active"], email=doc.get("email"))
+    tx.publish(AGENTS, event, key=agent_key(doc["tenant_id"], doc["agent_id"]),
+               order_key=f"agent:{doc['tenant_id']}:{doc['agent_id']}", order=doc["outbox_seq"])
+
+
 def agent_view(doc: dict, presence: PresenceView) -> dict[str, Any]:
     status, seen = presence.get(doc["tenant_id"], doc["agent_id"])
     return {"id": doc["agent_id"], "display_name": doc["display_name"], "email": doc.get("email"),
@@ -53,7 +62,7 @@ class Directory:
                                       "email": email, "role": role, "active": True, "erased_at": None},
                 now(), tx.session)
             await self.store.count_directory_change(tenant_id, agent_id, tx.session)
-            self._publish(tx, doc)
+            publish_agent(tx, doc)
             return doc
 
         await self.store.make_directory_buckets(tenant_id)
@@ -67,18 +76,11 @@ class Directory:
             if doc is None:
                 raise NotFound("no such agent", field="agent_id")
             await self.store.count_directory_change(tenant_id, agent_id, tx.session)
-            self._publish(tx, doc)
+            publish_agent(tx, doc)
 
         await self.store.make_directory_buckets(tenant_id)
         await self.uow.run(work)
         self.on_change(tenant_id, agent_id)
-
-    def _publish(self, tx: Transaction, doc: dict) -> None:
-        event = AgentChanged(tenant_id=doc["tenant_id"], agent_id=doc["agent_id"],
-                             display_name=doc["display_name"], role=doc.get("role", "agent"),
-                             active=doc["active"], email=doc.get("email"))
-        tx.publish(AGENTS, event, key=agent_key(doc["tenant_id"], doc["agent_id"]),
-                   order_key=f"agent:{doc['tenant_id']}:{doc['agent_id']}", order=doc["outbox_seq"])
 
     async def get(self, tenant_id: str, agent_id: str) -> dict:
         doc = await self.store.agent(tenant_id, agent_id)

@@ -29,14 +29,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from im_contracts.events import ERASED_NAME, AgentChanged, MessageChanged
-from im_contracts.topics import AGENTS, MESSAGES, agent_key, conversation_key
+from im_contracts.events import ERASED_NAME, MessageChanged
+from im_contracts.topics import MESSAGES, conversation_key
 from im_runtime.logs import log
 from im_runtime.mongo import compound_id
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
+from . import redaction
 from .committer import StaleConversation
+from .directory import publish_agent
 from .errors import Conflict, NotFound, Unprocessable
 from .lifecycle import Actor, Lifecycle
 from .outbox import Transaction
@@ -131,7 +133,7 @@ class Erasures:
                 "display_name": ERASED_NAME, "name_lc": ERASED_NAME.casefold(), "email": None, "active": False,
                 "erased_at": at, "erased_by": actor.agent_id}, at, tx.session)
             await self.store.count_directory_change(tenant_id, agent_id, tx.session)
-            self._publish_erased(tx, doc)
+            publish_agent(tx, doc)
             job = {"_id": job_id, "tenant_id": tenant_id, "agent_id": agent_id, "requested_by": actor.agent_id,
                    "messages": messages, "reason": reason, "status": "running", "phase": "messages", "after": None,
                    "after_ids": [],
@@ -274,17 +276,9 @@ class Erasures:
             if agent is None or agent.get("erased_at") is None:
                 return
             doc = await self.store.save_agent(tenant_id, agent_id, {}, now(), tx.session)
-            self._publish_erased(tx, doc)
+            publish_agent(tx, doc)
 
         await self.lifecycle.conversations.uow.run(work)
-
-    @staticmethod
-    def _publish_erased(tx: Transaction, doc: dict) -> None:
-        tenant_id, agent_id = doc["tenant_id"], doc["agent_id"]
-        tx.publish(AGENTS, AgentChanged(tenant_id=tenant_id, agent_id=agent_id, display_name=ERASED_NAME,
-                                        role=doc.get("role", "agent"), active=False, email=None),
-                   key=agent_key(tenant_id, agent_id), order_key=f"agent:{tenant_id}:{agent_id}",
-                   order=doc["outbox_seq"])
 
     async def _redact(self, tenant_id: str, actor: Actor, message: dict, reason: str) -> int:
         try:
@@ -337,8 +331,7 @@ class Erasures:
             for record in await self.store.outbox_since(tenant_id, order_key, EPOCH, None):
                 event = json.loads(record["value"])
                 if erase_in(event, agent_id):
-                    swaps.append((record["_id"], record["value"],
-                                  json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()))
+                    swaps.append((record["_id"], record["value"], redaction.encode(event)))
             if not swaps:
                 return rewritten
             matched = await self.store.swap_outbox_values(tenant_id, swaps)

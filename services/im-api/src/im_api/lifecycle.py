@@ -313,7 +313,7 @@ class Lifecycle:
             event = json.loads(record["value"])
             reached |= redaction.reached(event)
             if redaction.scrub(event, conversation_id, message["seq"], replacement, question):
-                values[record["_id"]] = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+                values[record["_id"]] = redaction.encode(event)
         await self.store.rewrite_outbox(values, session)
         return reached
 

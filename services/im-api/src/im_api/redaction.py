@@ -8,6 +8,7 @@ event type: any object with the message's conversation id, seq, sender and body 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -44,6 +45,11 @@ def scrub(node: Any, conversation_id: str, seq: int, tombstone: dict[str, Any], 
         else:
             changed = scrub(value, conversation_id, seq, tombstone, question) or changed
     return changed
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    """A rewritten event as an outbox record's value (compact JSON, as the record was)."""
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def reached(event: dict[str, Any]) -> set[str]:

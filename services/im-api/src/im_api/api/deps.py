@@ -141,5 +141,9 @@ async def audit_admin_read(svc: Services, principal: Principal, action: str, tar
                            details: dict[str, Any] | None = None) -> None:
     """An admin's read of message bodies outside their own threads (a thread's preview, the
     threads about a ticket): recorded before the answer leaves, like every admin read of bodies."""
-    await svc.lifecycle.audit.record(principal.tenant_id, Actor(principal.agent_id, principal.role), action,
-                                     target, details)
+    await svc.lifecycle.audit.record(principal.tenant_id, actor(principal), action, target, details)
+
+
+def actor(principal: Principal) -> Actor:
+    """Who acts, as the message lifecycle and its audit log name them."""
+    return Actor(principal.agent_id, principal.role)

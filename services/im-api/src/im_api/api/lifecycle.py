@@ -9,12 +9,10 @@ from datetime import datetime
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
-from im_runtime.auth import Principal
 
 from ..errors import Unprocessable
-from ..lifecycle import Actor
 from .conversations import ConversationPath, known_shape
-from .deps import Sender, ServicesDep, with_role
+from .deps import Sender, ServicesDep, actor, with_role
 from .agents import AgentPath
 from .schemas import (AuditPage, Erasure, ErasureRequest, Message, MessageEdit, MessageRedaction, MessageSettings,
                       MessageSettingsBody, MessageVersions, errors_doc)
@@ -24,10 +22,6 @@ SeqPath = Annotated[int, Path(ge=1, le=2**53, description="The message's seq in 
 
 
 TenantAdmin = with_role(("admin",), "only tenant admins read this")
-
-
-def actor(principal: Principal) -> Actor:
-    return Actor(principal.agent_id, principal.role)
 
 
 @router.patch("/v1/conversations/{conversation_id}/messages/{seq}", response_model=Message,
